@@ -1,0 +1,2 @@
+//! `ghostwire`, the terminal client (issue 3 builds it).
+fn main() {}

@@ -1,0 +1,205 @@
+//! Which IP a connection counts against: the socket's, or the one a trusted proxy names.
+//!
+//! Behind a load balancer every socket comes from the balancer, so per-IP
+//! limits would lump all clients together. A proxy listed in
+//! `--trusted-proxy` may name the real client, in an `X-Forwarded-For` header
+//! or a PROXY protocol (v1 text or v2 binary) header ahead of the stream. From
+//! any other peer both are ignored: a client cannot pick its own address.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The longest PROXY v1 line (the specification's bound).
+const V1_MAX: usize = 107;
+/// The v2 signature.
+const V2_SIG: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// The largest v2 address block accepted (addresses plus TLVs).
+const V2_MAX_LEN: usize = 1024;
+
+/// Reads a PROXY protocol header (v1 or v2) from the start of `stream`, consuming exactly its bytes.
+///
+/// Returns the source address it names, or `None` for `UNKNOWN`/`LOCAL` headers
+/// (health checks from the proxy itself), in which case the socket address counts.
+///
+/// # Errors
+/// `InvalidData` when the stream does not start with a well-formed header.
+pub async fn read_proxy_header<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<IpAddr>> {
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await?;
+    if head == V2_SIG {
+        return read_v2(stream).await;
+    }
+    if !head.starts_with(b"PROXY ") {
+        return Err(bad("no PROXY protocol header"));
+    }
+    let mut line = head.to_vec();
+    while !line.ends_with(b"\r\n") {
+        if line.len() >= V1_MAX {
+            return Err(bad("PROXY v1 line too long"));
+        }
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b).await?;
+        line.push(b[0]);
+    }
+    parse_v1(&line[..line.len() - 2])
+}
+
+fn parse_v1(line: &[u8]) -> io::Result<Option<IpAddr>> {
+    let line = std::str::from_utf8(line).map_err(|_| bad("PROXY v1 line is not ASCII"))?;
+    let mut parts = line.split(' ');
+    let (_proxy, proto) = (parts.next(), parts.next());
+    match proto {
+        Some("UNKNOWN") => Ok(None),
+        Some("TCP4" | "TCP6") => {
+            let src = parts.next().ok_or_else(|| bad("PROXY v1 without source"))?;
+            let ip: IpAddr = src
+                .parse()
+                .map_err(|_| bad("PROXY v1 source is not an IP"))?;
+            if parts.count() != 3 {
+                return Err(bad("PROXY v1 line has the wrong number of fields"));
+            }
+            Ok(Some(ip))
+        }
+        _ => Err(bad("PROXY v1 protocol is not TCP4, TCP6 or UNKNOWN")),
+    }
+}
+
+async fn read_v2<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<IpAddr>> {
+    let mut hdr = [0u8; 4];
+    stream.read_exact(&mut hdr).await?;
+    let (ver_cmd, family, len) = (
+        hdr[0],
+        hdr[1],
+        u16::from_be_bytes([hdr[2], hdr[3]]) as usize,
+    );
+    if ver_cmd >> 4 != 2 {
+        return Err(bad("PROXY v2 with a wrong version"));
+    }
+    if len > V2_MAX_LEN {
+        return Err(bad("PROXY v2 header too long"));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    if ver_cmd & 0x0f == 0 {
+        return Ok(None); // LOCAL: the proxy speaking for itself
+    }
+    match family >> 4 {
+        1 if body.len() >= 12 => Ok(Some(IpAddr::V4(Ipv4Addr::new(
+            body[0], body[1], body[2], body[3],
+        )))),
+        2 if body.len() >= 36 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&body[..16]);
+            Ok(Some(IpAddr::V6(Ipv6Addr::from(a))))
+        }
+        0 => Ok(None),
+        _ => Err(bad("PROXY v2 address block does not match its family")),
+    }
+}
+
+fn bad(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// The client named by `X-Forwarded-For` values (in header order), given a trusted immediate peer.
+///
+/// Walks the chain from the right, skipping trusted proxies; the first address
+/// that is not one is the client. An unparsable entry stops the walk (what lies
+/// left of it cannot be trusted), as does running out of entries.
+pub fn from_forwarded_for<'a>(
+    values: impl Iterator<Item = &'a str>,
+    peer: IpAddr,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
+    let hops: Vec<&str> = values
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else { break };
+        client = ip;
+        if !trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// An XFF entry: `1.2.3.4`, `1.2.3.4:5678`, `::1` or `[::1]:5678`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = hop.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_rightmost_untrusted_hop() {
+        let trusted = |a: IpAddr| a.is_loopback() || a == ip("10.0.0.2");
+        let peer = ip("127.0.0.1");
+        assert_eq!(
+            from_forwarded_for(["6.6.6.6, 1.2.3.4, 10.0.0.2"].into_iter(), peer, trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            from_forwarded_for(["6.6.6.6", "1.2.3.4:99"].into_iter(), peer, trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            from_forwarded_for(["garbage, 10.0.0.2"].into_iter(), peer, trusted),
+            ip("10.0.0.2")
+        );
+        assert_eq!(from_forwarded_for(std::iter::empty(), peer, trusted), peer);
+        assert_eq!(
+            from_forwarded_for(["[2001:db8::1]:443"].into_iter(), peer, trusted),
+            ip("2001:db8::1")
+        );
+    }
+
+    #[tokio::test]
+    async fn proxy_headers() {
+        let mut v1: &[u8] = b"PROXY TCP4 192.0.2.7 198.51.100.1 5555 443\r\nGET /";
+        assert_eq!(
+            read_proxy_header(&mut v1).await.ok(),
+            Some(Some(ip("192.0.2.7")))
+        );
+        assert_eq!(v1, b"GET /", "exactly the header is consumed");
+        let mut unknown: &[u8] = b"PROXY UNKNOWN\r\n";
+        assert_eq!(read_proxy_header(&mut unknown).await.ok(), Some(None));
+        let mut v2 = V2_SIG.to_vec();
+        v2.extend_from_slice(&[
+            0x21, 0x11, 0, 12, 203, 0, 113, 9, 10, 0, 0, 1, 0x15, 0xb3, 0x01, 0xbb,
+        ]);
+        v2.extend_from_slice(b"rest");
+        let mut r: &[u8] = &v2;
+        assert_eq!(
+            read_proxy_header(&mut r).await.ok(),
+            Some(Some(ip("203.0.113.9")))
+        );
+        assert_eq!(r, b"rest");
+        for junk in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"PROXY TCP4 nope 1.1.1.1 1 2\r\n",
+            &[b'P'; 200][..],
+        ] {
+            let mut r = junk;
+            assert!(read_proxy_header(&mut r).await.is_err());
+        }
+    }
+}

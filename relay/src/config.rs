@@ -1,0 +1,178 @@
+//! The relay's configuration: every flag, its environment variable and its default.
+//!
+//! One struct parsed by clap serves the binary (`--help` is generated from the
+//! doc comments below) and the tests, which build it with
+//! [`Config::for_tests`] and adjust the fields they exercise.
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Ghostwire's blind WebSocket relay: pairs exactly two clients per room code
+/// and forwards their SIGNAL frames without reading them.
+///
+/// Durations take a unit (`500ms`, `10s`, `5m`); a bare number means seconds.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ghostwire-relay", version, about, long_about)]
+pub struct Config {
+    /// Address the WebSocket listener binds (ws://, or wss:// with --tls-cert). Served on `/` and `/ws`.
+    #[arg(long, env = "GHOSTWIRE_LISTEN", default_value = "127.0.0.1:8765")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin listener: /healthz, /readyz and /metrics. Never the public port.
+    #[arg(long, env = "GHOSTWIRE_ADMIN_LISTEN", default_value = "127.0.0.1:9765")]
+    pub admin_listen: SocketAddr,
+
+    /// PEM certificate chain: serve wss:// (TLS through rustls). Needs --tls-key.
+    #[arg(long, env = "GHOSTWIRE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "GHOSTWIRE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Largest frame accepted, in bytes; a larger one is refused before it is buffered (ERROR 4005).
+    #[arg(long, env = "GHOSTWIRE_MAX_FRAME_BYTES", default_value_t = ghostwire_shared::DEFAULT_MAX_FRAME_BYTES, value_parser = clap::value_parser!(usize))]
+    pub max_frame_bytes: usize,
+
+    /// Frames per second each connection may send, sustained (token bucket; ERROR 4004 above it).
+    #[arg(long, env = "GHOSTWIRE_FRAME_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub frame_rate: u32,
+
+    /// Frames each connection may send in one burst (token bucket size).
+    #[arg(long, env = "GHOSTWIRE_FRAME_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub frame_burst: u32,
+
+    /// Most open client connections; more are answered with HTTP 503.
+    #[arg(long, env = "GHOSTWIRE_MAX_CONNS", default_value_t = 10_000)]
+    pub max_conns: usize,
+
+    /// Most open connections from one client IP; more are answered with HTTP 429.
+    #[arg(long, env = "GHOSTWIRE_MAX_CONNS_PER_IP", default_value_t = 64)]
+    pub max_conns_per_ip: usize,
+
+    /// Most rooms open at once; a JOIN that would open another gets ERROR 4006.
+    #[arg(long, env = "GHOSTWIRE_MAX_ROOMS", default_value_t = 5_000)]
+    pub max_rooms: usize,
+
+    /// Time for the TCP/TLS/WebSocket handshake to complete before the socket is dropped.
+    #[arg(long, env = "GHOSTWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time for the first frame (JOIN) to arrive after the handshake (ERROR 4008).
+    #[arg(long, env = "GHOSTWIRE_JOIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
+
+    /// Time a lone peer may wait in a room for the second one (ERROR 4010).
+    #[arg(long, env = "GHOSTWIRE_WAIT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+
+    /// Interval of WebSocket pings to each client.
+    #[arg(long, env = "GHOSTWIRE_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A client silent for ping-interval + ping-timeout is dead and dropped; so is one whose
+    /// socket accepts no data for this long.
+    #[arg(long, env = "GHOSTWIRE_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub ping_timeout: Duration,
+
+    /// Frames queued for one client before it counts as a slow consumer (ERROR 4009, partner gets PEER_LEFT).
+    /// Worst-case queued memory per client is this times --max-frame-bytes.
+    #[arg(long, env = "GHOSTWIRE_PEER_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub peer_queue: u32,
+
+    /// On SIGTERM/SIGINT: time given to clients to take the close (1001) before the relay exits.
+    #[arg(long, env = "GHOSTWIRE_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Proxy or load balancer (CIDR, repeatable or comma-separated) whose X-Forwarded-For header or
+    /// PROXY protocol line names the client IP. From any other address both are ignored.
+    #[arg(long, env = "GHOSTWIRE_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxy: Vec<IpNet>,
+
+    /// Expect a PROXY protocol (v1 or v2) header on connections from --trusted-proxy addresses.
+    #[arg(long, env = "GHOSTWIRE_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
+    /// Include client IP addresses in logs (off: logs carry connection numbers only).
+    #[arg(long, env = "GHOSTWIRE_LOG_IPS")]
+    pub log_ips: bool,
+
+    /// How rooms are shared between relays.
+    #[arg(long, env = "GHOSTWIRE_UPSTREAM", value_enum, default_value_t = UpstreamKind::Local)]
+    pub upstream: UpstreamKind,
+
+    /// Listen backlog of the WebSocket listener (pending connections the kernel holds).
+    #[arg(long, env = "GHOSTWIRE_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
+}
+
+/// The upstream implementations this build has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamKind {
+    /// Rooms live in this process only (one relay; needs nothing else).
+    Local,
+}
+
+impl Config {
+    /// The defaults, on loopback port 0 for both listeners, as tests want them.
+    pub fn for_tests() -> Config {
+        let mut c = Config::parse_from(["ghostwire-relay"]);
+        c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c
+    }
+
+    /// Whether `ip` is one of the configured trusted proxies.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxy.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Parses `10s`, `500ms`, `5m` or a bare number of seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 500ms, 10s, 5m)"))
+}
+
+/// Parses a CIDR (`10.0.0.0/8`) or a single address (`10.1.2.3`, taken as /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(parse_cidr("10.0.0.0/8").is_ok_and(|n| n.contains(&IpAddr::from([10, 9, 8, 7]))));
+        assert!(parse_cidr("::1").is_ok_and(|n| n.prefix_len() == 128));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn bad_flag_is_named() {
+        let err = Config::try_parse_from(["ghostwire-relay", "--frame-rate", "fast"])
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("--frame-rate")));
+    }
+}

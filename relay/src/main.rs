@@ -1,0 +1,82 @@
+//! `ghostwire-relay`: flags, logging and signals around [`ghostwire_relay::Relay`].
+
+use clap::Parser;
+use ghostwire_relay::{Config, Relay};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GHOSTWIRE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    raise_fd_limit(config.max_conns);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ghostwire-relay: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let relay = match Relay::bind(config.clone(), shutdown.clone()).await {
+            Ok(relay) => relay,
+            Err(e) => {
+                eprintln!("ghostwire-relay: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let scheme = if config.tls_cert.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        tracing::info!(
+            listen = %format!("{scheme}://{}/", relay.local_addr()),
+            admin = %relay.admin_addr(),
+            upstream = ?config.upstream,
+            "relay listening"
+        );
+        tokio::spawn(on_signal(shutdown));
+        relay.run().await;
+        tracing::info!("relay stopped");
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the relay with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received: draining (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    std::process::exit(130);
+}
+
+/// Raises the soft open-file limit to the hard one: every connection is a descriptor.
+fn raise_fd_limit(max_conns: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < max_conns + 64 => tracing::warn!(
+            limit,
+            max_conns,
+            "open-file limit is below --max-conns; connections beyond it will fail to be accepted"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}

@@ -1,0 +1,118 @@
+//! Counters, rendered as Prometheus text on the admin listener.
+//!
+//! Plain atomics, no labels beyond the error code: nothing per room or per
+//! client exists here, so a scrape can never reveal a room code or an address.
+//! Hot-path counters (frames, bytes) are added once per write batch, not once
+//! per frame, to keep shared cache lines off the frame path.
+
+use ghostwire_shared::ErrorCode;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The relay's counters.
+#[derive(Default)]
+pub struct Metrics {
+    /// WebSocket connections accepted (handshake completed).
+    pub connections_total: AtomicU64,
+    /// WebSocket connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections refused before the WebSocket opened (limits, bad path, failed or slow handshake).
+    pub handshakes_refused: AtomicU64,
+    /// Rooms that got their second peer.
+    pub rooms_paired_total: AtomicU64,
+    /// SIGNAL frames delivered to a client.
+    pub frames_forwarded: AtomicU64,
+    /// Bytes of SIGNAL frames delivered to a client.
+    pub bytes_forwarded: AtomicU64,
+    /// Connections dropped because the client stopped answering pings.
+    pub ping_timeouts: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl Metrics {
+    /// Counts a connection ended with `code`.
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Connections ended with `code` so far.
+    pub fn errors(&self, code: ErrorCode) -> u64 {
+        ErrorCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.errors[i].load(Relaxed))
+    }
+
+    /// The Prometheus text exposition, with `rooms_open` supplied by the upstream.
+    pub fn render(&self, rooms_open: usize, upstream: &str) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = write!(out, "# HELP ghostwire_{name} {help}\n# TYPE ghostwire_{name} {kind}\nghostwire_{name} {value}\n");
+        };
+        metric(
+            "connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        metric(
+            "connections_open",
+            "gauge",
+            "WebSocket connections open now.",
+            self.connections_open.load(Relaxed),
+        );
+        metric(
+            "handshakes_refused_total",
+            "counter",
+            "Connections refused or failed before the WebSocket opened.",
+            self.handshakes_refused.load(Relaxed),
+        );
+        metric(
+            "rooms_open",
+            "gauge",
+            "Rooms with at least one peer on this relay.",
+            rooms_open as u64,
+        );
+        metric(
+            "rooms_paired_total",
+            "counter",
+            "Rooms that got their second peer.",
+            self.rooms_paired_total.load(Relaxed),
+        );
+        metric(
+            "frames_forwarded_total",
+            "counter",
+            "SIGNAL frames delivered to clients.",
+            self.frames_forwarded.load(Relaxed),
+        );
+        metric(
+            "bytes_forwarded_total",
+            "counter",
+            "Bytes of SIGNAL frames delivered to clients.",
+            self.bytes_forwarded.load(Relaxed),
+        );
+        metric(
+            "ping_timeouts_total",
+            "counter",
+            "Connections dropped for not answering pings.",
+            self.ping_timeouts.load(Relaxed),
+        );
+        let _ = write!(
+            out,
+            "# HELP ghostwire_errors_total Connections ended with an ERROR, by code.\n# TYPE ghostwire_errors_total counter\n"
+        );
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ghostwire_errors_total{{code=\"{}\",reason=\"{}\"}} {}",
+                code.as_u16(),
+                code.name(),
+                self.errors[i].load(Relaxed)
+            );
+        }
+        let _ = write!(out, "# HELP ghostwire_upstream_info The upstream in use.\n# TYPE ghostwire_upstream_info gauge\nghostwire_upstream_info{{upstream=\"{upstream}\"}} 1\n");
+        out
+    }
+}

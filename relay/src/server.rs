@@ -1,0 +1,323 @@
+//! The public listener: accept, handshake, hand over to a connection task.
+//!
+//! The accept loop does nothing but accept and spawn, so a slow or hostile
+//! client can never stall it. Everything that can take time (PROXY header,
+//! TLS, the HTTP upgrade) runs inside the spawned task under one deadline,
+//! `--handshake-timeout`. Limits are enforced before the WebSocket opens and
+//! answered with plain HTTP statuses: 503 when the relay holds `--max-conns`,
+//! 429 when the client IP holds `--max-conns-per-ip`, 404 for another path.
+
+use crate::client_ip;
+use crate::config::{Config, UpstreamKind};
+use crate::conn::{self, Ctx};
+use crate::error::Error;
+use crate::limits::{IpSlot, PerIp};
+use crate::metrics::Metrics;
+use crate::upstream::{local::Local, Upstream};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Bytes tungstenite reads per syscall and keeps per connection (its default, 128 KiB, is eager per connection).
+const READ_BUFFER: usize = 8 * 1024;
+/// Bytes tungstenite gathers before writing to the socket.
+const WRITE_BUFFER: usize = 8 * 1024;
+
+/// A bound relay, ready to [`run`](Relay::run).
+pub struct Relay {
+    listener: TcpListener,
+    admin: TcpListener,
+    tls: Option<TlsAcceptor>,
+    ctx: Arc<Ctx>,
+    conns: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    ws_config: WebSocketConfig,
+}
+
+impl Relay {
+    /// Binds both listeners and prepares TLS and the upstream. Nothing is served until [`run`](Self::run).
+    ///
+    /// # Errors
+    /// [`Error::Bind`] if an address is taken or not local, [`Error::Tls`] for an unusable certificate.
+    pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Relay, Error> {
+        if config.listen == config.admin_listen && config.listen.port() != 0 {
+            return Err(Error::Config(
+                "--admin-listen must differ from --listen".into(),
+            ));
+        }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            (None, None) => None,
+            _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
+        };
+        let listener = listen(config.listen, config.listen_backlog)?;
+        let admin = listen(config.admin_listen, 128)?;
+        let upstream: Arc<dyn Upstream> = match config.upstream {
+            UpstreamKind::Local => Arc::new(Local::new(config.max_rooms)),
+        };
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER)
+            .max_write_buffer_size(WRITE_BUFFER + 2 * config.max_frame_bytes + 64)
+            .max_message_size(Some(config.max_frame_bytes))
+            .max_frame_size(Some(config.max_frame_bytes));
+        Ok(Relay {
+            listener,
+            admin,
+            tls,
+            conns: Arc::new(Semaphore::new(config.max_conns)),
+            per_ip: PerIp::new(config.max_conns_per_ip),
+            ctx: Arc::new(Ctx {
+                config,
+                upstream,
+                metrics: Arc::new(Metrics::default()),
+                shutdown,
+            }),
+            ws_config,
+        })
+    }
+
+    /// The address the WebSocket listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.ctx.config.listen)
+    }
+
+    /// The address the admin listener is bound to.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .unwrap_or(self.ctx.config.admin_listen)
+    }
+
+    /// The relay's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.ctx.metrics)
+    }
+
+    /// Serves until the shutdown token given to [`bind`](Self::bind) is cancelled, then closes every
+    /// connection with 1001 and returns once they are gone or `--drain-timeout` has passed.
+    pub async fn run(self) {
+        let Relay {
+            listener,
+            admin,
+            tls,
+            ctx,
+            conns,
+            per_ip,
+            ws_config,
+        } = self;
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(crate::admin::serve(
+            admin,
+            Arc::clone(&ctx),
+            admin_stop.clone(),
+        ));
+        let tracker = TaskTracker::new();
+        let next_id = AtomicU64::new(1);
+        let accept = Accept {
+            ctx: Arc::clone(&ctx),
+            tls,
+            conns,
+            per_ip,
+            ws_config,
+        };
+        let accept = Arc::new(accept);
+        loop {
+            let accepted = tokio::select! {
+                () = ctx.shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((sock, peer)) => {
+                    let id = next_id.fetch_add(1, Relaxed);
+                    let span = if ctx.config.log_ips {
+                        tracing::debug_span!("conn", id, ip = %peer.ip())
+                    } else {
+                        tracing::debug_span!("conn", id)
+                    };
+                    tracker.spawn(Arc::clone(&accept).connection(sock, peer).instrument(span));
+                }
+                Err(e) => {
+                    // Out of file descriptors or memory: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(listener);
+        tracker.close();
+        let open = tracker.len();
+        tracing::info!(open, "shutting down: closing connections with 1001");
+        if tokio::time::timeout(ctx.config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = tracker.len(),
+                "drain deadline passed; dropping the remaining connections"
+            );
+        }
+        admin_stop.cancel();
+        let _ = admin_task.await;
+    }
+}
+
+/// What each connection task needs from the listener.
+struct Accept {
+    ctx: Arc<Ctx>,
+    tls: Option<TlsAcceptor>,
+    conns: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    ws_config: WebSocketConfig,
+}
+
+impl Accept {
+    async fn connection(self: Arc<Self>, mut sock: TcpStream, peer: SocketAddr) {
+        let metrics = &self.ctx.metrics;
+        let _ = sock.set_nodelay(true);
+        let Ok(_permit) = Arc::clone(&self.conns).try_acquire_owned() else {
+            metrics.handshakes_refused.fetch_add(1, Relaxed);
+            if self.tls.is_none() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), sock.write_all(HTTP_503)).await;
+            }
+            return;
+        };
+        let deadline = self.ctx.config.handshake_timeout;
+        let upgraded = tokio::time::timeout(deadline, async {
+            let mut ip = peer.ip();
+            let trusted = self.ctx.config.is_trusted_proxy(ip);
+            if trusted && self.ctx.config.proxy_protocol {
+                match client_ip::read_proxy_header(&mut sock).await {
+                    Ok(Some(named)) => ip = named,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "bad PROXY header");
+                        return None;
+                    }
+                }
+            }
+            match &self.tls {
+                None => self.upgrade(sock, ip, trusted).await.map(Either::Plain),
+                Some(tls) => match tls.accept(sock).await {
+                    Ok(stream) => self.upgrade(stream, ip, trusted).await.map(Either::Tls),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        None
+                    }
+                },
+            }
+        })
+        .await;
+        let Ok(Some(upgraded)) = upgraded else {
+            metrics.handshakes_refused.fetch_add(1, Relaxed);
+            return;
+        };
+        metrics.connections_total.fetch_add(1, Relaxed);
+        metrics.connections_open.fetch_add(1, Relaxed);
+        match upgraded {
+            Either::Plain((ws, _slot)) => conn::serve(ws, Arc::clone(&self.ctx)).await,
+            Either::Tls((ws, _slot)) => conn::serve(ws, Arc::clone(&self.ctx)).await,
+        }
+        metrics.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    /// The HTTP upgrade: path check, client IP, per-IP limit. `None` if refused or failed.
+    async fn upgrade<S>(
+        &self,
+        stream: S,
+        ip: IpAddr,
+        trusted: bool,
+    ) -> Option<(WebSocketStream<S>, IpSlot)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut slot = None;
+        // The signature is tungstenite's callback type; its error is an HTTP response by design.
+        #[allow(clippy::result_large_err)]
+        let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+            let path = req.uri().path();
+            if path != "/" && path != "/ws" {
+                return Err(refusal(
+                    StatusCode::NOT_FOUND,
+                    "not found: the relay serves WebSocket on / and /ws",
+                ));
+            }
+            let client = if trusted {
+                let xff = req
+                    .headers()
+                    .get_all("x-forwarded-for")
+                    .into_iter()
+                    .filter_map(|v| v.to_str().ok());
+                client_ip::from_forwarded_for(xff, ip, |a| self.ctx.config.is_trusted_proxy(a))
+            } else {
+                ip
+            };
+            match self.per_ip.acquire(client) {
+                Some(s) => slot = Some(s),
+                None => {
+                    return Err(refusal(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections from this address",
+                    ))
+                }
+            }
+            if self.ctx.config.log_ips {
+                tracing::debug!(client = %client, "upgrade");
+            }
+            Ok(resp)
+        };
+        match tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            callback,
+            Some(self.ws_config),
+        )
+        .await
+        {
+            Ok(ws) => slot.map(|s| (ws, s)),
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket handshake failed");
+                None
+            }
+        }
+    }
+}
+
+enum Either<A, B> {
+    Plain(A),
+    Tls(B),
+}
+
+const HTTP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nrelay at capacity\n";
+
+fn refusal(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(format!("{why}\n")));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn listen(addr: SocketAddr, backlog: u32) -> Result<TcpListener, Error> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    bind().map_err(|source| Error::Bind { addr, source })
+}

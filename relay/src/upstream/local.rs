@@ -1,0 +1,181 @@
+//! The in-process upstream: both peers of every room are on this relay.
+//!
+//! Rooms sit in a sharded table of `std::sync::Mutex<HashMap>`, locked only to
+//! join or leave and never across an `.await`. Once paired, each connection
+//! holds its partner's mailbox senders directly, so the frame path takes no
+//! lock at all: a frame is one `try_send` into the partner's bounded queue.
+
+use super::{
+    BoxFuture, Control, Frame, JoinError, Joined, LinkError, Mailbox, PeerLink, Seat, Upstream,
+};
+use ghostwire_shared::{ErrorCode, RoomCode};
+use std::collections::hash_map::{Entry, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc::error::TrySendError;
+
+const SHARDS: usize = 16;
+
+/// Rooms in this process.
+pub struct Local {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: [Mutex<HashMap<RoomCode, Room>>; SHARDS],
+    hasher: RandomState,
+    rooms: AtomicUsize,
+    max_rooms: usize,
+    next_seat: AtomicU64,
+}
+
+enum Room {
+    Waiting {
+        seat: u64,
+        mailbox: Mailbox,
+    },
+    Paired {
+        a: (u64, Mailbox),
+        b: (u64, Mailbox),
+    },
+}
+
+impl Local {
+    /// An empty room table that holds at most `max_rooms` rooms.
+    pub fn new(max_rooms: usize) -> Local {
+        Local {
+            inner: Arc::new(Inner {
+                shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+                hasher: RandomState::new(),
+                rooms: AtomicUsize::new(0),
+                max_rooms,
+                next_seat: AtomicU64::new(1),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn shard(&self, room: &RoomCode) -> MutexGuard<'_, HashMap<RoomCode, Room>> {
+        let i = (self.hasher.hash_one(room) as usize) % SHARDS;
+        // A poisoned shard only means another task panicked while holding it; the map is still consistent
+        // because every critical section below is a single insert or remove.
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn join(self: &Arc<Self>, room: &RoomCode, me: Mailbox) -> Result<Joined, JoinError> {
+        let seat = self.next_seat.fetch_add(1, Ordering::Relaxed);
+        let guard = || {
+            Seat::new(LocalSeat {
+                inner: Arc::clone(self),
+                room: room.clone(),
+                seat,
+            })
+        };
+        let mut shard = self.shard(room);
+        match shard.entry(room.clone()) {
+            Entry::Vacant(v) => {
+                if self.rooms.fetch_add(1, Ordering::AcqRel) >= self.max_rooms {
+                    self.rooms.fetch_sub(1, Ordering::AcqRel);
+                    return Err(JoinError::AtCapacity);
+                }
+                v.insert(Room::Waiting { seat, mailbox: me });
+                drop(shard);
+                Ok(Joined::Waiting(guard()))
+            }
+            Entry::Occupied(mut o) => match o.get() {
+                Room::Paired { .. } => Err(JoinError::RoomFull),
+                Room::Waiting {
+                    seat: first,
+                    mailbox,
+                } => {
+                    let first_box = mailbox.clone();
+                    let to_first = LocalLink {
+                        peer: first_box.clone(),
+                    };
+                    let to_me = LocalLink { peer: me.clone() };
+                    // The first peer learns of us while we hold the shard lock and before we can send
+                    // anything, so PeerFound reaches it ahead of our first frame. If it is already
+                    // gone, its seat's drop runs after us and tells us PeerLeft.
+                    let _ = first_box
+                        .control
+                        .try_send(Control::PeerFound(Box::new(to_me)));
+                    let first = *first;
+                    o.insert(Room::Paired {
+                        a: (first, first_box),
+                        b: (seat, me),
+                    });
+                    drop(shard);
+                    Ok(Joined::Paired(guard(), Box::new(to_first)))
+                }
+            },
+        }
+    }
+
+    fn leave(&self, room: &RoomCode, seat: u64) {
+        let mut shard = self.shard(room);
+        let partner = match shard.get(room) {
+            Some(Room::Waiting { seat: s, .. }) if *s == seat => None,
+            Some(Room::Paired { a, b }) if a.0 == seat => Some(b.1.control.clone()),
+            Some(Room::Paired { a, b }) if b.0 == seat => Some(a.1.control.clone()),
+            // The room was already freed by the partner, or reused by others since.
+            _ => return,
+        };
+        shard.remove(room);
+        drop(shard);
+        self.rooms.fetch_sub(1, Ordering::AcqRel);
+        if let Some(control) = partner {
+            // Capacity is reserved for it: a mailbox gets one PeerFound and one PeerLeft at most.
+            let _ = control.try_send(Control::PeerLeft);
+        }
+    }
+}
+
+struct LocalSeat {
+    inner: Arc<Inner>,
+    room: RoomCode,
+    seat: u64,
+}
+
+impl Drop for LocalSeat {
+    fn drop(&mut self) {
+        self.inner.leave(&self.room, self.seat);
+    }
+}
+
+struct LocalLink {
+    peer: Mailbox,
+}
+
+impl PeerLink for LocalLink {
+    fn send(&mut self, frame: Frame) -> Result<(), LinkError> {
+        match self.peer.frames.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(LinkError::Gone),
+            Err(TrySendError::Full(_)) => {
+                self.peer.kill.kill(ErrorCode::SlowConsumer);
+                Err(LinkError::SlowConsumer)
+            }
+        }
+    }
+}
+
+impl Upstream for Local {
+    fn join<'a>(
+        &'a self,
+        room: &'a RoomCode,
+        me: Mailbox,
+    ) -> BoxFuture<'a, Result<Joined, JoinError>> {
+        let result = self.inner.join(room, me);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn open_rooms(&self) -> usize {
+        self.inner.rooms.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "local"
+    }
+}

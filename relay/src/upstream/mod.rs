@@ -1,0 +1,189 @@
+//! The upstream layer: how the two halves of a room find and reach each other.
+//!
+//! A connection task never touches the room table. It calls
+//! [`Upstream::join`] with its [`Mailbox`] and gets back a [`Seat`] (its place
+//! in the room; dropping it leaves) and, once a partner exists, a [`PeerLink`]
+//! to send frames to that partner. Everything the room does to a connection
+//! arrives in its mailbox. The same contract holds whether the partner is in
+//! this process ([`local`], the default) or on another relay (NATS, Kafka and
+//! mesh implementations sit behind this trait), which is why it is written in
+//! terms of messages, not shared state.
+//!
+//! # Contract
+//!
+//! * **Join arbitration.** At most two seats exist per room at any time, across
+//!   every relay sharing the room space. `join` answers [`JoinError::RoomFull`]
+//!   to a third joiner; it must be decided atomically, never check-then-act.
+//! * **Pairing.** The second joiner gets [`Joined::Paired`] with a link to the
+//!   first; the first receives [`Control::PeerFound`] with a link to the
+//!   second, delivered before any frame from the second can arrive.
+//! * **Delivery.** [`PeerLink::send`] never waits. Frames from one sender
+//!   arrive in the order sent, byte-identical. If the partner's queue is full
+//!   the upstream drops the partner with [`ErrorCode::SlowConsumer`] (through
+//!   its [`KillSwitch`]) rather than buffer without bound.
+//! * **Departure.** Dropping a [`Seat`] frees the room at once (the code can be
+//!   joined again immediately) and delivers [`Control::PeerLeft`] to the
+//!   partner after every frame the leaver sent before leaving. A relay that
+//!   disappears must have the same effect within a bound the implementation
+//!   documents.
+//! * **Cancel safety.** Dropping the `join` future before it completes leaves
+//!   no seat behind.
+
+pub mod local;
+
+use ghostwire_shared::{ErrorCode, RoomCode};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+/// A frame on its way between peers: the exact text the sender wrote.
+pub type Frame = Utf8Bytes;
+
+/// What a room tells a connection besides frames.
+pub enum Control {
+    /// The partner arrived; send to it through this link.
+    PeerFound(Box<dyn PeerLink>),
+    /// The partner left; the room is already free.
+    PeerLeft,
+}
+
+/// Ends one connection from outside its task, with a code.
+///
+/// Cloneable and cheap; the first code set wins.
+#[derive(Clone)]
+pub struct KillSwitch {
+    token: CancellationToken,
+    code: Arc<AtomicU16>,
+}
+
+impl KillSwitch {
+    /// A switch that also fires when `parent` is cancelled (relay shutdown, code 1001).
+    pub fn child_of(parent: &CancellationToken) -> KillSwitch {
+        KillSwitch {
+            token: parent.child_token(),
+            code: Arc::new(AtomicU16::new(0)),
+        }
+    }
+
+    /// Ends the connection with `code`.
+    pub fn kill(&self, code: ErrorCode) {
+        let _ = self
+            .code
+            .compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire);
+        self.token.cancel();
+    }
+
+    /// Resolves once the switch fires.
+    pub async fn fired(&self) {
+        self.token.cancelled().await
+    }
+
+    /// Why the switch fired: the code given to [`kill`](Self::kill), or 1001 when the parent did.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::from_u16(self.code.load(Ordering::Acquire)).unwrap_or(ErrorCode::GoingAway)
+    }
+}
+
+/// Where a connection receives what its room sends it.
+#[derive(Clone)]
+pub struct Mailbox {
+    /// Frames from the partner, bounded (the relay's `--peer-queue`).
+    pub frames: mpsc::Sender<Frame>,
+    /// Pairing and departure notices.
+    pub control: mpsc::Sender<Control>,
+    /// Drops the connection (slow consumer).
+    pub kill: KillSwitch,
+}
+
+/// Sends frames to the partner.
+pub trait PeerLink: Send + 'static {
+    /// Queues `frame` for the partner without waiting.
+    ///
+    /// # Errors
+    /// [`LinkError::Gone`] when the partner has left (a `PeerLeft` follows),
+    /// [`LinkError::SlowConsumer`] when the partner's queue was full and the
+    /// partner has been dropped for it.
+    fn send(&mut self, frame: Frame) -> Result<(), LinkError>;
+}
+
+/// Why a frame did not reach the partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The partner has gone.
+    #[error("partner gone")]
+    Gone,
+    /// The partner did not keep up and was dropped.
+    #[error("partner too slow")]
+    SlowConsumer,
+}
+
+/// A connection's place in a room; dropping it leaves the room.
+pub struct Seat(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl Seat {
+    /// Wraps an implementation's guard, whose `Drop` performs the departure.
+    pub fn new(guard: impl Send + Sync + 'static) -> Seat {
+        Seat(Box::new(guard))
+    }
+}
+
+/// The outcome of a successful join.
+pub enum Joined {
+    /// First in the room; `Control::PeerFound` will follow.
+    Waiting(Seat),
+    /// Second in the room; the partner is already told.
+    Paired(Seat, Box<dyn PeerLink>),
+}
+
+/// Why a join failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The room holds two peers.
+    #[error("room full")]
+    RoomFull,
+    /// This relay holds `--max-rooms` rooms.
+    #[error("relay at its room limit")]
+    AtCapacity,
+    /// The room service cannot be reached.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl JoinError {
+    /// The wire code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            JoinError::RoomFull => ErrorCode::RoomFull,
+            JoinError::AtCapacity => ErrorCode::RelayFull,
+            JoinError::Unavailable(_) => ErrorCode::UpstreamUnavailable,
+        }
+    }
+}
+
+/// A boxed future, as trait objects need.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The room space: see the module documentation for the contract.
+pub trait Upstream: Send + Sync + 'static {
+    /// Takes a seat in `room` for the connection that owns `me`.
+    fn join<'a>(
+        &'a self,
+        room: &'a RoomCode,
+        me: Mailbox,
+    ) -> BoxFuture<'a, Result<Joined, JoinError>>;
+
+    /// `Ok` when joins can succeed; otherwise why not (shown by `/readyz`).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Rooms this relay currently holds a seat in.
+    fn open_rooms(&self) -> usize;
+
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+}
