@@ -65,21 +65,14 @@ async fn answer(mut sock: TcpStream, ctx: &Ctx) -> std::io::Result<()> {
             }
         }
         "/metrics" => {
-            let body = ctx
-                .metrics
-                .render(ctx.upstream.open_rooms(), ctx.upstream.name());
+            let body = ctx.metrics.render(ctx.upstream.open_rooms(), ctx.upstream.name());
             respond(&mut sock, 200, "text/plain; version=0.0.4", &body).await
         }
         _ => respond(&mut sock, 404, "text/plain", "not found\n").await,
     }
 }
 
-async fn respond(
-    sock: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
+async fn respond(sock: &mut TcpStream, status: u16, content_type: &str, body: &str) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",

@@ -53,9 +53,7 @@ fn parse_v1(line: &[u8]) -> io::Result<Option<IpAddr>> {
         Some("UNKNOWN") => Ok(None),
         Some("TCP4" | "TCP6") => {
             let src = parts.next().ok_or_else(|| bad("PROXY v1 without source"))?;
-            let ip: IpAddr = src
-                .parse()
-                .map_err(|_| bad("PROXY v1 source is not an IP"))?;
+            let ip: IpAddr = src.parse().map_err(|_| bad("PROXY v1 source is not an IP"))?;
             if parts.count() != 3 {
                 return Err(bad("PROXY v1 line has the wrong number of fields"));
             }
@@ -68,11 +66,7 @@ fn parse_v1(line: &[u8]) -> io::Result<Option<IpAddr>> {
 async fn read_v2<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<IpAddr>> {
     let mut hdr = [0u8; 4];
     stream.read_exact(&mut hdr).await?;
-    let (ver_cmd, family, len) = (
-        hdr[0],
-        hdr[1],
-        u16::from_be_bytes([hdr[2], hdr[3]]) as usize,
-    );
+    let (ver_cmd, family, len) = (hdr[0], hdr[1], u16::from_be_bytes([hdr[2], hdr[3]]) as usize);
     if ver_cmd >> 4 != 2 {
         return Err(bad("PROXY v2 with a wrong version"));
     }
@@ -85,9 +79,7 @@ async fn read_v2<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<IpAd
         return Ok(None); // LOCAL: the proxy speaking for itself
     }
     match family >> 4 {
-        1 if body.len() >= 12 => Ok(Some(IpAddr::V4(Ipv4Addr::new(
-            body[0], body[1], body[2], body[3],
-        )))),
+        1 if body.len() >= 12 => Ok(Some(IpAddr::V4(Ipv4Addr::new(body[0], body[1], body[2], body[3])))),
         2 if body.len() >= 36 => {
             let mut a = [0u8; 16];
             a.copy_from_slice(&body[..16]);
@@ -112,11 +104,7 @@ pub fn from_forwarded_for<'a>(
     peer: IpAddr,
     trusted: impl Fn(IpAddr) -> bool,
 ) -> IpAddr {
-    let hops: Vec<&str> = values
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let hops: Vec<&str> = values.flat_map(|v| v.split(',')).map(str::trim).filter(|s| !s.is_empty()).collect();
     let mut client = peer;
     for hop in hops.iter().rev() {
         let Some(ip) = parse_hop(hop) else { break };
@@ -136,9 +124,7 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     if let Ok(sa) = hop.parse::<std::net::SocketAddr>() {
         return Some(sa.ip());
     }
-    hop.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .and_then(|h| h.parse().ok())
+    hop.strip_prefix('[').and_then(|h| h.strip_suffix(']')).and_then(|h| h.parse().ok())
 }
 
 #[cfg(test)]
@@ -153,51 +139,27 @@ mod tests {
     fn forwarded_for_takes_the_rightmost_untrusted_hop() {
         let trusted = |a: IpAddr| a.is_loopback() || a == ip("10.0.0.2");
         let peer = ip("127.0.0.1");
-        assert_eq!(
-            from_forwarded_for(["6.6.6.6, 1.2.3.4, 10.0.0.2"].into_iter(), peer, trusted),
-            ip("1.2.3.4")
-        );
-        assert_eq!(
-            from_forwarded_for(["6.6.6.6", "1.2.3.4:99"].into_iter(), peer, trusted),
-            ip("1.2.3.4")
-        );
-        assert_eq!(
-            from_forwarded_for(["garbage, 10.0.0.2"].into_iter(), peer, trusted),
-            ip("10.0.0.2")
-        );
+        assert_eq!(from_forwarded_for(["6.6.6.6, 1.2.3.4, 10.0.0.2"].into_iter(), peer, trusted), ip("1.2.3.4"));
+        assert_eq!(from_forwarded_for(["6.6.6.6", "1.2.3.4:99"].into_iter(), peer, trusted), ip("1.2.3.4"));
+        assert_eq!(from_forwarded_for(["garbage, 10.0.0.2"].into_iter(), peer, trusted), ip("10.0.0.2"));
         assert_eq!(from_forwarded_for(std::iter::empty(), peer, trusted), peer);
-        assert_eq!(
-            from_forwarded_for(["[2001:db8::1]:443"].into_iter(), peer, trusted),
-            ip("2001:db8::1")
-        );
+        assert_eq!(from_forwarded_for(["[2001:db8::1]:443"].into_iter(), peer, trusted), ip("2001:db8::1"));
     }
 
     #[tokio::test]
     async fn proxy_headers() {
         let mut v1: &[u8] = b"PROXY TCP4 192.0.2.7 198.51.100.1 5555 443\r\nGET /";
-        assert_eq!(
-            read_proxy_header(&mut v1).await.ok(),
-            Some(Some(ip("192.0.2.7")))
-        );
+        assert_eq!(read_proxy_header(&mut v1).await.ok(), Some(Some(ip("192.0.2.7"))));
         assert_eq!(v1, b"GET /", "exactly the header is consumed");
         let mut unknown: &[u8] = b"PROXY UNKNOWN\r\n";
         assert_eq!(read_proxy_header(&mut unknown).await.ok(), Some(None));
         let mut v2 = V2_SIG.to_vec();
-        v2.extend_from_slice(&[
-            0x21, 0x11, 0, 12, 203, 0, 113, 9, 10, 0, 0, 1, 0x15, 0xb3, 0x01, 0xbb,
-        ]);
+        v2.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 9, 10, 0, 0, 1, 0x15, 0xb3, 0x01, 0xbb]);
         v2.extend_from_slice(b"rest");
         let mut r: &[u8] = &v2;
-        assert_eq!(
-            read_proxy_header(&mut r).await.ok(),
-            Some(Some(ip("203.0.113.9")))
-        );
+        assert_eq!(read_proxy_header(&mut r).await.ok(), Some(Some(ip("203.0.113.9"))));
         assert_eq!(r, b"rest");
-        for junk in [
-            &b"GET / HTTP/1.1\r\n\r\n"[..],
-            b"PROXY TCP4 nope 1.1.1.1 1 2\r\n",
-            &[b'P'; 200][..],
-        ] {
+        for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], b"PROXY TCP4 nope 1.1.1.1 1 2\r\n", &[b'P'; 200][..]] {
             let mut r = junk;
             assert!(read_proxy_header(&mut r).await.is_err());
         }

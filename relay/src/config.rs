@@ -170,9 +170,7 @@ mod tests {
 
     #[test]
     fn bad_flag_is_named() {
-        let err = Config::try_parse_from(["ghostwire-relay", "--frame-rate", "fast"])
-            .err()
-            .map(|e| e.to_string());
+        let err = Config::try_parse_from(["ghostwire-relay", "--frame-rate", "fast"]).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("--frame-rate")));
     }
 }

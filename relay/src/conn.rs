@@ -11,9 +11,13 @@
 //! `flush` once when the queue is empty, so a busy pair costs one syscall per
 //! batch rather than per frame. A write the client does not take within
 //! `--ping-timeout` drops it as a slow consumer.
+//!
+//! When the partner's queue is full, the frame waits in `blocked` and the task
+//! stops reading its own client (backpressure through TCP) while it keeps
+//! writing what the partner sends, so two busy peers never wait on each other.
 
 use crate::metrics::Metrics;
-use crate::upstream::{Control, Frame, KillSwitch, Mailbox, PeerLink, Seat, Upstream};
+use crate::upstream::{BoxFuture, Control, Frame, KillSwitch, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
 use crate::Config;
 use futures_util::{SinkExt, StreamExt};
 use ghostwire_shared::frame::{inspect, Inbound, PEER_FOUND_JSON, PEER_LEFT_JSON};
@@ -83,11 +87,7 @@ where
     let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(cfg.peer_queue as usize);
     // A mailbox receives at most one PeerFound and one PeerLeft.
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(2);
-    let mut phase = Phase::AwaitJoin(Some(Mailbox {
-        frames: frames_tx,
-        control: control_tx,
-        kill: kill.clone(),
-    }));
+    let mut phase = Phase::AwaitJoin(Some(Mailbox { frames: frames_tx, control: control_tx, kill: kill.clone() }));
     let limiter = RateLimiter::direct(
         Quota::per_second(NonZeroU32::new(cfg.frame_rate).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.frame_burst).unwrap_or(NonZeroU32::MIN)),
@@ -98,6 +98,8 @@ where
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
+    // A frame the partner had no room for, and the wait for that room.
+    let mut blocked: Option<(Frame, BoxFuture<'static, Result<(), LinkError>>)> = None;
 
     let exit = loop {
         tokio::select! {
@@ -126,7 +128,15 @@ where
                     Err(stop) => break stop.exit(&kill),
                 }
             }
-            msg = ws.next() => {
+            room = async { match blocked.as_mut() { Some((_, wait)) => wait.await, None => std::future::pending().await } },
+                if blocked.is_some() =>
+            {
+                let Some((frame, _)) = blocked.take() else { continue };
+                if let (Ok(()), Phase::Paired(_, link)) = (room, &mut phase) {
+                    blocked = forward(link.as_mut(), frame);
+                }
+            }
+            msg = ws.next(), if blocked.is_none() => {
                 last_seen = Instant::now();
                 let text = match msg {
                     Some(Ok(Message::Text(text))) => text,
@@ -153,10 +163,7 @@ where
                     Err(e) => break Exit::Error(e.code()),
                 };
                 match (&mut phase, room) {
-                    (Phase::Paired(_, link), None) => {
-                        // Gone: PeerLeft is on its way. SlowConsumer: the partner was dropped, likewise.
-                        let _ = link.send(text);
-                    }
+                    (Phase::Paired(_, link), None) => blocked = forward(link.as_mut(), text),
                     (Phase::AwaitJoin(mailbox), Some(room)) => {
                         let Some(mailbox) = mailbox.take() else { break Exit::Error(ErrorCode::OutOfOrder) };
                         let joined = tokio::select! {
@@ -205,10 +212,7 @@ where
     match exit {
         Exit::Gone => {
             // Let tungstenite finish a close the client started; bounded, as the client may be gone.
-            let _ = timeout(CLOSE_GRACE, async {
-                while let Some(Ok(_)) = ws.next().await {}
-            })
-            .await;
+            let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = ws.next().await {} }).await;
         }
         Exit::PeerLeft => {
             let finish = async {
@@ -216,8 +220,7 @@ where
                 while let Ok(frame) = frames_rx.try_recv() {
                     ws.feed(Message::Text(frame)).await?;
                 }
-                ws.feed(Message::Text(Utf8Bytes::from_static(PEER_LEFT_JSON)))
-                    .await?;
+                ws.feed(Message::Text(Utf8Bytes::from_static(PEER_LEFT_JSON))).await?;
                 ws.flush().await?;
                 close(&mut ws, CloseCode::Normal, "peer left").await
             };
@@ -225,18 +228,22 @@ where
         }
         Exit::Error(code) => {
             metrics.error(code);
-            tracing::debug!(
-                code = code.as_u16(),
-                reason = code.reason(),
-                "closing connection"
-            );
+            tracing::debug!(code = code.as_u16(), reason = code.reason(), "closing connection");
             let finish = async {
-                ws.feed(Message::text(RelayFrame::error(code).to_json()))
-                    .await?;
+                ws.feed(Message::text(RelayFrame::error(code).to_json())).await?;
                 close(&mut ws, CloseCode::from(code.as_u16()), code.reason()).await
             };
             let _ = timeout(CLOSE_GRACE, finish).await;
         }
+    }
+}
+
+/// Hands `frame` to the partner; if its queue is full, returns the frame and the wait for room.
+/// A partner that is gone or dropped drops the frame: its `PeerLeft` is on the way.
+fn forward(link: &mut dyn PeerLink, frame: Frame) -> Option<(Frame, BoxFuture<'static, Result<(), LinkError>>)> {
+    match link.send(frame) {
+        Ok(()) | Err(SendError::Gone) => None,
+        Err(SendError::Full(frame)) => Some((frame, link.writable())),
     }
 }
 
@@ -294,19 +301,11 @@ where
 }
 
 /// Sends a close frame and waits for the client's answer (the caller bounds the time).
-async fn close<S>(
-    ws: &mut WebSocketStream<S>,
-    code: CloseCode,
-    reason: &'static str,
-) -> Result<(), WsError>
+async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ws.close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    }))
-    .await?;
+    ws.close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })).await?;
     while let Some(Ok(_)) = ws.next().await {}
     Ok(())
 }

@@ -19,10 +19,7 @@ pub struct IpSlot {
 impl PerIp {
     /// A table allowing `max` connections per address.
     pub fn new(max: usize) -> Arc<PerIp> {
-        Arc::new(PerIp {
-            max,
-            open: Mutex::new(HashMap::new()),
-        })
+        Arc::new(PerIp { max, open: Mutex::new(HashMap::new()) })
     }
 
     /// Takes a slot for `ip`, or `None` when it already holds `max`.
@@ -33,10 +30,7 @@ impl PerIp {
             return None;
         }
         *n += 1;
-        Some(IpSlot {
-            table: Arc::clone(self),
-            ip,
-        })
+        Some(IpSlot { table: Arc::clone(self), ip })
     }
 
     /// Addresses holding at least one slot (for tests and metrics).

@@ -14,10 +14,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     raise_fd_limit(config.max_conns);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ghostwire-relay: cannot start the runtime: {e}");
@@ -33,11 +30,7 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        let scheme = if config.tls_cert.is_some() {
-            "wss"
-        } else {
-            "ws"
-        };
+        let scheme = if config.tls_cert.is_some() { "wss" } else { "ws" };
         tracing::info!(
             listen = %format!("{scheme}://{}/", relay.local_addr()),
             admin = %relay.admin_addr(),
@@ -54,10 +47,7 @@ fn main() -> std::process::ExitCode {
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
 async fn on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop the relay with SIGKILL");
         return;
     };

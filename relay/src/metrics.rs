@@ -39,42 +39,27 @@ impl Metrics {
 
     /// Connections ended with `code` so far.
     pub fn errors(&self, code: ErrorCode) -> u64 {
-        ErrorCode::ALL
-            .iter()
-            .position(|c| *c == code)
-            .map_or(0, |i| self.errors[i].load(Relaxed))
+        ErrorCode::ALL.iter().position(|c| *c == code).map_or(0, |i| self.errors[i].load(Relaxed))
     }
 
     /// The Prometheus text exposition, with `rooms_open` supplied by the upstream.
     pub fn render(&self, rooms_open: usize, upstream: &str) -> String {
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = write!(out, "# HELP ghostwire_{name} {help}\n# TYPE ghostwire_{name} {kind}\nghostwire_{name} {value}\n");
+            let _ = write!(
+                out,
+                "# HELP ghostwire_{name} {help}\n# TYPE ghostwire_{name} {kind}\nghostwire_{name} {value}\n"
+            );
         };
-        metric(
-            "connections_total",
-            "counter",
-            "WebSocket connections accepted.",
-            self.connections_total.load(Relaxed),
-        );
-        metric(
-            "connections_open",
-            "gauge",
-            "WebSocket connections open now.",
-            self.connections_open.load(Relaxed),
-        );
+        metric("connections_total", "counter", "WebSocket connections accepted.", self.connections_total.load(Relaxed));
+        metric("connections_open", "gauge", "WebSocket connections open now.", self.connections_open.load(Relaxed));
         metric(
             "handshakes_refused_total",
             "counter",
             "Connections refused or failed before the WebSocket opened.",
             self.handshakes_refused.load(Relaxed),
         );
-        metric(
-            "rooms_open",
-            "gauge",
-            "Rooms with at least one peer on this relay.",
-            rooms_open as u64,
-        );
+        metric("rooms_open", "gauge", "Rooms with at least one peer on this relay.", rooms_open as u64);
         metric(
             "rooms_paired_total",
             "counter",

@@ -53,9 +53,7 @@ impl Relay {
     /// [`Error::Bind`] if an address is taken or not local, [`Error::Tls`] for an unusable certificate.
     pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Relay, Error> {
         if config.listen == config.admin_listen && config.listen.port() != 0 {
-            return Err(Error::Config(
-                "--admin-listen must differ from --listen".into(),
-            ));
+            return Err(Error::Config("--admin-listen must differ from --listen".into()));
         }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
@@ -65,7 +63,7 @@ impl Relay {
         let listener = listen(config.listen, config.listen_backlog)?;
         let admin = listen(config.admin_listen, 128)?;
         let upstream: Arc<dyn Upstream> = match config.upstream {
-            UpstreamKind::Local => Arc::new(Local::new(config.max_rooms)),
+            UpstreamKind::Local => Arc::new(Local::new(config.max_rooms, config.ping_timeout)),
         };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
@@ -79,12 +77,7 @@ impl Relay {
             tls,
             conns: Arc::new(Semaphore::new(config.max_conns)),
             per_ip: PerIp::new(config.max_conns_per_ip),
-            ctx: Arc::new(Ctx {
-                config,
-                upstream,
-                metrics: Arc::new(Metrics::default()),
-                shutdown,
-            }),
+            ctx: Arc::new(Ctx { config, upstream, metrics: Arc::new(Metrics::default()), shutdown }),
             ws_config,
         })
     }
@@ -96,9 +89,7 @@ impl Relay {
 
     /// The address the admin listener is bound to.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .unwrap_or(self.ctx.config.admin_listen)
+        self.admin.local_addr().unwrap_or(self.ctx.config.admin_listen)
     }
 
     /// The relay's counters.
@@ -109,30 +100,12 @@ impl Relay {
     /// Serves until the shutdown token given to [`bind`](Self::bind) is cancelled, then closes every
     /// connection with 1001 and returns once they are gone or `--drain-timeout` has passed.
     pub async fn run(self) {
-        let Relay {
-            listener,
-            admin,
-            tls,
-            ctx,
-            conns,
-            per_ip,
-            ws_config,
-        } = self;
+        let Relay { listener, admin, tls, ctx, conns, per_ip, ws_config } = self;
         let admin_stop = CancellationToken::new();
-        let admin_task = tokio::spawn(crate::admin::serve(
-            admin,
-            Arc::clone(&ctx),
-            admin_stop.clone(),
-        ));
+        let admin_task = tokio::spawn(crate::admin::serve(admin, Arc::clone(&ctx), admin_stop.clone()));
         let tracker = TaskTracker::new();
         let next_id = AtomicU64::new(1);
-        let accept = Accept {
-            ctx: Arc::clone(&ctx),
-            tls,
-            conns,
-            per_ip,
-            ws_config,
-        };
+        let accept = Accept { ctx: Arc::clone(&ctx), tls, conns, per_ip, ws_config };
         let accept = Arc::new(accept);
         loop {
             let accepted = tokio::select! {
@@ -160,14 +133,8 @@ impl Relay {
         tracker.close();
         let open = tracker.len();
         tracing::info!(open, "shutting down: closing connections with 1001");
-        if tokio::time::timeout(ctx.config.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                left = tracker.len(),
-                "drain deadline passed; dropping the remaining connections"
-            );
+        if tokio::time::timeout(ctx.config.drain_timeout, tracker.wait()).await.is_err() {
+            tracing::warn!(left = tracker.len(), "drain deadline passed; dropping the remaining connections");
         }
         admin_stop.cancel();
         let _ = admin_task.await;
@@ -190,8 +157,7 @@ impl Accept {
         let Ok(_permit) = Arc::clone(&self.conns).try_acquire_owned() else {
             metrics.handshakes_refused.fetch_add(1, Relaxed);
             if self.tls.is_none() {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), sock.write_all(HTTP_503)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(HTTP_503)).await;
             }
             return;
         };
@@ -235,12 +201,7 @@ impl Accept {
     }
 
     /// The HTTP upgrade: path check, client IP, per-IP limit. `None` if refused or failed.
-    async fn upgrade<S>(
-        &self,
-        stream: S,
-        ip: IpAddr,
-        trusted: bool,
-    ) -> Option<(WebSocketStream<S>, IpSlot)>
+    async fn upgrade<S>(&self, stream: S, ip: IpAddr, trusted: bool) -> Option<(WebSocketStream<S>, IpSlot)>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -250,42 +211,24 @@ impl Accept {
         let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
             let path = req.uri().path();
             if path != "/" && path != "/ws" {
-                return Err(refusal(
-                    StatusCode::NOT_FOUND,
-                    "not found: the relay serves WebSocket on / and /ws",
-                ));
+                return Err(refusal(StatusCode::NOT_FOUND, "not found: the relay serves WebSocket on / and /ws"));
             }
             let client = if trusted {
-                let xff = req
-                    .headers()
-                    .get_all("x-forwarded-for")
-                    .into_iter()
-                    .filter_map(|v| v.to_str().ok());
+                let xff = req.headers().get_all("x-forwarded-for").into_iter().filter_map(|v| v.to_str().ok());
                 client_ip::from_forwarded_for(xff, ip, |a| self.ctx.config.is_trusted_proxy(a))
             } else {
                 ip
             };
             match self.per_ip.acquire(client) {
                 Some(s) => slot = Some(s),
-                None => {
-                    return Err(refusal(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many connections from this address",
-                    ))
-                }
+                None => return Err(refusal(StatusCode::TOO_MANY_REQUESTS, "too many connections from this address")),
             }
             if self.ctx.config.log_ips {
                 tracing::debug!(client = %client, "upgrade");
             }
             Ok(resp)
         };
-        match tokio_tungstenite::accept_hdr_async_with_config(
-            stream,
-            callback,
-            Some(self.ws_config),
-        )
-        .await
-        {
+        match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(self.ws_config)).await {
             Ok(ws) => slot.map(|s| (ws, s)),
             Err(e) => {
                 tracing::debug!(error = %e, "WebSocket handshake failed");
@@ -310,11 +253,7 @@ fn refusal(status: StatusCode, why: &str) -> ErrorResponse {
 
 fn listen(addr: SocketAddr, backlog: u32) -> Result<TcpListener, Error> {
     let bind = || -> std::io::Result<TcpListener> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
         socket.listen(backlog)

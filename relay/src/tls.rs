@@ -16,10 +16,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| Error::Tls(format!("reading certificates from {}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!(
-            "no certificate found in {}",
-            cert.display()
-        )));
+        return Err(Error::Tls(format!("no certificate found in {}", cert.display())));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| Error::Tls(format!("reading private key from {}: {e}", key.display())))?;
@@ -29,11 +26,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| {
-            Error::Tls(format!(
-                "certificate and key do not form a usable pair: {e}"
-            ))
-        })?;
+        .map_err(|e| Error::Tls(format!("certificate and key do not form a usable pair: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -111,15 +111,11 @@ pub fn inspect(text: &str) -> Result<Inbound<'_>, FrameError> {
     match env.ty.as_deref() {
         None => Err(FrameError::MissingType),
         Some("JOIN") => {
-            let room = env
-                .room
-                .ok_or(FrameError::BadField("JOIN needs \"room\"".into()))?;
+            let room = env.room.ok_or(FrameError::BadField("JOIN needs \"room\"".into()))?;
             Ok(Inbound::Join(RoomCode::parse(&room)?))
         }
         Some("SIGNAL") => match env.kind {
-            Some(kind) if !kind.is_empty() && kind.len() <= MAX_KIND_BYTES => {
-                Ok(Inbound::Signal { kind })
-            }
+            Some(kind) if !kind.is_empty() && kind.len() <= MAX_KIND_BYTES => Ok(Inbound::Signal { kind }),
             _ => Err(FrameError::BadKind),
         },
         Some("PEER_FOUND" | "PEER_LEFT" | "ERROR") => Err(FrameError::RelayOnlyType),
@@ -189,10 +185,7 @@ impl ClientFrame {
 impl RelayFrame {
     /// The ERROR frame for `code`, with its standard reason.
     pub fn error(code: ErrorCode) -> RelayFrame {
-        RelayFrame::Error {
-            code: code.as_u16(),
-            reason: code.reason().to_owned(),
-        }
+        RelayFrame::Error { code: code.as_u16(), reason: code.reason().to_owned() }
     }
 
     /// The frame as JSON text.
@@ -243,16 +236,11 @@ mod tests {
 
     #[test]
     fn golden_json_per_variant() {
-        let join = ClientFrame::Join {
-            room: room("ALPHA123"),
-        };
+        let join = ClientFrame::Join { room: room("ALPHA123") };
         assert_eq!(join.to_json(), r#"{"type":"JOIN","room":"ALPHA123"}"#);
         let mut fields = serde_json::Map::new();
         fields.insert("key".into(), json!("AAAA"));
-        let sig = Signal {
-            kind: "KEY_EXCHANGE".into(),
-            fields,
-        };
+        let sig = Signal { kind: "KEY_EXCHANGE".into(), fields };
         assert_eq!(
             ClientFrame::Signal(sig.clone()).to_json(),
             r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":"AAAA"}"#
@@ -263,19 +251,13 @@ mod tests {
             RelayFrame::error(ErrorCode::RoomFull).to_json(),
             r#"{"type":"ERROR","code":4002,"reason":"room full"}"#
         );
-        let back = RelayFrame::parse(
-            r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":"AAAA"}"#,
-            1024,
-        );
+        let back = RelayFrame::parse(r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":"AAAA"}"#, 1024);
         assert_eq!(back, Ok(RelayFrame::Signal(sig)));
     }
 
     #[test]
     fn inspect_accepts_the_protocol() {
-        assert_eq!(
-            inspect(r#"{"type":"JOIN","room":"ALPHA123"}"#),
-            Ok(Inbound::Join(room("ALPHA123")))
-        );
+        assert_eq!(inspect(r#"{"type":"JOIN","room":"ALPHA123"}"#), Ok(Inbound::Join(room("ALPHA123"))));
         assert_eq!(
             inspect(r#" {"payload":{"x":[1,2]},"kind":"MSG","type":"SIGNAL"}"#),
             Ok(Inbound::Signal { kind: "MSG".into() })
@@ -295,33 +277,17 @@ mod tests {
             ("{\"type\":\"SIGNAL\"}", ErrorCode::Malformed),
             ("{\"type\":\"SIGNAL\",\"kind\":\"\"}", ErrorCode::Malformed),
             ("{\"type\":\"SIGNAL\",\"kind\":5}", ErrorCode::Malformed),
-            (
-                "{\"type\":\"SIGNAL\",\"type\":\"JOIN\",\"kind\":\"MSG\"}",
-                ErrorCode::Malformed,
-            ),
+            ("{\"type\":\"SIGNAL\",\"type\":\"JOIN\",\"kind\":\"MSG\"}", ErrorCode::Malformed),
             ("{\"type\":\"JOIN\"}", ErrorCode::Malformed),
-            (
-                "{\"type\":\"JOIN\",\"room\":\"short\"}",
-                ErrorCode::BadRoomCode,
-            ),
+            ("{\"type\":\"JOIN\",\"room\":\"short\"}", ErrorCode::BadRoomCode),
             ("{\"type\":\"PEER_FOUND\"}", ErrorCode::OutOfOrder),
             ("{\"type\":\"ERROR\",\"code\":1}", ErrorCode::OutOfOrder),
-            (
-                "{\"type\":\"SIGNAL\",\"kind\":\"MSG\"} trailing",
-                ErrorCode::Malformed,
-            ),
+            ("{\"type\":\"SIGNAL\",\"kind\":\"MSG\"} trailing", ErrorCode::Malformed),
         ];
         for (text, code) in cases {
-            assert_eq!(
-                inspect(text).map_err(|e| e.code()).err(),
-                Some(*code),
-                "{text}"
-            );
+            assert_eq!(inspect(text).map_err(|e| e.code()).err(), Some(*code), "{text}");
         }
-        let long_kind = format!(
-            "{{\"type\":\"SIGNAL\",\"kind\":\"{}\"}}",
-            "K".repeat(MAX_KIND_BYTES + 1)
-        );
+        let long_kind = format!("{{\"type\":\"SIGNAL\",\"kind\":\"{}\"}}", "K".repeat(MAX_KIND_BYTES + 1));
         assert_eq!(inspect(&long_kind).err(), Some(FrameError::BadKind));
     }
 

@@ -81,21 +81,11 @@ mod tests {
     #[test]
     fn accepts_and_rejects() {
         for ok in ["ABCDEFGH", "A1B2C3D4E5F6G7H8", "00000000"] {
-            assert_eq!(
-                RoomCode::parse(ok).map(|c| c.as_str().to_owned()),
-                Ok(ok.to_owned())
-            );
+            assert_eq!(RoomCode::parse(ok).map(|c| c.as_str().to_owned()), Ok(ok.to_owned()));
         }
-        for bad in [
-            "",
-            "ABCDEFG",
-            "A1B2C3D4E5F6G7H8X",
-            "abcdefgh",
-            "ABCD EFG",
-            "ABCDEFG\n",
-            "ÄBCDEFGH",
-            "ABCDEFGH\u{0}",
-        ] {
+        for bad in
+            ["", "ABCDEFG", "A1B2C3D4E5F6G7H8X", "abcdefgh", "ABCD EFG", "ABCDEFG\n", "ÄBCDEFGH", "ABCDEFGH\u{0}"]
+        {
             assert!(RoomCode::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -104,14 +94,8 @@ mod tests {
     fn debug_and_error_do_not_leak_the_code() {
         let code = RoomCode::parse("SECRET12").map_err(|e| e.to_string());
         assert!(!format!("{code:?}").contains("SECRET12"));
-        let err = RoomCode::parse("secret12")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            !err.contains("secret12") && err.contains("lower-case"),
-            "{err}"
-        );
+        let err = RoomCode::parse("secret12").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!err.contains("secret12") && err.contains("lower-case"), "{err}");
     }
 
     proptest! {

@@ -1,1 +1,205 @@
-//! x
+//! Helpers for Ghostwire's workspace-level integration tests.
+//!
+//! Every server a test starts listens on 127.0.0.1 port 0 and is stopped by
+//! the test (a [`TestRelay`] cancels its relay when dropped). Every wait is
+//! bounded: [`within`] caps a whole test, [`recv`] a single frame, so a
+//! regression shows up as a failure with a message, never as a hung run.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use futures_util::{SinkExt, StreamExt};
+use ghostwire_relay::{metrics::Metrics, Config, Relay};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long one frame may take to arrive before the test fails.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs `fut`, failing the test if it takes longer than `secs` seconds.
+pub async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("test did not finish within {secs} s"),
+    }
+}
+
+/// An in-process relay on loopback, stopped when dropped.
+pub struct TestRelay {
+    pub addr: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestRelay {
+    pub async fn start(config: Config) -> TestRelay {
+        let shutdown = CancellationToken::new();
+        let relay = Relay::bind(config, shutdown.clone()).await.unwrap();
+        let (addr, admin, metrics) = (relay.local_addr(), relay.admin_addr(), relay.metrics());
+        let task = Some(tokio::spawn(relay.run()));
+        TestRelay { addr, admin, metrics, shutdown, task }
+    }
+
+    /// A relay with test defaults adjusted by `f`.
+    pub async fn with(f: impl FnOnce(&mut Config)) -> TestRelay {
+        let mut c = Config::for_tests();
+        f(&mut c);
+        TestRelay::start(c).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Cancels the relay and waits for `run` to return.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn connect(url: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws
+}
+
+pub fn join_frame(room: &str) -> String {
+    format!(r#"{{"type":"JOIN","room":"{room}"}}"#)
+}
+
+pub fn signal(kind: &str, payload: &str) -> String {
+    serde_json::json!({"type": "SIGNAL", "kind": kind, "payload": payload}).to_string()
+}
+
+pub async fn send(ws: &mut Ws, text: impl Into<String>) {
+    ws.send(Message::text(text.into())).await.unwrap();
+}
+
+/// Connects and sends JOIN.
+pub async fn join(url: &str, room: &str) -> Ws {
+    let mut ws = connect(url).await;
+    send(&mut ws, join_frame(room)).await;
+    ws
+}
+
+/// What a client observes next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    Text(String),
+    /// A close frame, with its code.
+    Close(Option<u16>),
+    /// The connection ended without a close frame.
+    Gone,
+}
+
+/// The next text or close the relay sends (pings and pongs are skipped); fails after [`FRAME_WAIT`].
+pub async fn recv(ws: &mut Ws) -> Seen {
+    let next = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Seen::Text(t.as_str().to_owned()),
+                Some(Ok(Message::Binary(b))) => return Seen::Text(format!("<binary {} bytes>", b.len())),
+                Some(Ok(Message::Close(f))) => return Seen::Close(f.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Seen::Gone,
+            }
+        }
+    };
+    tokio::time::timeout(FRAME_WAIT, next).await.expect("no frame from the relay in time")
+}
+
+pub async fn expect_text(ws: &mut Ws) -> String {
+    match recv(ws).await {
+        Seen::Text(t) => t,
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+pub async fn expect_peer_found(ws: &mut Ws) {
+    assert_eq!(expect_text(ws).await, r#"{"type":"PEER_FOUND"}"#);
+}
+
+/// An ERROR frame with `code`, then a close frame with the same code.
+pub async fn expect_error(ws: &mut Ws, code: u16) {
+    let text = expect_text(ws).await;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "ERROR", "{text}");
+    assert_eq!(v["code"], code, "{text}");
+    assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{text}");
+    assert_eq!(recv(ws).await, Seen::Close(Some(code)));
+}
+
+/// PEER_LEFT, then a normal close.
+pub async fn expect_peer_left(ws: &mut Ws) {
+    assert_eq!(expect_text(ws).await, r#"{"type":"PEER_LEFT"}"#);
+    assert_eq!(recv(ws).await, Seen::Close(Some(1000)));
+}
+
+/// Two clients joined to `room`, both past PEER_FOUND.
+pub async fn pair(url: &str, room: &str) -> (Ws, Ws) {
+    let mut a = join(url, room).await;
+    let mut b = join(url, room).await;
+    expect_peer_found(&mut a).await;
+    expect_peer_found(&mut b).await;
+    (a, b)
+}
+
+/// A room code unique to this process and call.
+pub fn room(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let mut s: String =
+        tag.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).take(8).collect();
+    s.push_str(&format!("{:04}{:04}", std::process::id() % 10_000, n));
+    s.truncate(16);
+    while s.len() < 8 {
+        s.push('0');
+    }
+    s
+}
+
+/// A GET on the admin listener (or any HTTP port): `(status, body)`.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(FRAME_WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// A binary of this workspace, built by `cargo build --workspace --bins` (scripts/test.sh does it first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|d| d.parent()).map(|d| d.join(name)).unwrap();
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

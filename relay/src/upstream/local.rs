@@ -5,14 +5,13 @@
 //! holds its partner's mailbox senders directly, so the frame path takes no
 //! lock at all: a frame is one `try_send` into the partner's bounded queue.
 
-use super::{
-    BoxFuture, Control, Frame, JoinError, Joined, LinkError, Mailbox, PeerLink, Seat, Upstream,
-};
+use super::{BoxFuture, Control, Frame, JoinError, Joined, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
 use ghostwire_shared::{ErrorCode, RoomCode};
 use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 
 const SHARDS: usize = 16;
@@ -27,29 +26,26 @@ struct Inner {
     hasher: RandomState,
     rooms: AtomicUsize,
     max_rooms: usize,
+    stall: Duration,
     next_seat: AtomicU64,
 }
 
 enum Room {
-    Waiting {
-        seat: u64,
-        mailbox: Mailbox,
-    },
-    Paired {
-        a: (u64, Mailbox),
-        b: (u64, Mailbox),
-    },
+    Waiting { seat: u64, mailbox: Mailbox },
+    Paired { a: (u64, Mailbox), b: (u64, Mailbox) },
 }
 
 impl Local {
-    /// An empty room table that holds at most `max_rooms` rooms.
-    pub fn new(max_rooms: usize) -> Local {
+    /// An empty room table that holds at most `max_rooms` rooms; a peer whose queue stays full
+    /// for `stall` is dropped as a slow consumer.
+    pub fn new(max_rooms: usize, stall: Duration) -> Local {
         Local {
             inner: Arc::new(Inner {
                 shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
                 hasher: RandomState::new(),
                 rooms: AtomicUsize::new(0),
                 max_rooms,
+                stall,
                 next_seat: AtomicU64::new(1),
             }),
         }
@@ -66,13 +62,7 @@ impl Inner {
 
     fn join(self: &Arc<Self>, room: &RoomCode, me: Mailbox) -> Result<Joined, JoinError> {
         let seat = self.next_seat.fetch_add(1, Ordering::Relaxed);
-        let guard = || {
-            Seat::new(LocalSeat {
-                inner: Arc::clone(self),
-                room: room.clone(),
-                seat,
-            })
-        };
+        let guard = || Seat::new(LocalSeat { inner: Arc::clone(self), room: room.clone(), seat });
         let mut shard = self.shard(room);
         match shard.entry(room.clone()) {
             Entry::Vacant(v) => {
@@ -86,26 +76,16 @@ impl Inner {
             }
             Entry::Occupied(mut o) => match o.get() {
                 Room::Paired { .. } => Err(JoinError::RoomFull),
-                Room::Waiting {
-                    seat: first,
-                    mailbox,
-                } => {
+                Room::Waiting { seat: first, mailbox } => {
                     let first_box = mailbox.clone();
-                    let to_first = LocalLink {
-                        peer: first_box.clone(),
-                    };
-                    let to_me = LocalLink { peer: me.clone() };
+                    let to_first = LocalLink { peer: first_box.clone(), stall: self.stall };
+                    let to_me = LocalLink { peer: me.clone(), stall: self.stall };
                     // The first peer learns of us while we hold the shard lock and before we can send
                     // anything, so PeerFound reaches it ahead of our first frame. If it is already
                     // gone, its seat's drop runs after us and tells us PeerLeft.
-                    let _ = first_box
-                        .control
-                        .try_send(Control::PeerFound(Box::new(to_me)));
+                    let _ = first_box.control.try_send(Control::PeerFound(Box::new(to_me)));
                     let first = *first;
-                    o.insert(Room::Paired {
-                        a: (first, first_box),
-                        b: (seat, me),
-                    });
+                    o.insert(Room::Paired { a: (first, first_box), b: (seat, me) });
                     drop(shard);
                     Ok(Joined::Paired(guard(), Box::new(to_first)))
                 }
@@ -146,27 +126,36 @@ impl Drop for LocalSeat {
 
 struct LocalLink {
     peer: Mailbox,
+    stall: Duration,
 }
 
 impl PeerLink for LocalLink {
-    fn send(&mut self, frame: Frame) -> Result<(), LinkError> {
+    fn send(&mut self, frame: Frame) -> Result<(), SendError> {
         match self.peer.frames.try_send(frame) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(LinkError::Gone),
-            Err(TrySendError::Full(_)) => {
-                self.peer.kill.kill(ErrorCode::SlowConsumer);
-                Err(LinkError::SlowConsumer)
-            }
+            Err(TrySendError::Full(frame)) => Err(SendError::Full(frame)),
+            Err(TrySendError::Closed(_)) => Err(SendError::Gone),
         }
+    }
+
+    fn writable(&self) -> BoxFuture<'static, Result<(), LinkError>> {
+        let (frames, kill, stall) = (self.peer.frames.clone(), self.peer.kill.clone(), self.stall);
+        Box::pin(async move {
+            match tokio::time::timeout(stall, frames.reserve_owned()).await {
+                // Dropping the permit frees the slot for the one producer that waited for it.
+                Ok(Ok(_permit)) => Ok(()),
+                Ok(Err(_)) => Err(LinkError::Gone),
+                Err(_) => {
+                    kill.kill(ErrorCode::SlowConsumer);
+                    Err(LinkError::SlowConsumer)
+                }
+            }
+        })
     }
 }
 
 impl Upstream for Local {
-    fn join<'a>(
-        &'a self,
-        room: &'a RoomCode,
-        me: Mailbox,
-    ) -> BoxFuture<'a, Result<Joined, JoinError>> {
+    fn join<'a>(&'a self, room: &'a RoomCode, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
         let result = self.inner.join(room, me);
         Box::pin(std::future::ready(result))
     }

@@ -18,9 +18,12 @@
 //!   first; the first receives [`Control::PeerFound`] with a link to the
 //!   second, delivered before any frame from the second can arrive.
 //! * **Delivery.** [`PeerLink::send`] never waits. Frames from one sender
-//!   arrive in the order sent, byte-identical. If the partner's queue is full
-//!   the upstream drops the partner with [`ErrorCode::SlowConsumer`] (through
-//!   its [`KillSwitch`]) rather than buffer without bound.
+//!   arrive in the order sent, byte-identical. When the partner's bounded
+//!   queue is full, `send` hands the frame back and the sender waits on
+//!   [`PeerLink::writable`] (and stops reading its own client meanwhile:
+//!   backpressure). If the partner takes nothing for the stall bound, the
+//!   upstream drops the partner with [`ErrorCode::SlowConsumer`] (through its
+//!   [`KillSwitch`]) rather than buffer without bound.
 //! * **Departure.** Dropping a [`Seat`] frees the room at once (the code can be
 //!   joined again immediately) and delivers [`Control::PeerLeft`] to the
 //!   partner after every frame the leaver sent before leaving. A relay that
@@ -63,17 +66,12 @@ pub struct KillSwitch {
 impl KillSwitch {
     /// A switch that also fires when `parent` is cancelled (relay shutdown, code 1001).
     pub fn child_of(parent: &CancellationToken) -> KillSwitch {
-        KillSwitch {
-            token: parent.child_token(),
-            code: Arc::new(AtomicU16::new(0)),
-        }
+        KillSwitch { token: parent.child_token(), code: Arc::new(AtomicU16::new(0)) }
     }
 
     /// Ends the connection with `code`.
     pub fn kill(&self, code: ErrorCode) {
-        let _ = self
-            .code
-            .compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.code.compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire);
         self.token.cancel();
     }
 
@@ -104,13 +102,28 @@ pub trait PeerLink: Send + 'static {
     /// Queues `frame` for the partner without waiting.
     ///
     /// # Errors
-    /// [`LinkError::Gone`] when the partner has left (a `PeerLeft` follows),
-    /// [`LinkError::SlowConsumer`] when the partner's queue was full and the
-    /// partner has been dropped for it.
-    fn send(&mut self, frame: Frame) -> Result<(), LinkError>;
+    /// [`SendError::Full`] gives the frame back when the partner's queue is
+    /// full (wait on [`writable`](Self::writable), then send it again);
+    /// [`SendError::Gone`] when the partner has left (a `PeerLeft` follows).
+    fn send(&mut self, frame: Frame) -> Result<(), SendError>;
+
+    /// Resolves when [`send`](Self::send) has room again. Cancel-safe.
+    ///
+    /// # Errors
+    /// [`LinkError::SlowConsumer`] when the partner took nothing within the
+    /// stall bound and has been dropped for it; [`LinkError::Gone`] when it left.
+    fn writable(&self) -> BoxFuture<'static, Result<(), LinkError>>;
 }
 
-/// Why a frame did not reach the partner.
+/// A frame [`PeerLink::send`] could not queue.
+pub enum SendError {
+    /// The partner's queue is full; here is the frame back.
+    Full(Frame),
+    /// The partner has gone.
+    Gone,
+}
+
+/// Why the partner cannot be written to any more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
     /// The partner has gone.
@@ -170,11 +183,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The room space: see the module documentation for the contract.
 pub trait Upstream: Send + Sync + 'static {
     /// Takes a seat in `room` for the connection that owns `me`.
-    fn join<'a>(
-        &'a self,
-        room: &'a RoomCode,
-        me: Mailbox,
-    ) -> BoxFuture<'a, Result<Joined, JoinError>>;
+    fn join<'a>(&'a self, room: &'a RoomCode, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>>;
 
     /// `Ok` when joins can succeed; otherwise why not (shown by `/readyz`).
     fn ready(&self) -> Result<(), String> {
