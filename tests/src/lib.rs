@@ -137,7 +137,7 @@ pub async fn expect_peer_found(ws: &mut Ws) {
     assert_eq!(expect_text(ws).await, r#"{"type":"PEER_FOUND"}"#);
 }
 
-/// An ERROR frame with `code`, then a close frame with the same code.
+/// An ERROR frame with `code`, then a close frame with the same code (answered, as a client should).
 pub async fn expect_error(ws: &mut Ws, code: u16) {
     let text = expect_text(ws).await;
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -145,12 +145,20 @@ pub async fn expect_error(ws: &mut Ws, code: u16) {
     assert_eq!(v["code"], code, "{text}");
     assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{text}");
     assert_eq!(recv(ws).await, Seen::Close(Some(code)));
+    finish_close(ws).await;
 }
 
 /// PEER_LEFT, then a normal close.
 pub async fn expect_peer_left(ws: &mut Ws) {
     assert_eq!(expect_text(ws).await, r#"{"type":"PEER_LEFT"}"#);
     assert_eq!(recv(ws).await, Seen::Close(Some(1000)));
+    finish_close(ws).await;
+}
+
+/// After the relay's close frame: poll until the stream ends, which sends our close reply.
+pub async fn finish_close(ws: &mut Ws) {
+    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+    tokio::time::timeout(FRAME_WAIT, drain).await.expect("the connection did not end after the close");
 }
 
 /// Two clients joined to `room`, both past PEER_FOUND.

@@ -1,0 +1,226 @@
+//! The relay's edges: TLS, limits, trusted proxies, the admin listener and shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+use futures_util::StreamExt;
+use ghostwire_tests::*;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[tokio::test]
+async fn wss_with_a_certificate_made_by_the_test() {
+    within(20, async {
+        let dir = tempdir();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+        std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+        let relay = TestRelay::with(|c| {
+            c.tls_cert = Some(cert_pem.clone());
+            c.tls_key = Some(key_pem.clone());
+        })
+        .await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let url = format!("wss://localhost:{}/ws", relay.addr.port());
+        let code = room("tls");
+        let mut peers = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let stream = connector.connect(name, tcp).await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), stream).await.unwrap();
+            use futures_util::SinkExt;
+            ws.send(join_frame(&code).into()).await.unwrap();
+            peers.push(ws);
+        }
+        for ws in &mut peers {
+            let m = ws.next().await.unwrap().unwrap();
+            assert_eq!(m.to_text().unwrap(), r#"{"type":"PEER_FOUND"}"#);
+        }
+        use futures_util::SinkExt;
+        peers[0].send(signal("MSG", "over tls").into()).await.unwrap();
+        let m = peers[1].next().await.unwrap().unwrap();
+        assert_eq!(m.to_text().unwrap(), signal("MSG", "over tls"));
+        // A plain ws:// client gets no WebSocket out of a TLS port.
+        assert!(tokio_tungstenite::connect_async(format!("ws://{}/", relay.addr)).await.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn admin_listener_reports_health_readiness_and_counters_without_room_codes() {
+    within(20, async {
+        let relay = TestRelay::with(|_| {}).await;
+        assert_eq!(http_get(relay.admin, "/healthz").await, (200, "ok\n".into()));
+        assert_eq!(http_get(relay.admin, "/readyz").await.0, 200);
+        assert_eq!(http_get(relay.admin, "/nothing").await.0, 404);
+        let code = room("metric");
+        let (mut a, mut b) = pair(&relay.url(), &code).await;
+        send(&mut a, signal("MSG", "counted")).await;
+        let seen = expect_text(&mut b).await;
+        let (status, body) = http_get(relay.admin, "/metrics").await;
+        assert_eq!(status, 200);
+        for line in [
+            "ghostwire_connections_open 2",
+            "ghostwire_rooms_open 1",
+            "ghostwire_rooms_paired_total 1",
+            "ghostwire_frames_forwarded_total 1",
+            &format!("ghostwire_bytes_forwarded_total {}", seen.len()),
+            "ghostwire_errors_total{code=\"4002\",reason=\"room_full\"} 0",
+        ] {
+            assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");
+        }
+        assert!(!body.contains(&code), "a room code leaked into /metrics");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connection_limits_answer_with_http_statuses() {
+    within(20, async {
+        let relay = TestRelay::with(|c| {
+            c.max_conns_per_ip = 2;
+        })
+        .await;
+        let _a = connect(&relay.url()).await;
+        let _b = connect(&relay.url()).await;
+        let err = tokio_tungstenite::connect_async(relay.url()).await.err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("429")), "{err:?}");
+        // Another loopback address is another client.
+        let other = connect_from([127, 0, 0, 2], relay.addr).await;
+        assert!(other.is_ok(), "{other:?}");
+
+        let full = TestRelay::with(|c| c.max_conns = 1).await;
+        let _only = connect(&full.url()).await;
+        let err = tokio_tungstenite::connect_async(full.url()).await.err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("503")), "{err:?}");
+    })
+    .await;
+}
+
+/// A WebSocket opened from a chosen loopback source address.
+async fn connect_from(src: [u8; 4], dst: std::net::SocketAddr) -> Result<Ws, String> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((std::net::Ipv4Addr::from(src), 0).into()).unwrap();
+    let tcp = sock.connect(dst).await.map_err(|e| e.to_string())?;
+    let url = format!("ws://{dst}/");
+    tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+async fn connect_with_xff(url: &str, xff: &str) -> Result<Ws, String> {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("x-forwarded-for", xff.parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_from_a_trusted_proxy() {
+    within(20, async {
+        let trusting = TestRelay::with(|c| {
+            c.max_conns_per_ip = 1;
+            c.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        })
+        .await;
+        let _one = connect_with_xff(&trusting.url(), "198.51.100.1").await.unwrap();
+        let _two = connect_with_xff(&trusting.url(), "198.51.100.2, 127.0.0.1").await.unwrap();
+        let same = connect_with_xff(&trusting.url(), "198.51.100.1").await;
+        assert!(same.as_ref().err().is_some_and(|e| e.contains("429")), "{:?}", same.err());
+
+        // From an untrusted peer the header is the client's own claim and is ignored.
+        let wary = TestRelay::with(|c| c.max_conns_per_ip = 1).await;
+        let _one = connect_with_xff(&wary.url(), "198.51.100.1").await.unwrap();
+        let spoof = connect_with_xff(&wary.url(), "198.51.100.2").await;
+        assert!(spoof.as_ref().err().is_some_and(|e| e.contains("429")), "{:?}", spoof.err());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn proxy_protocol_names_the_client_for_a_trusted_proxy() {
+    within(20, async {
+        let relay = TestRelay::with(|c| {
+            c.max_conns_per_ip = 1;
+            c.proxy_protocol = true;
+            c.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        })
+        .await;
+        let via_proxy = |src: &'static str| {
+            let addr = relay.addr;
+            async move {
+                let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                tcp.write_all(format!("PROXY TCP4 {src} 127.0.0.1 40000 {}\r\n", addr.port()).as_bytes())
+                    .await
+                    .unwrap();
+                tokio_tungstenite::client_async(format!("ws://{addr}/"), tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                    .await
+                    .map(|(ws, _)| ws)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let _a = via_proxy("203.0.113.1").await.unwrap();
+        let _b = via_proxy("203.0.113.2").await.unwrap();
+        let again = via_proxy("203.0.113.1").await;
+        assert!(again.as_ref().err().is_some_and(|e| e.contains("429")), "{:?}", again.err());
+        // A trusted peer that sends no PROXY header is refused: the header is required from it.
+        let mut bare = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        bare.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(FRAME_WAIT, bare.read_to_end(&mut buf)).await.unwrap();
+        assert!(!String::from_utf8_lossy(&buf).contains("101"), "upgraded without a PROXY header");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_client_with_1001_and_returns() {
+    within(20, async {
+        let relay = TestRelay::with(|c| c.drain_timeout = Duration::from_secs(5)).await;
+        let (mut a, mut b) = pair(&relay.url(), &room("bye")).await;
+        let mut lone = join(&relay.url(), &room("byelone")).await;
+        let admin = relay.admin;
+        let shutdown = relay.shutdown.clone();
+        let stopping = tokio::spawn(relay.stop());
+        shutdown.cancelled().await;
+        for ws in [&mut a, &mut b, &mut lone] {
+            expect_error(ws, 1001).await;
+        }
+        // Clients answered the close promptly, so the relay returns well within the drain deadline.
+        stopping.await.unwrap();
+        assert!(tokio::net::TcpStream::connect(admin).await.is_err(), "admin listener still open");
+    })
+    .await;
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ghostwire-test-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn readyz_fails_while_draining() {
+    within(20, async {
+        let relay = TestRelay::with(|c| c.drain_timeout = Duration::from_secs(10)).await;
+        // A client that never answers the close keeps the relay draining.
+        let (_a, _b) = pair(&relay.url(), &room("drain")).await;
+        relay.shutdown.cancel();
+        let (status, body) = http_get(relay.admin, "/readyz").await;
+        assert_eq!((status, body.as_str()), (503, "not ready: shutting down\n"));
+        assert_eq!(http_get(relay.admin, "/healthz").await.0, 200);
+    })
+    .await;
+}

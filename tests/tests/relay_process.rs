@@ -1,0 +1,191 @@
+//! The real `ghostwire-relay` binary: flags, signals and what it writes to its log.
+
+#![allow(clippy::unwrap_used)]
+
+use ghostwire_tests::*;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A relay process on loopback port 0; its stderr is collected on a thread.
+struct Proc {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin("ghostwire-relay"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.env("NO_COLOR", "1").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (tx, log) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut proc = Proc { child, addr: "0.0.0.0:0".parse().unwrap(), log };
+        let line = proc.wait_for("relay listening");
+        let start = line.find("ws://").unwrap() + 5;
+        let end = start + line[start..].find('/').unwrap();
+        proc.addr = line[start..end].parse().unwrap();
+        proc
+    }
+
+    /// The first log line containing `what`, within 10 s.
+    fn wait_for(&mut self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("relay never logged {what:?}"),
+            }
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status and the rest of its log.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("relay did not exit");
+            }
+            // Polling a child's exit status has no event to await in std; the step is short and bounded.
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rest: Vec<String> = self.log.try_iter().collect();
+        (status, rest.join("\n"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_exits_zero() {
+    let mut relay = Proc::start(&["--drain-timeout", "5s"], &[]);
+    within(30, async {
+        let url = format!("ws://{}/", relay.addr);
+        let (mut a, mut b) = pair(&url, &room("term")).await;
+        relay.signal(nix::sys::signal::Signal::SIGTERM);
+        expect_error(&mut a, 1001).await;
+        expect_error(&mut b, 1001).await;
+    })
+    .await;
+    relay.wait_for("shutting down");
+    let (status, log) = tokio::task::spawn_blocking(move || relay.wait()).await.unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test]
+async fn logs_carry_no_room_codes_payloads_or_client_ips() {
+    let secret_room = "LOGSECRET42";
+    let secret_payload = "payload-that-must-not-be-logged";
+    for log_ips in [false, true] {
+        let args: &[&str] = if log_ips { &["--log-ips"] } else { &[] };
+        // The most verbose level an operator can ask for.
+        let relay = Proc::start(args, &[("GHOSTWIRE_LOG", "trace")]);
+        let addr = relay.addr;
+        within(30, async {
+            // Clients from 127.0.0.9, an address that appears nowhere else in the log.
+            let mut peers = Vec::new();
+            for _ in 0..2 {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+                let tcp = sock.connect(addr).await.unwrap();
+                let (mut ws, _) = tokio_tungstenite::client_async(
+                    format!("ws://{addr}/"),
+                    tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+                )
+                .await
+                .unwrap();
+                send(&mut ws, join_frame(secret_room)).await;
+                peers.push(ws);
+            }
+            for ws in &mut peers {
+                expect_peer_found(ws).await;
+            }
+            send(&mut peers[0], signal("MSG", secret_payload)).await;
+            assert_eq!(expect_text(&mut peers[1]).await, signal("MSG", secret_payload));
+            send(&mut peers[1], "{broken").await;
+            expect_error(&mut peers[1], 4000).await;
+        })
+        .await;
+        relay.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, log) = tokio::task::spawn_blocking(move || relay.wait()).await.unwrap();
+        assert!(status.success());
+        assert!(log.contains("closing connection"), "trace log is not verbose enough to prove anything:\n{log}");
+        assert!(!log.contains(secret_room) && !log.contains(secret_payload), "secret in log:\n{log}");
+        assert_eq!(log.contains("127.0.0.9"), log_ips, "client IP logged iff --log-ips:\n{log}");
+    }
+}
+
+#[test]
+fn help_explains_every_flag_and_a_bad_flag_is_named() {
+    let out = Command::new(bin("ghostwire-relay")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for flag in [
+        "--listen",
+        "--admin-listen",
+        "--tls-cert",
+        "--tls-key",
+        "--max-frame-bytes",
+        "--frame-rate",
+        "--frame-burst",
+        "--max-conns-per-ip",
+        "--max-conns",
+        "--max-rooms",
+        "--join-timeout",
+        "--wait-timeout",
+        "--ping-interval",
+        "--ping-timeout",
+        "--peer-queue",
+        "--drain-timeout",
+        "--trusted-proxy",
+        "--handshake-timeout",
+        "--upstream",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(help.contains("[default: 127.0.0.1:8765]") && help.contains("GHOSTWIRE_LISTEN"), "{help}");
+    let out = Command::new(bin("ghostwire-relay")).args(["--frame-rate", "lots"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("--frame-rate"), "{err}");
+    // A port that is taken: a clear message and a non-zero exit, no panic.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut child = Command::new(bin("ghostwire-relay"))
+        .args(["--listen", &addr, "--admin-listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
