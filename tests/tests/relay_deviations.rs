@@ -227,3 +227,35 @@ async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn max_rooms_refuses_a_new_room_but_not_a_second_peer() {
+    within(20, async {
+        let relay = TestRelay::with(|c| c.max_rooms = 1).await;
+        let code = room("cap");
+        let mut a = join(&relay.url(), &code).await;
+        let mut other = join(&relay.url(), &room("cap2")).await;
+        expect_error(&mut other, 4006).await;
+        // Joining the existing room is not opening a new one.
+        let mut b = join(&relay.url(), &code).await;
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        // Once the room is freed, a new one fits again.
+        drop((a, b));
+        let (mut tries, fresh) = (0, room("cap3"));
+        loop {
+            let mut c = join(&relay.url(), &fresh).await;
+            let mut d = join(&relay.url(), &fresh).await;
+            if recv(&mut c).await == Seen::Text(r#"{"type":"PEER_FOUND"}"#.into()) {
+                expect_peer_found(&mut d).await;
+                break;
+            }
+            tries += 1;
+            assert!(tries < 100, "the freed room was never released");
+            while relay.metrics.connections_open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    })
+    .await;
+}
