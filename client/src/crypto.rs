@@ -1,0 +1,437 @@
+//! The end-to-end cryptography: ephemeral keys, the commit-then-reveal key
+//! exchange, the verification code and the message boxes.
+//!
+//! Everything here is pure computation over bytes (no I/O), so each rule is
+//! tested directly. The primitives are NaCl's: X25519 and crypto_box
+//! (XSalsa20-Poly1305) with a random 24-byte nonce prepended to the ciphertext,
+//! as the prototype did. On top of it the hardened protocol (v2, the default)
+//! adds, inside the box:
+//!
+//! * a **direction** byte and a **counter**, so a replayed, reordered, dropped
+//!   or reflected message is caught (crypto_box's key is the same in both
+//!   directions, so a relay that bounces your own frame back would otherwise
+//!   have it decrypt fine);
+//! * **padding** to 256-byte buckets, so the length of a message leaks only
+//!   its bucket.
+//!
+//! Before any key is revealed each side sends a commitment (SHA-256 of its
+//! public key) and reveals only after receiving the other's: a relay in the
+//! middle must commit to its substitute keys before it learns the real ones,
+//! so it cannot grind keys to make the two verification codes match (the ZRTP
+//! argument). Its chance per attempt is 1 in 10^10, and a failed attempt is
+//! visible to the users.
+//!
+//! Secrets: the long-lived secret is x25519-dalek's `StaticSecret`, wiped on
+//! drop. crypto_box 0.9's `SecretKey` wipes only its scalar on drop, so one is
+//! made only inside [`KeyPair::agree`] to derive the box key and dropped at
+//! once; the box (`SalsaBox`) wipes its key on drop. Plaintext lives in
+//! `Zeroizing` buffers. Rust may leave copies of moved values on the stack;
+//! the client also locks its memory and disables core dumps (see `harden`).
+
+use crypto_box::aead::{Aead, AeadCore, OsRng};
+use crypto_box::SalsaBox;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use zeroize::Zeroizing;
+
+/// Plaintext is padded to a multiple of this many bytes (v2).
+pub const PAD_BUCKET: usize = 256;
+/// Bytes of the v2 header inside the box: direction (1), counter (8), length (2).
+const HEADER: usize = 11;
+/// The NaCl nonce length.
+pub const NONCE_LEN: usize = 24;
+/// The Poly1305 tag length.
+const TAG_LEN: usize = 16;
+
+/// A public key as it travels: 32 bytes.
+pub type PublicBytes = [u8; 32];
+
+/// Which protocol the session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// The prototype's format: KEY_EXCHANGE with just `key`; MSG plaintext is the UTF-8 text.
+    Legacy1,
+    /// The hardened format (commitment, direction, counter, padding), marked `"v":2`.
+    Hardened2,
+}
+
+/// Why a key or a message was refused. Each is its own reason to end the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// A key that is not 32 bytes.
+    #[error("the peer's key is not 32 bytes")]
+    BadKeyLength,
+    /// The peer's key equals ours (a reflected key exchange).
+    #[error("the peer's key is our own key: the key exchange was reflected")]
+    ReflectedKey,
+    /// An all-zero or low-order key, which would make the shared secret predictable.
+    #[error("the peer's key is weak (zero or low order)")]
+    WeakKey,
+    /// The revealed key does not match the commitment.
+    #[error("the peer's key does not match its commitment: someone changed it in transit")]
+    CommitMismatch,
+    /// The box did not open: tampered with, or encrypted under another key.
+    #[error("a message failed authentication: it was tampered with or forged")]
+    Tampered,
+    /// A message we have already received.
+    #[error("a message was replayed")]
+    Replay,
+    /// A message we sent ourselves, sent back to us.
+    #[error("our own message was reflected back to us")]
+    Reflection,
+    /// A counter ahead of the next expected one: a message was dropped or reordered.
+    #[error("a message is missing or out of order")]
+    OutOfOrder,
+    /// The box opened but its content is not a valid padded message.
+    #[error("a message's content is malformed")]
+    BadContent,
+    /// The box is too short to hold a nonce and a tag.
+    #[error("a message is too short to be a box")]
+    Truncated,
+}
+
+impl CryptoError {
+    /// Whether this is an attack on the session (as opposed to a peer that speaks the protocol badly).
+    pub fn is_security(self) -> bool {
+        !matches!(self, CryptoError::BadKeyLength | CryptoError::BadContent | CryptoError::Truncated)
+    }
+}
+
+/// This session's ephemeral key pair.
+pub struct KeyPair {
+    secret: x25519_dalek::StaticSecret,
+    public: PublicBytes,
+}
+
+impl KeyPair {
+    /// A fresh key pair from the operating system's CSPRNG.
+    pub fn generate() -> KeyPair {
+        let secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        KeyPair { secret, public }
+    }
+
+    /// A key pair from fixed secret bytes (test vectors only).
+    pub fn from_secret(bytes: [u8; 32]) -> KeyPair {
+        let secret = x25519_dalek::StaticSecret::from(bytes);
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        KeyPair { secret, public }
+    }
+
+    /// Our public key.
+    pub fn public(&self) -> &PublicBytes {
+        &self.public
+    }
+
+    /// The commitment to our public key that v2 sends before revealing it.
+    pub fn commitment(&self) -> [u8; 32] {
+        commitment(&self.public)
+    }
+
+    /// Checks the peer's key and derives the shared box (crypto_box_beforenm).
+    ///
+    /// # Errors
+    /// [`CryptoError::ReflectedKey`] for our own key, [`CryptoError::WeakKey`] for a low-order one.
+    pub fn agree(&self, peer: &PublicBytes) -> Result<SalsaBox, CryptoError> {
+        if peer == &self.public {
+            return Err(CryptoError::ReflectedKey);
+        }
+        if is_low_order(peer) {
+            return Err(CryptoError::WeakKey);
+        }
+        let secret = Zeroizing::new(self.secret.to_bytes());
+        let sk = crypto_box::SecretKey::from_bytes(*secret);
+        Ok(SalsaBox::new(&crypto_box::PublicKey::from_bytes(*peer), &sk))
+    }
+}
+
+/// Whether `u` is a low-order point (or zero): X25519 with any scalar that is a multiple of the
+/// cofactor maps exactly those points to zero. The scalar is public; no secret is involved.
+fn is_low_order(u: &PublicBytes) -> bool {
+    // A clamped scalar (a multiple of 8 below 2^255 with bit 254 set), fixed and public.
+    let mut k = [0x55u8; 32];
+    k[0] &= 248;
+    k[31] = (k[31] & 127) | 64;
+    x25519_dalek::x25519(k, *u) == [0u8; 32]
+}
+
+/// SHA-256 commitment to a public key, domain-separated.
+pub fn commitment(public: &PublicBytes) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"ghostwire/v2/commit\0");
+    h.update(public);
+    h.finalize().into()
+}
+
+/// The verification code both users compare: 10 digits derived from both public keys
+/// (in a fixed order, so both sides compute the same code), shown as `12345 67890`.
+pub fn verification_code(a: &PublicBytes, b: &PublicBytes) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut h = Sha256::new();
+    h.update(b"ghostwire/v2/verification\0");
+    h.update(lo);
+    h.update(hi);
+    let d = h.finalize();
+    let n = u64::from_be_bytes([0, 0, 0, d[0], d[1], d[2], d[3], d[4]]) % 10_000_000_000;
+    format!("{:05} {:05}", n / 100_000, n % 100_000)
+}
+
+/// The two halves of an established session: one box, a counter per direction.
+pub struct Channel {
+    boxed: SalsaBox,
+    version: Version,
+    /// v2: the direction byte we put in what we send; the peer's is the other one.
+    my_direction: u8,
+    sent: u64,
+    expected: u64,
+    /// v1: nonces we sent (reflection) and received (replay).
+    sent_nonces: HashSet<[u8; NONCE_LEN]>,
+    seen_nonces: HashSet<[u8; NONCE_LEN]>,
+}
+
+impl Channel {
+    /// A channel over `boxed` between `mine` and `peer` public keys.
+    pub fn new(boxed: SalsaBox, version: Version, mine: &PublicBytes, peer: &PublicBytes) -> Channel {
+        Channel {
+            boxed,
+            version,
+            my_direction: if mine < peer { 1 } else { 2 },
+            sent: 0,
+            expected: 0,
+            sent_nonces: HashSet::new(),
+            seen_nonces: HashSet::new(),
+        }
+    }
+
+    /// Encrypts `text`: nonce || box(content).
+    pub fn seal(&mut self, text: &str) -> Vec<u8> {
+        let content = match self.version {
+            Version::Legacy1 => Zeroizing::new(text.as_bytes().to_vec()),
+            Version::Hardened2 => {
+                let mut buf = Zeroizing::new(Vec::with_capacity(padded_len(text.len())));
+                buf.push(self.my_direction);
+                buf.extend_from_slice(&self.sent.to_be_bytes());
+                // Texts are at most a few KiB (the UI caps them); the length field holds 65,535.
+                buf.extend_from_slice(&(text.len().min(u16::MAX as usize) as u16).to_be_bytes());
+                buf.extend_from_slice(text.as_bytes());
+                buf.resize(padded_len(text.len()), 0);
+                buf
+            }
+        };
+        self.sent += 1;
+        let nonce = SalsaBox::generate_nonce(&mut OsRng);
+        self.sent_nonces.insert(nonce.into());
+        // Encryption of an in-memory buffer with a valid key and nonce cannot fail.
+        let ct = self.boxed.encrypt(&nonce, content.as_slice()).unwrap_or_default();
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Decrypts and checks a box from the peer, returning its text.
+    ///
+    /// # Errors
+    /// The [`CryptoError`] naming what is wrong with it.
+    pub fn open(&mut self, data: &[u8]) -> Result<Zeroizing<String>, CryptoError> {
+        if data.len() < NONCE_LEN + TAG_LEN {
+            return Err(CryptoError::Truncated);
+        }
+        let (nonce, ct) = data.split_at(NONCE_LEN);
+        let nonce_arr: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Truncated)?;
+        if self.version == Version::Legacy1 {
+            if self.sent_nonces.contains(&nonce_arr) {
+                return Err(CryptoError::Reflection);
+            }
+            if self.seen_nonces.contains(&nonce_arr) {
+                return Err(CryptoError::Replay);
+            }
+        }
+        let plain = Zeroizing::new(self.boxed.decrypt(nonce.into(), ct).map_err(|_| CryptoError::Tampered)?);
+        let text = match self.version {
+            Version::Legacy1 => {
+                self.seen_nonces.insert(nonce_arr);
+                std::str::from_utf8(&plain).map_err(|_| CryptoError::BadContent)?
+            }
+            Version::Hardened2 => {
+                if plain.len() < HEADER || plain.len() % PAD_BUCKET != 0 {
+                    return Err(CryptoError::BadContent);
+                }
+                if plain[0] == self.my_direction {
+                    return Err(CryptoError::Reflection);
+                }
+                if plain[0] != 3 - self.my_direction {
+                    return Err(CryptoError::BadContent);
+                }
+                let mut ctr = [0u8; 8];
+                ctr.copy_from_slice(&plain[1..9]);
+                let counter = u64::from_be_bytes(ctr);
+                if counter < self.expected {
+                    return Err(CryptoError::Replay);
+                }
+                if counter > self.expected {
+                    return Err(CryptoError::OutOfOrder);
+                }
+                let len = u16::from_be_bytes([plain[9], plain[10]]) as usize;
+                let body = plain.get(HEADER..HEADER + len).ok_or(CryptoError::BadContent)?;
+                if plain[HEADER + len..].iter().any(|b| *b != 0) {
+                    return Err(CryptoError::BadContent);
+                }
+                self.expected += 1;
+                std::str::from_utf8(body).map_err(|_| CryptoError::BadContent)?
+            }
+        };
+        Ok(Zeroizing::new(text.to_owned()))
+    }
+}
+
+/// The padded size of a v2 plaintext holding `text_len` bytes of text.
+pub fn padded_len(text_len: usize) -> usize {
+    (HEADER + text_len).div_ceil(PAD_BUCKET) * PAD_BUCKET
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn arr(s: &str) -> [u8; 32] {
+        hex(s).try_into().unwrap()
+    }
+
+    // RFC 7748 §6.1 key pairs, which NaCl's box test vectors also use (alicesk, bobpk).
+    const ALICE_SK: &str = "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a";
+    const ALICE_PK: &str = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+    const BOB_SK: &str = "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb";
+    const BOB_PK: &str = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
+
+    #[test]
+    fn rfc7748_public_keys() {
+        assert_eq!(KeyPair::from_secret(arr(ALICE_SK)).public(), &arr(ALICE_PK));
+        assert_eq!(KeyPair::from_secret(arr(BOB_SK)).public(), &arr(BOB_PK));
+    }
+
+    /// NaCl's `tests/box.c` / `box2.c` vector (also in libsodium's test suite): alicesk + bobpk,
+    /// this nonce and 131-byte message give this 147-byte box; bobsk + alicepk open it.
+    #[test]
+    fn nacl_box_known_answer() {
+        let nonce = hex("69696ee955b62b73cd62bda875fc73d68219e0036b7a0b37");
+        let m = hex(concat!(
+            "be075fc53c81f2d5cf141316ebeb0c7b5228c52a4c62cbd44b66849b64244ffc",
+            "e5ecbaaf33bd751a1ac728d45e6c61296cdc3c01233561f41db66cce314adb31",
+            "0e3be8250c46f06dceea3a7fa1348057e2f6556ad6b1318a024a838f21af1fde",
+            "048977eb48f59ffd4924ca1c60902e52f0a089bc76897040e082f93776384864",
+            "5e0705"
+        ));
+        let c = hex(concat!(
+            "f3ffc7703f9400e52a7dfb4b3d3305d98e993b9f48681273c29650ba32fc76ce",
+            "48332ea7164d96a4476fb8c531a1186ac0dfc17c98dce87b4da7f011ec48c972",
+            "71d2c20f9b928fe2270d6fb863d51738b48eeee314a7cc8ab932164548e526ae",
+            "90224368517acfeabd6bb3732bc0e9da99832b61ca01b6de56244a9e88d5f9b3",
+            "7973f622a43d14a6599b1f654cb45a74e355a5"
+        ));
+        let alice = KeyPair::from_secret(arr(ALICE_SK));
+        let bob = KeyPair::from_secret(arr(BOB_SK));
+        let sealed = alice.agree(&arr(BOB_PK)).unwrap().encrypt(nonce.as_slice().into(), m.as_slice()).unwrap();
+        assert_eq!(sealed, c);
+        let opened = bob.agree(&arr(ALICE_PK)).unwrap().decrypt(nonce.as_slice().into(), c.as_slice()).unwrap();
+        assert_eq!(opened, m);
+    }
+
+    /// The low-order points of Curve25519 (libsodium's blacklist), each refused as a peer key.
+    #[test]
+    fn low_order_keys_are_refused() {
+        let me = KeyPair::generate();
+        let p_minus_1 = {
+            let mut k = [0xffu8; 32];
+            k[0] = 0xec;
+            k[31] = 0x7f;
+            k
+        };
+        let mut order8_a = arr("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800");
+        let order8_b = arr("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157");
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for k in [[0u8; 32], one, order8_a, order8_b, p_minus_1] {
+            assert_eq!(me.agree(&k).err(), Some(CryptoError::WeakKey), "{k:02x?}");
+        }
+        order8_a[31] |= 0x80; // the same point with the ignored top bit set
+        assert_eq!(me.agree(&order8_a).err(), Some(CryptoError::WeakKey));
+        assert_eq!(me.agree(me.public()).err(), Some(CryptoError::ReflectedKey));
+        assert!(me.agree(&arr(BOB_PK)).is_ok());
+    }
+
+    fn pair(version: Version) -> (Channel, Channel) {
+        let (a, b) = (KeyPair::generate(), KeyPair::generate());
+        let ca = Channel::new(a.agree(b.public()).unwrap(), version, a.public(), b.public());
+        let cb = Channel::new(b.agree(a.public()).unwrap(), version, b.public(), a.public());
+        (ca, cb)
+    }
+
+    #[test]
+    fn v2_round_trip_and_padding_hides_length() {
+        let (mut a, mut b) = pair(Version::Hardened2);
+        for text in ["", "hi", "héllo 👻", &"x".repeat(1000), &"ü".repeat(1000)] {
+            let sealed = a.seal(text);
+            assert_eq!((sealed.len() - NONCE_LEN - TAG_LEN) % PAD_BUCKET, 0);
+            assert_eq!(b.open(&sealed).unwrap().as_str(), text);
+        }
+        assert_eq!(a.seal("a").len(), a.seal(&"a".repeat(200)).len(), "same bucket, same size");
+        let reply = b.seal("back");
+        assert_eq!(a.open(&reply).unwrap().as_str(), "back");
+    }
+
+    #[test]
+    fn v2_catches_replay_reflection_reorder_drop_and_tamper() {
+        let (mut a, mut b) = pair(Version::Hardened2);
+        let m0 = a.seal("zero");
+        let m1 = a.seal("one");
+        let m2 = a.seal("two");
+        // Reflection: our own message sent back to us decrypts under the shared key, but is refused.
+        assert_eq!(a.open(&m0).err(), Some(CryptoError::Reflection));
+        // Reorder / drop: m1 before m0.
+        assert_eq!(b.open(&m1).err(), Some(CryptoError::OutOfOrder));
+        assert_eq!(b.open(&m0).unwrap().as_str(), "zero");
+        // Replay.
+        assert_eq!(b.open(&m0).err(), Some(CryptoError::Replay));
+        // Tamper: any flipped bit.
+        let mut bad = m1.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(b.open(&bad).err(), Some(CryptoError::Tampered));
+        let mut bad = m1.clone();
+        bad[0] ^= 1; // the nonce
+        assert_eq!(b.open(&bad).err(), Some(CryptoError::Tampered));
+        assert_eq!(b.open(&m1[..20]).err(), Some(CryptoError::Truncated));
+        assert_eq!(b.open(&m1).unwrap().as_str(), "one");
+        assert_eq!(b.open(&m2).unwrap().as_str(), "two");
+        // A box from a third party (another key) does not open.
+        let (mut c, _) = pair(Version::Hardened2);
+        assert_eq!(b.open(&c.seal("forged")).err(), Some(CryptoError::Tampered));
+    }
+
+    #[test]
+    fn v1_is_the_prototype_format_and_still_refuses_replay_and_reflection() {
+        let (mut a, mut b) = pair(Version::Legacy1);
+        let m = a.seal("hello");
+        assert_eq!(m.len(), NONCE_LEN + TAG_LEN + 5, "v1 plaintext is the UTF-8 text, unpadded");
+        assert_eq!(a.open(&m).err(), Some(CryptoError::Reflection));
+        assert_eq!(b.open(&m).unwrap().as_str(), "hello");
+        assert_eq!(b.open(&m).err(), Some(CryptoError::Replay));
+    }
+
+    #[test]
+    fn commitment_and_verification_code_vectors() {
+        // Test vectors for docs/PROTOCOL.md (RFC 7748 keys), computed independently with Python's hashlib.
+        let (a, b) = (arr(ALICE_PK), arr(BOB_PK));
+        let hexs = |x: [u8; 32]| x.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(hexs(commitment(&a)), "bf8f0f1a687988b08484fd0bb3d8c85f578594a4f391fd948cf24137e4a832d4");
+        let code = verification_code(&a, &b);
+        assert_eq!(code, verification_code(&b, &a), "both sides compute the same code");
+        assert_eq!(code, "05423 22108");
+    }
+}

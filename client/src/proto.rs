@@ -1,0 +1,189 @@
+//! The client-to-client messages carried inside SIGNAL frames.
+//!
+//! The relay sees only `{"type":"SIGNAL","kind":...}`; these are the kinds
+//! two Ghostwire clients exchange (see docs/PROTOCOL.md, part 2):
+//!
+//! | kind | fields | version |
+//! |---|---|---|
+//! | `KEY_COMMIT` | `v`: 2, `commit`: base64 SHA-256 commitment | v2 only |
+//! | `KEY_EXCHANGE` | `key`: base64 32-byte X25519 public key; `v`: 2 (absent in v1) | both |
+//! | `MSG` | `payload`: base64 (24-byte nonce ‖ crypto_box) | both |
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ghostwire_shared::frame::Signal;
+use ghostwire_shared::ClientFrame;
+use serde_json::{json, Map, Value};
+
+/// The version marker of the hardened protocol.
+pub const V2: u64 = 2;
+
+/// A decoded peer message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerMsg {
+    /// v2 commitment to the sender's public key.
+    Commit {
+        /// SHA-256 commitment.
+        commit: [u8; 32],
+    },
+    /// The sender's public key; `v2` says whether it is marked as the hardened protocol.
+    Key {
+        /// The key bytes (length checked later, to name the error precisely).
+        key: Vec<u8>,
+        /// `"v":2` present.
+        v2: bool,
+    },
+    /// An encrypted message.
+    Msg {
+        /// nonce ‖ box.
+        payload: Vec<u8>,
+    },
+}
+
+/// Why a SIGNAL from the peer could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A kind this client does not know.
+    #[error("unknown message kind")]
+    UnknownKind,
+    /// A field that is missing or not a string/number as required.
+    #[error("message field {0:?} missing or of the wrong type")]
+    BadField(&'static str),
+    /// A field that is not valid base64.
+    #[error("message field {0:?} is not valid base64")]
+    BadBase64(&'static str),
+    /// A commitment that is not 32 bytes.
+    #[error("commitment is not 32 bytes")]
+    BadCommitLength,
+    /// A version this client does not speak.
+    #[error("unsupported protocol version {0}")]
+    UnknownVersion(u64),
+}
+
+fn field<'a>(fields: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, DecodeError> {
+    fields.get(name).and_then(Value::as_str).ok_or(DecodeError::BadField(name))
+}
+
+fn b64(fields: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, DecodeError> {
+    B64.decode(field(fields, name)?).map_err(|_| DecodeError::BadBase64(name))
+}
+
+/// The version marker of a message: `None` when absent.
+fn version(fields: &Map<String, Value>) -> Result<Option<u64>, DecodeError> {
+    match fields.get("v") {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(V2) => Ok(Some(V2)),
+            Some(n) => Err(DecodeError::UnknownVersion(n)),
+            None => Err(DecodeError::BadField("v")),
+        },
+    }
+}
+
+/// Decodes a SIGNAL's kind and fields.
+///
+/// # Errors
+/// A [`DecodeError`] for unknown kinds and malformed fields.
+pub fn decode(signal: &Signal) -> Result<PeerMsg, DecodeError> {
+    let f = &signal.fields;
+    match signal.kind.as_str() {
+        "KEY_COMMIT" => {
+            if version(f)? != Some(V2) {
+                return Err(DecodeError::BadField("v"));
+            }
+            let commit = b64(f, "commit")?.try_into().map_err(|_| DecodeError::BadCommitLength)?;
+            Ok(PeerMsg::Commit { commit })
+        }
+        "KEY_EXCHANGE" => Ok(PeerMsg::Key { v2: version(f)? == Some(V2), key: b64(f, "key")? }),
+        "MSG" => Ok(PeerMsg::Msg { payload: b64(f, "payload")? }),
+        _ => Err(DecodeError::UnknownKind),
+    }
+}
+
+fn frame(kind: &str, fields: &[(&str, Value)]) -> String {
+    let fields = fields.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    ClientFrame::Signal(Signal { kind: kind.to_owned(), fields }).to_json()
+}
+
+/// `{"type":"SIGNAL","kind":"KEY_COMMIT","commit":...,"v":2}`
+pub fn commit_frame(commit: &[u8; 32]) -> String {
+    frame("KEY_COMMIT", &[("v", json!(V2)), ("commit", json!(B64.encode(commit)))])
+}
+
+/// `{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":...}`, with `"v":2` unless legacy.
+pub fn key_frame(key: &[u8; 32], v2: bool) -> String {
+    let key = ("key", json!(B64.encode(key)));
+    if v2 {
+        frame("KEY_EXCHANGE", &[key, ("v", json!(V2))])
+    } else {
+        frame("KEY_EXCHANGE", &[key])
+    }
+}
+
+/// `{"type":"SIGNAL","kind":"MSG","payload":...}`
+pub fn msg_frame(sealed: &[u8]) -> String {
+    frame("MSG", &[("payload", json!(B64.encode(sealed)))])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ghostwire_shared::RelayFrame;
+    use proptest::prelude::*;
+
+    fn signal_of(text: &str) -> Signal {
+        match RelayFrame::parse(text, 1 << 16).unwrap() {
+            RelayFrame::Signal(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let k = [7u8; 32];
+        assert_eq!(decode(&signal_of(&commit_frame(&k))), Ok(PeerMsg::Commit { commit: k }));
+        assert_eq!(decode(&signal_of(&key_frame(&k, true))), Ok(PeerMsg::Key { key: k.to_vec(), v2: true }));
+        assert_eq!(decode(&signal_of(&key_frame(&k, false))), Ok(PeerMsg::Key { key: k.to_vec(), v2: false }));
+        assert_eq!(decode(&signal_of(&msg_frame(b"abc"))), Ok(PeerMsg::Msg { payload: b"abc".to_vec() }));
+        assert_eq!(
+            key_frame(&k, false),
+            r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="}"#
+        );
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"type":"SIGNAL","kind":"FILE_CHUNK"}"#, DecodeError::UnknownKind),
+            (r#"{"type":"SIGNAL","kind":"MSG"}"#, DecodeError::BadField("payload")),
+            (r#"{"type":"SIGNAL","kind":"MSG","payload":5}"#, DecodeError::BadField("payload")),
+            (r#"{"type":"SIGNAL","kind":"MSG","payload":"!!"}"#, DecodeError::BadBase64("payload")),
+            (r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":"%%%"}"#, DecodeError::BadBase64("key")),
+            (r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","v":3,"key":"AA=="}"#, DecodeError::UnknownVersion(3)),
+            (r#"{"type":"SIGNAL","kind":"KEY_COMMIT","commit":"AA=="}"#, DecodeError::BadField("v")),
+            (r#"{"type":"SIGNAL","kind":"KEY_COMMIT","v":2,"commit":"AA=="}"#, DecodeError::BadCommitLength),
+        ];
+        for (text, err) in cases {
+            assert_eq!(decode(&signal_of(text)), Err(err), "{text}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(kind in prop::sample::select(vec!["MSG", "KEY_EXCHANGE", "KEY_COMMIT", "X"]),
+                                 field in prop::sample::select(vec!["payload", "key", "commit", "v"]),
+                                 value in prop_oneof![".{0,60}".prop_map(Value::from), any::<i64>().prop_map(Value::from), Just(Value::Null)]) {
+            let mut fields = Map::new();
+            fields.insert(field.to_owned(), value);
+            let _ = decode(&Signal { kind: kind.to_owned(), fields });
+        }
+
+        #[test]
+        fn relay_frames_never_panic(s in ".{0,300}") {
+            if let Ok(RelayFrame::Signal(sig)) = RelayFrame::parse(&s, 1 << 16) {
+                let _ = decode(&sig);
+            }
+        }
+    }
+}
