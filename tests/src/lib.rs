@@ -211,3 +211,117 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// A `ghostwire` client process in piped mode, with its output read line by line.
+pub struct Peer {
+    pub child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: tokio::sync::mpsc::UnboundedReceiver<String>,
+    stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every stderr line seen so far (for failure messages).
+    pub log: Vec<String>,
+}
+
+fn lines_of<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use tokio::io::AsyncBufReadExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Peer {
+    /// Starts `ghostwire ARGS` (the relay URL is an argument), stdin/stdout/stderr piped.
+    pub fn start(args: &[&str]) -> Peer {
+        Peer::start_with(tokio::process::Command::new(bin("ghostwire")), args)
+    }
+
+    /// Starts a prepared command (e.g. `strace ... ghostwire`) with `args` appended.
+    pub fn start_with(mut cmd: tokio::process::Command, args: &[&str]) -> Peer {
+        use std::process::Stdio;
+        let mut child = cmd
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("GHOSTWIRE_RELAY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = lines_of(child.stdout.take().unwrap());
+        let stderr = lines_of(child.stderr.take().unwrap());
+        Peer { stdin: child.stdin.take(), child, stdout, stderr, log: Vec::new() }
+    }
+
+    pub async fn say(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Closes stdin: end of input.
+    pub fn hang_up(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next message received (a stdout line).
+    pub async fn heard(&mut self) -> String {
+        match tokio::time::timeout(FRAME_WAIT, self.stdout.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("client ended without the expected message; stderr:\n{}", self.log.join("\n")),
+            Err(_) => panic!("no message in time; stderr:\n{}", self.log.join("\n")),
+        }
+    }
+
+    /// Reads stderr until a line contains `what`; returns that line.
+    pub async fn status(&mut self, what: &str) -> String {
+        let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stderr.recv()).await {
+                Ok(Some(line)) => {
+                    self.log.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Ok(None) => panic!("client ended before saying {what:?}; stderr:\n{}", self.log.join("\n")),
+                Err(_) => panic!("client never said {what:?}; stderr:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
+    /// The verification code the client showed.
+    pub async fn code(&mut self) -> String {
+        let line = self.status("verification code: ").await;
+        line.trim_start_matches("verification code: ").to_owned()
+    }
+
+    /// Waits for the process to exit (bounded); returns its exit code and the rest of its stderr.
+    pub async fn exit(mut self) -> (i32, String) {
+        self.stdin = None;
+        let status = tokio::time::timeout(FRAME_WAIT, self.child.wait()).await.expect("client did not exit").unwrap();
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), self.stderr.recv()).await {
+            self.log.push(line);
+        }
+        (status.code().unwrap_or(-1), self.log.join("\n"))
+    }
+}
+
+/// Starts two piped clients in `room` through the relay at `url` and waits until both are connected.
+/// Returns them with the verification codes each showed.
+pub async fn connected_pair(url: &str, room: &str, extra: &[&str]) -> (Peer, Peer, String, String) {
+    let mut args = vec!["--relay", url, room];
+    args.extend_from_slice(extra);
+    let mut a = Peer::start(&args);
+    let mut b = Peer::start(&args);
+    let (ca, cb) = (a.code().await, b.code().await);
+    (a, b, ca, cb)
+}

@@ -1,0 +1,159 @@
+//! Two real `ghostwire` processes through a real relay: what a person (or script) sees.
+
+#![allow(clippy::unwrap_used)]
+
+use ghostwire_tests::*;
+
+#[tokio::test]
+async fn two_clients_chat_both_ways_with_matching_codes() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let (mut a, mut b, ca, cb) = connected_pair(&relay.url(), &room("chat"), &[]).await;
+        assert_eq!(ca, cb, "both sides must show the same verification code");
+        assert!(ca.len() == 11 && ca.chars().filter(char::is_ascii_digit).count() == 10, "{ca}");
+        let texts: Vec<String> = (0..40)
+            .map(|i| match i % 4 {
+                0 => format!("plain message {i}"),
+                1 => format!("ünïcödé 👻 {i} — ≠ ∞ 漢字"),
+                2 => format!("  spaces kept {i}  "),
+                _ => format!("{{\"json\":\"inside\",\"n\":{i}}}"),
+            })
+            .collect();
+        for t in &texts {
+            a.say(t).await;
+        }
+        for t in &texts {
+            assert_eq!(&b.heard().await, t);
+        }
+        for t in texts.iter().rev() {
+            b.say(t).await;
+        }
+        for t in texts.iter().rev() {
+            assert_eq!(&a.heard().await, t);
+        }
+        // 1000 characters (multi-byte ones too) pass; 1001 are refused and not sent.
+        let max = "é".repeat(1000);
+        a.say(&max).await;
+        assert_eq!(b.heard().await, max);
+        a.say(&"x".repeat(1001)).await;
+        let refused = a.status("not sent").await;
+        assert!(refused.contains("1001 characters") && refused.contains("1000"), "{refused}");
+        a.say("after the refusal").await;
+        assert_eq!(b.heard().await, "after the refusal", "the refused message must not arrive");
+        // End of input on A: A ends normally, B learns its peer left; both exit 0.
+        a.hang_up();
+        let (code_a, log_a) = a.exit().await;
+        assert_eq!(code_a, 0, "{log_a}");
+        b.status("your peer left").await;
+        let (code_b, log_b) = b.exit().await;
+        assert_eq!(code_b, 0, "{log_b}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lines_before_the_peer_arrives_are_queued_and_sent_before_quitting() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("queue");
+        let mut a = Peer::start(&["--relay", &relay.url(), &code]);
+        for i in 0..5 {
+            a.say(&format!("early {i}")).await;
+        }
+        a.hang_up(); // end of input before there is even a peer
+        a.status("searching").await;
+        let mut b = Peer::start(&["--relay", &relay.url(), &code]);
+        for i in 0..5 {
+            assert_eq!(b.heard().await, format!("early {i}"));
+        }
+        let (code_a, log) = a.exit().await;
+        assert_eq!(code_a, 0, "{log}");
+        assert!(log.contains("end of input"), "{log}");
+        assert_eq!(b.exit().await.0, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn room_code_from_stdin_is_validated_and_reprompted() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("prompt");
+        let mut a = Peer::start(&["--relay", &relay.url()]);
+        a.say("bad").await;
+        let why = a.status("room code must be").await;
+        assert!(why.contains("8 to 16"), "{why}");
+        // Lower case is accepted and upper-cased.
+        a.say(&code.to_lowercase()).await;
+        a.status("searching").await;
+        let mut b = Peer::start(&["--relay", &relay.url(), &code]);
+        assert_eq!(a.code().await, b.code().await);
+        a.say("found you").await;
+        assert_eq!(b.heard().await, "found you");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn new_prints_a_fresh_code_and_waits_in_it() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let mut a = Peer::start(&["--relay", &relay.url(), "--new"]);
+        let line = a.status("room code: ").await;
+        let code = line.trim_start_matches("room code: ").to_owned();
+        assert_eq!(code.len(), 16);
+        assert!(code.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+        let mut b = Peer::start(&["--relay", &relay.url(), &code]);
+        assert_eq!(a.code().await, b.code().await);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exit_codes_per_reason() {
+    within(60, async {
+        // Bad input: 2, with a message that says what is wrong.
+        let (code, log) = Peer::start(&["--relay", "ws://127.0.0.1:9/", "no!"]).exit().await;
+        assert_eq!(code, 2, "{log}");
+        assert!(log.contains("room code must be"), "{log}");
+        // A bad flag names the flag: 2 (clap).
+        let (code, log) = Peer::start(&["--relya", "x", "ABCDEFGH"]).exit().await;
+        assert_eq!(code, 2);
+        assert!(log.contains("--relya"), "{log}");
+        // No relay listening: 3.
+        let port = free_port();
+        let (code, log) = Peer::start(&["--relay", &format!("ws://127.0.0.1:{port}/"), "ABCDEFGH"]).exit().await;
+        assert_eq!(code, 3, "{log}");
+        assert!(log.contains("cannot reach the relay"), "{log}");
+        // The relay refuses (room full): 3, with the relay's reason.
+        let relay = TestRelay::with(|_| {}).await;
+        let full = room("full");
+        let (_a, _b, _, _) = connected_pair(&relay.url(), &full, &[]).await;
+        let (code, log) = Peer::start(&["--relay", &relay.url(), &full]).exit().await;
+        assert_eq!(code, 3, "{log}");
+        assert!(log.contains("room full (error 4002)"), "{log}");
+        // The relay shuts down under a connected pair: 3 for both, "relay shutting down".
+        let (a, b, _, _) = connected_pair(&relay.url(), &room("down"), &[]).await;
+        relay.shutdown.cancel();
+        for mut p in [a, b] {
+            let line = p.status("session destroyed").await;
+            assert!(line.contains("relay shutting down (error 1001)") && line.contains("exit 3"), "{line}");
+            assert_eq!(p.exit().await.0, 3);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mismatch_command_ends_as_a_security_failure() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let (mut a, b, _, _) = connected_pair(&relay.url(), &room("mism"), &[]).await;
+        a.say("/mismatch").await;
+        let (code, log) = a.exit().await;
+        assert_eq!(code, 5, "{log}");
+        assert!(log.contains("verification codes differ"), "{log}");
+        assert_eq!(b.exit().await.0, 0, "the peer sees a normal departure");
+    })
+    .await;
+}

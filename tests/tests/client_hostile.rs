@@ -1,0 +1,335 @@
+//! A hostile relay, written here, between two real `ghostwire` clients: each attack the
+//! documentation says the client resists is performed, and the client must end the session
+//! with the right reason and exit code.
+
+#![allow(clippy::unwrap_used)]
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use ghostwire::crypto::{commitment, Channel, KeyPair, Version};
+use ghostwire_tests::*;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Decides what becomes of a frame from client `from` (0 or 1): a list of (to, text) to send.
+type Rule = Box<dyn FnMut(usize, &str) -> Vec<(usize, String)> + Send>;
+
+/// Accepts two clients, answers their JOINs with PEER_FOUND (or lets `before_found` speak first),
+/// then routes every frame through `rule`. Returns the URL.
+async fn hostile(mut rule: Rule, before_found: Option<String>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut socks = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let join = ws.next().await.unwrap().unwrap();
+            assert!(join.to_text().unwrap().contains("JOIN"));
+            if let Some(early) = &before_found {
+                ws.send(Message::text(early.clone())).await.unwrap();
+            }
+            socks.push(ws);
+        }
+        for ws in &mut socks {
+            ws.send(Message::text(r#"{"type":"PEER_FOUND"}"#)).await.unwrap();
+        }
+        let (mut s1, mut s0) = (socks.pop().unwrap(), socks.pop().unwrap());
+        loop {
+            let (from, msg) = tokio::select! {
+                m = s0.next() => (0, m),
+                m = s1.next() => (1, m),
+            };
+            let Some(Ok(Message::Text(text))) = msg else { break };
+            for (to, out) in rule(from, text.as_str()) {
+                let sock = if to == 0 { &mut s0 } else { &mut s1 };
+                let _ = sock.send(Message::text(out)).await;
+            }
+        }
+    });
+    url
+}
+
+fn kind(frame: &str) -> String {
+    serde_json::from_str::<Value>(frame).unwrap()["kind"].as_str().unwrap_or("").to_owned()
+}
+
+fn forward(from: usize, f: &str) -> Vec<(usize, String)> {
+    vec![(1 - from, f.to_owned())]
+}
+
+/// Runs two clients through `rule`; A (client 0) sends `lines`; returns how B (client 1) ended:
+/// its `session destroyed` line and exit code.
+async fn attack(rule: Rule, lines: &[&str]) -> (String, i32) {
+    let url = hostile(rule, None).await;
+    let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
+    // A must be client 0: wait until the relay has it before starting B.
+    a.status("searching").await;
+    let mut b = Peer::start(&["--relay", &url, "ROOM0001"]);
+    a.code().await;
+    for l in lines {
+        a.say(l).await;
+    }
+    let line = b.status("session destroyed").await;
+    let (code, _) = b.exit().await;
+    (line, code)
+}
+
+/// A rule that lets the key exchange through and applies `f` to A's MSG frames, numbered from 0.
+fn on_msgs(mut f: impl FnMut(usize, String) -> Vec<(usize, String)> + Send + 'static) -> Rule {
+    let mut n = 0;
+    Box::new(move |from, frame| {
+        if from == 0 && kind(frame) == "MSG" {
+            n += 1;
+            f(n - 1, frame.to_owned())
+        } else {
+            forward(from, frame)
+        }
+    })
+}
+
+#[tokio::test]
+async fn reflected_message_is_detected() {
+    within(60, async {
+        // A's first message goes back to A instead of to B.
+        let url = hostile(on_msgs(|i, f| if i == 0 { vec![(0, f)] } else { vec![(1, f)] }), None).await;
+        let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
+        a.status("searching").await;
+        let _b = Peer::start(&["--relay", &url, "ROOM0001"]);
+        a.code().await;
+        a.say("echo?").await;
+        let line = a.status("session destroyed").await;
+        assert!(line.contains("reflected"), "{line}");
+        assert_eq!(a.exit().await.0, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replayed_message_is_detected() {
+    within(60, async {
+        let (line, code) = attack(on_msgs(|_, f| vec![(1, f.clone()), (1, f)]), &["once"]).await;
+        assert!(line.contains("replayed"), "{line}");
+        assert_eq!(code, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reordered_messages_are_detected() {
+    within(60, async {
+        let mut held = None;
+        let rule = on_msgs(move |i, f| match i {
+            0 => {
+                held = Some(f);
+                vec![]
+            }
+            1 => vec![(1, f), (1, held.take().unwrap())],
+            _ => vec![(1, f)],
+        });
+        let (line, code) = attack(rule, &["first", "second"]).await;
+        assert!(line.contains("missing or out of order"), "{line}");
+        assert_eq!(code, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropped_message_is_detected() {
+    within(60, async {
+        let rule = on_msgs(|i, f| if i == 0 { vec![] } else { vec![(1, f)] });
+        let (line, code) = attack(rule, &["lost", "next"]).await;
+        assert!(line.contains("missing or out of order"), "{line}");
+        assert_eq!(code, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tampered_message_is_detected() {
+    within(60, async {
+        let rule = on_msgs(|_, f| {
+            let mut v: Value = serde_json::from_str(&f).unwrap();
+            let mut payload = B64.decode(v["payload"].as_str().unwrap()).unwrap();
+            payload[40] ^= 0x01; // one bit of ciphertext
+            v["payload"] = json!(B64.encode(payload));
+            vec![(1, v.to_string())]
+        });
+        let (line, code) = attack(rule, &["untouchable"]).await;
+        assert!(line.contains("failed authentication"), "{line}");
+        assert_eq!(code, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_base64_and_unknown_kinds_are_protocol_violations() {
+    within(60, async {
+        let rule = on_msgs(|_, _| vec![(1, r#"{"type":"SIGNAL","kind":"MSG","payload":"%%%not base64"}"#.into())]);
+        let (line, code) = attack(rule, &["x"]).await;
+        assert!(line.contains("base64"), "{line}");
+        assert_eq!(code, 4);
+        let rule = on_msgs(|_, _| vec![(1, r#"{"type":"SIGNAL","kind":"FILE_CHUNK","data":"AAAA"}"#.into())]);
+        let (line, code) = attack(rule, &["x"]).await;
+        assert!(line.contains("unknown message kind"), "{line}");
+        assert_eq!(code, 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn signal_before_peer_found_is_a_protocol_violation() {
+    within(60, async {
+        let early = r#"{"type":"SIGNAL","kind":"MSG","payload":"AAAA"}"#.to_owned();
+        let url = hostile(Box::new(forward), Some(early)).await;
+        let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
+        let line = a.status("session destroyed").await;
+        assert!(line.contains("unexpected PeerMsg in state SEARCHING"), "{line}");
+        assert_eq!(a.exit().await.0, 4);
+    })
+    .await;
+}
+
+/// Replaces A's commitment and key with `key` (and a commitment that matches it).
+fn substitute_key(key: Vec<u8>) -> Rule {
+    Box::new(move |from, frame| {
+        if from == 0 && kind(frame) == "KEY_COMMIT" {
+            let c = commitment(&key.clone().try_into().unwrap_or([9u8; 32]));
+            return vec![(1, json!({"type":"SIGNAL","kind":"KEY_COMMIT","v":2,"commit":B64.encode(c)}).to_string())];
+        }
+        if from == 0 && kind(frame) == "KEY_EXCHANGE" {
+            return vec![(1, json!({"type":"SIGNAL","kind":"KEY_EXCHANGE","v":2,"key":B64.encode(&key)}).to_string())];
+        }
+        forward(from, frame)
+    })
+}
+
+#[tokio::test]
+async fn garbage_keys_are_refused() {
+    within(60, async {
+        let (line, code) = attack(substitute_key(vec![1, 2, 3]), &[]).await;
+        assert!(line.contains("not 32 bytes"), "{line}");
+        assert_eq!(code, 4);
+        let (line, code) = attack(substitute_key(vec![0; 32]), &[]).await;
+        assert!(line.contains("weak"), "{line}");
+        assert_eq!(code, 5);
+        let mut order8 = vec![0u8; 32];
+        order8[0] = 1; // the point u = 1 has order 1
+        let (line, code) = attack(substitute_key(order8), &[]).await;
+        assert!(line.contains("weak"), "{line}");
+        assert_eq!(code, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reflected_key_exchange_is_refused() {
+    within(60, async {
+        // A's commitment and key are sent back to A as if they were B's.
+        let rule: Rule = Box::new(|from, frame| match (from, kind(frame).as_str()) {
+            (0, "KEY_COMMIT" | "KEY_EXCHANGE") => vec![(0, frame.to_owned())],
+            (1, "KEY_COMMIT" | "KEY_EXCHANGE") => vec![],
+            _ => forward(from, frame),
+        });
+        let url = hostile(rule, None).await;
+        let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
+        a.status("searching").await;
+        let _b = Peer::start(&["--relay", &url, "ROOM0001"]);
+        let line = a.status("session destroyed").await;
+        assert!(line.contains("our own key"), "{line}");
+        assert_eq!(a.exit().await.0, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn naive_key_substitution_breaks_the_commitment() {
+    within(60, async {
+        // The relay swaps A's revealed key for its own but cannot change the commitment A sent first.
+        let mitm = KeyPair::generate();
+        let fake = *mitm.public();
+        let rule: Rule = Box::new(move |from, frame| {
+            if from == 0 && kind(frame) == "KEY_EXCHANGE" {
+                return vec![(
+                    1,
+                    json!({"type":"SIGNAL","kind":"KEY_EXCHANGE","v":2,"key":B64.encode(fake)}).to_string(),
+                )];
+            }
+            forward(from, frame)
+        });
+        let (line, code) = attack(rule, &[]).await;
+        assert!(line.contains("does not match its commitment"), "{line}");
+        assert_eq!(code, 5);
+    })
+    .await;
+}
+
+/// A relay in the middle that runs an honest-looking key exchange with each side on its own keys.
+/// Returns the rule and, through `flood_b`, optionally floods B with valid messages once keyed.
+fn man_in_the_middle(flood_b: usize) -> Rule {
+    let keys = [KeyPair::generate(), KeyPair::generate()];
+    let mut channels: [Option<Channel>; 2] = [None, None];
+    Box::new(move |from, frame| {
+        let v: Value = serde_json::from_str(frame).unwrap();
+        let me = &keys[from];
+        match v["kind"].as_str() {
+            Some("KEY_COMMIT") => {
+                vec![(
+                    from,
+                    json!({"type":"SIGNAL","kind":"KEY_COMMIT","v":2,"commit":B64.encode(me.commitment())}).to_string(),
+                )]
+            }
+            Some("KEY_EXCHANGE") => {
+                let theirs: [u8; 32] = B64.decode(v["key"].as_str().unwrap()).unwrap().try_into().unwrap();
+                let mut chan = Channel::new(me.agree(&theirs).unwrap(), Version::Hardened2, me.public(), &theirs);
+                let mut out = vec![(
+                    from,
+                    json!({"type":"SIGNAL","kind":"KEY_EXCHANGE","v":2,"key":B64.encode(me.public())}).to_string(),
+                )];
+                if from == 1 {
+                    for i in 0..flood_b {
+                        let sealed = chan.seal(&format!("flood {i}"));
+                        out.push((1, json!({"type":"SIGNAL","kind":"MSG","payload":B64.encode(sealed)}).to_string()));
+                    }
+                }
+                channels[from] = Some(chan);
+                out
+            }
+            _ => vec![],
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_relay_in_the_middle_gets_different_verification_codes() {
+    within(60, async {
+        let url = hostile(man_in_the_middle(0), None).await;
+        let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
+        a.status("searching").await;
+        let mut b = Peer::start(&["--relay", &url, "ROOM0001"]);
+        let (ca, cb) = (a.code().await, b.code().await);
+        assert_ne!(ca, cb, "a man in the middle must not be able to make the codes match");
+        // The users compare, see the difference, and say so.
+        a.say("/mismatch").await;
+        let (code, log) = a.exit().await;
+        assert_eq!(code, 5, "{log}");
+        assert!(log.contains("verification codes differ"), "{log}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_flood_of_valid_messages_is_a_violation() {
+    within(60, async {
+        let url = hostile(man_in_the_middle(400), None).await;
+        let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
+        a.status("searching").await;
+        let mut b = Peer::start(&["--relay", &url, "ROOM0001"]);
+        let line = b.status("session destroyed").await;
+        assert!(line.contains("flood"), "{line}");
+        assert_eq!(b.exit().await.0, 4);
+        drop(a);
+    })
+    .await;
+}
