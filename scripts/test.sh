@@ -29,9 +29,10 @@ cargo fmt --all -- --check
 say "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 
-# --- build (the process tests run the real binaries) -----------------------------------------
-say "cargo build --workspace --bins"
+# --- build (the process tests run the real binaries; run.sh's test uses the release build) ---
+say "cargo build --workspace --bins (debug and release)"
 cargo build --workspace --bins --quiet
+cargo build --release --quiet -p ghostwire -p ghostwire-relay
 
 # --- tests -----------------------------------------------------------------------------------
 if [ $# -eq 0 ]; then

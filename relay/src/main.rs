@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use ghostwire_relay::{Config, Relay};
+use std::io::IsTerminal;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
@@ -12,6 +13,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     raise_fd_limit(config.max_conns);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

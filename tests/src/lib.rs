@@ -220,6 +220,16 @@ pub struct Peer {
     stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
     /// Every stderr line seen so far (for failure messages).
     pub log: Vec<String>,
+    /// Whether the process leads its own process group (killed whole on drop).
+    group: bool,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let (true, Some(pid)) = (self.group, self.child.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 fn lines_of<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R) -> tokio::sync::mpsc::UnboundedReceiver<String> {
@@ -257,7 +267,16 @@ impl Peer {
             .unwrap();
         let stdout = lines_of(child.stdout.take().unwrap());
         let stderr = lines_of(child.stderr.take().unwrap());
-        Peer { stdin: child.stdin.take(), child, stdout, stderr, log: Vec::new() }
+        Peer { stdin: child.stdin.take(), child, stdout, stderr, log: Vec::new(), group: false }
+    }
+
+    /// Like [`start_with`](Self::start_with), in a process group of its own, so that everything it
+    /// starts (a script's children) is killed with it if the test fails.
+    pub fn start_group(mut cmd: tokio::process::Command, args: &[&str]) -> Peer {
+        cmd.process_group(0);
+        let mut peer = Peer::start_with(cmd, args);
+        peer.group = true;
+        peer
     }
 
     pub async fn say(&mut self, line: &str) {
@@ -283,7 +302,8 @@ impl Peer {
 
     /// Reads stderr until a line contains `what`; returns that line.
     pub async fn status(&mut self, what: &str) -> String {
-        let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+        // Generous: run.sh may be building before it says anything.
+        let deadline = tokio::time::Instant::now() + 6 * FRAME_WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.stderr.recv()).await {
                 Ok(Some(line)) => {
@@ -306,6 +326,7 @@ impl Peer {
 
     /// Waits for the process to exit (bounded); returns its exit code and the rest of its stderr.
     pub async fn exit(mut self) -> (i32, String) {
+        self.group = false;
         self.stdin = None;
         let status = tokio::time::timeout(FRAME_WAIT, self.child.wait()).await.expect("client did not exit").unwrap();
         while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), self.stderr.recv()).await {

@@ -1,0 +1,65 @@
+//! `./run.sh`, the README's demo command: builds, starts a relay, chats, stops the relay it started.
+
+#![allow(clippy::unwrap_used)]
+
+use ghostwire_tests::*;
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `run.sh` as a person runs it: from a shell's environment, not the test runner's (cargo's
+/// variables there would make its build start over).
+fn run_sh(port: u16) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(repo_root().join("run.sh"));
+    cmd.env_clear();
+    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd.env("GHOSTWIRE_PORT", port.to_string()).env("GHOSTWIRE_ADMIN_PORT", free_port().to_string());
+    cmd
+}
+
+#[tokio::test]
+async fn run_sh_starts_a_relay_chats_and_stops_it() {
+    // The first call may build the release binaries (scripts/test.sh builds them beforehand).
+    within(600, async {
+        let port = free_port();
+        let code = room("runsh");
+        let mut demo = Peer::start_group(run_sh(port), &[&code]);
+        demo.status("started a relay").await;
+        let url = format!("ws://127.0.0.1:{port}/");
+        let mut other = Peer::start(&["--relay", &url, &code]);
+        assert_eq!(demo.code().await, other.code().await);
+        demo.say("hello from run.sh").await;
+        assert_eq!(other.heard().await, "hello from run.sh");
+        other.say("hello back").await;
+        assert_eq!(demo.heard().await, "hello back");
+        demo.hang_up();
+        let (status, log) = demo.exit().await;
+        assert_eq!(status, 0, "{log}");
+        // The relay run.sh started is gone with it.
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "relay still listening");
+        let (status, _) = other.exit().await;
+        assert_ne!(status, -1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn run_sh_without_a_code_makes_one_up_and_says_what_to_run() {
+    within(600, async {
+        let port = free_port();
+        let mut demo = Peer::start_group(run_sh(port), &[]);
+        let line = demo.status("in a second terminal, run:").await;
+        let code = line.rsplit(' ').next().unwrap().to_owned();
+        assert_eq!(code.len(), 16, "{line}");
+        let mut other = Peer::start(&["--relay", &format!("ws://127.0.0.1:{port}/"), &code]);
+        assert_eq!(demo.code().await, other.code().await);
+        demo.say("/quit").await;
+        assert_eq!(demo.exit().await.0, 0);
+    })
+    .await;
+}
