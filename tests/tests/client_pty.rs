@@ -53,7 +53,7 @@ async fn a_person_types_into_the_interactive_client() {
             term.expect("/mismatch").unwrap();
             term.send_line("/verify").unwrap();
             term.expect("verification code: ").unwrap();
-            term.send_line(&"y".repeat(1001)).unwrap();
+            term.send_line("y".repeat(1001)).unwrap();
             term.expect("message not sent: 1001 characters").unwrap();
             term.send_line("/quit").unwrap();
             term.expect("session destroyed: you ended the session (exit 0)").unwrap();
