@@ -1,0 +1,432 @@
+//! `ghostwire-bench`: the project's benchmark of record.
+//!
+//! `ghostwire-bench suite` starts each relay under test pinned to core 0
+//! (`taskset -c 0`), drives it from this process (which `scripts/bench.sh` pins
+//! to core 1), samples the relay's CPU time and memory from `/proc`, and prints
+//! one table with medians over `--runs` runs and ratios ours/theirs from the
+//! same run. Any relay that speaks the protocol can be measured: ours, and
+//! with `--compare` the Python and Node reference relays in `../shared/bench`.
+
+mod load;
+mod ws;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "ghostwire-bench", about = "Benchmark relays that speak the Ghostwire room protocol, side by side")]
+struct Args {
+    /// Also run the comparison relays (Python `websockets`, Node `ws`) from --peers.
+    #[arg(long)]
+    compare: bool,
+    /// Runs per relay; the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// A tiny configuration that only checks that every scenario runs (for the tests).
+    #[arg(long)]
+    smoke: bool,
+    /// The relay binary under test.
+    #[arg(long, default_value = "target/release/ghostwire-relay")]
+    relay: PathBuf,
+    /// The folder with run_peer.sh and the comparison relays.
+    #[arg(long, default_value = "../shared/bench")]
+    peers: PathBuf,
+    /// Idle connections for the capacity scenario (pairs are half of it).
+    #[arg(long, default_value_t = 19_600)]
+    capacity: usize,
+}
+
+/// Sizes of every scenario.
+struct Plan {
+    warmup: Duration,
+    measure: Duration,
+    rooms: usize,
+    window: usize,
+    payload: usize,
+    rt_rate: f64,
+    curve: Vec<usize>,
+    capacity_steps: Vec<usize>,
+    slow_for: Duration,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Plan {
+        if args.smoke {
+            return Plan {
+                warmup: Duration::from_millis(100),
+                measure: Duration::from_millis(300),
+                rooms: 4,
+                window: 4,
+                payload: 256,
+                rt_rate: 200.0,
+                curve: vec![2, 8],
+                capacity_steps: vec![20, 40],
+                slow_for: Duration::from_millis(500),
+            };
+        }
+        let full = args.capacity.max(2);
+        Plan {
+            warmup: Duration::from_secs(1),
+            measure: Duration::from_secs(3),
+            rooms: 100,
+            window: 32,
+            payload: 256,
+            rt_rate: 2000.0,
+            curve: vec![10, 100, 1000],
+            capacity_steps: vec![full / 10, full / 2, full],
+            slow_for: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A relay process under test.
+struct Relay {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Relay {
+    fn start(name: &'static str, args: &Args) -> Result<Relay> {
+        let port = free_port()?;
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"]);
+        match name {
+            "ghostwire" => {
+                cmd.arg(&args.relay).args([
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--admin-listen",
+                    &format!("127.0.0.1:{}", free_port()?),
+                    // The limiter stays on, set high enough not to bind, so its cost is measured.
+                    "--frame-rate",
+                    "10000000",
+                    "--frame-burst",
+                    "10000000",
+                    "--max-conns-per-ip",
+                    "1000000",
+                    "--max-conns",
+                    "40000",
+                    "--max-rooms",
+                    "40000",
+                ]);
+                cmd.env("GHOSTWIRE_LOG", "warn");
+            }
+            "python" | "node" => {
+                cmd.arg(args.peers.join("run_peer.sh")).args([name, &port.to_string()]);
+            }
+            _ => bail!("unknown relay {name}"),
+        }
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context(name)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("{name} relay did not start listening on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Relay { name, child, addr })
+    }
+
+    /// CPU seconds the relay has used (all threads), from /proc/PID/stat.
+    fn cpu(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+        (ticks(11) + ticks(12)) / hz
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One run's figures for one relay.
+#[derive(Default, Clone)]
+struct Figures {
+    fps: f64,
+    relay_us_per_frame: f64,
+    gen_cpu_tp: f64,
+    lat: [f64; 4],
+    lat_rate: f64,
+    gen_cpu_lat: f64,
+    closed: [f64; 4],
+    closed_rate: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn quantiles(l: &load::Latencies) -> [f64; 4] {
+    [0.5, 0.9, 0.99, 0.999].map(|q| l.quantile(q) as f64)
+}
+
+async fn run_once(relay: &mut Relay, plan: &Plan) -> Result<Figures> {
+    let mut f = Figures::default();
+    let mut cpu = Vec::new();
+    let tp = load::throughput(relay.addr, plan.rooms, plan.window, plan.payload, plan.warmup, plan.measure, || {
+        cpu.push(relay.cpu())
+    })
+    .await
+    .context("throughput")?;
+    f.fps = tp.frames as f64 / tp.secs;
+    f.relay_us_per_frame = (cpu[1] - cpu[0]) * 1e6 / tp.frames.max(1) as f64;
+    f.gen_cpu_tp = tp.gen_cpu;
+    let lat = load::latency(relay.addr, plan.rooms, plan.rt_rate, plan.payload, plan.warmup, plan.measure).await?;
+    f.lat = quantiles(&lat);
+    f.lat_rate = lat.rate;
+    f.gen_cpu_lat = lat.gen_cpu;
+    let closed = load::latency(relay.addr, 1, 0.0, plan.payload, plan.warmup, plan.measure).await?;
+    f.closed = quantiles(&closed);
+    f.closed_rate = closed.rate;
+    if !relay.alive() {
+        bail!("{} relay died during the run", relay.name);
+    }
+    Ok(f)
+}
+
+/// Capacity: RSS per connection at each step, and the time to connect all.
+struct Capacity {
+    steps: Vec<(usize, f64)>,
+    connect_secs: f64,
+    baseline_kib: u64,
+}
+
+async fn capacity(relay: &Relay, steps: &[usize]) -> Result<Capacity> {
+    // Let the relay settle, then take its idle footprint as the baseline.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = relay.memory().0;
+    let sources: Vec<IpAddr> = (2..=254).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect();
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    let mut connect = Duration::ZERO;
+    for &conns in steps {
+        let pairs = conns / 2;
+        let more = pairs.saturating_sub(held.len());
+        let (mut fresh, took) =
+            load::capacity(relay.addr, held.len(), more, &sources, 256).await.context("capacity")?;
+        connect += took;
+        held.append(&mut fresh);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss = relay.memory().0;
+        out.push((held.len() * 2, (rss.saturating_sub(baseline)) as f64 / (held.len() * 2) as f64));
+    }
+    drop(held);
+    Ok(Capacity { steps: out, connect_secs: connect.as_secs_f64(), baseline_kib: baseline })
+}
+
+async fn suite(args: Args) -> Result<()> {
+    let plan = Plan::new(&args);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => eprintln!("open-file limit: {n} (children inherit it)"),
+        Err(e) => eprintln!("cannot raise the open-file limit: {e}"),
+    }
+    let names: Vec<&'static str> = if args.compare { vec!["ghostwire", "node", "python"] } else { vec!["ghostwire"] };
+    let runs = if args.smoke { 1 } else { args.runs.max(1) };
+    let mut per: Vec<(&str, Vec<Figures>)> = Vec::new();
+    for &name in &names {
+        let mut figs = Vec::new();
+        for run in 1..=runs {
+            eprintln!("{name}: run {run}/{runs}");
+            let mut relay = Relay::start(name, &args)?;
+            figs.push(run_once(&mut relay, &plan).await.with_context(|| format!("{name} run {run}"))?);
+        }
+        per.push((name, figs));
+    }
+    let med = |name: &str, pick: &dyn Fn(&Figures) -> f64| {
+        per.iter().find(|(n, _)| *n == name).map(|(_, f)| median(f.iter().map(pick).collect())).unwrap_or(f64::NAN)
+    };
+
+    println!(
+        "\n## Throughput ({} rooms × 2 clients, {}-byte payloads, window {} per client)\n",
+        plan.rooms, plan.payload, plan.window
+    );
+    println!("| relay | frames/s | relay CPU µs/frame | generator CPU |");
+    println!("|---|---:|---:|---:|");
+    for &n in &names {
+        let gen = med(n, &|f| f.gen_cpu_tp);
+        let bound = if gen > 0.9 { " (generator-bound: a lower bound)" } else { "" };
+        println!(
+            "| {n} | {:.0}{bound} | {:.2} | {:.0}% |",
+            med(n, &|f| f.fps),
+            med(n, &|f| f.relay_us_per_frame),
+            gen * 100.0
+        );
+    }
+    println!("\n## Latency (round trip through the relay, µs)\n");
+    println!("| relay | load | achieved rt/s | p50 | p90 | p99 | p99.9 | generator CPU |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for &n in &names {
+        println!(
+            "| {n} | {} rt/s over {} rooms | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0}% |",
+            plan.rt_rate,
+            plan.rooms,
+            med(n, &|f| f.lat_rate),
+            med(n, &|f| f.lat[0]),
+            med(n, &|f| f.lat[1]),
+            med(n, &|f| f.lat[2]),
+            med(n, &|f| f.lat[3]),
+            med(n, &|f| f.gen_cpu_lat) * 100.0
+        );
+        println!(
+            "| {n} | closed loop, 1 room | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | |",
+            med(n, &|f| f.closed_rate),
+            med(n, &|f| f.closed[0]),
+            med(n, &|f| f.closed[1]),
+            med(n, &|f| f.closed[2]),
+            med(n, &|f| f.closed[3])
+        );
+    }
+
+    // Ours only: latency at half our saturation, and the cost curve.
+    let sat = med("ghostwire", &|f| f.fps);
+    let half_rt = (sat / 2.0 / 2.0).max(1.0);
+    let relay = Relay::start("ghostwire", &args)?;
+    let half = load::latency(relay.addr, plan.rooms, half_rt, plan.payload, plan.warmup, plan.measure).await?;
+    println!(
+        "| ghostwire | {:.0} rt/s (50% of saturation) over {} rooms | {:.0} | {} | {} | {} | {} | {:.0}% |",
+        half_rt,
+        plan.rooms,
+        half.rate,
+        half.quantile(0.5),
+        half.quantile(0.9),
+        half.quantile(0.99),
+        half.quantile(0.999),
+        half.gen_cpu * 100.0
+    );
+    println!("\n## Cost curve (ghostwire)\n");
+    println!("| rooms | frames/s | relay CPU µs/frame | generator CPU |");
+    println!("|---:|---:|---:|---:|");
+    let mut curve = Vec::new();
+    for &rooms in &plan.curve {
+        let mut cpu = Vec::new();
+        let w = load::throughput(relay.addr, rooms, plan.window, plan.payload, plan.warmup, plan.measure, || {
+            cpu.push(relay.cpu())
+        })
+        .await
+        .context("cost curve")?;
+        let us = (cpu[1] - cpu[0]) * 1e6 / w.frames.max(1) as f64;
+        curve.push(us);
+        println!("| {rooms} | {:.0} | {us:.2} | {:.0}% |", w.frames as f64 / w.secs, w.gen_cpu * 100.0);
+    }
+    drop(relay);
+
+    println!("\n## Capacity (idle connected pairs; relay RSS above its idle baseline)\n");
+    println!("| relay | connections | KiB per connection | time to connect all | idle baseline |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut caps = Vec::new();
+    for &n in &names {
+        let relay = Relay::start(n, &args)?;
+        let steps = if n == "ghostwire" {
+            plan.capacity_steps.clone()
+        } else {
+            vec![*plan.capacity_steps.last().unwrap_or(&2)]
+        };
+        let cap = capacity(&relay, &steps).await.with_context(|| format!("{n} capacity"))?;
+        for (conns, kib) in &cap.steps {
+            println!("| {n} | {conns} | {kib:.1} | {:.2} s | {} KiB |", cap.connect_secs, cap.baseline_kib);
+        }
+        caps.push((n, cap));
+    }
+    println!("\n## Slow reader ({} s of 32 KiB frames to a peer that never reads)\n", plan.slow_for.as_secs_f64());
+    println!("| relay | frames taken | relay peak RSS growth | room ended by the relay |");
+    println!("|---|---:|---:|---|");
+    for &n in &names {
+        let relay = Relay::start(n, &args)?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = relay.memory().0;
+        let (written, ended) = load::slow_reader(relay.addr, 32 * 1024, plan.slow_for).await?;
+        let peak = relay.memory().1;
+        println!(
+            "| {n} | {written} | {:.1} MiB | {} |",
+            (peak.saturating_sub(before)) as f64 / 1024.0,
+            if ended { "yes" } else { "no" }
+        );
+    }
+
+    println!("\n## Against the targets (this run)\n");
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    println!("- throughput: {:.0} frames/s (target ≥ 1,000,000)", sat);
+    if args.compare {
+        println!(
+            "- throughput ratio ours/node: {:.2}× (target ≥ 7×); ours/python: {:.2}×",
+            ratio(sat, med("node", &|f| f.fps)),
+            ratio(sat, med("python", &|f| f.fps))
+        );
+        for (label, i) in [("p50", 0), ("p99", 2)] {
+            println!(
+                "- latency {label} at {} rt/s ours/node: {:.2} (target < 1); closed loop ours/node: {:.2}",
+                plan.rt_rate,
+                ratio(med("ghostwire", &|f| f.lat[i]), med("node", &|f| f.lat[i])),
+                ratio(med("ghostwire", &|f| f.closed[i]), med("node", &|f| f.closed[i]))
+            );
+        }
+    }
+    println!("- p99 at 50% of saturation: {} µs (target ≤ 1000)", half.quantile(0.99));
+    if let (Some(min), Some(max)) = (curve.iter().cloned().reduce(f64::min), curve.iter().cloned().reduce(f64::max)) {
+        println!(
+            "- CPU per frame across {:?} rooms: {:.2}-{:.2} µs, spread {:.0}% (target ≤ 25%)",
+            plan.curve,
+            min,
+            max,
+            (max / min - 1.0) * 100.0
+        );
+    }
+    if let Some((_, cap)) = caps.iter().find(|(n, _)| *n == "ghostwire") {
+        if let Some((conns, kib)) = cap.steps.last() {
+            println!("- {conns} idle connections at {kib:.1} KiB each (target ≤ 8 KiB at 19,600)");
+        }
+        if let Some((_, node)) = caps.iter().find(|(n, _)| *n == "node") {
+            println!(
+                "- time to connect all: ours {:.2} s, node {:.2} s (target: ours ≤ node)",
+                cap.connect_secs, node.connect_secs
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(suite(args))
+}

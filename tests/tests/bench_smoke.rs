@@ -1,0 +1,28 @@
+//! The benchmark runs: every scenario, in a tiny configuration (figures are not checked here;
+//! they belong in `scripts/bench.sh` runs, never in assertions).
+
+#![allow(clippy::unwrap_used)]
+
+use ghostwire_tests::*;
+
+#[tokio::test]
+async fn every_benchmark_scenario_runs() {
+    within(120, async {
+        let out = tokio::process::Command::new(bin("ghostwire-bench"))
+            .args(["--smoke", "--relay"])
+            .arg(bin("ghostwire-relay"))
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        for section in
+            ["## Throughput", "## Latency", "## Cost curve", "## Capacity", "## Slow reader", "## Against the targets"]
+        {
+            assert!(text.contains(section), "missing {section}:\n{text}");
+        }
+        // Each table has a ghostwire row with figures.
+        assert!(text.lines().filter(|l| l.starts_with("| ghostwire | ")).count() >= 5, "{text}");
+    })
+    .await;
+}
