@@ -185,9 +185,11 @@ impl Latencies {
 }
 
 /// Scenario 2: in each room A sends timestamped SIGNALs and B echoes them. With `rate` > 0 the
-/// offered load is `rate` round trips/s spread over the rooms (open loop: A sends on schedule
-/// whatever comes back); with `rate` = 0 each A sends its next frame when the echo arrives.
-/// The round trip is measured from the moment the frame is written to the moment the echo is read.
+/// offered load is `rate` round trips/s spread evenly over the rooms (open loop: a pacing thread
+/// writes each frame at its scheduled time, within ~20 µs, whatever came back; tokio's 1 ms timer
+/// would send them in millisecond bursts instead); with `rate` = 0 each A sends its next frame
+/// when the echo arrives. The round trip is measured from the moment the frame is written to the
+/// moment the echo is read.
 pub async fn latency(
     addr: SocketAddr,
     rooms: usize,
@@ -201,9 +203,16 @@ pub async fn latency(
     let epoch = Instant::now();
     let record_from = epoch + warmup;
     let record_until = record_from + measure;
+    let open_loop = rate > 0.0;
     let mut tasks = Vec::new();
-    let period = if rate > 0.0 { Some(Duration::from_secs_f64(rooms as f64 / rate)) } else { None };
-    for (i, (mut a, mut b)) in conns.into_iter().enumerate() {
+    let mut writers = Vec::new();
+    for (mut a, mut b) in conns.into_iter() {
+        if open_loop {
+            // The pacing thread writes through a second descriptor of the same socket.
+            let std = a.stream.into_std()?;
+            writers.push(std.try_clone()?);
+            a.stream = TcpStream::from_std(std)?;
+        }
         // B echoes every SIGNAL back, byte for byte.
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
@@ -211,8 +220,8 @@ pub async fn latency(
                 out.clear();
                 while let Some(f) = b.reader.next_frame() {
                     match f.opcode {
-                        1 => out.extend_from_slice(&text_frame(f.payload)),
-                        9 => out.extend_from_slice(&ws::client_frame(0xA, f.payload)),
+                        1 => ws::push_frame(&mut out, 0x1, f.payload),
+                        9 => ws::push_frame(&mut out, 0xA, f.payload),
                         _ => {}
                     }
                 }
@@ -224,73 +233,52 @@ pub async fn latency(
         }));
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
-            let mut tick = period.map(|p| {
-                // Spread the rooms' schedules over one period.
-                let phase = p.mul_f64(i as f64 / rooms as f64);
-                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + phase, p);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                t
-            });
-            if tick.is_none() && send_stamped(&mut a, epoch, payload).await.is_err() {
+            let mut stamper = Stamper::new(payload, epoch);
+            if !open_loop && stamper.send(&mut a.stream, 1).await.is_err() {
                 return samples;
             }
-            loop {
-                if Instant::now() > record_until {
+            while Instant::now() < record_until {
+                if !a.reader.fill(&mut a.stream).await.unwrap_or(false) {
                     return samples;
-                }
-                let readable = match tick.as_mut() {
-                    Some(t) => tokio::select! {
-                        _ = t.tick() => false,
-                        r = a.reader.fill(&mut a.stream) => { if !r.unwrap_or(false) { return samples; } true }
-                    },
-                    None => {
-                        if !a.reader.fill(&mut a.stream).await.unwrap_or(false) {
-                            return samples;
-                        }
-                        true
-                    }
-                };
-                if !readable {
-                    if send_stamped(&mut a, epoch, payload).await.is_err() {
-                        return samples;
-                    }
-                    continue;
                 }
                 let mut echoes = 0;
                 let mut pongs = Vec::new();
+                let now = Instant::now();
+                let now_ns = epoch.elapsed().as_nanos();
                 while let Some(f) = a.reader.next_frame() {
                     match f.opcode {
                         1 if f.payload.len() >= PAYLOAD_AT + 20 => {
                             let digits = &f.payload[PAYLOAD_AT..PAYLOAD_AT + 20];
-                            let sent: u128 = std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-                            let now = Instant::now();
+                            let sent_ns: u128 =
+                                std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
                             if now > record_from && now < record_until {
-                                let rtt = epoch.elapsed().as_nanos().saturating_sub(sent) / 1000;
+                                let rtt = now_ns.saturating_sub(sent_ns) / 1000;
                                 samples.push(rtt.min(u32::MAX as u128) as u32);
                             }
                             echoes += 1;
                         }
-                        9 => pongs.extend_from_slice(&ws::client_frame(0xA, f.payload)),
+                        9 => ws::push_frame(&mut pongs, 0xA, f.payload),
                         _ => {}
                     }
                 }
                 if !pongs.is_empty() && a.stream.write_all(&pongs).await.is_err() {
                     return samples;
                 }
-                if tick.is_none() {
-                    for _ in 0..echoes {
-                        if send_stamped(&mut a, epoch, payload).await.is_err() {
-                            return samples;
-                        }
-                    }
+                if !open_loop && echoes > 0 && stamper.send(&mut a.stream, echoes).await.is_err() {
+                    return samples;
                 }
             }
+            samples
         }));
     }
+    let pacer = open_loop.then(|| std::thread::spawn(move || pace(writers, rate, payload, epoch, record_until)));
     tokio::time::sleep_until((record_from).into()).await;
     let c0 = own_cpu();
     tokio::time::sleep_until(record_until.into()).await;
     let gen_cpu = (own_cpu() - c0).as_secs_f64() / measure.as_secs_f64();
+    if let Some(p) = pacer {
+        let _ = tokio::task::spawn_blocking(move || p.join()).await;
+    }
     let mut micros = Vec::new();
     for t in tasks.into_iter().skip(1).step_by(2) {
         micros.extend(t.await.unwrap_or_default());
@@ -300,10 +288,70 @@ pub async fn latency(
     Ok(Latencies { micros, rate, gen_cpu })
 }
 
-/// Writes one SIGNAL stamped with the nanoseconds since `epoch`.
-async fn send_stamped(a: &mut Conn, epoch: Instant, payload: usize) -> io::Result<()> {
-    let stamp = format!("{:020}", epoch.elapsed().as_nanos());
-    a.stream.write_all(&text_frame(&signal_text(payload, &stamp))).await
+/// The open-loop sender: frame `k` goes to room `k % rooms` at `k / rate` seconds. Wakes every
+/// ~50 µs (timer slack lowered to 1 µs), stamps what is due with the time of writing, and writes
+/// each room's due frames in one write.
+fn pace(mut writers: Vec<std::net::TcpStream>, rate: f64, payload: usize, epoch: Instant, until: Instant) {
+    use std::io::Write;
+    let _ = nix::sys::prctl::set_timerslack(1_000);
+    let mut frame = text_frame(&signal_text(payload, &"0".repeat(20)));
+    let at = frame.len() - (signal_text(payload, "").len() - PAYLOAD_AT);
+    let rooms = writers.len().max(1);
+    let mut batches: Vec<Vec<u8>> = vec![Vec::new(); rooms];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while Instant::now() < until {
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        if due > sent {
+            let stamp = format!("{:020}", epoch.elapsed().as_nanos());
+            frame[at..at + 20].copy_from_slice(stamp.as_bytes());
+            for k in sent..due {
+                batches[(k % rooms as u64) as usize].extend_from_slice(&frame);
+            }
+            sent = due;
+            for (w, batch) in writers.iter_mut().zip(batches.iter_mut()) {
+                // Non-blocking (the descriptor is shared with tokio): retry until the kernel takes it.
+                let mut left: &[u8] = batch;
+                while !left.is_empty() {
+                    match w.write(left) {
+                        Ok(n) => left = &left[n..],
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                        Err(_) => return,
+                    }
+                }
+                batch.clear();
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Writes timestamped SIGNAL frames from one reused buffer: the frame is built once and only its
+/// 20 timestamp digits change.
+struct Stamper {
+    frame: Vec<u8>,
+    at: usize,
+    out: Vec<u8>,
+    epoch: Instant,
+}
+
+impl Stamper {
+    fn new(payload: usize, epoch: Instant) -> Stamper {
+        let frame = text_frame(&signal_text(payload, &"0".repeat(20)));
+        let at = frame.len() - (signal_text(payload, "").len() - PAYLOAD_AT);
+        Stamper { frame, at, out: Vec::new(), epoch }
+    }
+
+    /// Writes `n` frames stamped now, in one write.
+    async fn send(&mut self, stream: &mut TcpStream, n: usize) -> io::Result<()> {
+        let stamp = format!("{:020}", self.epoch.elapsed().as_nanos());
+        self.frame[self.at..self.at + 20].copy_from_slice(stamp.as_bytes());
+        self.out.clear();
+        for _ in 0..n {
+            self.out.extend_from_slice(&self.frame);
+        }
+        stream.write_all(&self.out).await
+    }
 }
 
 /// Scenario 3: `n` idle pairs (room indexes from `first`), from source addresses cycling over `sources`, connected with at

@@ -38,6 +38,45 @@ struct Args {
     /// Idle connections for the capacity scenario (pairs are half of it).
     #[arg(long, default_value_t = 19_600)]
     capacity: usize,
+    /// Run one scenario against our relay and stop (for quick before/after comparisons).
+    #[arg(long, value_parser = ["throughput", "capacity"])]
+    only: Option<String>,
+}
+
+/// `--only`: one scenario, ours only, medians of `--runs`.
+async fn only(args: &Args, plan: &Plan, which: &str) -> Result<()> {
+    let mut rows = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let relay = Relay::start("ghostwire", args)?;
+        match which {
+            "throughput" => {
+                let mut cpu = Vec::new();
+                let w = load::throughput(
+                    relay.addr,
+                    plan.rooms,
+                    plan.window,
+                    plan.payload,
+                    plan.warmup,
+                    plan.measure,
+                    || cpu.push(relay.cpu()),
+                )
+                .await?;
+                let fps = w.frames as f64 / w.secs;
+                let us = (cpu[1] - cpu[0]) * 1e6 / w.frames.max(1) as f64;
+                println!("throughput: {fps:.0} frames/s, relay {us:.3} µs/frame, generator {:.0}%", w.gen_cpu * 100.0);
+                rows.push(fps);
+            }
+            _ => {
+                let cap = capacity(&relay, &plan.capacity_steps).await?;
+                for (conns, kib) in &cap.steps {
+                    println!("capacity: {conns} connections, {kib:.2} KiB each, {:.2} s to connect", cap.connect_secs);
+                }
+                rows.push(cap.steps.last().map_or(0.0, |s| s.1));
+            }
+        }
+    }
+    println!("median: {:.2}", median(rows));
+    Ok(())
 }
 
 /// Sizes of every scenario.
@@ -48,6 +87,9 @@ struct Plan {
     window: usize,
     payload: usize,
     rt_rate: f64,
+    /// Rooms for the half-saturation latency point: fewer rooms carry the same rate in larger
+    /// batches, which one generator core can drive (with 100 rooms it is the generator that saturates).
+    half_rooms: usize,
     curve: Vec<usize>,
     capacity_steps: Vec<usize>,
     slow_for: Duration,
@@ -63,6 +105,7 @@ impl Plan {
                 window: 4,
                 payload: 256,
                 rt_rate: 200.0,
+                half_rooms: 2,
                 curve: vec![2, 8],
                 capacity_steps: vec![20, 40],
                 slow_for: Duration::from_millis(500),
@@ -76,6 +119,7 @@ impl Plan {
             window: 32,
             payload: 256,
             rt_rate: 2000.0,
+            half_rooms: 2,
             curve: vec![10, 100, 1000],
             capacity_steps: vec![full / 10, full / 2, full],
             slow_for: Duration::from_secs(3),
@@ -260,6 +304,9 @@ async fn suite(args: Args) -> Result<()> {
         Ok(n) => eprintln!("open-file limit: {n} (children inherit it)"),
         Err(e) => eprintln!("cannot raise the open-file limit: {e}"),
     }
+    if let Some(which) = &args.only {
+        return only(&args, &plan, which).await;
+    }
     let names: Vec<&'static str> = if args.compare { vec!["ghostwire", "node", "python"] } else { vec!["ghostwire"] };
     let runs = if args.smoke { 1 } else { args.runs.max(1) };
     let mut per: Vec<(&str, Vec<Figures>)> = Vec::new();
@@ -321,11 +368,11 @@ async fn suite(args: Args) -> Result<()> {
     let sat = med("ghostwire", &|f| f.fps);
     let half_rt = (sat / 2.0 / 2.0).max(1.0);
     let relay = Relay::start("ghostwire", &args)?;
-    let half = load::latency(relay.addr, plan.rooms, half_rt, plan.payload, plan.warmup, plan.measure).await?;
+    let half = load::latency(relay.addr, plan.half_rooms, half_rt, plan.payload, plan.warmup, plan.measure).await?;
     println!(
         "| ghostwire | {:.0} rt/s (50% of saturation) over {} rooms | {:.0} | {} | {} | {} | {} | {:.0}% |",
         half_rt,
-        plan.rooms,
+        plan.half_rooms,
         half.rate,
         half.quantile(0.5),
         half.quantile(0.9),

@@ -48,6 +48,12 @@ pub fn text_frame(payload: &[u8]) -> Vec<u8> {
 /// A client frame of `opcode` (FIN set), masked with the zero key.
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + 14);
+    push_frame(&mut f, opcode, payload);
+    f
+}
+
+/// Appends a client frame of `opcode` carrying `payload` to `f`, masked with the zero key.
+pub fn push_frame(f: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     f.push(0x80 | opcode);
     match payload.len() {
         n if n < 126 => f.push(0x80 | n as u8),
@@ -62,7 +68,6 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     }
     f.extend_from_slice(&[0, 0, 0, 0]);
     f.extend_from_slice(payload);
-    f
 }
 
 /// Reads server frames from a stream through one reusable buffer.

@@ -1,14 +1,13 @@
 //! One task per client connection, from the first frame to the close.
 //!
-//! The task owns its WebSocket outright (no split, no lock) and waits on four
-//! things at once: its kill switch (shutdown, slow consumer), its control
-//! channel (PEER_FOUND, PEER_LEFT), its frame queue (what the partner sent)
-//! and the socket. The phases are an enum: `AwaitJoin` → `Waiting` →
+//! The task owns its WebSocket outright (no split, no lock) and waits on three
+//! things at once: its kill switch (shutdown, slow consumer), its inbox (what
+//! the partner sent, PEER_FOUND, PEER_LEFT) and the socket. The phases are an enum: `AwaitJoin` → `Waiting` →
 //! `Paired`; any frame that does not fit the phase ends the connection with
 //! its code, and only this connection.
 //!
-//! Frames from the partner are written in batches: `feed` each queued frame,
-//! `flush` once when the queue is empty, so a busy pair costs one syscall per
+//! Frames from the partner are written in batches: everything queued is taken
+//! at once, fed, and flushed once, so a busy pair costs one syscall per
 //! batch rather than per frame. A write the client does not take within
 //! `--ping-timeout` drops it as a slow consumer.
 //!
@@ -17,19 +16,21 @@
 //! writing what the partner sends, so two busy peers never wait on each other.
 
 use crate::metrics::Metrics;
-use crate::upstream::{BoxFuture, Control, Frame, KillSwitch, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
+use crate::upstream::inbox::{Delivery, Inbox, Receiver};
+use crate::upstream::{BoxFuture, Frame, KillSwitch, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
 use crate::Config;
 use futures_util::{SinkExt, StreamExt};
 use ghostwire_shared::frame::{inspect, Inbound, PEER_FOUND_JSON, PEER_LEFT_JSON};
 use ghostwire_shared::{ErrorCode, RelayFrame};
 use governor::{Quota, RateLimiter};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -37,8 +38,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-/// Most frames written between two flushes.
-const MAX_BATCH: usize = 256;
 /// Time a closing client gets to answer our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -84,10 +83,11 @@ where
     let cfg = &ctx.config;
     let metrics = &ctx.metrics;
     let kill = KillSwitch::child_of(&ctx.shutdown);
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(cfg.peer_queue as usize);
-    // A mailbox receives at most one PeerFound and one PeerLeft.
-    let (control_tx, mut control_rx) = mpsc::channel::<Control>(2);
-    let mut phase = Phase::AwaitJoin(Some(Mailbox { frames: frames_tx, control: control_tx, kill: kill.clone() }));
+    let inbox = Inbox::new(cfg.peer_queue as usize);
+    let rx = Receiver::new(Arc::clone(&inbox));
+    // Frames taken from the inbox and not yet written; reused, so steady state allocates nothing.
+    let mut batch: VecDeque<Frame> = VecDeque::new();
+    let mut phase = Phase::AwaitJoin(Some(Mailbox { inbox, kill: kill.clone() }));
     let limiter = RateLimiter::direct(
         Quota::per_second(NonZeroU32::new(cfg.frame_rate).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.frame_burst).unwrap_or(NonZeroU32::MIN)),
@@ -97,37 +97,41 @@ where
     tokio::pin!(deadline);
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
+    // Liveness without a clock read per frame: any frame sets `seen`; each ping tick turns it
+    // into `alive_at` (so silence is detected to within one ping interval).
+    let mut seen = false;
+    let mut alive_at = Instant::now();
+    // Registered once: re-creating the cancellation future on every pass costs a lock each time.
+    let killed = kill.fired();
+    tokio::pin!(killed);
     // A frame the partner had no room for, and the wait for that room.
     let mut blocked: Option<(Frame, BoxFuture<'static, Result<(), LinkError>>)> = None;
 
     let exit = loop {
         tokio::select! {
             biased;
-            () = kill.fired() => break Exit::Error(kill.code()),
-            Some(control) = control_rx.recv() => match control {
-                Control::PeerFound(link) => {
+            () = &mut killed => break Exit::Error(kill.code()),
+            delivery = rx.recv(&mut batch) => match delivery {
+                Delivery::PeerFound(link) => {
                     let Phase::Waiting(seat) = std::mem::replace(&mut phase, Phase::AwaitJoin(None)) else {
                         // The upstream broke its contract; fail this connection, not the relay.
                         tracing::error!("PeerFound outside the waiting phase");
                         break Exit::Error(ErrorCode::OutOfOrder);
                     };
                     phase = Phase::Paired(seat, link);
-                    if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), &kill, stall).await {
+                    if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), stall).await {
                         break stop.exit(&kill);
                     }
                 }
-                Control::PeerLeft => break Exit::PeerLeft,
-            },
-            Some(first) = frames_rx.recv() => {
-                match bounded(write_batch(&mut ws, first, &mut frames_rx), &kill, stall).await {
+                Delivery::Frames => match bounded(write_batch(&mut ws, &mut batch), killed.as_mut(), stall).await {
                     Ok((frames, bytes)) => {
                         metrics.frames_forwarded.fetch_add(frames, Relaxed);
                         metrics.bytes_forwarded.fetch_add(bytes, Relaxed);
                     }
                     Err(stop) => break stop.exit(&kill),
-                }
-            }
+                },
+                Delivery::PeerLeft => break Exit::PeerLeft,
+            },
             room = async { match blocked.as_mut() { Some((_, wait)) => wait.await, None => std::future::pending().await } },
                 if blocked.is_some() =>
             {
@@ -137,7 +141,7 @@ where
                 }
             }
             msg = ws.next(), if blocked.is_none() => {
-                last_seen = Instant::now();
+                seen = true;
                 let text = match msg {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => break Exit::Error(ErrorCode::Malformed),
@@ -168,7 +172,7 @@ where
                         let Some(mailbox) = mailbox.take() else { break Exit::Error(ErrorCode::OutOfOrder) };
                         let joined = tokio::select! {
                             biased;
-                            () = kill.fired() => break Exit::Error(kill.code()),
+                            () = &mut killed => break Exit::Error(kill.code()),
                             joined = ctx.upstream.join(&room, mailbox) => joined,
                         };
                         match joined {
@@ -179,7 +183,7 @@ where
                             Ok(crate::upstream::Joined::Paired(seat, link)) => {
                                 metrics.rooms_paired_total.fetch_add(1, Relaxed);
                                 phase = Phase::Paired(seat, link);
-                                if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), &kill, stall).await {
+                                if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), stall).await {
                                     break stop.exit(&kill);
                                 }
                             }
@@ -196,11 +200,13 @@ where
                 });
             }
             _ = ping.tick() => {
-                if last_seen.elapsed() >= cfg.ping_interval + cfg.ping_timeout {
+                if std::mem::take(&mut seen) {
+                    alive_at = Instant::now();
+                } else if alive_at.elapsed() >= cfg.ping_interval + cfg.ping_timeout {
                     metrics.ping_timeouts.fetch_add(1, Relaxed);
                     break Exit::Gone;
                 }
-                if let Err(stop) = bounded(ws.send(Message::Ping(Default::default())), &kill, stall).await {
+                if let Err(stop) = bounded(ws.send(Message::Ping(Default::default())), killed.as_mut(), stall).await {
                     break stop.exit(&kill);
                 }
             }
@@ -209,6 +215,20 @@ where
 
     // Leave the room before anything else, so the partner hears of it at once.
     drop(phase);
+    // The goodbye is boxed: it runs once, and its state should not enlarge every connection.
+    Box::pin(goodbye(&mut ws, exit, &rx, &mut batch, metrics)).await;
+}
+
+/// Ends the connection the way `exit` says, within [`CLOSE_GRACE`].
+async fn goodbye<S>(
+    ws: &mut WebSocketStream<S>,
+    exit: Exit,
+    rx: &Receiver,
+    batch: &mut VecDeque<Frame>,
+    metrics: &Metrics,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match exit {
         Exit::Gone => {
             // Let tungstenite finish a close the client started; bounded, as the client may be gone.
@@ -217,12 +237,13 @@ where
         Exit::PeerLeft => {
             let finish = async {
                 // The partner's last frames were queued before its departure notice: deliver them first.
-                while let Ok(frame) = frames_rx.try_recv() {
+                rx.take_now(batch);
+                while let Some(frame) = batch.pop_front() {
                     ws.feed(Message::Text(frame)).await?;
                 }
                 ws.feed(Message::Text(Utf8Bytes::from_static(PEER_LEFT_JSON))).await?;
                 ws.flush().await?;
-                close(&mut ws, CloseCode::Normal, "peer left").await
+                close(ws, CloseCode::Normal, "peer left").await
             };
             let _ = timeout(CLOSE_GRACE, finish).await;
         }
@@ -231,7 +252,7 @@ where
             tracing::debug!(code = code.as_u16(), reason = code.reason(), "closing connection");
             let finish = async {
                 ws.feed(Message::text(RelayFrame::error(code).to_json())).await?;
-                close(&mut ws, CloseCode::from(code.as_u16()), code.reason()).await
+                close(ws, CloseCode::from(code.as_u16()), code.reason()).await
             };
             let _ = timeout(CLOSE_GRACE, finish).await;
         }
@@ -260,13 +281,13 @@ impl Stop {
 /// Runs a write, giving up if the connection is killed or the client does not take the data in `stall`.
 async fn bounded<T>(
     write: impl Future<Output = Result<T, WsError>>,
-    kill: &KillSwitch,
+    killed: Pin<&mut impl Future<Output = ()>>,
     stall: Duration,
 ) -> Result<T, Stop> {
     tokio::select! {
         biased;
         r = write => r.map_err(|_| Stop::Io),
-        () = kill.fired() => Err(Stop::Killed),
+        () = killed => Err(Stop::Killed),
         // Created only if the write did not finish on its first poll: no timer on the fast path.
         () = async { sleep(stall).await } => Err(Stop::Stalled),
     }
@@ -279,22 +300,16 @@ where
     ws.send(Message::Text(Utf8Bytes::from_static(text))).await
 }
 
-/// Writes `first` and whatever else is queued (up to [`MAX_BATCH`]), then flushes once.
-async fn write_batch<S>(
-    ws: &mut WebSocketStream<S>,
-    first: Frame,
-    queue: &mut mpsc::Receiver<Frame>,
-) -> Result<(u64, u64), WsError>
+/// Writes every frame in `batch` (at most `--peer-queue` of them), then flushes once.
+async fn write_batch<S>(ws: &mut WebSocketStream<S>, batch: &mut VecDeque<Frame>) -> Result<(u64, u64), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut frames, mut bytes) = (1u64, first.len() as u64);
-    ws.feed(Message::Text(first)).await?;
-    while frames < MAX_BATCH as u64 {
-        let Ok(next) = queue.try_recv() else { break };
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    while let Some(frame) = batch.pop_front() {
         frames += 1;
-        bytes += next.len() as u64;
-        ws.feed(Message::Text(next)).await?;
+        bytes += frame.len() as u64;
+        ws.feed(Message::Text(frame)).await?;
     }
     ws.flush().await?;
     Ok((frames, bytes))

@@ -14,7 +14,9 @@ use crate::error::Error;
 use crate::limits::{IpSlot, PerIp};
 use crate::metrics::Metrics;
 use crate::upstream::{local::Local, Upstream};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +33,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// Bytes tungstenite reads per syscall and keeps per connection (its default, 128 KiB, is eager per connection).
-const READ_BUFFER: usize = 8 * 1024;
+const READ_BUFFER: usize = 3 * 1024;
 /// Bytes tungstenite gathers before writing to the socket.
-const WRITE_BUFFER: usize = 8 * 1024;
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
@@ -162,7 +164,11 @@ impl Accept {
             return;
         };
         let deadline = self.ctx.config.handshake_timeout;
-        let upgraded = tokio::time::timeout(deadline, async {
+        // Boxed, twice: a task's future is as large as its largest await point. The handshake
+        // (PROXY header, TLS, upgrade) is boxed and freed when done; it hands back the connection's
+        // own future, boxed at the size it needs, so an idle connection keeps neither the TLS
+        // handshake's state nor room for a TLS stream it does not have.
+        let serve = Box::pin(tokio::time::timeout(deadline, async {
             let mut ip = peer.ip();
             let trusted = self.ctx.config.is_trusted_proxy(ip);
             if trusted && self.ctx.config.proxy_protocol {
@@ -176,28 +182,37 @@ impl Accept {
                 }
             }
             match &self.tls {
-                None => self.upgrade(sock, ip, trusted).await.map(Either::Plain),
+                None => self.upgrade(sock, ip, trusted).await.map(|(ws, slot)| self.serve(ws, slot)),
                 Some(tls) => match tls.accept(sock).await {
-                    Ok(stream) => self.upgrade(stream, ip, trusted).await.map(Either::Tls),
+                    Ok(stream) => self.upgrade(stream, ip, trusted).await.map(|(ws, slot)| self.serve(ws, slot)),
                     Err(e) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
                         None
                     }
                 },
             }
-        })
+        }))
         .await;
-        let Ok(Some(upgraded)) = upgraded else {
+        let Ok(Some(serve)) = serve else {
             metrics.handshakes_refused.fetch_add(1, Relaxed);
             return;
         };
         metrics.connections_total.fetch_add(1, Relaxed);
         metrics.connections_open.fetch_add(1, Relaxed);
-        match upgraded {
-            Either::Plain((ws, _slot)) => conn::serve(ws, Arc::clone(&self.ctx)).await,
-            Either::Tls((ws, _slot)) => conn::serve(ws, Arc::clone(&self.ctx)).await,
-        }
+        serve.await;
         metrics.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    /// The connection's task body, boxed; the per-IP slot is held until it ends.
+    fn serve<S>(&self, ws: WebSocketStream<S>, slot: IpSlot) -> Pin<Box<dyn Future<Output = ()> + Send>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let ctx = Arc::clone(&self.ctx);
+        Box::pin(async move {
+            let _slot = slot;
+            conn::serve(ws, ctx).await
+        })
     }
 
     /// The HTTP upgrade: path check, client IP, per-IP limit. `None` if refused or failed.
@@ -236,11 +251,6 @@ impl Accept {
             }
         }
     }
-}
-
-enum Either<A, B> {
-    Plain(A),
-    Tls(B),
 }
 
 const HTTP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nrelay at capacity\n";

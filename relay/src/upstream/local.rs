@@ -2,17 +2,16 @@
 //!
 //! Rooms sit in a sharded table of `std::sync::Mutex<HashMap>`, locked only to
 //! join or leave and never across an `.await`. Once paired, each connection
-//! holds its partner's mailbox senders directly, so the frame path takes no
-//! lock at all: a frame is one `try_send` into the partner's bounded queue.
+//! holds its partner's mailbox directly, so the frame path takes no lock on
+//! the room table: a frame is one push into the partner's bounded inbox.
 
-use super::{BoxFuture, Control, Frame, JoinError, Joined, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
+use super::{BoxFuture, Frame, JoinError, Joined, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
 use ghostwire_shared::{ErrorCode, RoomCode};
 use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::mpsc::error::TrySendError;
 
 const SHARDS: usize = 16;
 
@@ -83,7 +82,7 @@ impl Inner {
                     // The first peer learns of us while we hold the shard lock and before we can send
                     // anything, so PeerFound reaches it ahead of our first frame. If it is already
                     // gone, its seat's drop runs after us and tells us PeerLeft.
-                    let _ = first_box.control.try_send(Control::PeerFound(Box::new(to_me)));
+                    first_box.inbox.peer_found(Box::new(to_me));
                     let first = *first;
                     o.insert(Room::Paired { a: (first, first_box), b: (seat, me) });
                     drop(shard);
@@ -97,17 +96,16 @@ impl Inner {
         let mut shard = self.shard(room);
         let partner = match shard.get(room) {
             Some(Room::Waiting { seat: s, .. }) if *s == seat => None,
-            Some(Room::Paired { a, b }) if a.0 == seat => Some(b.1.control.clone()),
-            Some(Room::Paired { a, b }) if b.0 == seat => Some(a.1.control.clone()),
+            Some(Room::Paired { a, b }) if a.0 == seat => Some(Arc::clone(&b.1.inbox)),
+            Some(Room::Paired { a, b }) if b.0 == seat => Some(Arc::clone(&a.1.inbox)),
             // The room was already freed by the partner, or reused by others since.
             _ => return,
         };
         shard.remove(room);
         drop(shard);
         self.rooms.fetch_sub(1, Ordering::AcqRel);
-        if let Some(control) = partner {
-            // Capacity is reserved for it: a mailbox gets one PeerFound and one PeerLeft at most.
-            let _ = control.try_send(Control::PeerLeft);
+        if let Some(inbox) = partner {
+            inbox.peer_left();
         }
     }
 }
@@ -131,20 +129,14 @@ struct LocalLink {
 
 impl PeerLink for LocalLink {
     fn send(&mut self, frame: Frame) -> Result<(), SendError> {
-        match self.peer.frames.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(frame)) => Err(SendError::Full(frame)),
-            Err(TrySendError::Closed(_)) => Err(SendError::Gone),
-        }
+        self.peer.inbox.push(frame)
     }
 
     fn writable(&self) -> BoxFuture<'static, Result<(), LinkError>> {
-        let (frames, kill, stall) = (self.peer.frames.clone(), self.peer.kill.clone(), self.stall);
+        let (inbox, kill, stall) = (Arc::clone(&self.peer.inbox), self.peer.kill.clone(), self.stall);
         Box::pin(async move {
-            match tokio::time::timeout(stall, frames.reserve_owned()).await {
-                // Dropping the permit frees the slot for the one producer that waited for it.
-                Ok(Ok(_permit)) => Ok(()),
-                Ok(Err(_)) => Err(LinkError::Gone),
+            match tokio::time::timeout(stall, std::future::poll_fn(|cx| inbox.poll_writable(cx))).await {
+                Ok(result) => result,
                 Err(_) => {
                     kill.kill(ErrorCode::SlowConsumer);
                     Err(LinkError::SlowConsumer)

@@ -15,7 +15,7 @@
 //!   every relay sharing the room space. `join` answers [`JoinError::RoomFull`]
 //!   to a third joiner; it must be decided atomically, never check-then-act.
 //! * **Pairing.** The second joiner gets [`Joined::Paired`] with a link to the
-//!   first; the first receives [`Control::PeerFound`] with a link to the
+//!   first; the first receives [`Inbox::peer_found`] with a link to the
 //!   second, delivered before any frame from the second can arrive.
 //! * **Delivery.** [`PeerLink::send`] never waits. Frames from one sender
 //!   arrive in the order sent, byte-identical. When the partner's bounded
@@ -25,34 +25,28 @@
 //!   upstream drops the partner with [`ErrorCode::SlowConsumer`] (through its
 //!   [`KillSwitch`]) rather than buffer without bound.
 //! * **Departure.** Dropping a [`Seat`] frees the room at once (the code can be
-//!   joined again immediately) and delivers [`Control::PeerLeft`] to the
+//!   joined again immediately) and delivers [`Inbox::peer_left`] to the
 //!   partner after every frame the leaver sent before leaving. A relay that
 //!   disappears must have the same effect within a bound the implementation
 //!   documents.
 //! * **Cancel safety.** Dropping the `join` future before it completes leaves
 //!   no seat behind.
 
+pub mod inbox;
 pub mod local;
+
+pub use inbox::Inbox;
 
 use ghostwire_shared::{ErrorCode, RoomCode};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 /// A frame on its way between peers: the exact text the sender wrote.
 pub type Frame = Utf8Bytes;
-
-/// What a room tells a connection besides frames.
-pub enum Control {
-    /// The partner arrived; send to it through this link.
-    PeerFound(Box<dyn PeerLink>),
-    /// The partner left; the room is already free.
-    PeerLeft,
-}
 
 /// Ends one connection from outside its task, with a code.
 ///
@@ -89,10 +83,8 @@ impl KillSwitch {
 /// Where a connection receives what its room sends it.
 #[derive(Clone)]
 pub struct Mailbox {
-    /// Frames from the partner, bounded (the relay's `--peer-queue`).
-    pub frames: mpsc::Sender<Frame>,
-    /// Pairing and departure notices.
-    pub control: mpsc::Sender<Control>,
+    /// Frames from the partner (bounded by the relay's `--peer-queue`), and the room's notices.
+    pub inbox: Arc<Inbox>,
     /// Drops the connection (slow consumer).
     pub kill: KillSwitch,
 }

@@ -1,0 +1,203 @@
+//! A connection's inbox: the frames its partner sent and the room's two notices.
+//!
+//! One small structure per connection instead of two channels: it allocates
+//! nothing until frames arrive (an idle pair costs a few hundred bytes here,
+//! where two tokio channels pre-allocate a 32-slot block each), the reader
+//! takes everything queued in one lock and one swap, and a sender wakes the
+//! reader only when the queue goes from empty to non-empty.
+//!
+//! Order: PEER_FOUND is seen before any frame (the partner can only send after
+//! its join returned, and the notice is set before that); PEER_LEFT is seen
+//! after every frame queued before it.
+
+use super::{Frame, LinkError, PeerLink, SendError};
+use futures_util::task::AtomicWaker;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+/// The shared half: senders push, the connection's task receives.
+pub struct Inbox {
+    state: Mutex<State>,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Frame>,
+    found: Option<Box<dyn PeerLink>>,
+    left: bool,
+    closed: bool,
+}
+
+/// What [`Inbox::poll_recv`] delivers.
+pub enum Delivery {
+    /// The partner arrived; send to it through this link.
+    PeerFound(Box<dyn PeerLink>),
+    /// Frames were moved into the caller's batch.
+    Frames,
+    /// The partner left; every frame it sent before has been delivered.
+    PeerLeft,
+}
+
+impl Inbox {
+    /// An inbox holding at most `cap` frames.
+    pub fn new(cap: usize) -> Arc<Inbox> {
+        Arc::new(Inbox {
+            state: Mutex::default(),
+            reader: AtomicWaker::new(),
+            writer: AtomicWaker::new(),
+            cap: cap.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section is a few field updates that cannot panic midway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame without waiting.
+    ///
+    /// # Errors
+    /// [`SendError::Full`] with the frame when `cap` frames are queued, [`SendError::Gone`] when
+    /// the receiving connection has ended.
+    pub fn push(&self, frame: Frame) -> Result<(), SendError> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(SendError::Gone);
+        }
+        if s.frames.len() >= self.cap {
+            return Err(SendError::Full(frame));
+        }
+        s.frames.push_back(frame);
+        let first = s.frames.len() == 1;
+        drop(s);
+        if first {
+            self.reader.wake();
+        }
+        Ok(())
+    }
+
+    /// Tells the receiver its partner arrived.
+    pub fn peer_found(&self, link: Box<dyn PeerLink>) {
+        self.lock().found = Some(link);
+        self.reader.wake();
+    }
+
+    /// Tells the receiver its partner left.
+    pub fn peer_left(&self) {
+        self.lock().left = true;
+        self.reader.wake();
+    }
+
+    /// Ready when a frame fits again; `Gone` once the receiver has ended.
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<Result<(), LinkError>> {
+        self.writer.register(cx.waker());
+        let s = self.lock();
+        if s.closed {
+            Poll::Ready(Err(LinkError::Gone))
+        } else if s.frames.len() < self.cap {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// The next delivery. Frames are appended to `batch` (swapped in when `batch` is empty, so
+    /// steady state allocates nothing).
+    pub fn poll_recv(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Frame>) -> Poll<Delivery> {
+        self.reader.register(cx.waker());
+        let mut s = self.lock();
+        if let Some(link) = s.found.take() {
+            return Poll::Ready(Delivery::PeerFound(link));
+        }
+        if !s.frames.is_empty() {
+            let was_full = s.frames.len() >= self.cap;
+            if batch.is_empty() {
+                std::mem::swap(batch, &mut s.frames);
+            } else {
+                batch.append(&mut s.frames);
+            }
+            drop(s);
+            if was_full {
+                self.writer.wake();
+            }
+            return Poll::Ready(Delivery::Frames);
+        }
+        if s.left {
+            return Poll::Ready(Delivery::PeerLeft);
+        }
+        Poll::Pending
+    }
+
+    /// The receiver is gone: later pushes fail, a waiting sender is released.
+    fn close(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        s.frames.clear();
+        s.found = None;
+        drop(s);
+        self.writer.wake();
+    }
+}
+
+/// The receiving end, owned by the connection's task; dropping it closes the inbox.
+pub struct Receiver(Arc<Inbox>);
+
+impl Receiver {
+    /// The receiving end of `inbox`.
+    pub fn new(inbox: Arc<Inbox>) -> Receiver {
+        Receiver(inbox)
+    }
+
+    /// Waits for the next delivery (cancel-safe: nothing is taken until it is returned).
+    pub async fn recv(&self, batch: &mut VecDeque<Frame>) -> Delivery {
+        std::future::poll_fn(|cx| self.0.poll_recv(cx, batch)).await
+    }
+
+    /// Frames queued right now, without waiting.
+    pub fn take_now(&self, batch: &mut VecDeque<Frame>) {
+        batch.append(&mut self.0.lock().frames);
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use futures_util::task::noop_waker_ref;
+
+    fn frame(s: &'static str) -> Frame {
+        Frame::from_static(s)
+    }
+
+    #[test]
+    fn bounded_ordered_and_closed_on_drop() {
+        let inbox = Inbox::new(2);
+        let rx = Receiver::new(Arc::clone(&inbox));
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut batch = VecDeque::new();
+        assert!(inbox.poll_recv(&mut cx, &mut batch).is_pending());
+        assert!(inbox.push(frame("a")).is_ok());
+        assert!(inbox.push(frame("b")).is_ok());
+        assert!(matches!(inbox.push(frame("c")), Err(SendError::Full(_))));
+        assert!(inbox.poll_writable(&mut cx).is_pending());
+        inbox.peer_left();
+        assert!(matches!(inbox.poll_recv(&mut cx, &mut batch), Poll::Ready(Delivery::Frames)));
+        assert_eq!(batch.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(matches!(inbox.poll_writable(&mut cx), Poll::Ready(Ok(()))));
+        // Frames first, then the departure.
+        assert!(matches!(inbox.poll_recv(&mut cx, &mut batch), Poll::Ready(Delivery::PeerLeft)));
+        drop(rx);
+        assert!(matches!(inbox.push(frame("d")), Err(SendError::Gone)));
+        assert!(matches!(inbox.poll_writable(&mut cx), Poll::Ready(Err(LinkError::Gone))));
+    }
+}
