@@ -237,9 +237,11 @@ pub async fn latency(
             if !open_loop && stamper.send(&mut a.stream, 1).await.is_err() {
                 return samples;
             }
-            while Instant::now() < record_until {
-                if !a.reader.fill(&mut a.stream).await.unwrap_or(false) {
-                    return samples;
+            loop {
+                // Stop at the end of the window even if nothing more arrives (not every relay pings).
+                match tokio::time::timeout_at(record_until.into(), a.reader.fill(&mut a.stream)).await {
+                    Ok(Ok(true)) => {}
+                    _ => return samples,
                 }
                 let mut echoes = 0;
                 let mut pongs = Vec::new();
@@ -268,7 +270,6 @@ pub async fn latency(
                     return samples;
                 }
             }
-            samples
         }));
     }
     let pacer = open_loop.then(|| std::thread::spawn(move || pace(writers, rate, payload, epoch, record_until)));

@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, env = "GHOSTWIRE_PEER_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub peer_queue: u32,
 
+    /// Bytes read from a client socket per syscall; allocated for every connection, idle or not.
+    /// Larger reads take more frames per syscall (throughput) at the cost of idle memory: see the
+    /// README's performance section (3 KiB: ~1.0M frames/s and ~7.4 KiB per idle connection on the
+    /// reference machine; 4 KiB: ~1.2M frames/s and ~8.4 KiB).
+    #[arg(long, env = "GHOSTWIRE_READ_BUFFER", default_value_t = 3 * 1024, value_parser = clap::value_parser!(u32).range(512..=1_048_576))]
+    pub read_buffer: u32,
+
     /// On SIGTERM/SIGINT: time given to clients to take the close (1001) before the relay exits.
     #[arg(long, env = "GHOSTWIRE_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -32,9 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// Bytes tungstenite reads per syscall and keeps per connection (its default, 128 KiB, is eager per connection).
-const READ_BUFFER: usize = 3 * 1024;
-/// Bytes tungstenite gathers before writing to the socket.
+/// Bytes tungstenite gathers before writing to the socket. Only the flush after each batch writes,
+/// so one batch is one `sendto`; the buffer grows only as large as the batches a connection gets.
+/// (The read buffer, `--read-buffer`, is allocated for every connection, so it is kept small.)
 const WRITE_BUFFER: usize = 64 * 1024;
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -68,7 +68,7 @@ impl Relay {
             UpstreamKind::Local => Arc::new(Local::new(config.max_rooms, config.ping_timeout)),
         };
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
+            .read_buffer_size(config.read_buffer as usize)
             .write_buffer_size(WRITE_BUFFER)
             .max_write_buffer_size(WRITE_BUFFER + 2 * config.max_frame_bytes + 64)
             .max_message_size(Some(config.max_frame_bytes))

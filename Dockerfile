@@ -1,0 +1,38 @@
+# ghostwire-relay as a container: built with cargo, run from a minimal distroless image as a
+# non-root user, with nothing in it but the binary (no shell, no package manager).
+#
+#   docker build -t ghostwire-relay .
+#   docker run -p 8765:8765 -p 9765:9765 ghostwire-relay
+#
+# Without a Docker engine, scripts/build-release.sh builds the same binary the same way.
+
+# ---- build ------------------------------------------------------------------------------------
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Manifests first, so the dependency layer is cached across source edits.
+COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY shared/Cargo.toml shared/Cargo.toml
+COPY relay/Cargo.toml relay/Cargo.toml
+COPY client/Cargo.toml client/Cargo.toml
+COPY tests/Cargo.toml tests/Cargo.toml
+COPY bench/Cargo.toml bench/Cargo.toml
+COPY shared/src shared/src
+COPY relay/src relay/src
+COPY client/src client/src
+COPY tests/src tests/src
+COPY bench/src bench/src
+RUN cargo build --locked --release -p ghostwire-relay \
+    && cp target/release/ghostwire-relay /ghostwire-relay
+
+# ---- run --------------------------------------------------------------------------------------
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /ghostwire-relay /usr/local/bin/ghostwire-relay
+# Listen on all interfaces inside the container; the admin port is for probes and scrapers only.
+ENV GHOSTWIRE_LISTEN=0.0.0.0:8765 \
+    GHOSTWIRE_ADMIN_LISTEN=0.0.0.0:9765
+EXPOSE 8765 9765
+USER nonroot:nonroot
+# Distroless has no shell or curl: the relay's own probe client would be needed for an in-image
+# check, so orchestrators probe /healthz and /readyz on 9765 instead (see k8s/).
+HEALTHCHECK NONE
+ENTRYPOINT ["/usr/local/bin/ghostwire-relay"]
