@@ -168,6 +168,28 @@ impl Ui {
     }
 }
 
+/// Hands a typed room code to the session and waits for its verdict: `Some(true)` accepted,
+/// `Some(false)` rejected (the reason is shown; ask again), `None` the session is gone.
+fn submit_code(line: String, tx: &mpsc::Sender<Input>, verdicts: &std_mpsc::Receiver<Verdict>) -> Option<bool> {
+    tx.blocking_send(Input::Code(Zeroizing::new(line))).ok()?;
+    match verdicts.recv().ok()? {
+        Verdict::Accepted => Some(true),
+        Verdict::Rejected(why) => {
+            eprintln!("{why}");
+            Some(false)
+        }
+    }
+}
+
+/// A typed line as input: a slash command, or a message.
+fn classify(line: String) -> Input {
+    let line = Zeroizing::new(line);
+    match parse_command(&line) {
+        Some(cmd) => Input::Command(cmd),
+        None => Input::Line(line),
+    }
+}
+
 fn read_interactive(
     mut editor: rustyline::DefaultEditor,
     need_code: bool,
@@ -177,16 +199,11 @@ fn read_interactive(
     if need_code {
         loop {
             match editor.readline("room code: ") {
-                Ok(line) => {
-                    if tx.blocking_send(Input::Code(Zeroizing::new(line))).is_err() {
-                        return;
-                    }
-                    match verdicts.recv() {
-                        Ok(Verdict::Accepted) => break,
-                        Ok(Verdict::Rejected(why)) => eprintln!("{why}"),
-                        Err(_) => return,
-                    }
-                }
+                Ok(line) => match submit_code(line, &tx, &verdicts) {
+                    Some(true) => break,
+                    Some(false) => continue,
+                    None => return,
+                },
                 Err(ReadlineError::Interrupted) => {
                     let _ = tx.blocking_send(Input::Command(Command::Quit));
                     return;
@@ -200,13 +217,7 @@ fn read_interactive(
     }
     loop {
         let input = match editor.readline("> ") {
-            Ok(line) => {
-                let line = Zeroizing::new(line);
-                match parse_command(&line) {
-                    Some(cmd) => Input::Command(cmd),
-                    None => Input::Line(line),
-                }
-            }
+            Ok(line) => classify(line),
             Err(ReadlineError::Interrupted) => Input::Command(Command::Quit),
             Err(_) => Input::Eof,
         };
@@ -226,24 +237,16 @@ fn read_piped(need_code: bool, tx: mpsc::Sender<Input>, verdicts: std_mpsc::Rece
                 let _ = tx.blocking_send(Input::Eof);
                 return;
             };
-            if tx.blocking_send(Input::Code(Zeroizing::new(line))).is_err() {
-                return;
-            }
-            match verdicts.recv() {
-                Ok(Verdict::Accepted) => break,
-                Ok(Verdict::Rejected(why)) => eprintln!("{why}"),
-                Err(_) => return,
+            match submit_code(line, &tx, &verdicts) {
+                Some(true) => break,
+                Some(false) => continue,
+                None => return,
             }
         }
     }
     for line in lines {
         let Ok(line) = line else { break };
-        let line = Zeroizing::new(line);
-        let input = match parse_command(&line) {
-            Some(cmd) => Input::Command(cmd),
-            None => Input::Line(line),
-        };
-        if tx.blocking_send(input).is_err() {
+        if tx.blocking_send(classify(line)).is_err() {
             return;
         }
     }

@@ -59,14 +59,19 @@ fn forward(from: usize, f: &str) -> Vec<(usize, String)> {
     vec![(1 - from, f.to_owned())]
 }
 
+/// Two clients through the relay at `url`, A first: A is the relay's client 0, B its client 1.
+async fn two_through(url: &str) -> (Peer, Peer) {
+    let mut a = Peer::start(&["--relay", url, "ROOM0001"]);
+    // Wait until the relay has A before starting B, so the order is known.
+    a.status("searching").await;
+    let b = Peer::start(&["--relay", url, "ROOM0001"]);
+    (a, b)
+}
+
 /// Runs two clients through `rule`; A (client 0) sends `lines`; returns how B (client 1) ended:
 /// its `session destroyed` line and exit code.
 async fn attack(rule: Rule, lines: &[&str]) -> (String, i32) {
-    let url = hostile(rule, None).await;
-    let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
-    // A must be client 0: wait until the relay has it before starting B.
-    a.status("searching").await;
-    let mut b = Peer::start(&["--relay", &url, "ROOM0001"]);
+    let (mut a, mut b) = two_through(&hostile(rule, None).await).await;
     a.code().await;
     for l in lines {
         a.say(l).await;
@@ -93,10 +98,8 @@ fn on_msgs(mut f: impl FnMut(usize, String) -> Vec<(usize, String)> + Send + 'st
 async fn reflected_message_is_detected() {
     within(60, async {
         // A's first message goes back to A instead of to B.
-        let url = hostile(on_msgs(|i, f| if i == 0 { vec![(0, f)] } else { vec![(1, f)] }), None).await;
-        let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
-        a.status("searching").await;
-        let _b = Peer::start(&["--relay", &url, "ROOM0001"]);
+        let (mut a, _b) =
+            two_through(&hostile(on_msgs(|i, f| if i == 0 { vec![(0, f)] } else { vec![(1, f)] }), None).await).await;
         a.code().await;
         a.say("echo?").await;
         let line = a.status("session destroyed").await;
@@ -232,10 +235,7 @@ async fn reflected_key_exchange_is_refused() {
             (1, "KEY_COMMIT" | "KEY_EXCHANGE") => vec![],
             _ => forward(from, frame),
         });
-        let url = hostile(rule, None).await;
-        let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
-        a.status("searching").await;
-        let _b = Peer::start(&["--relay", &url, "ROOM0001"]);
+        let (mut a, _b) = two_through(&hostile(rule, None).await).await;
         let line = a.status("session destroyed").await;
         assert!(line.contains("our own key"), "{line}");
         assert_eq!(a.exit().await.0, 5);
@@ -304,10 +304,7 @@ fn man_in_the_middle(flood_b: usize) -> Rule {
 #[tokio::test]
 async fn a_relay_in_the_middle_gets_different_verification_codes() {
     within(60, async {
-        let url = hostile(man_in_the_middle(0), None).await;
-        let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
-        a.status("searching").await;
-        let mut b = Peer::start(&["--relay", &url, "ROOM0001"]);
+        let (mut a, mut b) = two_through(&hostile(man_in_the_middle(0), None).await).await;
         let (ca, cb) = (a.code().await, b.code().await);
         assert_ne!(ca, cb, "a man in the middle must not be able to make the codes match");
         // The users compare, see the difference, and say so.
@@ -322,10 +319,7 @@ async fn a_relay_in_the_middle_gets_different_verification_codes() {
 #[tokio::test]
 async fn a_flood_of_valid_messages_is_a_violation() {
     within(60, async {
-        let url = hostile(man_in_the_middle(400), None).await;
-        let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
-        a.status("searching").await;
-        let mut b = Peer::start(&["--relay", &url, "ROOM0001"]);
+        let (a, mut b) = two_through(&hostile(man_in_the_middle(400), None).await).await;
         let line = b.status("session destroyed").await;
         assert!(line.contains("flood"), "{line}");
         assert_eq!(b.exit().await.0, 4);
