@@ -32,6 +32,15 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
+        // Handlers are registered before the relay says it listens: a SIGTERM that arrives in
+        // between would otherwise take the default action and skip the drain.
+        let signals = match Signals::register() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ghostwire-relay: cannot install signal handlers: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
         let scheme = if config.tls_cert.is_some() { "wss" } else { "ws" };
         tracing::info!(
             listen = %format!("{scheme}://{}/", relay.local_addr()),
@@ -39,25 +48,33 @@ fn main() -> std::process::ExitCode {
             upstream = ?config.upstream,
             "relay listening"
         );
-        tokio::spawn(on_signal(shutdown));
+        tokio::spawn(signals.drain_on_first(shutdown));
         relay.run().await;
         tracing::info!("relay stopped");
         std::process::ExitCode::SUCCESS
     })
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
-async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the relay with SIGKILL");
-        return;
-    };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("signal received: draining (send it again to exit at once)");
-    shutdown.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    std::process::exit(130);
+/// SIGTERM and SIGINT, registered.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
+    async fn drain_on_first(mut self, shutdown: CancellationToken) {
+        tokio::select! { _ = self.term.recv() => {}, _ = self.int.recv() => {} }
+        tracing::info!("signal received: draining (send it again to exit at once)");
+        shutdown.cancel();
+        tokio::select! { _ = self.term.recv() => {}, _ = self.int.recv() => {} }
+        std::process::exit(130);
+    }
 }
 
 /// Raises the soft open-file limit to the hard one: every connection is a descriptor.

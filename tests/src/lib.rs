@@ -300,10 +300,14 @@ impl Peer {
         }
     }
 
-    /// Reads stderr until a line contains `what`; returns that line.
+    /// Reads stderr until a line contains `what` (within [`FRAME_WAIT`]); returns that line.
     pub async fn status(&mut self, what: &str) -> String {
-        // Generous: run.sh may be building before it says anything.
-        let deadline = tokio::time::Instant::now() + 6 * FRAME_WAIT;
+        self.status_within(what, FRAME_WAIT).await
+    }
+
+    /// Like [`status`](Self::status) with a wait of its own (a script may build first).
+    pub async fn status_within(&mut self, what: &str, wait: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.stderr.recv()).await {
                 Ok(Some(line)) => {

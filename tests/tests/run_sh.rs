@@ -4,6 +4,9 @@
 
 use ghostwire_tests::*;
 
+/// How long run.sh may take to build before it speaks (a cold release build on 2 cores).
+const BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(480);
+
 fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -29,7 +32,8 @@ async fn run_sh_starts_a_relay_chats_and_stops_it() {
         let port = free_port();
         let code = room("runsh");
         let mut demo = Peer::start_group(run_sh(port), &[&code]);
-        demo.status("started a relay").await;
+        // run.sh builds first: quick when scripts/test.sh has built the release binaries, minutes if not.
+        demo.status_within("started a relay", BUILD_WAIT).await;
         let url = format!("ws://127.0.0.1:{port}/");
         let mut other = Peer::start(&["--relay", &url, &code]);
         assert_eq!(demo.code().await, other.code().await);
@@ -53,7 +57,7 @@ async fn run_sh_without_a_code_makes_one_up_and_says_what_to_run() {
     within(600, async {
         let port = free_port();
         let mut demo = Peer::start_group(run_sh(port), &[]);
-        let line = demo.status("in a second terminal, run:").await;
+        let line = demo.status_within("in a second terminal, run:", BUILD_WAIT).await;
         let code = line.rsplit(' ').next().unwrap().to_owned();
         assert_eq!(code.len(), 16, "{line}");
         let mut other = Peer::start(&["--relay", &format!("ws://127.0.0.1:{port}/"), &code]);
