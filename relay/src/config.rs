@@ -73,8 +73,8 @@ pub struct Config {
     #[arg(long, env = "GHOSTWIRE_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ping_interval: Duration,
 
-    /// A client silent for ping-interval + ping-timeout is dead and dropped; so is one whose
-    /// socket accepts no data for this long.
+    /// A client silent for ping-interval + ping-timeout is dead and dropped (checked at each ping,
+    /// so up to one interval later); so is one whose socket accepts no data for this long.
     #[arg(long, env = "GHOSTWIRE_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
 
