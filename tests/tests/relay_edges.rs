@@ -224,3 +224,16 @@ async fn readyz_fails_while_draining() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_past_the_drain_deadline_for_clients_that_never_answer() {
+    within(20, async {
+        // Each connection would give a silent client 2 s to answer its close; the drain deadline
+        // (300 ms) must cut that short.
+        let relay = TestRelay::with(|c| c.drain_timeout = Duration::from_millis(300)).await;
+        let (_a, _b) = pair(&relay.url(), &room("silent")).await;
+        let stopped = tokio::time::timeout(Duration::from_millis(1500), relay.stop()).await;
+        assert!(stopped.is_ok(), "the relay kept draining past its deadline");
+    })
+    .await;
+}
