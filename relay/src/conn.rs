@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::upstream::inbox::{Delivery, Inbox, Receiver};
 use crate::upstream::{BoxFuture, Frame, KillSwitch, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
 use crate::Config;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use ghostwire_shared::frame::{inspect, Inbound, PEER_FOUND_JSON, PEER_LEFT_JSON};
 use ghostwire_shared::{ErrorCode, RelayFrame};
 use governor::{Quota, RateLimiter};
@@ -38,6 +38,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+/// Messages handled per pass of the connection's select before it looks at anything else.
+const READ_BATCH: usize = 64;
 /// Time a closing client gets to answer our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -107,7 +109,7 @@ where
     // A frame the partner had no room for, and the wait for that room.
     let mut blocked: Option<(Frame, BoxFuture<'static, Result<(), LinkError>>)> = None;
 
-    let exit = loop {
+    let exit = 'conn: loop {
         tokio::select! {
             biased;
             () = &mut killed => break Exit::Error(kill.code()),
@@ -142,55 +144,65 @@ where
             }
             msg = ws.next(), if blocked.is_none() => {
                 seen = true;
-                let text = match msg {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Binary(_))) => break Exit::Error(ErrorCode::Malformed),
-                    Some(Ok(Message::Ping(_))) => {
-                        if limiter.check().is_err() {
-                            break Exit::Error(ErrorCode::RateLimited);
+                // Frames already read are handled here, up to READ_BATCH, without another pass
+                // through the select (each pass polls the kill future and locks the inbox).
+                let mut budget = READ_BATCH;
+                let mut next = Some(msg);
+                while let Some(msg) = next.take() {
+                    let Some(text) = (match msg {
+                        Some(Ok(Message::Text(text))) => Some(text),
+                        Some(Ok(Message::Binary(_))) => break 'conn Exit::Error(ErrorCode::Malformed),
+                        Some(Ok(Message::Ping(_))) => {
+                            if limiter.check().is_err() {
+                                break 'conn Exit::Error(ErrorCode::RateLimited);
+                            }
+                            None
                         }
+                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => None,
+                        Some(Ok(Message::Close(_))) | None => break 'conn Exit::Gone,
+                        Some(Err(WsError::Capacity(_))) => break 'conn Exit::Error(ErrorCode::TooLarge),
+                        Some(Err(WsError::Utf8(_) | WsError::Protocol(_))) => break 'conn Exit::Error(ErrorCode::Malformed),
+                        Some(Err(_)) => break 'conn Exit::Gone,
+                    }) else {
+                        next = more(&mut ws, &mut budget, &phase, &blocked);
                         continue;
+                    };
+                    if limiter.check().is_err() {
+                        break 'conn Exit::Error(ErrorCode::RateLimited);
                     }
-                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break Exit::Gone,
-                    Some(Err(WsError::Capacity(_))) => break Exit::Error(ErrorCode::TooLarge),
-                    Some(Err(WsError::Utf8(_) | WsError::Protocol(_))) => break Exit::Error(ErrorCode::Malformed),
-                    Some(Err(_)) => break Exit::Gone,
-                };
-                if limiter.check().is_err() {
-                    break Exit::Error(ErrorCode::RateLimited);
-                }
-                // Decide on a borrowed view, then let go of it before the text moves on.
-                let room = match inspect(text.as_str()) {
-                    Ok(Inbound::Signal { .. }) => None,
-                    Ok(Inbound::Join(room)) => Some(room),
-                    Err(e) => break Exit::Error(e.code()),
-                };
-                match (&mut phase, room) {
-                    (Phase::Paired(_, link), None) => blocked = forward(link.as_mut(), text),
-                    (Phase::AwaitJoin(mailbox), Some(room)) => {
-                        let Some(mailbox) = mailbox.take() else { break Exit::Error(ErrorCode::OutOfOrder) };
-                        let joined = tokio::select! {
-                            biased;
-                            () = &mut killed => break Exit::Error(kill.code()),
-                            joined = ctx.upstream.join(&room, mailbox) => joined,
-                        };
-                        match joined {
-                            Ok(crate::upstream::Joined::Waiting(seat)) => {
-                                phase = Phase::Waiting(seat);
-                                deadline.as_mut().reset(Instant::now() + cfg.wait_timeout);
-                            }
-                            Ok(crate::upstream::Joined::Paired(seat, link)) => {
-                                metrics.rooms_paired_total.fetch_add(1, Relaxed);
-                                phase = Phase::Paired(seat, link);
-                                if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), stall).await {
-                                    break stop.exit(&kill);
+                    // Decide on a borrowed view, then let go of it before the text moves on.
+                    let room = match inspect(text.as_str()) {
+                        Ok(Inbound::Signal { .. }) => None,
+                        Ok(Inbound::Join(room)) => Some(room),
+                        Err(e) => break 'conn Exit::Error(e.code()),
+                    };
+                    match (&mut phase, room) {
+                        (Phase::Paired(_, link), None) => blocked = forward(link.as_mut(), text),
+                        (Phase::AwaitJoin(mailbox), Some(room)) => {
+                            let Some(mailbox) = mailbox.take() else { break 'conn Exit::Error(ErrorCode::OutOfOrder) };
+                            let joined = tokio::select! {
+                                biased;
+                                () = &mut killed => break 'conn Exit::Error(kill.code()),
+                                joined = ctx.upstream.join(&room, mailbox) => joined,
+                            };
+                            match joined {
+                                Ok(crate::upstream::Joined::Waiting(seat)) => {
+                                    phase = Phase::Waiting(seat);
+                                    deadline.as_mut().reset(Instant::now() + cfg.wait_timeout);
                                 }
+                                Ok(crate::upstream::Joined::Paired(seat, link)) => {
+                                    metrics.rooms_paired_total.fetch_add(1, Relaxed);
+                                    phase = Phase::Paired(seat, link);
+                                    if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), stall).await {
+                                        break 'conn stop.exit(&kill);
+                                    }
+                                }
+                                Err(e) => break 'conn Exit::Error(e.code()),
                             }
-                            Err(e) => break Exit::Error(e.code()),
                         }
+                        _ => break 'conn Exit::Error(ErrorCode::OutOfOrder),
                     }
-                    _ => break Exit::Error(ErrorCode::OutOfOrder),
+                    next = more(&mut ws, &mut budget, &phase, &blocked);
                 }
             }
             () = &mut deadline, if !matches!(phase, Phase::Paired(..)) => {
@@ -257,6 +269,24 @@ async fn goodbye<S>(
             let _ = timeout(CLOSE_GRACE, finish).await;
         }
     }
+}
+
+/// The next message if the socket has one ready now, while a pass may go on: paired (frames are
+/// all that is expected), not held back by a full partner queue, and within its budget.
+fn more<S>(
+    ws: &mut WebSocketStream<S>,
+    budget: &mut usize,
+    phase: &Phase,
+    blocked: &Option<(Frame, BoxFuture<'static, Result<(), LinkError>>)>,
+) -> Option<Option<Result<Message, WsError>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if *budget == 0 || blocked.is_some() || !matches!(phase, Phase::Paired(..)) {
+        return None;
+    }
+    *budget -= 1;
+    ws.next().now_or_never()
 }
 
 /// Hands `frame` to the partner; if its queue is full, returns the frame and the wait for room.
