@@ -84,9 +84,8 @@ pub struct Config {
     pub peer_queue: u32,
 
     /// Bytes read from a client socket per syscall; allocated for every connection, idle or not.
-    /// Larger reads take more frames per syscall (throughput) at the cost of idle memory: see the
-    /// README's performance section (3 KiB: ~1.0M frames/s and ~7.4 KiB per idle connection on the
-    /// reference machine; 4 KiB: ~1.2M frames/s and ~8.4 KiB).
+    /// Larger reads take more frames per syscall (throughput) at the cost of idle memory; the
+    /// README's performance section has the measured trade-off.
     #[arg(long, env = "GHOSTWIRE_READ_BUFFER", default_value_t = 3 * 1024, value_parser = clap::value_parser!(u32).range(512..=1_048_576))]
     pub read_buffer: u32,
 
