@@ -2,9 +2,9 @@
 //!
 //! The task owns its WebSocket outright (no split, no lock) and waits on three
 //! things at once: its kill switch (shutdown, slow consumer), its inbox (what
-//! the partner sent, PEER_FOUND, PEER_LEFT) and the socket. The phases are an enum: `AwaitJoin` → `Waiting` →
-//! `Paired`; any frame that does not fit the phase ends the connection with
-//! its code, and only this connection.
+//! the partner sent, PEER_FOUND, PEER_LEFT) and the socket. The phases are an
+//! enum: `AwaitJoin` → `Waiting` → `Paired`; any frame that does not fit the
+//! phase ends the connection with its code, and only this connection.
 //!
 //! Frames from the partner are written in batches: everything queued is taken
 //! at once, fed, and flushed once, so a busy pair costs one syscall per
@@ -227,18 +227,12 @@ where
 
     // Leave the room before anything else, so the partner hears of it at once.
     drop(phase);
-    // The goodbye is boxed: it runs once, and its state should not enlarge every connection.
-    Box::pin(goodbye(&mut ws, exit, &rx, &mut batch, metrics)).await;
+    goodbye(&mut ws, exit, metrics).await;
 }
 
 /// Ends the connection the way `exit` says, within [`CLOSE_GRACE`].
-async fn goodbye<S>(
-    ws: &mut WebSocketStream<S>,
-    exit: Exit,
-    rx: &Receiver,
-    batch: &mut VecDeque<Frame>,
-    metrics: &Metrics,
-) where
+async fn goodbye<S>(ws: &mut WebSocketStream<S>, exit: Exit, metrics: &Metrics)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match exit {
@@ -247,14 +241,10 @@ async fn goodbye<S>(
             let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = ws.next().await {} }).await;
         }
         Exit::PeerLeft => {
+            // The inbox hands over every frame the partner sent before it reports the departure,
+            // and those are written already: PEER_LEFT comes last.
             let finish = async {
-                // The partner's last frames were queued before its departure notice: deliver them first.
-                rx.take_now(batch);
-                while let Some(frame) = batch.pop_front() {
-                    ws.feed(Message::Text(frame)).await?;
-                }
-                ws.feed(Message::Text(Utf8Bytes::from_static(PEER_LEFT_JSON))).await?;
-                ws.flush().await?;
+                ws.send(Message::Text(Utf8Bytes::from_static(PEER_LEFT_JSON))).await?;
                 close(ws, CloseCode::Normal, "peer left").await
             };
             let _ = timeout(CLOSE_GRACE, finish).await;

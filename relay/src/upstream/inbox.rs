@@ -156,11 +156,6 @@ impl Receiver {
     pub async fn recv(&self, batch: &mut VecDeque<Frame>) -> Delivery {
         std::future::poll_fn(|cx| self.0.poll_recv(cx, batch)).await
     }
-
-    /// Frames queued right now, without waiting.
-    pub fn take_now(&self, batch: &mut VecDeque<Frame>) {
-        batch.append(&mut self.0.lock().frames);
-    }
 }
 
 impl Drop for Receiver {
