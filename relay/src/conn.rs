@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -161,6 +162,8 @@ where
                         Some(Ok(Message::Pong(_) | Message::Frame(_))) => None,
                         Some(Ok(Message::Close(_))) | None => break 'conn Exit::Gone,
                         Some(Err(WsError::Capacity(_))) => break 'conn Exit::Error(ErrorCode::TooLarge),
+                        // The client vanished without a close: gone, not malformed.
+                        Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => break 'conn Exit::Gone,
                         Some(Err(WsError::Utf8(_) | WsError::Protocol(_))) => break 'conn Exit::Error(ErrorCode::Malformed),
                         Some(Err(_)) => break 'conn Exit::Gone,
                     }) else {

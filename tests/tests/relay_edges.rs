@@ -237,3 +237,15 @@ async fn shutdown_does_not_wait_past_the_drain_deadline_for_clients_that_never_a
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_client_that_vanishes_without_a_close_is_gone_not_malformed() {
+    let relay = TestRelay::with(|_| {}).await;
+    within(30, async {
+        let (a, mut b) = pair(&relay.url(), &room("vanish")).await;
+        drop(a); // the TCP connection ends with no close frame
+        expect_peer_left(&mut b).await;
+    })
+    .await;
+    assert_eq!(relay.metrics.errors(ghostwire_shared::ErrorCode::Malformed), 0);
+}
