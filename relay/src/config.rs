@@ -113,6 +113,108 @@ pub struct Config {
     /// Listen backlog of the WebSocket listener (pending connections the kernel holds).
     #[arg(long, env = "GHOSTWIRE_LISTEN_BACKLOG", default_value_t = 4096)]
     pub listen_backlog: u32,
+
+    /// Key for the room ids the relays share through a distributed upstream (HMAC-SHA256 of the
+    /// room code), so the broker never sees a room code. The same on every replica; at least 16
+    /// characters. Required by --upstream nats. Prefer the environment variable to the flag.
+    #[arg(long, env = "GHOSTWIRE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<Secret>,
+
+    /// The NATS upstream's settings.
+    #[command(flatten)]
+    pub nats: NatsConfig,
+}
+
+/// The NATS upstream's connection and timing (used with `--upstream nats`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "NATS upstream (--upstream nats)")]
+pub struct NatsConfig {
+    /// NATS server(s) to connect to, comma-separated (nats:// or tls://). NATS is the operator's:
+    /// the relay never starts or embeds it.
+    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+
+    /// Authenticate to NATS with this token.
+    #[arg(long = "nats-token", env = "NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+
+    /// Authenticate to NATS as this user (with --nats-password).
+    #[arg(long = "nats-user", env = "NATS_USER", requires = "password")]
+    pub user: Option<String>,
+
+    /// Password for --nats-user.
+    #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true, requires = "user")]
+    pub password: Option<Secret>,
+
+    /// Authenticate to NATS with this nkey seed (`SU...`).
+    #[arg(long = "nats-nkey", env = "NATS_NKEY", hide_env_values = true)]
+    pub nkey: Option<Secret>,
+
+    /// Authenticate to NATS with this credentials file (JWT and nkey seed, `.creds`).
+    #[arg(long = "nats-creds", env = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+
+    /// Trust this PEM CA for the NATS server's certificate, and require TLS.
+    #[arg(long = "nats-ca", env = "NATS_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// Prefix of every subject and of the key-value bucket the relays use; lets several
+    /// deployments share one NATS.
+    #[arg(long = "nats-prefix", env = "GHOSTWIRE_NATS_PREFIX", default_value = "ghostwire", value_parser = parse_nats_token)]
+    pub prefix: String,
+
+    /// Interval of each relay's heartbeat on NATS.
+    #[arg(long = "nats-heartbeat", env = "GHOSTWIRE_NATS_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// A relay not heard for this long is dead: its rooms' partners get PEER_LEFT (within this
+    /// plus one heartbeat). Also what ends cross-relay rooms when this relay loses NATS.
+    #[arg(long = "nats-peer-timeout", env = "GHOSTWIRE_NATS_PEER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub peer_timeout: Duration,
+
+    /// Lifetime of a room slot in the key-value bucket (in memory); each live seat renews its
+    /// slot every third of it, so a dead relay's slots are freed within this time at most.
+    #[arg(long = "nats-slot-ttl", env = "GHOSTWIRE_NATS_SLOT_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub slot_ttl: Duration,
+}
+
+/// A secret from the command line or the environment: never printed, wiped on drop.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// A NATS subject token: letters, digits, `-` and `_`.
+fn parse_nats_token(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?}: use 1-64 letters, digits, '-' or '_'"))
+    }
 }
 
 /// The upstream implementations this build has.
@@ -120,6 +222,8 @@ pub struct Config {
 pub enum UpstreamKind {
     /// Rooms live in this process only (one relay; needs nothing else).
     Local,
+    /// Rooms are shared by every relay on one NATS server or cluster (JetStream, memory storage).
+    Nats,
 }
 
 impl Config {

@@ -26,7 +26,26 @@ pub struct Metrics {
     pub bytes_forwarded: AtomicU64,
     /// Connections dropped because the client stopped answering pings.
     pub ping_timeouts: AtomicU64,
+    /// The distributed upstream's counters (zero with the in-process upstream).
+    pub upstream: UpstreamMetrics,
     errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+/// Counters of a distributed upstream (NATS): what crossed the broker and what went wrong.
+#[derive(Default)]
+pub struct UpstreamMetrics {
+    /// Frames received from the broker for this relay's clients.
+    pub frames_in: AtomicU64,
+    /// Frames published to the broker for partners.
+    pub frames_out: AtomicU64,
+    /// Publishes (frames, departures, heartbeats) the client library refused.
+    pub publish_errors: AtomicU64,
+    /// Reconnections to the broker after a lost connection.
+    pub reconnects: AtomicU64,
+    /// Joins refused because both slots of the room were taken (4002), decided by the broker.
+    pub slot_conflicts: AtomicU64,
+    /// Partners ended because their relay stopped sending heartbeats.
+    pub peers_lost: AtomicU64,
 }
 
 impl Metrics {
@@ -83,6 +102,28 @@ impl Metrics {
             "counter",
             "Connections dropped for not answering pings.",
             self.ping_timeouts.load(Relaxed),
+        );
+        let u = &self.upstream;
+        metric("upstream_frames_in_total", "counter", "Frames received from the broker.", u.frames_in.load(Relaxed));
+        metric("upstream_frames_out_total", "counter", "Frames published to the broker.", u.frames_out.load(Relaxed));
+        metric(
+            "upstream_publish_errors_total",
+            "counter",
+            "Publishes to the broker that failed.",
+            u.publish_errors.load(Relaxed),
+        );
+        metric("upstream_reconnects_total", "counter", "Reconnections to the broker.", u.reconnects.load(Relaxed));
+        metric(
+            "upstream_slot_conflicts_total",
+            "counter",
+            "Joins refused by the broker because the room was full.",
+            u.slot_conflicts.load(Relaxed),
+        );
+        metric(
+            "upstream_peers_lost_total",
+            "counter",
+            "Partners ended because their relay went silent.",
+            u.peers_lost.load(Relaxed),
         );
         let _ = write!(
             out,

@@ -13,7 +13,7 @@ use crate::conn::{self, Ctx};
 use crate::error::Error;
 use crate::limits::{IpSlot, PerIp};
 use crate::metrics::Metrics;
-use crate::upstream::{local::Local, Upstream};
+use crate::upstream::{local::Local, nats::Nats, Upstream};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -64,8 +64,10 @@ impl Relay {
         };
         let listener = listen(config.listen, config.listen_backlog)?;
         let admin = listen(config.admin_listen, 128)?;
+        let metrics = Arc::new(Metrics::default());
         let upstream: Arc<dyn Upstream> = match config.upstream {
             UpstreamKind::Local => Arc::new(Local::new(config.max_rooms, config.ping_timeout)),
+            UpstreamKind::Nats => Arc::new(Nats::connect(&config, Arc::clone(&metrics)).await?),
         };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer as usize)
@@ -79,7 +81,7 @@ impl Relay {
             tls,
             conns: Arc::new(Semaphore::new(config.max_conns)),
             per_ip: PerIp::new(config.max_conns_per_ip),
-            ctx: Arc::new(Ctx { config, upstream, metrics: Arc::new(Metrics::default()), shutdown }),
+            ctx: Arc::new(Ctx { config, upstream, metrics, shutdown }),
             ws_config,
         })
     }
@@ -138,6 +140,7 @@ impl Relay {
         if tokio::time::timeout(ctx.config.drain_timeout, tracker.wait()).await.is_err() {
             tracing::warn!(left = tracker.len(), "drain deadline passed; dropping the remaining connections");
         }
+        ctx.upstream.close().await;
         admin_stop.cancel();
         let _ = admin_task.await;
     }

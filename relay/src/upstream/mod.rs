@@ -31,9 +31,12 @@
 //!   documents.
 //! * **Cancel safety.** Dropping the `join` future before it completes leaves
 //!   no seat behind.
+//! * **Shutdown.** [`Upstream::close`] runs after the last connection ended and
+//!   returns once departures have reached the partners (bounded).
 
 pub mod inbox;
 pub mod local;
+pub mod nats;
 
 pub use inbox::Inbox;
 
@@ -187,4 +190,10 @@ pub trait Upstream: Send + Sync + 'static {
 
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
+
+    /// Called once every connection has ended at shutdown: finishes the departures still in
+    /// flight (partners on other relays hear PEER_LEFT) and stops background work.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }

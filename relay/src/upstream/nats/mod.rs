@@ -1,0 +1,387 @@
+//! The NATS upstream: every relay connected to one NATS shares one room space.
+//!
+//! NATS is the operator's infrastructure: the relay connects to `--nats-url`
+//! and never starts, embeds or supervises a server. What crosses it:
+//!
+//! * **Slots.** A room has two slots, keys `<room-id>.a` and `<room-id>.b` in a
+//!   JetStream key-value bucket with memory storage. A join takes a slot with
+//!   an atomic `create` (first `.a`, else `.b`); both taken means ERROR 4002.
+//!   The broker decides, so two relays can never both admit a third peer.
+//!   `<room-id>` is HMAC-SHA256(`--cluster-secret`, room code), so neither the
+//!   broker nor anyone reading it learns a room code. Each seat renews its slot
+//!   every third of `--nats-slot-ttl` (a revision-checked update); the bucket's
+//!   `max_age` frees the slots of a relay that died.
+//! * **Seats.** Each seat subscribes to `<prefix>.seat.<relay>.<n>.*`, a random
+//!   relay id and a counter, nothing derived from the room. The holder of
+//!   `.b` reads the holder of `.a` from its slot and asks it (request `.j`)
+//!   to pair; frames then travel as `.f` messages (the payload is the frame,
+//!   byte for byte), and a departure as `.l` after the last frame.
+//!   NATS keeps the order of one connection's messages, which gives the
+//!   contract's ordering.
+//! * **Heartbeats.** Each relay publishes `<prefix>.hb.<relay>` every
+//!   `--nats-heartbeat`. A partner whose relay is not heard for
+//!   `--nats-peer-timeout` is gone: its rooms' local peers get PEER_LEFT within
+//!   that time plus one heartbeat. A relay that loses NATS stops hearing
+//!   everyone, so its cross-NATS rooms end the same way on both sides.
+//!
+//! Module map: this file (connection, readiness, join entry), `seat` (the join
+//! protocol and the task that runs one seat), `liveness` (who is still heard).
+
+mod liveness;
+mod seat;
+
+use super::{BoxFuture, JoinError, Joined, Mailbox, Upstream};
+use crate::config::{Config, NatsConfig};
+use crate::metrics::Metrics;
+use crate::Error;
+use async_nats::jetstream::{self, kv};
+use async_nats::{Client, ConnectOptions, Event};
+use ghostwire_shared::RoomCode;
+use hmac::{Hmac, Mac};
+use liveness::Liveness;
+use sha2::Sha256;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long one broker operation (key-value request, join request) may take.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The shortest accepted `--cluster-secret`.
+const MIN_SECRET: usize = 16;
+
+/// Rooms shared through NATS.
+pub struct Nats {
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// What the join tasks, seat tasks and background tasks share.
+struct Shared {
+    client: Client,
+    js: jetstream::Context,
+    /// The bucket, once it exists on the server (reset when the connection drops: after a
+    /// server restart it must be made again).
+    bucket: Mutex<Option<kv::Store>>,
+    bucket_ready: AtomicBool,
+    /// Why the upstream is not ready, for `/readyz` (never holds secrets or room data).
+    trouble: Mutex<Option<String>>,
+    room_key: Hmac<Sha256>,
+    names: Names,
+    relay_id: String,
+    next_seat: AtomicU64,
+    seats: AtomicUsize,
+    /// Woken when `seats` drops to zero (shutdown waits for it).
+    seats_gone: tokio::sync::Notify,
+    max_rooms: usize,
+    peer_queue: usize,
+    stall: Duration,
+    slot_ttl: Duration,
+    liveness: Liveness,
+    metrics: Arc<Metrics>,
+}
+
+/// Subject and bucket names under `--nats-prefix`.
+struct Names {
+    prefix: String,
+    bucket: String,
+}
+
+impl Names {
+    fn seat(&self, seat: &str) -> String {
+        format!("{}.seat.{seat}", self.prefix)
+    }
+    fn heartbeat(&self, relay: &str) -> String {
+        format!("{}.hb.{relay}", self.prefix)
+    }
+}
+
+impl Nats {
+    /// Checks the configuration and starts connecting. An unreachable NATS does not fail this:
+    /// the relay starts unready (`/readyz` says why) and keeps trying.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a missing or short cluster secret or an unreadable credentials file.
+    pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Nats, Error> {
+        let secret = config.cluster_secret.as_ref().map(|s| s.expose()).unwrap_or_default();
+        if secret.len() < MIN_SECRET {
+            return Err(Error::Config(format!(
+                "--upstream nats needs --cluster-secret (or GHOSTWIRE_CLUSTER_SECRET) of at least {MIN_SECRET} \
+                 characters, the same on every relay"
+            )));
+        }
+        let room_key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+            .map_err(|e| Error::Config(format!("--cluster-secret: {e}")))?;
+        let nc = &config.nats;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let options = options(nc, events_tx).await?;
+        let client = options
+            .connect(nc.url.as_str())
+            .await
+            .map_err(|e| Error::Config(format!("--nats-url {:?}: {e}", nc.url)))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(OP_TIMEOUT);
+        let shared = Arc::new(Shared {
+            client,
+            js,
+            bucket: Mutex::new(None),
+            bucket_ready: AtomicBool::new(false),
+            trouble: Mutex::new(Some(format!("connecting to NATS at {}", nc.url))),
+            room_key,
+            names: Names { prefix: nc.prefix.clone(), bucket: format!("{}-rooms", nc.prefix) },
+            relay_id: random_id(),
+            next_seat: AtomicU64::new(1),
+            seats: AtomicUsize::new(0),
+            seats_gone: tokio::sync::Notify::new(),
+            max_rooms: config.max_rooms,
+            peer_queue: config.peer_queue as usize,
+            stall: config.ping_timeout,
+            slot_ttl: nc.slot_ttl.max(Duration::from_secs(1)),
+            liveness: Liveness::new(nc.peer_timeout),
+            metrics,
+        });
+        let nats = Nats { shared, tasks: TaskTracker::new(), stop: CancellationToken::new() };
+        nats.tasks.spawn(keeper(Arc::clone(&nats.shared), events, nats.stop.clone(), nc.url.clone()));
+        nats.tasks.spawn(heartbeats(Arc::clone(&nats.shared), nc.heartbeat, nats.stop.clone()));
+        Ok(nats)
+    }
+}
+
+/// The client options for `nc`: authentication, TLS, reconnection and the event channel.
+async fn options(nc: &NatsConfig, events: mpsc::UnboundedSender<Event>) -> Result<ConnectOptions, Error> {
+    let mut o = ConnectOptions::new()
+        .name("ghostwire-relay")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(OP_TIMEOUT)
+        .request_timeout(Some(OP_TIMEOUT))
+        .reconnect_delay_callback(|attempt| Duration::from_millis(100 * 2u64.pow(attempt.min(4) as u32)))
+        .event_callback(move |event| {
+            let _ = events.send(event);
+            std::future::ready(())
+        });
+    if let Some(token) = &nc.token {
+        o = o.token(token.expose().to_owned());
+    }
+    if let (Some(user), Some(password)) = (&nc.user, &nc.password) {
+        o = o.user_and_password(user.clone(), password.expose().to_owned());
+    }
+    if let Some(seed) = &nc.nkey {
+        o = o.nkey(seed.expose().to_owned());
+    }
+    if let Some(creds) = &nc.creds {
+        o = o.credentials_file(creds).await.map_err(|e| Error::Config(format!("--nats-creds {creds:?}: {e}")))?;
+    }
+    if let Some(ca) = &nc.ca {
+        if !ca.is_file() {
+            return Err(Error::Config(format!("--nats-ca {ca:?}: not a readable file")));
+        }
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    Ok(o)
+}
+
+/// A random 64-bit id in hex: this relay's name on the broker, new at every start.
+fn random_id() -> String {
+    use rand_core::RngCore;
+    format!("{:016x}", rand_core::OsRng.next_u64())
+}
+
+impl Shared {
+    /// The broker's name for `room`: keyed, so it reveals nothing of the code.
+    fn room_id(&self, room: &RoomCode) -> String {
+        let mut mac = self.room_key.clone();
+        mac.update(b"ghostwire room v1\0");
+        mac.update(room.as_str().as_bytes());
+        let digest = mac.finalize().into_bytes();
+        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn bucket(&self) -> Option<kv::Store> {
+        if !self.bucket_ready.load(Ordering::Acquire) {
+            return None;
+        }
+        self.bucket.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_trouble(&self, why: Option<String>) {
+        if let Some(why) = &why {
+            tracing::warn!(reason = %why, "NATS upstream not ready");
+        }
+        *self.trouble.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// Finds or makes the room bucket: memory storage, one value per key, slots expire after
+    /// the TTL unless renewed.
+    async fn ensure_bucket(&self) -> Result<kv::Store, String> {
+        if let Ok(store) = self.js.get_key_value(self.names.bucket.as_str()).await {
+            return Ok(store);
+        }
+        // The stream a key-value bucket is, made directly: the client's own `create_key_value`
+        // first reads account limits in a shape that nats-server 2.9 does not send.
+        let stream = jetstream::stream::Config {
+            name: format!("KV_{}", self.names.bucket),
+            description: Some("Ghostwire room slots (keyed room ids; memory only)".into()),
+            subjects: vec![format!("$KV.{}.>", self.names.bucket)],
+            max_messages_per_subject: 1,
+            max_age: self.slot_ttl,
+            storage: jetstream::stream::StorageType::Memory,
+            num_replicas: 1,
+            discard: jetstream::stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            duplicate_window: self.slot_ttl.min(Duration::from_secs(120)),
+            ..Default::default()
+        };
+        self.js.get_or_create_stream(stream).await.map_err(|e| format!("cannot create the key-value bucket: {e}"))?;
+        self.js
+            .get_key_value(self.names.bucket.as_str())
+            .await
+            .map_err(|e| format!("cannot open the key-value bucket: {e}"))
+    }
+}
+
+/// Follows the client's connection events: readiness, reconnect count, and the bucket, which is
+/// (re)made after each connect because a restarted server has lost it (memory storage).
+async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>, stop: CancellationToken, url: String) {
+    let mut connects = 0u64;
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            e = events.recv() => match e { Some(e) => e, None => return },
+        };
+        match event {
+            Event::Connected => {
+                connects += 1;
+                if connects > 1 {
+                    shared.metrics.upstream.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!("connected to NATS");
+                // Retried until it works or the connection drops again (then a new event comes).
+                loop {
+                    match shared.ensure_bucket().await {
+                        Ok(store) => {
+                            *shared.bucket.lock().unwrap_or_else(|p| p.into_inner()) = Some(store);
+                            shared.bucket_ready.store(true, Ordering::Release);
+                            shared.set_trouble(None);
+                            break;
+                        }
+                        Err(why) => shared.set_trouble(Some(why)),
+                    }
+                    if !matches!(events.try_recv(), Err(mpsc::error::TryRecvError::Empty)) {
+                        break;
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            Event::Disconnected => {
+                shared.bucket_ready.store(false, Ordering::Release);
+                shared.set_trouble(Some(format!("lost the connection to NATS at {url}; reconnecting")));
+            }
+            Event::ClientError(e) => {
+                if !shared.bucket_ready.load(Ordering::Acquire) {
+                    shared.set_trouble(Some(format!("cannot reach NATS at {url}: {e}")));
+                }
+            }
+            Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+            Event::SlowConsumer(_) => tracing::warn!("NATS dropped messages for a slow subscription"),
+            Event::LameDuckMode | Event::Draining | Event::Closed => tracing::info!(event = %event, "NATS"),
+        }
+    }
+}
+
+/// Publishes this relay's heartbeat and ends the pairs with relays no longer heard.
+async fn heartbeats(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
+    let subject = shared.names.heartbeat(&shared.relay_id);
+    let all = shared.names.heartbeat("*");
+    let mut sub = loop {
+        match shared.client.subscribe(all.clone()).await {
+            Ok(sub) => break sub,
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to heartbeats; retrying"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {
+                // Bounded: while NATS is away the client's buffer may be full, and the sweep
+                // below must still run.
+                let sent = tokio::time::timeout(every, shared.client.publish(subject.clone(), Default::default())).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    shared.metrics.upstream.publish_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let lost = shared.liveness.sweep();
+                if lost > 0 {
+                    tracing::info!(relays = lost, "relays not heard within --nats-peer-timeout: ending their rooms");
+                }
+            }
+            Some(msg) = futures_util::StreamExt::next(&mut sub) => {
+                if let Some(relay) = msg.subject.as_str().rsplit('.').next() {
+                    shared.liveness.heard(relay);
+                }
+            }
+        }
+    }
+}
+
+impl Upstream for Nats {
+    fn join<'a>(&'a self, room: &'a RoomCode, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
+        let room = self.shared.room_id(room);
+        // The join runs in its own task, so a connection that goes away mid-join cannot leave a
+        // slot behind: the task finishes, and the seat it made is dropped, which releases it.
+        let task = self.tasks.spawn(seat::join(Arc::clone(&self.shared), self.tasks.clone(), room, me));
+        Box::pin(async move { task.await.unwrap_or_else(|_| Err(JoinError::Unavailable("join task failed".into()))) })
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.shared.bucket_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let trouble = self.shared.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Err(trouble.unwrap_or_else(|| "NATS upstream not ready".into()))
+    }
+
+    fn open_rooms(&self) -> usize {
+        self.shared.seats.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Seats end when their connections do; give their departures time to reach NATS.
+            let seats_done = async {
+                loop {
+                    let gone = self.shared.seats_gone.notified();
+                    tokio::pin!(gone);
+                    gone.as_mut().enable();
+                    if self.shared.seats.load(Ordering::Acquire) == 0 {
+                        break;
+                    }
+                    gone.await;
+                }
+            };
+            if tokio::time::timeout(OP_TIMEOUT, seats_done).await.is_err() {
+                tracing::warn!("some departures did not reach NATS before shutdown");
+            }
+            self.stop.cancel();
+            self.tasks.close();
+            let _ = tokio::time::timeout(OP_TIMEOUT, self.shared.client.flush()).await;
+        })
+    }
+}
