@@ -12,6 +12,8 @@ say() { printf '\n==> %s\n' "$*" >&2; }
 # --- what the tests need from outside cargo -------------------------------------------------
 need_apt=()
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+# A real NATS server (with JetStream) for the NATS upstream's tests; each test starts its own.
+command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -340,13 +340,264 @@ impl Peer {
     }
 }
 
+/// End of input on `a`: `a` ends normally, `b` hears its peer left; both exit 0.
+pub async fn hang_up_and_part(mut a: Peer, mut b: Peer) {
+    a.hang_up();
+    let (code_a, log_a) = a.exit().await;
+    assert_eq!(code_a, 0, "{log_a}");
+    b.status("your peer left").await;
+    let (code_b, log_b) = b.exit().await;
+    assert_eq!(code_b, 0, "{log_b}");
+}
+
 /// Starts two piped clients in `room` through the relay at `url` and waits until both are connected.
 /// Returns them with the verification codes each showed.
 pub async fn connected_pair(url: &str, room: &str, extra: &[&str]) -> (Peer, Peer, String, String) {
-    let mut args = vec!["--relay", url, room];
-    args.extend_from_slice(extra);
-    let mut a = Peer::start(&args);
-    let mut b = Peer::start(&args);
+    connected_pair_via(url, url, room, extra).await
+}
+
+/// Like [`connected_pair`], with each client on its own relay.
+pub async fn connected_pair_via(url_a: &str, url_b: &str, room: &str, extra: &[&str]) -> (Peer, Peer, String, String) {
+    let start = |url: &str| {
+        let mut args = vec!["--relay", url, room];
+        args.extend_from_slice(extra);
+        Peer::start(&args)
+    };
+    let (mut a, mut b) = (start(url_a), start(url_b));
     let (ca, cb) = (a.code().await, b.code().await);
     (a, b, ca, cb)
+}
+
+/// A relay process on loopback port 0; its stderr is collected on a thread.
+pub struct RelayProc {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    /// `ws://host:port/` or `wss://...`, as the relay logged it.
+    pub url: String,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl RelayProc {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> RelayProc {
+        let mut cmd = std::process::Command::new(bin("ghostwire-relay"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, log) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                // Echoed into the test's own output, which the runner shows when the test fails.
+                eprintln!("[relay {}] {line}", std::process::id());
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut proc = RelayProc {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            url: String::new(),
+            log,
+        };
+        let line = proc.wait_for("relay listening");
+        let field =
+            |name: &str| line.split(name).nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap().to_owned();
+        proc.url = field("listen=");
+        let host = proc.url.split("://").nth(1).unwrap().trim_end_matches('/');
+        proc.addr = host.parse().unwrap();
+        proc.admin = field("admin=").parse().unwrap();
+        proc
+    }
+
+    /// The first log line containing `what`, within 10 s.
+    pub fn wait_for(&mut self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("relay never logged {what:?}"),
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code and the rest of its log.
+    pub fn wait(self) -> (Option<i32>, String) {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The exit itself is the event: waitpid on a helper thread, the wait for it bounded here.
+        std::thread::spawn(move || {
+            let _ = tx.send(waitpid(pid, None));
+        });
+        let code = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(Ok(WaitStatus::Exited(_, code))) => Some(code),
+            Ok(_) => None,
+            Err(_) => panic!("relay did not exit"),
+        };
+        let rest: Vec<String> = self.log.try_iter().collect();
+        (code, rest.join("\n"))
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real `nats-server` with JetStream on a free loopback port, in a temporary directory of its
+/// own; killed and its directory removed on drop.
+pub struct NatsServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+    args: Vec<String>,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// Starts a server with extra flags (e.g. `--auth TOKEN`).
+    pub fn start_with(extra: &[&str]) -> NatsServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("ghostwire-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = NatsServer { port, dir, child: None, args: extra.iter().map(|s| s.to_string()).collect() };
+        server.run();
+        server
+    }
+
+    /// An address where no server listens yet; [`run`](Self::run) starts one there later.
+    pub fn reserved() -> NatsServer {
+        let mut server = NatsServer::start();
+        server.kill();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on its port and waits (bounded) until it accepts connections.
+    pub fn run(&mut self) {
+        let which = std::process::Command::new("nats-server").arg("--version").output();
+        assert!(which.is_ok(), "nats-server is not installed (scripts/test.sh installs it)");
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cluster secret every NATS test relay shares.
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
+
+/// Test defaults for a relay on the NATS upstream at `url`, with fast failure detection.
+pub fn nats_config(url: &str) -> Config {
+    use ghostwire_relay::config::Secret;
+    let mut c = Config::for_tests();
+    c.upstream = ghostwire_relay::UpstreamKind::Nats;
+    c.cluster_secret = Some(CLUSTER_SECRET.parse::<Secret>().unwrap());
+    c.nats.url = url.to_owned();
+    c.nats.heartbeat = Duration::from_millis(200);
+    c.nats.peer_timeout = Duration::from_secs(1);
+    c.nats.slot_ttl = Duration::from_secs(3);
+    c
+}
+
+/// Waits (bounded by `secs`) until the admin listener at `admin` answers /readyz with 200.
+pub async fn until_ready(admin: std::net::SocketAddr, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (status, body) = http_get(admin, "/readyz").await;
+        if status == 200 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "relay not ready within {secs} s: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The room contract every upstream keeps, seen from two clients that join through `url_a` and
+/// `url_b` (one relay twice, or two relays sharing a room space): PEER_FOUND to both, frames
+/// byte-identical and in order both ways, a third joiner refused with 4002, PEER_LEFT after the
+/// leaver's last frame, and the room free again at once.
+pub async fn room_contract(url_a: &str, url_b: &str) {
+    let code = room("contract");
+    let mut a = join(url_a, &code).await;
+    let mut b = join(url_b, &code).await;
+    expect_peer_found(&mut a).await;
+    expect_peer_found(&mut b).await;
+
+    let mut third = join(url_b, &code).await;
+    expect_error(&mut third, 4002).await;
+
+    // Unusual but valid JSON spellings must arrive exactly as sent.
+    let frames: Vec<String> = (0..100)
+        .map(|i| format!("{{ \"type\" : \"SIGNAL\", \"kind\":\"MSG\", \"payload\":\"n{i}\\u00e9\" , \"x\":[1,2.50] }}"))
+        .collect();
+    for f in &frames {
+        send(&mut a, f.clone()).await;
+        send(&mut b, f.clone()).await;
+    }
+    for f in &frames {
+        assert_eq!(&expect_text(&mut b).await, f);
+        assert_eq!(&expect_text(&mut a).await, f);
+    }
+
+    send(&mut a, signal("MSG", "last words")).await;
+    a.close(None).await.unwrap();
+    assert_eq!(expect_text(&mut b).await, signal("MSG", "last words"));
+    expect_peer_left(&mut b).await;
+
+    // Free at once: two new clients pair, through the other relays this time.
+    let mut c = join(url_b, &code).await;
+    let mut d = join(url_a, &code).await;
+    expect_peer_found(&mut c).await;
+    expect_peer_found(&mut d).await;
 }

@@ -41,12 +41,7 @@ async fn two_clients_chat_both_ways_with_matching_codes() {
         a.say("after the refusal").await;
         assert_eq!(b.heard().await, "after the refusal", "the refused message must not arrive");
         // End of input on A: A ends normally, B learns its peer left; both exit 0.
-        a.hang_up();
-        let (code_a, log_a) = a.exit().await;
-        assert_eq!(code_a, 0, "{log_a}");
-        b.status("your peer left").await;
-        let (code_b, log_b) = b.exit().await;
-        assert_eq!(code_b, 0, "{log_b}");
+        hang_up_and_part(a, b).await;
     })
     .await;
 }

@@ -3,88 +3,12 @@
 #![allow(clippy::unwrap_used)]
 
 use ghostwire_tests::*;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-/// A relay process on loopback port 0; its stderr is collected on a thread.
-struct Proc {
-    child: Child,
-    addr: std::net::SocketAddr,
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(bin("ghostwire-relay"));
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.env("NO_COLOR", "1").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let (tx, log) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut proc = Proc { child, addr: "0.0.0.0:0".parse().unwrap(), log };
-        let line = proc.wait_for("relay listening");
-        let start = line.find("ws://").unwrap() + 5;
-        let end = start + line[start..].find('/').unwrap();
-        proc.addr = line[start..end].parse().unwrap();
-        proc
-    }
-
-    /// The first log line containing `what`, within 10 s.
-    fn wait_for(&mut self, what: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => continue,
-                Err(_) => panic!("relay never logged {what:?}"),
-            }
-        }
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    /// Waits (bounded) for the process to exit; returns its exit code and the rest of its log.
-    fn wait(self) -> (Option<i32>, String) {
-        use nix::sys::wait::{waitpid, WaitStatus};
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let (tx, rx) = std::sync::mpsc::channel();
-        // The exit itself is the event: waitpid on a helper thread, the wait for it bounded here.
-        std::thread::spawn(move || {
-            let _ = tx.send(waitpid(pid, None));
-        });
-        let code = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(Ok(WaitStatus::Exited(_, code))) => Some(code),
-            Ok(_) => None,
-            Err(_) => panic!("relay did not exit"),
-        };
-        let rest: Vec<String> = self.log.try_iter().collect();
-        (code, rest.join("\n"))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::io::Read;
+use std::process::{Command, Stdio};
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_zero() {
-    let mut relay = Proc::start(&["--drain-timeout", "5s"], &[]);
+    let mut relay = RelayProc::start(&["--drain-timeout", "5s"], &[]);
     within(30, async {
         let url = format!("ws://{}/", relay.addr);
         let (mut a, mut b) = pair(&url, &room("term")).await;
@@ -106,7 +30,7 @@ async fn logs_carry_no_room_codes_payloads_or_client_ips() {
     for log_ips in [false, true] {
         let args: &[&str] = if log_ips { &["--log-ips"] } else { &[] };
         // The most verbose level an operator can ask for.
-        let relay = Proc::start(args, &[("GHOSTWIRE_LOG", "trace")]);
+        let relay = RelayProc::start(args, &[("GHOSTWIRE_LOG", "trace")]);
         let addr = relay.addr;
         within(30, async {
             // Clients from 127.0.0.9, an address that appears nowhere else in the log.

@@ -189,3 +189,9 @@ async fn client_close_frame_is_answered() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_in_process_upstream_keeps_the_room_contract() {
+    let relay = TestRelay::with(|_| {}).await;
+    within(30, room_contract(&relay.url(), &relay.url())).await;
+}

@@ -1,0 +1,328 @@
+//! The NATS upstream against a real `nats-server` (JetStream, memory storage) on loopback:
+//! rooms across relays, the join race, dead relays, a restarted broker, and what the broker sees.
+
+#![allow(clippy::unwrap_used)]
+
+use futures_util::StreamExt;
+use ghostwire_tests::*;
+use std::time::Duration;
+
+async fn relays(nats: &NatsServer, n: usize) -> Vec<TestRelay> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let relay = TestRelay::start(nats_config(&nats.url())).await;
+        until_ready(relay.admin, 10).await;
+        out.push(relay);
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_relays_keep_the_room_contract() {
+    let nats = NatsServer::start();
+    within(60, async {
+        let r = relays(&nats, 2).await;
+        room_contract(&r[0].url(), &r[1].url()).await;
+        // Both halves crossed the broker.
+        assert!(r[0].metrics.upstream.frames_in.load(std::sync::atomic::Ordering::Relaxed) >= 100);
+        assert!(r[1].metrics.upstream.frames_in.load(std::sync::atomic::Ordering::Relaxed) >= 100);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn three_relays_share_one_room_space() {
+    let nats = NatsServer::start();
+    within(60, async {
+        let r = relays(&nats, 3).await;
+        room_contract(&r[0].url(), &r[2].url()).await;
+        room_contract(&r[1].url(), &r[2].url()).await;
+        // A room whose two seats are taken on relays 1 and 2 refuses a third on relay 3.
+        let code = room("three");
+        let mut a = join(&r[0].url(), &code).await;
+        let mut b = join(&r[1].url(), &code).await;
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        let conflicts = || r[2].metrics.upstream.slot_conflicts.load(std::sync::atomic::Ordering::Relaxed);
+        let before = conflicts();
+        let mut c = join(&r[2].url(), &code).await;
+        expect_error(&mut c, 4002).await;
+        assert_eq!(conflicts(), before + 1);
+    })
+    .await;
+}
+
+/// 20 clients join one room at once through 3 relays, 50 times over: exactly two get in.
+#[tokio::test]
+async fn concurrent_joiners_across_relays_admit_exactly_two() {
+    let nats = NatsServer::start();
+    within(240, async {
+        let r = relays(&nats, 3).await;
+        let urls: Vec<String> = r.iter().map(|r| r.url()).collect();
+        for round in 0..50 {
+            let code = room("race");
+            let mut conns = Vec::new();
+            for i in 0..20 {
+                conns.push(connect(&urls[i % 3]).await);
+            }
+            // Every JOIN is written before any answer is read.
+            let joins = conns.iter_mut().map(|ws| send(ws, join_frame(&code)));
+            futures_util::future::join_all(joins).await;
+            let outcomes = futures_util::future::join_all(conns.iter_mut().map(|ws| async move {
+                let text = expect_text(ws).await;
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                match v["type"].as_str() {
+                    Some("PEER_FOUND") => "in",
+                    Some("ERROR") if v["code"] == 4002 => "full",
+                    _ => panic!("unexpected answer to a racing JOIN: {text}"),
+                }
+            }))
+            .await;
+            let admitted = outcomes.iter().filter(|o| **o == "in").count();
+            assert_eq!(admitted, 2, "round {round}: {outcomes:?}");
+            for ws in &mut conns {
+                let _ = ws.close(None).await;
+            }
+        }
+        // Every slot was given back: no relay holds a room.
+        for relay in &r {
+            until_metric(relay.admin, "ghostwire_rooms_open 0\n").await;
+        }
+    })
+    .await;
+}
+
+/// A relay killed with SIGKILL sends nothing more: its partners learn from the missing
+/// heartbeats (bound: --nats-peer-timeout + --nats-heartbeat = 1.2 s here), and the slots it held,
+/// `.a` in one room and `.b` in the other, are reclaimed by the next joiners.
+#[tokio::test]
+async fn a_killed_relay_s_partners_get_peer_left_and_the_room_is_reusable() {
+    let nats = NatsServer::start();
+    let args =
+        ["--upstream", "nats", "--nats-url", &nats.url(), "--nats-heartbeat", "200ms", "--nats-peer-timeout", "1s"];
+    let env = [("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)];
+    let victim = RelayProc::start(&args, &env);
+    let survivor = RelayProc::start(&args, &env);
+    within(60, async {
+        until_ready(victim.admin, 10).await;
+        until_ready(survivor.admin, 10).await;
+        // Room 1: the victim's client is first (slot a); room 2: it is second (slot b).
+        let (one, two) = (room("killa"), room("killb"));
+        let mut a1 = join(&victim.url, &one).await;
+        until_metric(victim.admin, "ghostwire_rooms_open 1\n").await;
+        let mut b1 = join(&survivor.url, &one).await;
+        let mut b2 = join(&survivor.url, &two).await;
+        until_metric(survivor.admin, "ghostwire_rooms_open 2\n").await;
+        let mut a2 = join(&victim.url, &two).await;
+        for ws in [&mut a1, &mut b1, &mut a2, &mut b2] {
+            expect_peer_found(ws).await;
+        }
+
+        victim.signal(nix::sys::signal::Signal::SIGKILL);
+        let killed = tokio::time::Instant::now();
+        expect_peer_left(&mut b1).await;
+        expect_peer_left(&mut b2).await;
+        let took = killed.elapsed();
+        // The documented bound with these settings, plus scheduling slack.
+        assert!(took < Duration::from_secs(4), "PEER_LEFT took {took:?}");
+
+        for code in [&one, &two] {
+            let mut c = join(&survivor.url, code).await;
+            let mut d = join(&survivor.url, code).await;
+            expect_peer_found(&mut c).await;
+            expect_peer_found(&mut d).await;
+        }
+    })
+    .await;
+    let log = tokio::task::spawn_blocking(move || survivor_log(survivor)).await.unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Waits (bounded) until the relay's /metrics contains `line`.
+async fn until_metric(admin: std::net::SocketAddr, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = http_get(admin, "/metrics").await;
+        if m.contains(line) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw {line:?} in:\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn survivor_log(relay: RelayProc) -> String {
+    relay.signal(nix::sys::signal::Signal::SIGTERM);
+    relay.wait().1
+}
+
+/// NATS goes away and comes back: live cross-relay rooms end with PEER_LEFT (both sides, within
+/// the peer timeout), joins meanwhile get 4007, /readyz says why, and once the server is back
+/// (empty: memory storage) the relays reconnect and rebuild the bucket on their own. A peer that
+/// was waiting alone has lost its slot with the old server: it is told so (4007) at its next
+/// renewal instead of waiting where nobody can find it.
+#[tokio::test]
+async fn a_restarted_nats_server_ends_live_rooms_and_new_rooms_work_again() {
+    let mut nats = NatsServer::start();
+    within(90, async {
+        let r = relays(&nats, 2).await;
+        let code = room("restart");
+        let mut a = join(&r[0].url(), &code).await;
+        let mut b = join(&r[1].url(), &code).await;
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        let mut alone = join(&r[1].url(), &room("alone")).await;
+        until_metric(r[1].admin, "ghostwire_rooms_open 2\n").await;
+
+        nats.kill();
+        expect_peer_left(&mut a).await;
+        expect_peer_left(&mut b).await;
+        let (status, body) = http_get(r[0].admin, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("NATS"), "{body}");
+        let mut refused = join(&r[0].url(), &room("outage")).await;
+        expect_error(&mut refused, 4007).await;
+
+        nats.run();
+        for relay in &r {
+            until_ready(relay.admin, 20).await;
+        }
+        expect_error(&mut alone, 4007).await;
+        // The old room code and a new one both work across the relays.
+        room_contract(&r[1].url(), &r[0].url()).await;
+        let (c, d) = (join(&r[0].url(), &code).await, join(&r[1].url(), &code).await);
+        for mut ws in [c, d] {
+            expect_peer_found(&mut ws).await;
+        }
+        let (_, metrics) = http_get(r[0].admin, "/metrics").await;
+        assert!(metrics.contains("ghostwire_upstream_reconnects_total 1"), "{metrics}");
+        assert!(!metrics.contains("ghostwire_upstream_peers_lost_total 0"), "{metrics}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_relay_whose_nats_is_unreachable_is_not_ready_and_becomes_ready_when_it_appears() {
+    let mut nats = NatsServer::reserved();
+    within(60, async {
+        let relay = TestRelay::start(nats_config(&nats.url())).await;
+        let (status, body) = http_get(relay.admin, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains(&nats.url()) || body.contains("NATS"), "{body}");
+        let mut ws = join(&relay.url(), &room("early")).await;
+        expect_error(&mut ws, 4007).await;
+        nats.run();
+        until_ready(relay.admin, 20).await;
+        let code = room("late");
+        pair(&relay.url(), &code).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_distributed_upstream_refuses_to_start_without_a_cluster_secret() {
+    let nats = NatsServer::start();
+    let mut config = nats_config(&nats.url());
+    config.cluster_secret = None;
+    let err = ghostwire_relay::Relay::bind(config, Default::default()).await.err().unwrap().to_string();
+    assert!(err.contains("--cluster-secret"), "{err}");
+    let mut config = nats_config(&nats.url());
+    config.cluster_secret = Some("short".parse().unwrap());
+    let err = ghostwire_relay::Relay::bind(config, Default::default()).await.err().unwrap().to_string();
+    assert!(err.contains("at least 16"), "{err}");
+    // The binary says the same and exits non-zero.
+    let out = std::process::Command::new(bin("ghostwire-relay"))
+        .args([
+            "--upstream",
+            "nats",
+            "--nats-url",
+            &nats.url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("GHOSTWIRE_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster-secret"));
+}
+
+/// Everything the relays publish, as a monitor subscribed to `>` sees it: no room code, in any
+/// case, in any subject, header or payload; the frames' payloads themselves pass unchanged.
+#[tokio::test]
+async fn the_broker_never_sees_a_room_code() {
+    let nats = NatsServer::start();
+    within(60, async {
+        let monitor = async_nats::connect(nats.url()).await.unwrap();
+        let mut all = monitor.subscribe(">").await.unwrap();
+        monitor.flush().await.unwrap();
+        let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = std::sync::Arc::clone(&captured);
+        let capture = tokio::spawn(async move {
+            while let Some(msg) = all.next().await {
+                let mut c = sink.lock().unwrap();
+                c.extend_from_slice(msg.subject.as_bytes());
+                c.push(b'\n');
+                if let Some(h) = &msg.headers {
+                    for (k, vs) in h.iter() {
+                        for v in vs {
+                            c.extend_from_slice(format!("{k}: {}\n", v.as_str()).as_bytes());
+                        }
+                    }
+                }
+                c.extend_from_slice(&msg.payload);
+                c.push(b'\n');
+            }
+        });
+        let r = relays(&nats, 2).await;
+        let code = room("secret");
+        let mut a = join(&r[0].url(), &code).await;
+        let mut b = join(&r[1].url(), &code).await;
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        send(&mut a, signal("MSG", "opaque-ciphertext-1")).await;
+        assert_eq!(expect_text(&mut b).await, signal("MSG", "opaque-ciphertext-1"));
+        a.close(None).await.unwrap();
+        expect_peer_left(&mut b).await;
+        monitor.flush().await.unwrap();
+        // The departure's key delete is the last thing published; wait until the monitor has it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
+            if seen.matches("KV-Operation: DEL").count() >= 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "monitor never saw both slots freed:\n{seen}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        capture.abort();
+        let seen = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
+        // The capture is real: slot writes, pairing, frames and heartbeats all went through it.
+        assert!(seen.contains("$KV.ghostwire-rooms."), "{seen}");
+        assert!(seen.contains("opaque-ciphertext-1"), "{seen}");
+        assert!(seen.contains("ghostwire.hb."), "{seen}");
+        for form in [code.clone(), code.to_lowercase()] {
+            assert!(!seen.contains(&form), "room code {form} visible to the broker:\n{seen}");
+        }
+    })
+    .await;
+}
+
+/// Two `ghostwire` clients on two relays verify each other and chat.
+#[tokio::test]
+async fn two_clients_on_two_relays_chat() {
+    let nats = NatsServer::start();
+    within(60, async {
+        let r = relays(&nats, 2).await;
+        let (mut a, mut b, ca, cb) = connected_pair_via(&r[0].url(), &r[1].url(), &room("chat"), &[]).await;
+        assert_eq!(ca, cb);
+        a.say("hello across relays").await;
+        assert_eq!(b.heard().await, "hello across relays");
+        b.say("and back").await;
+        assert_eq!(a.heard().await, "and back");
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}
