@@ -4,22 +4,6 @@
 
 use ghostwire_tests::*;
 
-/// A CA made by the test, and a relay certificate for `localhost` and 127.0.0.1 signed by it.
-fn test_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let (ca_pem, cert_pem, key_pem) = (dir.join("ca.pem"), dir.join("relay.pem"), dir.join("relay.key"));
-    std::fs::write(&ca_pem, ca.pem()).unwrap();
-    std::fs::write(&cert_pem, cert.pem()).unwrap();
-    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
-    (ca_pem, cert_pem, key_pem)
-}
-
 #[tokio::test]
 async fn wss_with_a_private_ca_and_a_clear_refusal_without_it() {
     within(60, async {

@@ -326,3 +326,82 @@ async fn two_clients_on_two_relays_chat() {
     })
     .await;
 }
+
+/// A relay on `config` gets ready (it authenticated and made its bucket) and serves a room.
+async fn serves(config: ghostwire_relay::Config) {
+    let relay = TestRelay::start(config).await;
+    until_ready(relay.admin, 10).await;
+    pair(&relay.url(), &room("auth")).await;
+}
+
+/// Waits (bounded) until /readyz fails with a body containing `why`.
+async fn until_unready_because(admin: std::net::SocketAddr, why: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http_get(admin, "/readyz").await;
+        if status == 503 && body.contains(why) {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never said {why:?}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn token_and_user_password_authentication() {
+    within(60, async {
+        let nats = NatsServer::start_with(&["--auth", "the-right-token"]);
+        let mut config = nats_config(&nats.url());
+        config.nats.token = Some("the-right-token".parse().unwrap());
+        serves(config).await;
+        // A wrong token: not ready, and /readyz says what NATS said.
+        let mut config = nats_config(&nats.url());
+        config.nats.token = Some("a-wrong-token".parse().unwrap());
+        let relay = TestRelay::start(config).await;
+        let body = until_unready_because(relay.admin, "authorization").await;
+        assert!(!body.contains("a-wrong-token"), "the token leaked into /readyz: {body}");
+
+        let nats = NatsServer::start_with(&["--user", "relay", "--pass", "the-password"]);
+        let mut config = nats_config(&nats.url());
+        config.nats.user = Some("relay".into());
+        config.nats.password = Some("the-password".parse().unwrap());
+        serves(config).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nkey_authentication() {
+    let dir = TempDir::new("nkey");
+    let user = nkeys::KeyPair::new_user();
+    let conf = dir.0.join("nats.conf");
+    std::fs::write(&conf, format!("authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n", user.public_key())).unwrap();
+    let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    within(60, async {
+        let mut config = nats_config(&nats.url());
+        config.nats.nkey = Some(user.seed().unwrap().parse().unwrap());
+        serves(config).await;
+        // Without the nkey the server refuses the relay.
+        let relay = TestRelay::start(nats_config(&nats.url())).await;
+        until_unready_because(relay.admin, "authorization").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tls_to_nats_with_a_private_ca() {
+    let dir = TempDir::new("natstls");
+    let (ca, cert, key) = test_ca(&dir.0);
+    let nats =
+        NatsServer::start_with(&["--tls", "--tlscert", cert.to_str().unwrap(), "--tlskey", key.to_str().unwrap()]);
+    within(60, async {
+        let mut config = nats_config(&nats.url());
+        config.nats.ca = Some(ca.clone());
+        serves(config).await;
+        // The system's roots do not know the test CA: refused, and /readyz says so.
+        let relay = TestRelay::start(nats_config(&nats.url())).await;
+        let body = until_unready_because(relay.admin, "cannot reach NATS").await;
+        assert!(body.contains("--nats-ca"), "{body}");
+    })
+    .await;
+}

@@ -207,11 +207,13 @@ impl Shared {
         self.bucket.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Records why the upstream is not ready (`None`: it is); logs each new reason once.
     fn set_trouble(&self, why: Option<String>) {
-        if let Some(why) = &why {
-            tracing::warn!(reason = %why, "NATS upstream not ready");
+        let mut trouble = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(new), false) = (&why, *trouble == why) {
+            tracing::warn!(reason = %new, "NATS upstream not ready");
         }
-        *self.trouble.lock().unwrap_or_else(|p| p.into_inner()) = why;
+        *trouble = why;
     }
 
     /// Finds or makes the room bucket: memory storage, one value per key, slots expire after
@@ -287,7 +289,9 @@ async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>,
             }
             Event::ClientError(e) => {
                 if !shared.bucket_ready.load(Ordering::Acquire) {
-                    shared.set_trouble(Some(format!("cannot reach NATS at {url}: {e}")));
+                    shared.set_trouble(Some(format!(
+                        "cannot reach NATS at {url}: {e} (check --nats-url, the NATS credentials and, for TLS, --nats-ca)"
+                    )));
                 }
             }
             Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
