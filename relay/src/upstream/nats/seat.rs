@@ -42,6 +42,8 @@ use tokio_util::task::TaskTracker;
 
 /// Rounds of steps 2-4 before a join gives up (each extra round follows a stale or departing slot).
 const ATTEMPTS: u32 = 4;
+/// Frames published per pass of a seat task's loop, beyond the first.
+const OUT_BATCH: usize = 63;
 /// The answer to a pairing request that succeeded.
 const PAIRED: &[u8] = b"ok";
 
@@ -329,7 +331,15 @@ impl SeatTask {
                     self.kill.kill(ErrorCode::SlowConsumer);
                 }
                 frame = self.outbox.recv(), if outbox_open => match frame {
-                    Some(frame) => self.publish(frame).await,
+                    Some(frame) => {
+                        self.publish(frame).await;
+                        // What else is queued goes in the same pass (bounded, so the other
+                        // direction is not starved).
+                        for _ in 0..OUT_BATCH {
+                            let Ok(frame) = self.outbox.try_recv() else { break };
+                            self.publish(frame).await;
+                        }
+                    }
                     None => outbox_open = false,
                 },
                 msg = self.sub.next(), if sub_open && pending.is_none() => match msg {
