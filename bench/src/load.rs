@@ -67,10 +67,26 @@ async fn peer_found(c: &mut Conn) -> io::Result<()> {
     }
 }
 
+/// Where the two clients of each room connect: one relay, or a room split over two relays.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    /// The first client's relay.
+    pub a: SocketAddr,
+    /// The second client's relay.
+    pub b: SocketAddr,
+}
+
+impl From<SocketAddr> for Target {
+    fn from(addr: SocketAddr) -> Target {
+        Target { a: addr, b: addr }
+    }
+}
+
 /// Two clients paired in `room`.
-pub async fn pair(addr: SocketAddr, src: Option<IpAddr>, room: &str, buffer: usize) -> io::Result<(Conn, Conn)> {
-    let mut a = join(addr, src, room, buffer).await?;
-    let mut b = join(addr, src, room, buffer).await?;
+pub async fn pair(to: impl Into<Target>, src: Option<IpAddr>, room: &str, buffer: usize) -> io::Result<(Conn, Conn)> {
+    let to = to.into();
+    let mut a = join(to.a, src, room, buffer).await?;
+    let mut b = join(to.b, src, room, buffer).await?;
     peer_found(&mut a).await?;
     peer_found(&mut b).await?;
     Ok((a, b))
@@ -81,10 +97,10 @@ pub fn room(tag: u32, i: usize) -> String {
     format!("B{tag:05}R{i:07}")
 }
 
-async fn pairs(addr: SocketAddr, n: usize, tag: u32, buffer: usize) -> io::Result<Vec<(Conn, Conn)>> {
+async fn pairs(to: Target, n: usize, tag: u32, buffer: usize) -> io::Result<Vec<(Conn, Conn)>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        out.push(pair(addr, None, &room(tag, i), buffer).await?);
+        out.push(pair(to, None, &room(tag, i), buffer).await?);
     }
     Ok(out)
 }
@@ -103,7 +119,7 @@ pub struct Window {
 /// Scenario 1: `rooms` pairs send `payload`-byte SIGNALs both ways; each client keeps `window`
 /// frames in flight (it sends one more for every frame it receives).
 pub async fn throughput(
-    addr: SocketAddr,
+    to: impl Into<Target>,
     rooms: usize,
     window: usize,
     payload: usize,
@@ -112,7 +128,7 @@ pub async fn throughput(
     mut probe: impl FnMut(),
 ) -> io::Result<Window> {
     let tag = std::process::id() % 100_000;
-    let conns = pairs(addr, rooms, tag, 64 * 1024).await?;
+    let conns = pairs(to.into(), rooms, tag, 64 * 1024).await?;
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let frame = text_frame(&signal_text(payload, "T"));
@@ -191,7 +207,7 @@ impl Latencies {
 /// when the echo arrives. The round trip is measured from the moment the frame is written to the
 /// moment the echo is read.
 pub async fn latency(
-    addr: SocketAddr,
+    to: impl Into<Target>,
     rooms: usize,
     rate: f64,
     payload: usize,
@@ -199,7 +215,7 @@ pub async fn latency(
     measure: Duration,
 ) -> io::Result<Latencies> {
     let tag = (std::process::id() + 7) % 100_000;
-    let conns = pairs(addr, rooms, tag, 16 * 1024).await?;
+    let conns = pairs(to.into(), rooms, tag, 16 * 1024).await?;
     let epoch = Instant::now();
     let record_from = epoch + warmup;
     let record_until = record_from + measure;

@@ -132,11 +132,23 @@ struct Relay {
     name: &'static str,
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
 }
 
 impl Relay {
     fn start(name: &'static str, args: &Args) -> Result<Relay> {
+        Relay::start_with(name, args, &[])
+    }
+
+    /// Ours on the NATS upstream at `nats`.
+    fn nats(args: &Args, nats: &str) -> Result<Relay> {
+        let extra = ["--upstream", "nats", "--nats-url", nats, "--cluster-secret", "bench-cluster-secret-0123456789"];
+        Relay::start_with("ghostwire", args, &extra)
+    }
+
+    fn start_with(name: &'static str, args: &Args, extra: &[&str]) -> Result<Relay> {
         let port = free_port()?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0"]);
         match name {
@@ -145,7 +157,7 @@ impl Relay {
                     "--listen",
                     &format!("127.0.0.1:{port}"),
                     "--admin-listen",
-                    &format!("127.0.0.1:{}", free_port()?),
+                    &admin.to_string(),
                     // The limiter stays on, set high enough not to bind, so its cost is measured.
                     "--frame-rate",
                     "10000000",
@@ -158,6 +170,7 @@ impl Relay {
                     "--max-rooms",
                     "40000",
                 ]);
+                cmd.args(extra);
                 cmd.env("GHOSTWIRE_LOG", "warn");
             }
             "python" | "node" => {
@@ -174,7 +187,7 @@ impl Relay {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Relay { name, child, addr })
+        Ok(Relay { name, child, addr, admin })
     }
 
     /// CPU seconds the relay has used (all threads), from /proc/PID/stat.
@@ -212,6 +225,94 @@ impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `nats-server` with JetStream for the cross-relay scenario, pinned with the relays.
+struct NatsServer {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl NatsServer {
+    /// `None` when nats-server is not installed (the scenario is then skipped, and says so).
+    fn start() -> Result<Option<NatsServer>> {
+        if Command::new("nats-server").arg("--version").output().is_err() {
+            return Ok(None);
+        }
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("ghostwire-bench-nats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("taskset")
+            .args(["-c", "0", "nats-server", "-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("nats-server")?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("nats-server did not start listening");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(NatsServer { child, url: format!("nats://127.0.0.1:{port}"), dir }))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One side of the cross-relay comparison.
+#[derive(Default, Clone, Copy)]
+struct Cross {
+    fps: f64,
+    open: [f64; 4],
+    open_rate: f64,
+    closed: [f64; 4],
+    closed_rate: f64,
+}
+
+/// The same load on one relay (in-process upstream) and split over two relays through NATS.
+async fn cross_once(target: load::Target, plan: &Plan, rt_rate: f64) -> Result<Cross> {
+    let tp = load::throughput(target, plan.rooms, plan.window, plan.payload, plan.warmup, plan.measure, || {})
+        .await
+        .context("throughput")?;
+    let open = load::latency(target, plan.rooms, rt_rate, plan.payload, plan.warmup, plan.measure).await?;
+    let closed = load::latency(target, 1, 0.0, plan.payload, plan.warmup, plan.measure).await?;
+    Ok(Cross {
+        fps: tp.frames as f64 / tp.secs,
+        open: quantiles(&open),
+        open_rate: open.rate,
+        closed: quantiles(&closed),
+        closed_rate: closed.rate,
+    })
+}
+
+/// Waits until a NATS relay's /readyz answers 200 (it has connected and made its bucket).
+fn until_ready(admin: SocketAddr) -> Result<()> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    loop {
+        let mut answer = String::new();
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = s.read_to_string(&mut answer);
+        }
+        if answer.starts_with("HTTP/1.1 200") {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("relay on NATS not ready: {answer}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -397,6 +498,46 @@ async fn suite(args: Args) -> Result<()> {
     }
     drop(relay);
 
+    // A room split over two relays through NATS, next to the same load on one relay.
+    let cross_rate = plan.rt_rate / 2.0;
+    let mut cross: Option<(Cross, Cross)> = None;
+    println!("\n## Cross-relay (a room's two clients on two relays through NATS, vs both on one relay)\n");
+    match NatsServer::start()? {
+        None => println!("skipped: nats-server is not installed (scripts/test.sh installs it)"),
+        Some(nats) => {
+            let (mut one, mut two) = (Vec::new(), Vec::new());
+            for run in 1..=runs {
+                eprintln!("cross-relay: run {run}/{runs}");
+                let single = Relay::start("ghostwire", &args)?;
+                one.push(cross_once(single.addr.into(), &plan, cross_rate).await.context("one relay")?);
+                drop(single);
+                let (r1, r2) = (Relay::nats(&args, &nats.url)?, Relay::nats(&args, &nats.url)?);
+                until_ready(r1.admin)?;
+                until_ready(r2.admin)?;
+                let split = load::Target { a: r1.addr, b: r2.addr };
+                two.push(cross_once(split, &plan, cross_rate).await.context("two relays through NATS")?);
+            }
+            let pick = |v: &[Cross], f: &dyn Fn(&Cross) -> f64| median(v.iter().map(f).collect());
+            let mid = |v: &[Cross]| Cross {
+                fps: pick(v, &|c| c.fps),
+                open: [0, 1, 2, 3].map(|i| pick(v, &|c| c.open[i])),
+                open_rate: pick(v, &|c| c.open_rate),
+                closed: [0, 1, 2, 3].map(|i| pick(v, &|c| c.closed[i])),
+                closed_rate: pick(v, &|c| c.closed_rate),
+            };
+            let (one, two) = (mid(&one), mid(&two));
+            println!("| setup | frames/s | {cross_rate} rt/s over {} rooms: p50 / p99 µs | closed loop, 1 room: rt/s, p50 / p99 µs |", plan.rooms);
+            println!("|---|---:|---:|---:|");
+            for (label, c) in [("one relay (in-process)", one), ("two relays via NATS", two)] {
+                println!(
+                    "| {label} | {:.0} | {:.0} / {:.0} (achieved {:.0} rt/s) | {:.0}: {:.0} / {:.0} |",
+                    c.fps, c.open[0], c.open[2], c.open_rate, c.closed_rate, c.closed[0], c.closed[2]
+                );
+            }
+            cross = Some((one, two));
+        }
+    }
+
     println!("\n## Capacity (idle connected pairs; relay RSS above its idle baseline)\n");
     println!("| relay | connections | KiB per connection | time to connect all | idle baseline |");
     println!("|---|---:|---:|---:|---:|");
@@ -449,6 +590,16 @@ async fn suite(args: Args) -> Result<()> {
         }
     }
     println!("- p99 at 50% of saturation: {} µs (target ≤ 1000)", half.quantile(0.99));
+    if let Some((one, two)) = cross {
+        println!(
+            "- cross-relay through NATS: {:.2}× the one-relay throughput; closed-loop p50 {:.0} µs vs {:.0} µs, p99 {:.0} vs {:.0}",
+            ratio(two.fps, one.fps),
+            two.closed[0],
+            one.closed[0],
+            two.closed[2],
+            one.closed[2]
+        );
+    }
     if let (Some(min), Some(max)) = (curve.iter().cloned().reduce(f64::min), curve.iter().cloned().reduce(f64::max)) {
         println!(
             "- CPU per frame across {:?} rooms: {:.2}-{:.2} µs, spread {:.0}% (target ≤ 25%)",

@@ -16,9 +16,16 @@ async fn every_benchmark_scenario_runs() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-        for section in
-            ["## Throughput", "## Latency", "## Cost curve", "## Capacity", "## Slow reader", "## Against the targets"]
-        {
+        for section in [
+            "## Throughput",
+            "## Latency",
+            "## Cost curve",
+            "## Cross-relay",
+            "| two relays via NATS | ",
+            "## Capacity",
+            "## Slow reader",
+            "## Against the targets",
+        ] {
             assert!(text.contains(section), "missing {section}:\n{text}");
         }
         // Each table has a ghostwire row with figures.
