@@ -120,6 +120,17 @@ pub struct Config {
     #[arg(long, env = "GHOSTWIRE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<Secret>,
 
+    /// Read --cluster-secret from this file instead (a mounted Kubernetes Secret, say); one
+    /// trailing newline is ignored.
+    #[arg(long, env = "GHOSTWIRE_CLUSTER_SECRET_FILE", conflicts_with = "cluster_secret")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// Do not serve: ask the relay at --admin-listen (0.0.0.0 meaning this host) for /healthz and
+    /// exit 0 if it answers 200, 1 otherwise. For container health checks in images without a
+    /// shell or curl.
+    #[arg(long)]
+    pub probe: bool,
+
     /// The NATS upstream's settings.
     #[command(flatten)]
     pub nats: NatsConfig,
@@ -183,6 +194,18 @@ pub struct NatsConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// Reads a secret from `path`, without its trailing newline.
+    ///
+    /// # Errors
+    /// The I/O error, for the caller to report with the flag's name.
+    pub fn from_file(path: &std::path::Path) -> std::io::Result<Secret> {
+        let mut text = std::fs::read_to_string(path)?;
+        while text.ends_with('\n') || text.ends_with('\r') {
+            text.pop();
+        }
+        Ok(Secret(text))
+    }
+
     /// The secret itself.
     pub fn expose(&self) -> &str {
         &self.0

@@ -7,6 +7,9 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    if config.probe {
+        return probe(config.admin_listen);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GHOSTWIRE_LOG")
@@ -55,6 +58,42 @@ fn main() -> std::process::ExitCode {
     })
 }
 
+/// `--probe`: GET /healthz on the admin listener at `admin`, within 3 s.
+fn probe(admin: std::net::SocketAddr) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let admin = probe_target(admin);
+    let limit = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, limit)?;
+        s.set_read_timeout(Some(limit))?;
+        s.set_write_timeout(Some(limit))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.take(4096).read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    match answer {
+        Ok(text) if text.starts_with("HTTP/1.1 200") => std::process::ExitCode::SUCCESS,
+        Ok(text) => {
+            eprintln!("ghostwire-relay --probe: {admin}: {}", text.lines().next().unwrap_or("no answer"));
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ghostwire-relay --probe: {admin}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where `--probe` connects: the admin address, with an unspecified host (`0.0.0.0`, `::`, as in
+/// a container) replaced by loopback.
+fn probe_target(mut admin: std::net::SocketAddr) -> std::net::SocketAddr {
+    if admin.ip().is_unspecified() {
+        admin.set_ip(if admin.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    admin
+}
+
 /// SIGTERM and SIGINT, registered.
 struct Signals {
     term: tokio::signal::unix::Signal,
@@ -87,5 +126,16 @@ fn raise_fd_limit(max_conns: usize) {
         ),
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_probe_reaches_an_all_interfaces_admin_listener_on_loopback() {
+        let target = |s: &str| super::probe_target(s.parse().unwrap_or_else(|_| unreachable!()));
+        assert_eq!(target("0.0.0.0:9765").to_string(), "127.0.0.1:9765");
+        assert_eq!(target("[::]:9765").to_string(), "[::1]:9765");
+        assert_eq!(target("10.1.2.3:9765").to_string(), "10.1.2.3:9765");
     }
 }

@@ -198,6 +198,32 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A script of the repository as a person runs it: from a shell's environment, not the test
+/// runner's (cargo's variables there would make a cargo build inside it start over).
+pub fn script(path: &std::path::Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(path);
+    cmd.env_clear();
+    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd
+}
+
+/// A deployment checker (hadolint, kubectl, kubernetes-validate, checkov, their python) that
+/// scripts/test.sh installs into target/deploy-tools.
+pub fn deploy_tool(name: &str) -> PathBuf {
+    let path = repo_root().join("target/deploy-tools/bin").join(name);
+    assert!(path.exists(), "{} is missing: scripts/test.sh installs it", path.display());
+    path
+}
+
 /// A binary of this workspace, built by `cargo build --workspace --bins` (scripts/test.sh does it first).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -405,3 +405,29 @@ async fn tls_to_nats_with_a_private_ca() {
     })
     .await;
 }
+
+/// A relay reading the cluster secret from a file (a mounted Kubernetes Secret, newline and all)
+/// shares rooms with one given it in the environment: same key, same room ids.
+#[tokio::test]
+async fn the_cluster_secret_can_come_from_a_file() {
+    let dir = TempDir::new("secret");
+    let file = dir.0.join("cluster-secret");
+    std::fs::write(&file, format!("{CLUSTER_SECRET}\n")).unwrap();
+    let nats = NatsServer::start();
+    within(60, async {
+        let mut from_file = nats_config(&nats.url());
+        from_file.cluster_secret = None;
+        from_file.cluster_secret_file = Some(file.clone());
+        let (a, b) = (TestRelay::start(from_file).await, TestRelay::start(nats_config(&nats.url())).await);
+        until_ready(a.admin, 10).await;
+        until_ready(b.admin, 10).await;
+        room_contract(&a.url(), &b.url()).await;
+        // A file that cannot be read stops the relay at start, naming the flag.
+        let mut missing = nats_config(&nats.url());
+        missing.cluster_secret = None;
+        missing.cluster_secret_file = Some(dir.0.join("absent"));
+        let err = ghostwire_relay::Relay::bind(missing, Default::default()).await.err().unwrap().to_string();
+        assert!(err.contains("--cluster-secret-file"), "{err}");
+    })
+    .await;
+}

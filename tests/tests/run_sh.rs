@@ -7,20 +7,9 @@ use ghostwire_tests::*;
 /// How long run.sh may take to build before it speaks (a cold release build on 2 cores).
 const BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(480);
 
-fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// `run.sh` as a person runs it: from a shell's environment, not the test runner's (cargo's
-/// variables there would make its build start over).
+/// `run.sh` as a person runs it.
 fn run_sh(port: u16) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(repo_root().join("run.sh"));
-    cmd.env_clear();
-    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
-        if let Some(v) = std::env::var_os(keep) {
-            cmd.env(keep, v);
-        }
-    }
+    let mut cmd = script(&repo_root().join("run.sh"));
     cmd.env("GHOSTWIRE_PORT", port.to_string()).env("GHOSTWIRE_ADMIN_PORT", free_port().to_string());
     cmd
 }

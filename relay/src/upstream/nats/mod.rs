@@ -31,7 +31,7 @@ mod liveness;
 mod seat;
 
 use super::{BoxFuture, JoinError, Joined, Mailbox, Upstream};
-use crate::config::{Config, NatsConfig};
+use crate::config::{Config, NatsConfig, Secret};
 use crate::metrics::Metrics;
 use crate::Error;
 use async_nats::jetstream::{self, kv};
@@ -106,11 +106,17 @@ impl Nats {
     /// # Errors
     /// [`Error::Config`] for a missing or short cluster secret or an unreadable credentials file.
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Nats, Error> {
-        let secret = config.cluster_secret.as_ref().map(|s| s.expose()).unwrap_or_default();
+        let from_file = match &config.cluster_secret_file {
+            Some(path) => Some(
+                Secret::from_file(path).map_err(|e| Error::Config(format!("--cluster-secret-file {path:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        let secret = from_file.as_ref().or(config.cluster_secret.as_ref()).map(|s| s.expose()).unwrap_or_default();
         if secret.len() < MIN_SECRET {
             return Err(Error::Config(format!(
-                "--upstream nats needs --cluster-secret (or GHOSTWIRE_CLUSTER_SECRET) of at least {MIN_SECRET} \
-                 characters, the same on every relay"
+                "--upstream nats needs --cluster-secret (or GHOSTWIRE_CLUSTER_SECRET, or --cluster-secret-file) \
+                 of at least {MIN_SECRET} characters, the same on every relay"
             )));
         }
         let room_key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
