@@ -80,6 +80,9 @@ impl fmt::Display for End {
             End::PeerLeft => write!(f, "your peer left"),
             End::BadInput(why) => write!(f, "bad input: {why}"),
             End::Network(why) => write!(f, "network: {why}"),
+            End::Relay { code: 1001, .. } => {
+                write!(f, "the relay is shutting down (error 1001): run ghostwire again to reconnect")
+            }
             End::Relay { code, reason } => write!(f, "the relay refused: {reason} (error {code})"),
             End::Protocol(why) => write!(f, "protocol violation: {why}"),
             End::Security(e) if !e.is_security() => write!(f, "protocol violation: {e}"),
