@@ -10,11 +10,16 @@ fn main() -> std::process::ExitCode {
     if config.probe {
         return probe(config.admin_listen);
     }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GHOSTWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The NATS client's trace events print message payloads and its CONNECT line (with the
+    // token or password): capped, whatever GHOSTWIRE_LOG asks for.
+    let filter = match "async_nats=info".parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GHOSTWIRE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();

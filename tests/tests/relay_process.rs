@@ -113,3 +113,35 @@ fn help_explains_every_flag_and_a_bad_flag_is_named() {
     assert_eq!(status.code(), Some(1));
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
+
+/// The same promise with the NATS upstream at the most verbose level: no room code, payload,
+/// NATS token or cluster secret in either relay's log (the NATS client's own trace output would
+/// print payloads and its credentials; the relay caps it).
+#[tokio::test]
+async fn nats_relays_log_no_room_codes_payloads_or_credentials() {
+    let (secret_room, secret_payload, token) = ("NATSLOGSECRET42", "nats-payload-not-logged", "nats-token-not-logged");
+    let nats = NatsServer::start_with(&["--auth", token]);
+    let url = nats.url();
+    let args = ["--upstream", "nats", "--nats-url", &url];
+    let env = [("GHOSTWIRE_LOG", "trace"), ("NATS_TOKEN", token), ("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)];
+    let (r1, r2) = (RelayProc::start(&args, &env), RelayProc::start(&args, &env));
+    within(30, async {
+        until_ready(r1.admin, 10).await;
+        until_ready(r2.admin, 10).await;
+        let (mut a, mut b) = (join(&r1.url, secret_room).await, join(&r2.url, secret_room).await);
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        send(&mut a, signal("MSG", secret_payload)).await;
+        assert_eq!(expect_text(&mut b).await, signal("MSG", secret_payload));
+    })
+    .await;
+    for relay in [r1, r2] {
+        relay.signal(nix::sys::signal::Signal::SIGTERM);
+        let (code, log) = tokio::task::spawn_blocking(move || relay.wait()).await.unwrap();
+        assert_eq!(code, Some(0), "{log}");
+        assert!(log.contains("closing connection"), "trace log is not verbose enough to prove anything:\n{log}");
+        for secret in [secret_room, secret_payload, token, CLUSTER_SECRET] {
+            assert!(!log.contains(secret), "{secret} in log:\n{log}");
+        }
+    }
+}

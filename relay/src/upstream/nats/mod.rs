@@ -127,7 +127,7 @@ impl Nats {
         let client = options
             .connect(nc.url.as_str())
             .await
-            .map_err(|e| Error::Config(format!("--nats-url {:?}: {e}", nc.url)))?;
+            .map_err(|e| Error::Config(format!("--nats-url {:?}: {e}", shown_url(&nc.url))))?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(OP_TIMEOUT);
         let shared = Arc::new(Shared {
@@ -135,7 +135,7 @@ impl Nats {
             js,
             bucket: Mutex::new(None),
             bucket_ready: AtomicBool::new(false),
-            trouble: Mutex::new(Some(format!("connecting to NATS at {}", nc.url))),
+            trouble: Mutex::new(Some(format!("connecting to NATS at {}", shown_url(&nc.url)))),
             room_key,
             names: Names { prefix: nc.prefix.clone(), bucket: format!("{}-rooms", nc.prefix) },
             relay_id: random_id(),
@@ -150,7 +150,7 @@ impl Nats {
             metrics,
         });
         let nats = Nats { shared, tasks: TaskTracker::new(), stop: CancellationToken::new() };
-        nats.tasks.spawn(keeper(Arc::clone(&nats.shared), events, nats.stop.clone(), nc.url.clone()));
+        nats.tasks.spawn(keeper(Arc::clone(&nats.shared), events, nats.stop.clone(), shown_url(&nc.url)));
         nats.tasks.spawn(heartbeats(Arc::clone(&nats.shared), nc.heartbeat, nats.stop.clone()));
         Ok(nats)
     }
@@ -188,6 +188,18 @@ async fn options(nc: &NatsConfig, events: mpsc::UnboundedSender<Event>) -> Resul
         o = o.add_root_certificates(ca.clone()).require_tls(true);
     }
     Ok(o)
+}
+
+/// `--nats-url` as logs and `/readyz` show it: any `user:password@` in a URL is left out.
+fn shown_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+            (None, Some(at)) => format!("…@{}", &url[at + 1..]),
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A random 64-bit id in hex: this relay's name on the broker, new at every start.
@@ -393,5 +405,18 @@ impl Upstream for Nats {
             self.tasks.close();
             let _ = tokio::time::timeout(OP_TIMEOUT, self.shared.client.flush()).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn credentials_in_the_url_are_never_shown() {
+        assert_eq!(shown_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(shown_url("nats://relay:s3cret@nats:4222"), "nats://…@nats:4222");
+        assert_eq!(shown_url("tls://tok@a:1,nats://b:2"), "tls://…@a:1,nats://b:2");
+        assert_eq!(shown_url("u:p@host:4222"), "…@host:4222");
     }
 }
