@@ -127,12 +127,12 @@ async fn exit_codes_per_reason() {
         let (code, log) = Peer::start(&["--relay", &relay.url(), &full]).exit().await;
         assert_eq!(code, 3, "{log}");
         assert!(log.contains("room full (error 4002)"), "{log}");
-        // The relay shuts down under a connected pair: 3 for both, "relay shutting down".
+        // The relay shuts down under a connected pair: 3 for both, "the relay is shutting down".
         let (a, b, _, _) = connected_pair(&relay.url(), &room("down"), &[]).await;
         relay.shutdown.cancel();
         for mut p in [a, b] {
             let line = p.status("session destroyed").await;
-            assert!(line.contains("relay shutting down (error 1001)") && line.contains("exit 3"), "{line}");
+            assert!(line.contains("the relay is shutting down (error 1001)") && line.contains("exit 3"), "{line}");
             assert_eq!(p.exit().await.0, 3);
         }
     })
