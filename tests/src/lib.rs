@@ -563,15 +563,22 @@ impl Drop for NatsServer {
 /// The cluster secret every NATS test relay shares.
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
 
-/// Test defaults for a relay on the NATS upstream at `url`, with fast failure detection.
+/// Test defaults for a relay on the NATS upstream at `url` (the production timings: a loaded
+/// test machine must not make a live relay look dead).
 pub fn nats_config(url: &str) -> Config {
     use ghostwire_relay::config::Secret;
     let mut c = Config::for_tests();
     c.upstream = ghostwire_relay::UpstreamKind::Nats;
     c.cluster_secret = Some(CLUSTER_SECRET.parse::<Secret>().unwrap());
     c.nats.url = url.to_owned();
-    c.nats.heartbeat = Duration::from_millis(200);
-    c.nats.peer_timeout = Duration::from_secs(1);
+    c
+}
+
+/// Shorter failure detection, for the tests that wait for it: heartbeats every 250 ms, a relay
+/// dead after 2 s of silence, slots renewed every second.
+pub fn fast_failures(mut c: Config) -> Config {
+    c.nats.heartbeat = Duration::from_millis(250);
+    c.nats.peer_timeout = Duration::from_secs(2);
     c.nats.slot_ttl = Duration::from_secs(3);
     c
 }

@@ -99,7 +99,6 @@ impl Drop for Nginx {
 fn relay(nats: &NatsServer, extra: &[&str]) -> RelayProc {
     let url = nats.url();
     let mut args = vec!["--upstream", "nats", "--nats-url", &url, "--trusted-proxy", "127.0.0.1/32"];
-    args.extend_from_slice(&["--nats-heartbeat", "200ms", "--nats-peer-timeout", "1s"]);
     args.extend_from_slice(extra);
     RelayProc::start(&args, &[("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)])
 }
