@@ -6,6 +6,7 @@
 use ghostwire_tests::*;
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 /// nginx on a free loopback port, TLS with `cert`/`key`, round-robin over `relays`; stopped on drop.
@@ -63,6 +64,8 @@ http {{
         let path = dir.0.join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
         let child = std::process::Command::new("nginx")
+            // A group of its own: the workers go with the master when the test stops it.
+            .process_group(0)
             .args(["-e", &format!("{d}/error.log"), "-p"])
             .arg(&dir.0)
             .arg("-c")
@@ -89,8 +92,17 @@ http {{
 }
 
 impl Drop for Nginx {
+    /// SIGTERM to the whole group (nginx's fast shutdown), bounded; then SIGKILL to whatever is
+    /// left, so no worker outlives the test holding its port.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        use nix::sys::signal::{killpg, Signal};
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
