@@ -40,7 +40,7 @@ use ghostwire_shared::RoomCode;
 use hmac::{Hmac, Mac};
 use liveness::Liveness;
 use sha2::Sha256;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -63,10 +63,9 @@ pub struct Nats {
 struct Shared {
     client: Client,
     js: jetstream::Context,
-    /// The bucket, once it exists on the server (reset when the connection drops: after a
-    /// server restart it must be made again).
+    /// The bucket, once it exists on the server; `None` again when the connection drops (after
+    /// a server restart it must be made again). `Some` is what "ready" means.
     bucket: Mutex<Option<kv::Store>>,
-    bucket_ready: AtomicBool,
     /// Why the upstream is not ready, for `/readyz` (never holds secrets or room data).
     trouble: Mutex<Option<String>>,
     room_key: Hmac<Sha256>,
@@ -134,7 +133,6 @@ impl Nats {
             client,
             js,
             bucket: Mutex::new(None),
-            bucket_ready: AtomicBool::new(false),
             trouble: Mutex::new(Some(format!("connecting to NATS at {}", shown_url(&nc.url)))),
             room_key,
             names: Names { prefix: nc.prefix.clone(), bucket: format!("{}-rooms", nc.prefix) },
@@ -218,11 +216,13 @@ impl Shared {
         digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The bucket, while connected and it exists.
     fn bucket(&self) -> Option<kv::Store> {
-        if !self.bucket_ready.load(Ordering::Acquire) {
-            return None;
-        }
         self.bucket.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_bucket(&self, store: Option<kv::Store>) {
+        *self.bucket.lock().unwrap_or_else(|p| p.into_inner()) = store;
     }
 
     /// Records why the upstream is not ready (`None`: it is); logs each new reason once.
@@ -269,10 +269,23 @@ impl Shared {
 /// (re)made after each connect because a restarted server has lost it (memory storage).
 async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>, stop: CancellationToken, url: String) {
     let mut connects = 0u64;
+    // Connected, and the bucket not made yet: try now, and again every second until it works.
+    let mut want_bucket = false;
     loop {
+        if want_bucket {
+            match shared.ensure_bucket().await {
+                Ok(store) => {
+                    shared.set_bucket(Some(store));
+                    shared.set_trouble(None);
+                    want_bucket = false;
+                }
+                Err(why) => shared.set_trouble(Some(why)),
+            }
+        }
         let event = tokio::select! {
             () = stop.cancelled() => return,
             e = events.recv() => match e { Some(e) => e, None => return },
+            () = tokio::time::sleep(Duration::from_secs(1)), if want_bucket => continue,
         };
         match event {
             Event::Connected => {
@@ -281,32 +294,15 @@ async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>,
                     shared.metrics.upstream.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::info!("connected to NATS");
-                // Retried until it works or the connection drops again (then a new event comes).
-                loop {
-                    match shared.ensure_bucket().await {
-                        Ok(store) => {
-                            *shared.bucket.lock().unwrap_or_else(|p| p.into_inner()) = Some(store);
-                            shared.bucket_ready.store(true, Ordering::Release);
-                            shared.set_trouble(None);
-                            break;
-                        }
-                        Err(why) => shared.set_trouble(Some(why)),
-                    }
-                    if !matches!(events.try_recv(), Err(mpsc::error::TryRecvError::Empty)) {
-                        break;
-                    }
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
+                want_bucket = true;
             }
             Event::Disconnected => {
-                shared.bucket_ready.store(false, Ordering::Release);
+                want_bucket = false;
+                shared.set_bucket(None);
                 shared.set_trouble(Some(format!("lost the connection to NATS at {url}; reconnecting")));
             }
             Event::ClientError(e) => {
-                if !shared.bucket_ready.load(Ordering::Acquire) {
+                if shared.bucket().is_none() {
                     shared.set_trouble(Some(format!(
                         "cannot reach NATS at {url}: {e} (check --nats-url, the NATS credentials and, for TLS, --nats-ca)"
                     )));
@@ -369,7 +365,7 @@ impl Upstream for Nats {
     }
 
     fn ready(&self) -> Result<(), String> {
-        if self.shared.bucket_ready.load(Ordering::Acquire) {
+        if self.shared.bucket().is_some() {
             return Ok(());
         }
         let trouble = self.shared.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone();
