@@ -57,11 +57,10 @@ pub(super) async fn join(
     let Some(kv) = shared.bucket() else {
         return Err(JoinError::Unavailable("NATS upstream not ready".into()));
     };
-    if shared.seats.fetch_add(1, AcqRel) >= shared.max_rooms {
-        drop(SeatCount(Arc::clone(&shared)));
+    let count = SeatCount::new(&shared);
+    if count.held > shared.max_rooms {
         return Err(JoinError::AtCapacity);
     }
-    let count = SeatCount(Arc::clone(&shared));
     let id = format!("{}.{}", shared.relay_id, shared.next_seat.fetch_add(1, Relaxed));
     let sub = shared.client.subscribe(format!("{}.*", shared.names.seat(&id))).await.map_err(unavailable)?;
     let (a, b) = (format!("{room}.a"), format!("{room}.b"));
@@ -196,12 +195,23 @@ fn is_seat_id(s: &str) -> bool {
 }
 
 /// One seat counted in `Shared::seats` (the rooms this relay holds); uncounted on drop.
-struct SeatCount(Arc<Shared>);
+struct SeatCount {
+    shared: Arc<Shared>,
+    /// Seats held, this one included, when it was counted.
+    held: usize,
+}
+
+impl SeatCount {
+    fn new(shared: &Arc<Shared>) -> SeatCount {
+        let held = shared.seats.fetch_add(1, AcqRel) + 1;
+        SeatCount { shared: Arc::clone(shared), held }
+    }
+}
 
 impl Drop for SeatCount {
     fn drop(&mut self) {
-        if self.0.seats.fetch_sub(1, AcqRel) == 1 {
-            self.0.seats_gone.notify_waiters();
+        if self.shared.seats.fetch_sub(1, AcqRel) == 1 {
+            self.shared.seats_gone.notify_waiters();
         }
     }
 }
@@ -240,8 +250,9 @@ struct SeatTask {
     inbox: Arc<Inbox>,
     kill: KillSwitch,
     outbox: mpsc::Receiver<Frame>,
-    /// The sending half of `outbox`, until a link is made from it.
-    outbox_tx: Option<mpsc::Sender<Frame>>,
+    /// The sending half of `outbox`, cloned into the connection's link at pairing. Held here, so
+    /// `outbox` never closes while the task runs (the departure is `leave`, not a closed queue).
+    outbox_tx: mpsc::Sender<Frame>,
     phase: Phase,
     partner: Option<Partner>,
     leave: CancellationToken,
@@ -273,7 +284,7 @@ impl SeatTask {
             inbox: me.inbox,
             kill: me.kill,
             outbox,
-            outbox_tx: Some(tx),
+            outbox_tx: tx,
             phase: Phase::Waiting,
             partner: None,
             leave: CancellationToken::new(),
@@ -298,8 +309,7 @@ impl SeatTask {
             dead: self.shared.liveness.watch(relay),
         });
         self.phase = Phase::Paired;
-        let (tx, _) = mpsc::channel(1);
-        NatsLink { tx: self.outbox_tx.take().unwrap_or(tx), stall: self.shared.stall, me: self.kill.clone() }
+        NatsLink { tx: self.outbox_tx.clone(), stall: self.shared.stall, me: self.kill.clone() }
     }
 
     async fn run(mut self) {
@@ -310,7 +320,7 @@ impl SeatTask {
         let mut pending: Option<Frame> = None;
         let stalled = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(stalled);
-        let (mut outbox_open, mut sub_open) = (true, true);
+        let mut sub_open = true;
         loop {
             let dead = self.partner.as_ref().map(|p| p.dead.clone());
             let inbox = &self.inbox;
@@ -330,18 +340,15 @@ impl SeatTask {
                     pending = None;
                     self.kill.kill(ErrorCode::SlowConsumer);
                 }
-                frame = self.outbox.recv(), if outbox_open => match frame {
-                    Some(frame) => {
+                Some(frame) = self.outbox.recv() => {
+                    self.publish(frame).await;
+                    // What else is queued goes in the same pass (bounded, so the other direction
+                    // is not starved).
+                    for _ in 0..OUT_BATCH {
+                        let Ok(frame) = self.outbox.try_recv() else { break };
                         self.publish(frame).await;
-                        // What else is queued goes in the same pass (bounded, so the other
-                        // direction is not starved).
-                        for _ in 0..OUT_BATCH {
-                            let Ok(frame) = self.outbox.try_recv() else { break };
-                            self.publish(frame).await;
-                        }
                     }
-                    None => outbox_open = false,
-                },
+                }
                 msg = self.sub.next(), if sub_open && pending.is_none() => match msg {
                     Some(msg) => self.on_message(msg, &mut pending, stalled.as_mut()).await,
                     None => {
