@@ -537,11 +537,7 @@ impl NatsServer {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nats-server did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        until_listening(self.port, "nats-server");
     }
 
     /// Kills the server with SIGKILL and reaps it.
@@ -583,16 +579,54 @@ pub fn fast_failures(mut c: Config) -> Config {
     c
 }
 
-/// Waits (bounded by `secs`) until the admin listener at `admin` answers /readyz with 200.
-pub async fn until_ready(admin: std::net::SocketAddr, secs: u64) {
+/// Asks `check` until it answers `Ok` (returned) or `secs` pass (the test fails with `what` and
+/// the last answer). For state another process exposes only by being asked (an HTTP endpoint,
+/// a listening port), where there is no event to await.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        let (status, body) = http_get(admin, "/readyz").await;
-        if status == 200 {
-            return;
+        match check().await {
+            Ok(v) => return v,
+            Err(last) => assert!(tokio::time::Instant::now() < deadline, "{what} not within {secs} s: {last}"),
         }
-        assert!(tokio::time::Instant::now() < deadline, "relay not ready within {secs} s: {status} {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (bounded by `secs`) until the admin listener at `admin` answers /readyz with 200.
+pub async fn until_ready(admin: std::net::SocketAddr, secs: u64) {
+    eventually(secs, "relay ready", || async move {
+        match http_get(admin, "/readyz").await {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await
+}
+
+/// Waits (bounded) until the relay's /metrics has a line starting with `line`.
+pub async fn until_metric(admin: std::net::SocketAddr, line: &str) {
+    eventually(10, &format!("metric {line:?}"), || async move {
+        let (_, m) = http_get(admin, "/metrics").await;
+        if m.lines().any(|l| l.starts_with(line)) {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    })
+    .await
+}
+
+/// Waits (bounded, 10 s) until something accepts TCP connections on loopback `port`.
+pub fn until_listening(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start listening on {port}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

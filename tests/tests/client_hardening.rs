@@ -7,9 +7,8 @@ use ghostwire_tests::*;
 #[tokio::test]
 async fn wss_with_a_private_ca_and_a_clear_refusal_without_it() {
     within(60, async {
-        let dir = std::env::temp_dir().join(format!("ghostwire-ca-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (ca, cert, key) = test_ca(&dir);
+        let dir = TempDir::new("ca");
+        let (ca, cert, key) = test_ca(&dir.0);
         let relay = TestRelay::with(|c| {
             c.tls_cert = Some(cert.clone());
             c.tls_key = Some(key.clone());
@@ -26,7 +25,6 @@ async fn wss_with_a_private_ca_and_a_clear_refusal_without_it() {
         let (status, log) = Peer::start(&["--relay", &url, &room("nowss")]).exit().await;
         assert_eq!(status, 3, "{log}");
         assert!(log.contains("not trusted") && log.contains("--ca"), "{log}");
-        std::fs::remove_dir_all(&dir).unwrap();
     })
     .await;
 }

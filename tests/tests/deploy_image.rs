@@ -8,19 +8,15 @@ use ghostwire_tests::*;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn repo() -> PathBuf {
-    repo_root()
-}
-
 #[test]
 fn the_dockerfile_lints_clean_with_hadolint() {
-    let out = std::process::Command::new(deploy_tool("hadolint")).arg(repo().join("Dockerfile")).output().unwrap();
+    let out = std::process::Command::new(deploy_tool("hadolint")).arg(repo_root().join("Dockerfile")).output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
 fn the_dockerfile_runs_as_non_root_with_a_health_check_and_only_the_relay() {
-    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
     let run_stage = dockerfile.split("FROM gcr.io/distroless/").nth(1).expect("a distroless run stage");
     assert!(run_stage.contains("USER 65532:65532"));
     assert!(run_stage.contains("HEALTHCHECK") && run_stage.contains("\"--probe\""));
@@ -32,14 +28,14 @@ fn the_dockerfile_runs_as_non_root_with_a_health_check_and_only_the_relay() {
 #[tokio::test]
 async fn the_release_script_builds_what_the_image_holds_and_it_probes_itself() {
     // The same cargo command in both places.
-    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
-    let release_sh = std::fs::read_to_string(repo().join("scripts/build-release.sh")).unwrap();
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    let release_sh = std::fs::read_to_string(repo_root().join("scripts/build-release.sh")).unwrap();
     let command = "cargo build --locked --release -p ghostwire-relay";
     assert!(dockerfile.contains(&format!("RUN {command}")), "Dockerfile lost its build command");
     assert!(release_sh.lines().any(|l| l.trim() == command), "build-release.sh lost its build command");
 
     // scripts/test.sh ran it already, so this is a no-op check of what it prints.
-    let out = within(600, script(&repo().join("scripts/build-release.sh")).output()).await.unwrap();
+    let out = within(600, script(&repo_root().join("scripts/build-release.sh")).output()).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let binary = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned());
     assert!(binary.ends_with("target/release/ghostwire-relay"), "{}", binary.display());

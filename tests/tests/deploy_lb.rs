@@ -74,11 +74,7 @@ http {{
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nginx did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        until_listening(port, "nginx");
         Nginx { port, child, dir }
     }
 
@@ -123,18 +119,18 @@ async fn accepted(admin: SocketAddr) -> u64 {
 
 /// Waits (bounded) until the relays at `admins` have accepted `want` connections in all.
 async fn until_accepted(admins: &[SocketAddr], want: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(10, &format!("{want} accepted connections"), || async move {
         let mut total = 0;
         for a in admins {
             total += accepted(*a).await;
         }
         if total >= want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{total} so far"))
         }
-        assert!(tokio::time::Instant::now() < deadline, "relays accepted {total} connections, not {want}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -5,19 +5,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+use ghostwire_tests::{deploy_tool, repo_root, TempDir};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
 const OVERLAYS: [&str; 2] = ["single", "nats"];
-
-fn repo() -> PathBuf {
-    ghostwire_tests::repo_root()
-}
-
-fn tool(name: &str) -> PathBuf {
-    ghostwire_tests::deploy_tool(name)
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -27,9 +20,11 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// The overlay rendered to YAML, written under a fresh directory (returned with the file).
-fn render(overlay: &str) -> (ghostwire_tests::TempDir, PathBuf) {
-    let yaml = run(Command::new(tool("kubectl")).args(["kustomize"]).arg(repo().join("k8s/overlays").join(overlay)));
-    let dir = ghostwire_tests::TempDir::new(&format!("k8s-{overlay}"));
+fn render(overlay: &str) -> (TempDir, PathBuf) {
+    let yaml = run(Command::new(deploy_tool("kubectl"))
+        .args(["kustomize"])
+        .arg(repo_root().join("k8s/overlays").join(overlay)));
+    let dir = TempDir::new(&format!("k8s-{overlay}"));
     let file = dir.0.join(format!("{overlay}.yaml"));
     std::fs::write(&file, yaml).unwrap();
     (dir, file)
@@ -38,7 +33,7 @@ fn render(overlay: &str) -> (ghostwire_tests::TempDir, PathBuf) {
 /// The rendered objects as JSON (PyYAML from the checkers' environment does the parsing).
 fn objects(overlay: &str) -> Vec<Value> {
     let (_dir, file) = render(overlay);
-    let json = run(Command::new(tool("python"))
+    let json = run(Command::new(deploy_tool("python"))
         .arg("-c")
         .arg("import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))")
         .arg(&file));
@@ -53,7 +48,7 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
 fn every_overlay_renders_and_passes_the_kubernetes_schemas() {
     for overlay in OVERLAYS {
         let (_dir, file) = render(overlay);
-        run(Command::new(tool("kubernetes-validate")).args(["--strict", "--quiet"]).arg(&file));
+        run(Command::new(deploy_tool("kubernetes-validate")).args(["--strict", "--quiet"]).arg(&file));
     }
 }
 
@@ -64,14 +59,15 @@ fn the_schema_check_catches_a_mistake() {
     let broken = std::fs::read_to_string(&file).unwrap().replace("readOnlyRootFilesystem", "readOnlyRootFileSystem");
     let bad = dir.0.join("broken.yaml");
     std::fs::write(&bad, broken).unwrap();
-    let out = Command::new(tool("kubernetes-validate")).args(["--strict", "--quiet"]).arg(&bad).output().unwrap();
+    let out =
+        Command::new(deploy_tool("kubernetes-validate")).args(["--strict", "--quiet"]).arg(&bad).output().unwrap();
     assert!(!out.status.success(), "a misspelt field passed validation");
 }
 
 /// The checkov checks docs/DEPLOY.md declares deliberately failed, from its line
 /// `Deliberate checkov exceptions: CKV_..., CKV_...`.
 fn documented_exceptions() -> Vec<String> {
-    let deploy = std::fs::read_to_string(repo().join("docs/DEPLOY.md")).unwrap();
+    let deploy = std::fs::read_to_string(repo_root().join("docs/DEPLOY.md")).unwrap();
     let line = deploy.lines().find(|l| l.contains("Deliberate checkov exceptions:")).expect("DEPLOY.md lists them");
     line.split(':')
         .nth(1)
@@ -87,16 +83,16 @@ fn checkov_finds_no_failure_that_is_not_documented_as_deliberate() {
     assert!(skips.iter().all(|s| s.starts_with("CKV")), "{skips:?}");
     for overlay in OVERLAYS {
         let (dir, _) = render(overlay);
-        run(Command::new(tool("checkov"))
+        run(Command::new(deploy_tool("checkov"))
             .args(["--framework", "kubernetes", "--quiet", "--compact", "--skip-download", "-d"])
             .arg(&dir.0)
             .arg("--skip-check")
             .arg(skips.join(","))
             .env("BC_SKIP_MAPPING", "TRUE"));
     }
-    run(Command::new(tool("checkov"))
+    run(Command::new(deploy_tool("checkov"))
         .args(["--framework", "dockerfile", "--quiet", "--compact", "--skip-download", "-f"])
-        .arg(repo().join("Dockerfile"))
+        .arg(repo_root().join("Dockerfile"))
         .env("BC_SKIP_MAPPING", "TRUE"));
 }
 

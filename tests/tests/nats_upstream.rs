@@ -94,7 +94,7 @@ async fn concurrent_joiners_across_relays_admit_exactly_two() {
         }
         // Every slot was given back: no relay holds a room.
         for relay in &r {
-            until_metric(relay.admin, "ghostwire_rooms_open 0\n").await;
+            until_metric(relay.admin, "ghostwire_rooms_open 0").await;
         }
     })
     .await;
@@ -117,10 +117,10 @@ async fn a_killed_relay_s_partners_get_peer_left_and_the_room_is_reusable() {
         // Room 1: the victim's client is first (slot a); room 2: it is second (slot b).
         let (one, two) = (room("killa"), room("killb"));
         let mut a1 = join(&victim.url, &one).await;
-        until_metric(victim.admin, "ghostwire_rooms_open 1\n").await;
+        until_metric(victim.admin, "ghostwire_rooms_open 1").await;
         let mut b1 = join(&survivor.url, &one).await;
         let mut b2 = join(&survivor.url, &two).await;
-        until_metric(survivor.admin, "ghostwire_rooms_open 2\n").await;
+        until_metric(survivor.admin, "ghostwire_rooms_open 2").await;
         let mut a2 = join(&victim.url, &two).await;
         for ws in [&mut a1, &mut b1, &mut a2, &mut b2] {
             expect_peer_found(ws).await;
@@ -146,19 +146,6 @@ async fn a_killed_relay_s_partners_get_peer_left_and_the_room_is_reusable() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
-/// Waits (bounded) until the relay's /metrics contains `line`.
-async fn until_metric(admin: std::net::SocketAddr, line: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, m) = http_get(admin, "/metrics").await;
-        if m.contains(line) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never saw {line:?} in:\n{m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn survivor_log(relay: RelayProc) -> String {
     relay.signal(nix::sys::signal::Signal::SIGTERM);
     relay.wait().1
@@ -180,7 +167,7 @@ async fn a_restarted_nats_server_ends_live_rooms_and_new_rooms_work_again() {
         expect_peer_found(&mut a).await;
         expect_peer_found(&mut b).await;
         let mut alone = join(&r[1].url(), &room("alone")).await;
-        until_metric(r[1].admin, "ghostwire_rooms_open 2\n").await;
+        until_metric(r[1].admin, "ghostwire_rooms_open 2").await;
 
         nats.kill();
         expect_peer_left(&mut a).await;
@@ -268,8 +255,15 @@ async fn the_broker_never_sees_a_room_code() {
         monitor.flush().await.unwrap();
         let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
         let sink = std::sync::Arc::clone(&captured);
+        // How many slot deletes the monitor has seen: the last thing a departure publishes.
+        let (deletes_tx, mut deletes) = tokio::sync::watch::channel(0usize);
         let capture = tokio::spawn(async move {
             while let Some(msg) = all.next().await {
+                let deleted =
+                    msg.headers.as_ref().and_then(|h| h.get("KV-Operation")).is_some_and(|v| v.as_str() == "DEL");
+                if deleted {
+                    deletes_tx.send_modify(|n| *n += 1);
+                }
                 let mut c = sink.lock().unwrap();
                 c.extend_from_slice(msg.subject.as_bytes());
                 c.push(b'\n');
@@ -295,16 +289,9 @@ async fn the_broker_never_sees_a_room_code() {
         a.close(None).await.unwrap();
         expect_peer_left(&mut b).await;
         monitor.flush().await.unwrap();
-        // The departure's key delete is the last thing published; wait until the monitor has it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let seen = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
-            if seen.matches("KV-Operation: DEL").count() >= 2 {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "monitor never saw both slots freed:\n{seen}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Both slots' deletes are the last things published; wait until the monitor has them.
+        let freed = tokio::time::timeout(FRAME_WAIT, deletes.wait_for(|n| *n >= 2)).await;
+        assert!(matches!(freed, Ok(Ok(_))), "the monitor never saw both slots freed");
         capture.abort();
         let seen = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
         // The capture is real: slot writes, pairing, frames and heartbeats all went through it.
@@ -348,17 +335,15 @@ async fn serves(config: ghostwire_relay::Config) {
     pair(&relay.url(), &room("auth")).await;
 }
 
-/// Waits (bounded) until /readyz fails with a body containing `why`.
+/// Waits (bounded) until /readyz fails with a body containing `why`; returns the body.
 async fn until_unready_because(admin: std::net::SocketAddr, why: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = http_get(admin, "/readyz").await;
-        if status == 503 && body.contains(why) {
-            return body;
+    eventually(10, &format!("/readyz saying {why:?}"), || async move {
+        match http_get(admin, "/readyz").await {
+            (503, body) if body.contains(why) => Ok(body),
+            (status, body) => Err(format!("{status} {body}")),
         }
-        assert!(tokio::time::Instant::now() < deadline, "/readyz never said {why:?}: {status} {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

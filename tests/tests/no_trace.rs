@@ -30,9 +30,8 @@ fn strace(out: &Path) -> tokio::process::Command {
 #[tokio::test]
 async fn a_whole_client_session_opens_no_file_for_writing() {
     within(60, async {
-        let dir = std::env::temp_dir().join(format!("ghostwire-strace-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("client.strace");
+        let dir = TempDir::new("strace");
+        let log = dir.0.join("client.strace");
         let relay = TestRelay::with(|_| {}).await;
         let code = room("trace");
         let mut cmd = strace(&log);
@@ -48,7 +47,6 @@ async fn a_whole_client_session_opens_no_file_for_writing() {
         a.say("/quit").await;
         assert_eq!(a.exit().await.0, 0);
         let trace = std::fs::read_to_string(&log).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let (opens, writes) = writing_opens(&trace);
         assert!(opens > 0, "strace saw no open at all; the test would prove nothing:\n{trace}");
         assert!(writes.is_empty(), "the client opened files for writing:\n{}", writes.join("\n"));
@@ -59,9 +57,8 @@ async fn a_whole_client_session_opens_no_file_for_writing() {
 #[tokio::test]
 async fn a_relay_carrying_a_session_opens_no_file_for_writing() {
     within(60, async {
-        let dir = std::env::temp_dir().join(format!("ghostwire-strace-relay-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("relay.strace");
+        let dir = TempDir::new("strace-relay");
+        let log = dir.0.join("relay.strace");
         let port = free_port();
         let url = format!("ws://127.0.0.1:{port}/");
         let mut relay = strace(&log)
@@ -92,7 +89,6 @@ async fn a_relay_carrying_a_session_opens_no_file_for_writing() {
         let status = relay.wait().await.unwrap();
         assert!(status.success(), "{status:?}");
         let trace = std::fs::read_to_string(&log).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let (opens, writes) = writing_opens(&trace);
         assert!(opens > 0, "strace saw no open at all:\n{trace}");
         assert!(writes.is_empty(), "the relay opened files for writing:\n{}", writes.join("\n"));

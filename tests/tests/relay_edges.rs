@@ -12,9 +12,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 #[tokio::test]
 async fn wss_with_a_certificate_made_by_the_test() {
     within(20, async {
-        let dir = tempdir();
+        let dir = TempDir::new("tls");
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let (cert_pem, key_pem) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
         std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
         std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
         let relay = TestRelay::with(|c| {
@@ -53,7 +53,6 @@ async fn wss_with_a_certificate_made_by_the_test() {
         assert_eq!(m.to_text().unwrap(), signal("MSG", "over tls"));
         // A plain ws:// client gets no WebSocket out of a TLS port.
         assert!(tokio_tungstenite::connect_async(format!("ws://{}/", relay.addr)).await.is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     })
     .await;
 }
@@ -203,12 +202,6 @@ async fn shutdown_closes_every_client_with_1001_and_returns() {
         assert!(tokio::net::TcpStream::connect(admin).await.is_err(), "admin listener still open");
     })
     .await;
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ghostwire-test-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[tokio::test]
