@@ -37,11 +37,14 @@ pub enum ErrorCode {
     SlowConsumer = 4009,
     /// No second peer joined within the wait deadline.
     WaitTimeout = 4010,
+    /// The partner was lost without leaving: its relay died, or the upstream between the two
+    /// relays failed for longer than frames can be held. Unlike PEER_LEFT, nobody chose to leave.
+    PeerLost = 4011,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tables (metrics, documentation tests).
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::GoingAway,
         ErrorCode::Malformed,
         ErrorCode::BadRoomCode,
@@ -54,6 +57,7 @@ impl ErrorCode {
         ErrorCode::JoinTimeout,
         ErrorCode::SlowConsumer,
         ErrorCode::WaitTimeout,
+        ErrorCode::PeerLost,
     ];
 
     /// The number on the wire (ERROR `code` and WebSocket close code).
@@ -81,6 +85,7 @@ impl ErrorCode {
             ErrorCode::JoinTimeout => "join timeout",
             ErrorCode::SlowConsumer => "slow consumer",
             ErrorCode::WaitTimeout => "waited too long for a peer",
+            ErrorCode::PeerLost => "peer lost",
         }
     }
 
@@ -99,6 +104,7 @@ impl ErrorCode {
             ErrorCode::JoinTimeout => "join_timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::WaitTimeout => "wait_timeout",
+            ErrorCode::PeerLost => "peer_lost",
         }
     }
 }
