@@ -9,19 +9,26 @@ use std::path::PathBuf;
 /// Ghostwire: end-to-end encrypted 1:1 chat in the terminal. Nothing is written to disk.
 ///
 /// Both people run `ghostwire ROOMCODE` with the same code (or one runs `ghostwire --new` and
-/// tells the other the code it prints). Compare the verification code shown to both of you,
+/// tells the other the command it prints). Compare the verification code shown to both of you,
 /// by voice or in person: if it differs, someone is in the middle; type /mismatch.
 ///
 /// Commands while chatting: /help, /verify (show the verification code again), /mismatch
-/// (the codes differ: end as a security failure), /quit.
+/// (the codes differ: ends both sides as a security failure), /quit (so do Ctrl-C and Ctrl-D).
+/// To send a line that starts with /, type it as //.
 ///
-/// With standard input not a terminal, lines from stdin are sent (held until the session is
-/// connected), received messages go to stdout one per line, status lines to stderr, and end
-/// of input quits once everything was sent.
+/// Typing or pasting faster than 20 messages a second is fine: lines are queued (up to 1000)
+/// and sent in order, paced.
 ///
-/// Exit codes: 0 the conversation ended normally (/quit, end of input, the peer left);
-/// 2 bad input; 3 network or relay error; 4 protocol violation; 5 security failure
-/// (tampering, replay, reflection, reordering, a weak or swapped key, codes differ).
+/// With standard input or output not a terminal, each stdin line is a message (held until the
+/// session is connected), received messages go to stdout one per line, status lines to
+/// stderr. End of input means "nothing more to say": everything queued is sent, the peer is
+/// told, and messages are still received until the peer finishes or leaves.
+///
+/// Exit codes: 0 the conversation ended normally (/quit, Ctrl-C, both finished, the peer left)
+/// and everything was sent; 1 as 0, but some lines were not sent (each is shown); 2 bad input
+/// (room code, URL, CA file, flag); 3 network or relay error, or the connection to the peer
+/// was lost; 4 protocol violation; 5 security failure (tampering, replay, reflection,
+/// reordering, a weak or swapped key, codes differ on either side).
 #[derive(Debug, Parser)]
 #[command(name = "ghostwire", version, about, long_about)]
 pub struct Args {
@@ -35,10 +42,11 @@ pub struct Args {
     pub new: bool,
 
     /// The relay's WebSocket URL (ws:// or wss://).
-    #[arg(long, env = "GHOSTWIRE_RELAY", default_value = "ws://127.0.0.1:8765/")]
+    #[arg(long, env = "GHOSTWIRE_RELAY", default_value = DEFAULT_RELAY)]
     pub relay: String,
 
-    /// A PEM file of CA certificates to trust for wss:// (for a relay with a private CA).
+    /// A PEM file of CA certificates to trust for wss:// (for a relay with a private CA);
+    /// an error with ws://.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
 
@@ -50,6 +58,35 @@ pub struct Args {
     /// Clear the screen and the terminal's scrollback when the session ends.
     #[arg(long)]
     pub wipe_screen: bool,
+}
+
+/// The relay used when none is given.
+pub const DEFAULT_RELAY: &str = "ws://127.0.0.1:8765/";
+
+/// The command the other person must run to join `code` with the same relay settings.
+pub fn join_command(args: &Args, code: &RoomCode) -> String {
+    let mut words = vec!["ghostwire".to_owned()];
+    if args.relay != DEFAULT_RELAY {
+        words.extend(["--relay".to_owned(), shell_quote(&args.relay)]);
+    }
+    if let Some(ca) = &args.ca {
+        words.extend(["--ca".to_owned(), shell_quote(&ca.display().to_string())]);
+    }
+    if args.legacy_v1 {
+        words.push("--legacy-v1".to_owned());
+    }
+    words.push(code.as_str().to_owned());
+    words.join(" ")
+}
+
+/// `s` as one shell word: as it is when it is plain, else in single quotes.
+fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// Length of generated room codes: 16 symbols of 36 = 82.7 bits.
@@ -93,6 +130,18 @@ mod tests {
         assert_eq!(a.as_str().len(), NEW_CODE_LEN);
         assert_ne!(a, b);
         assert!(36f64.powi(NEW_CODE_LEN as i32).log2() >= 80.0);
+    }
+
+    #[test]
+    fn the_join_command_carries_what_the_other_side_needs() {
+        let code = RoomCode::parse("ABCD1234").unwrap_or_else(|_| new_room_code());
+        let args = |extra: &[&str]| Args::parse_from([&["ghostwire", "--new"], extra].concat());
+        assert_eq!(join_command(&args(&[]), &code), "ghostwire ABCD1234");
+        assert_eq!(
+            join_command(&args(&["--relay", "wss://relay.example/", "--ca", "my ca.pem", "--legacy-v1"]), &code),
+            "ghostwire --relay wss://relay.example/ --ca 'my ca.pem' --legacy-v1 ABCD1234"
+        );
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //!   or reflected message is caught (crypto_box's key is the same in both
 //!   directions, so a relay that bounces your own frame back would otherwise
 //!   have it decrypt fine);
+//! * a **record kind**: a text, or one of the [`Notice`]s (finished sending,
+//!   goodbye, codes differ) by which a peer says how the conversation ends,
+//!   where the relay cannot forge or hide them;
 //! * **padding** to 256-byte buckets, so the length of a message leaks only
 //!   its bucket.
 //!
@@ -36,8 +39,8 @@ use zeroize::Zeroizing;
 
 /// Plaintext is padded to a multiple of this many bytes (v2).
 pub const PAD_BUCKET: usize = 256;
-/// Bytes of the v2 header inside the box: direction (1), counter (8), length (2).
-const HEADER: usize = 11;
+/// Bytes of the v2 header inside the box: direction (1), counter (8), record kind (1), length (2).
+const HEADER: usize = 12;
 /// The NaCl nonce length.
 pub const NONCE_LEN: usize = 24;
 /// The Poly1305 tag length.
@@ -176,6 +179,39 @@ pub fn verification_code(a: &PublicBytes, b: &PublicBytes) -> String {
     format!("{:05} {:05}", n / 100_000, n % 100_000)
 }
 
+/// What a peer says about the conversation itself, inside the encrypted channel (v2 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// "I have nothing more to say" (end of input); the peer keeps reading.
+    Done,
+    /// "I am leaving" (/quit, Ctrl-C, Ctrl-D at a terminal).
+    Bye,
+    /// "The verification codes differ" (/mismatch).
+    Mismatch,
+}
+
+impl Notice {
+    const fn kind(self) -> u8 {
+        match self {
+            Notice::Done => 1,
+            Notice::Bye => 2,
+            Notice::Mismatch => 3,
+        }
+    }
+}
+
+/// A record opened from the peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A message to show.
+    Text(Zeroizing<String>),
+    /// A notice about the conversation.
+    Notice(Notice),
+}
+
+/// Record kind of a text message (v2).
+const TEXT: u8 = 0;
+
 /// The two halves of an established session: one box, a counter per direction.
 pub struct Channel {
     boxed: SalsaBox,
@@ -184,7 +220,7 @@ pub struct Channel {
     my_direction: u8,
     sent: u64,
     expected: u64,
-    /// v1: nonces we sent (reflection) and received (replay).
+    /// v1 only (v2 has counters): nonces we sent (reflection) and received (replay).
     sent_nonces: HashSet<[u8; NONCE_LEN]>,
     seen_nonces: HashSet<[u8; NONCE_LEN]>,
 }
@@ -205,12 +241,22 @@ impl Channel {
 
     /// Encrypts `text`: nonce || box(content).
     pub fn seal(&mut self, text: &str) -> Vec<u8> {
+        self.seal_record(TEXT, text)
+    }
+
+    /// Encrypts a notice (v2; `None` in v1, which has no way to say it).
+    pub fn seal_notice(&mut self, notice: Notice) -> Option<Vec<u8>> {
+        (self.version == Version::Hardened2).then(|| self.seal_record(notice.kind(), ""))
+    }
+
+    fn seal_record(&mut self, kind: u8, text: &str) -> Vec<u8> {
         let content = match self.version {
             Version::Legacy1 => Zeroizing::new(text.as_bytes().to_vec()),
             Version::Hardened2 => {
                 let mut buf = Zeroizing::new(Vec::with_capacity(padded_len(text.len())));
                 buf.push(self.my_direction);
                 buf.extend_from_slice(&self.sent.to_be_bytes());
+                buf.push(kind);
                 // Texts are at most a few KiB (the UI caps them); the length field holds 65,535.
                 buf.extend_from_slice(&(text.len().min(u16::MAX as usize) as u16).to_be_bytes());
                 buf.extend_from_slice(text.as_bytes());
@@ -220,7 +266,9 @@ impl Channel {
         };
         self.sent += 1;
         let nonce = SalsaBox::generate_nonce(&mut OsRng);
-        self.sent_nonces.insert(nonce.into());
+        if self.version == Version::Legacy1 {
+            self.sent_nonces.insert(nonce.into());
+        }
         // Encryption of an in-memory buffer with a valid key and nonce cannot fail.
         let ct = self.boxed.encrypt(&nonce, content.as_slice()).unwrap_or_default();
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
@@ -229,11 +277,11 @@ impl Channel {
         out
     }
 
-    /// Decrypts and checks a box from the peer, returning its text.
+    /// Decrypts and checks a box from the peer, returning what it holds.
     ///
     /// # Errors
     /// The [`CryptoError`] naming what is wrong with it.
-    pub fn open(&mut self, data: &[u8]) -> Result<Zeroizing<String>, CryptoError> {
+    pub fn open(&mut self, data: &[u8]) -> Result<Record, CryptoError> {
         if data.len() < NONCE_LEN + TAG_LEN {
             return Err(CryptoError::Truncated);
         }
@@ -248,10 +296,10 @@ impl Channel {
             }
         }
         let plain = Zeroizing::new(self.boxed.decrypt(nonce.into(), ct).map_err(|_| CryptoError::Tampered)?);
-        let text = match self.version {
+        let (kind, text) = match self.version {
             Version::Legacy1 => {
                 self.seen_nonces.insert(nonce_arr);
-                std::str::from_utf8(&plain).map_err(|_| CryptoError::BadContent)?
+                (TEXT, std::str::from_utf8(&plain).map_err(|_| CryptoError::BadContent)?)
             }
             Version::Hardened2 => {
                 if plain.len() < HEADER || plain.len() % PAD_BUCKET != 0 {
@@ -272,16 +320,23 @@ impl Channel {
                 if counter > self.expected {
                     return Err(CryptoError::OutOfOrder);
                 }
-                let len = u16::from_be_bytes([plain[9], plain[10]]) as usize;
+                let len = u16::from_be_bytes([plain[10], plain[11]]) as usize;
                 let body = plain.get(HEADER..HEADER + len).ok_or(CryptoError::BadContent)?;
                 if plain[HEADER + len..].iter().any(|b| *b != 0) {
                     return Err(CryptoError::BadContent);
                 }
                 self.expected += 1;
-                std::str::from_utf8(body).map_err(|_| CryptoError::BadContent)?
+                (plain[9], std::str::from_utf8(body).map_err(|_| CryptoError::BadContent)?)
             }
         };
-        Ok(Zeroizing::new(text.to_owned()))
+        let notice = |n: Notice| if text.is_empty() { Ok(Record::Notice(n)) } else { Err(CryptoError::BadContent) };
+        match kind {
+            TEXT => Ok(Record::Text(Zeroizing::new(text.to_owned()))),
+            1 => notice(Notice::Done),
+            2 => notice(Notice::Bye),
+            3 => notice(Notice::Mismatch),
+            _ => Err(CryptoError::BadContent),
+        }
     }
 }
 
@@ -365,6 +420,10 @@ mod tests {
         assert!(me.agree(&arr(BOB_PK)).is_ok());
     }
 
+    fn text_of(s: &str) -> Record {
+        Record::Text(Zeroizing::new(s.to_owned()))
+    }
+
     fn pair(version: Version) -> (Channel, Channel) {
         let (a, b) = (KeyPair::generate(), KeyPair::generate());
         let ca = Channel::new(a.agree(b.public()).unwrap(), version, a.public(), b.public());
@@ -378,11 +437,11 @@ mod tests {
         for text in ["", "hi", "héllo 👻", &"x".repeat(1000), &"ü".repeat(1000)] {
             let sealed = a.seal(text);
             assert_eq!((sealed.len() - NONCE_LEN - TAG_LEN) % PAD_BUCKET, 0);
-            assert_eq!(b.open(&sealed).unwrap().as_str(), text);
+            assert_eq!(b.open(&sealed).unwrap(), text_of(text));
         }
         assert_eq!(a.seal("a").len(), a.seal(&"a".repeat(200)).len(), "same bucket, same size");
         let reply = b.seal("back");
-        assert_eq!(a.open(&reply).unwrap().as_str(), "back");
+        assert_eq!(a.open(&reply).unwrap(), text_of("back"));
     }
 
     #[test]
@@ -395,7 +454,7 @@ mod tests {
         assert_eq!(a.open(&m0).err(), Some(CryptoError::Reflection));
         // Reorder / drop: m1 before m0.
         assert_eq!(b.open(&m1).err(), Some(CryptoError::OutOfOrder));
-        assert_eq!(b.open(&m0).unwrap().as_str(), "zero");
+        assert_eq!(b.open(&m0).unwrap(), text_of("zero"));
         // Replay.
         assert_eq!(b.open(&m0).err(), Some(CryptoError::Replay));
         // Tamper: any flipped bit.
@@ -407,11 +466,28 @@ mod tests {
         bad[0] ^= 1; // the nonce
         assert_eq!(b.open(&bad).err(), Some(CryptoError::Tampered));
         assert_eq!(b.open(&m1[..20]).err(), Some(CryptoError::Truncated));
-        assert_eq!(b.open(&m1).unwrap().as_str(), "one");
-        assert_eq!(b.open(&m2).unwrap().as_str(), "two");
+        assert_eq!(b.open(&m1).unwrap(), text_of("one"));
+        assert_eq!(b.open(&m2).unwrap(), text_of("two"));
         // A box from a third party (another key) does not open.
         let (mut c, _) = pair(Version::Hardened2);
         assert_eq!(b.open(&c.seal("forged")).err(), Some(CryptoError::Tampered));
+    }
+
+    #[test]
+    fn v2_notices_travel_in_the_counted_sequence_and_look_like_texts() {
+        let (mut a, mut b) = pair(Version::Hardened2);
+        let short = pair(Version::Hardened2).0.seal("x").len();
+        let mut sent = Vec::new();
+        for n in [Notice::Done, Notice::Bye, Notice::Mismatch] {
+            let sealed = a.seal_notice(n).unwrap();
+            assert_eq!(sealed.len(), short, "a notice is the size of a short text");
+            assert_eq!(b.open(&sealed).unwrap(), Record::Notice(n));
+            sent.push(sealed);
+        }
+        assert_eq!(b.open(&sent[0]).err(), Some(CryptoError::Replay), "notices are counted like texts");
+        assert_eq!(b.open(&a.seal("after")).unwrap(), text_of("after"));
+        let (mut v1, _) = pair(Version::Legacy1);
+        assert_eq!(v1.seal_notice(Notice::Bye), None, "v1 cannot say it");
     }
 
     #[test]
@@ -420,7 +496,7 @@ mod tests {
         let m = a.seal("hello");
         assert_eq!(m.len(), NONCE_LEN + TAG_LEN + 5, "v1 plaintext is the UTF-8 text, unpadded");
         assert_eq!(a.open(&m).err(), Some(CryptoError::Reflection));
-        assert_eq!(b.open(&m).unwrap().as_str(), "hello");
+        assert_eq!(b.open(&m).unwrap(), text_of("hello"));
         assert_eq!(b.open(&m).err(), Some(CryptoError::Replay));
     }
 

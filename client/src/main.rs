@@ -4,7 +4,8 @@ use clap::Parser;
 use ghostwire::cli::{self, Args};
 use ghostwire::crypto::Version;
 use ghostwire::end::{exit, End};
-use ghostwire::session::{self, Settings};
+use ghostwire::net::Target;
+use ghostwire::session::{self, Outcome, Settings};
 use ghostwire::ui::{Tone, Ui};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -12,43 +13,38 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args = Args::parse();
     let hardening = ghostwire::harden::harden();
-    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    // rustyline restores the terminal when readline returns; the session may end while it waits,
-    // so the terminal's settings are saved here and put back before exit.
-    let saved_tty = if interactive { nix::sys::termios::tcgetattr(std::io::stdin()).ok() } else { None };
+    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    // The line editor restores the terminal when readline returns; the session may end while it
+    // waits, so the terminal's settings are saved here and put back before exit.
+    let saved_tty =
+        if std::io::stdin().is_terminal() { nix::sys::termios::tcgetattr(std::io::stdin()).ok() } else { None };
 
+    let relay = match Target::parse(&args.relay, args.ca.as_deref()) {
+        Ok(target) => target,
+        Err(why) => return refuse(&why),
+    };
     let room = match (&args.room, args.new) {
         (Some(typed), _) => match cli::parse_room_code(typed) {
             Ok(code) => Some(code),
-            Err(why) => {
-                eprintln!("ghostwire: {why}");
-                return ExitCode::from(exit::BAD_INPUT);
-            }
+            Err(why) => return refuse(&why),
         },
         (None, true) => {
             let code = cli::new_room_code();
             eprintln!("room code: {}", code.as_str());
-            eprintln!("tell your peer to run: ghostwire {}", code.as_str());
+            eprintln!("tell your peer to run: {}", cli::join_command(&args, &code));
+            if args.ca.is_some() {
+                eprintln!("(they need the same CA file)");
+            }
             Some(code)
         }
         (None, false) => None,
     };
-    let (ui, inputs, verdicts) = match Ui::start(interactive, room.is_none()) {
-        Ok(parts) => parts,
-        Err(e) => {
-            eprintln!("ghostwire: {e}");
-            return ExitCode::from(exit::BAD_INPUT);
-        }
-    };
-    for warning in &hardening.warnings {
+    let (ui, inputs, verdicts, warning) = Ui::start(terminal, room.is_none());
+    for warning in hardening.warnings.iter().chain(&warning) {
         ui.status(Tone::Warn, warning);
     }
-    let settings = Settings {
-        relay: args.relay.clone(),
-        ca: args.ca.clone(),
-        version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 },
-        room,
-    };
+    let settings =
+        Settings { relay, version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 }, room };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -56,15 +52,20 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::NETWORK);
         }
     };
-    let end = runtime.block_on(session::run(settings, ui, inputs, verdicts));
+    let outcome = runtime.block_on(session::run(settings, ui, inputs, verdicts));
     drop(runtime);
 
     if let Some(tty) = saved_tty {
-        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &tty);
-        eprint!("\r\x1b[K");
+        use nix::sys::termios::{tcflush, tcsetattr, FlushArg, SetArg};
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &tty);
+        // What was typed but not read is the session's, not the next program's.
+        let _ = tcflush(std::io::stdin(), FlushArg::TCIFLUSH);
+        if std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[K");
+        }
     }
-    let code = end.exit_code();
-    report(&end, code);
+    let code = exit_code(&outcome);
+    report(&outcome, code);
     if args.wipe_screen && std::io::stderr().is_terminal() {
         // Clear the screen, move home, clear the scrollback.
         eprint!("\x1b[2J\x1b[H\x1b[3J");
@@ -74,9 +75,29 @@ fn main() -> ExitCode {
     std::process::exit(i32::from(code))
 }
 
-fn report(end: &End, code: u8) {
+/// Bad input before any session: say what, exit 2.
+fn refuse(why: &str) -> ExitCode {
+    eprintln!("ghostwire: {why}");
+    ExitCode::from(exit::BAD_INPUT)
+}
+
+/// The exit code: the reason's, except that a normal end with lines left unsent is 1.
+fn exit_code(outcome: &Outcome) -> u8 {
+    match outcome.end.exit_code() {
+        exit::OK if outcome.unsent > 0 => exit::UNSENT,
+        code => code,
+    }
+}
+
+fn report(outcome: &Outcome, code: u8) {
     use owo_colors::{OwoColorize, Stream};
-    let line = format!("session destroyed: {end} (exit {code})");
+    let end: &End = &outcome.end;
+    let unsent = match outcome.unsent {
+        0 => String::new(),
+        1 => "; 1 line was not sent".to_owned(),
+        n => format!("; {n} lines were not sent"),
+    };
+    let line = format!("session destroyed: {end}{unsent} (exit {code})");
     if code == exit::OK {
         eprintln!("{}", line.if_supports_color(Stream::Stderr, |t| t.green()));
     } else {

@@ -1,69 +1,94 @@
-//! The session driver: feeds events to the state machine and performs its actions.
+//! The session driver: the I/O around the state machine.
 //!
-//! One task owns everything secret (key pair, channel, queued lines) and the
-//! socket; the input thread and the UI only pass values in and out. Every way
-//! out of the main loop goes through [`Session::fail`], which records the first
-//! reason and moves the machine to DISCONNECTED; teardown then closes the
-//! socket and drops (wipes) every secret before SESSION_DESTROYED.
+//! One task owns the socket, the machine (and so every secret) and the outbox of lines waiting
+//! to be sent; the input thread and the UI only pass values in and out. Each turn of the loop
+//! waits for whichever comes first: input, the connection being opened, a frame from the relay,
+//! the pacer, the machine's deadline, or a signal. Everything it hears becomes an
+//! [`Event`]; everything the machine answers is an [`Action`] performed here.
+//!
+//! What the driver adds to the machine is time and order:
+//!
+//! * **The outbox.** Every line the user gives is queued, in order, and released to the
+//!   machine only while it can send, at most [`SEND_RATE`] (a token bucket well under the
+//!   relay's). Typing or pasting faster than that is paced, never refused. The queue holds at
+//!   most [`MAX_QUEUED`] lines; when it is full the driver stops reading input (the terminal or
+//!   pipe holds the rest) and says so.
+//! * **End of input.** At a terminal, Ctrl-D ends the session like /quit. From a pipe it means
+//!   "nothing more to say": once the outbox is empty the machine tells the peer, and the
+//!   session goes on showing what arrives until the peer finishes or leaves.
+//! * **Nothing lost unseen.** Lines still queued when the session ends are shown as not sent,
+//!   and counted: the process then exits with [`exit::UNSENT`](crate::end::exit::UNSENT) where it
+//!   would have exited 0.
 
-use crate::cli::parse_room_code;
-use crate::crypto::{self, Channel, CryptoError, KeyPair, PublicBytes, Version};
+use crate::crypto::Version;
 use crate::end::End;
-use crate::net::{self, Socket};
+use crate::net::{self, Socket, Target};
 use crate::proto::{self, PeerMsg};
-use crate::state::{transition, Action, Event, State};
-use crate::ui::{Command, Input, Tone, Ui, Verdict, HELP};
+use crate::state::{Action, Event, Machine, State};
+use crate::ui::{sanitize, Command, Input, Mode, Tone, Ui, Verdict, HELP};
 use futures_util::{SinkExt, StreamExt};
 use ghostwire_shared::{ClientFrame, RelayFrame, RoomCode};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
 
 /// The longest message a user may send, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 1000;
 /// What we send at most: frames per second, sustained and burst (well under the relay's limit).
-const SEND_RATE: (u32, u32) = (20, 50);
+pub const SEND_RATE: (u32, u32) = (20, 50);
 /// What the peer may send us before it counts as a flood (above any honest client's SEND_RATE).
 const RECV_RATE: (u32, u32) = (60, 120);
-/// Time the peer has to complete the key exchange after PEER_FOUND.
-pub const KEY_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines waiting to be sent at most; beyond, input is not read until some go out.
+pub const MAX_QUEUED: usize = 1000;
 
 /// What the session needs to know from the command line.
 pub struct Settings {
-    /// The relay URL.
-    pub relay: String,
-    /// A CA file for wss://.
-    pub ca: Option<PathBuf>,
+    /// The relay, checked.
+    pub relay: Target,
     /// Which protocol to speak.
     pub version: Version,
     /// The room code, if given on the command line.
     pub room: Option<RoomCode>,
 }
 
-struct Session {
-    settings: Settings,
-    state: State,
+/// How a session ended: the reason, and how many lines the user gave that were not sent.
+pub struct Outcome {
+    /// Why the session ended.
+    pub end: End,
+    /// Lines given but not sent (each was shown).
+    pub unsent: usize,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<Socket, String>>>>;
+
+struct Driver {
+    relay: Target,
+    machine: Machine,
     ui: Ui,
     inputs: mpsc::Receiver<Input>,
+    inputs_open: bool,
     verdicts: std_mpsc::Sender<Verdict>,
+    connecting: Option<Connecting>,
+    joining: Option<RoomCode>,
     ws: Option<Socket>,
-    keys: Option<KeyPair>,
-    my_public: Option<PublicBytes>,
-    peer_commit: Option<[u8; 32]>,
-    channel: Option<Channel>,
-    code: Option<String>,
-    queue: VecDeque<Zeroizing<String>>,
-    eof_pending: bool,
-    end: Option<End>,
+    outbox: VecDeque<Zeroizing<String>>,
+    input_ended: bool,
+    done_told: bool,
+    full_said: bool,
+    unsent: usize,
     send_limit: DefaultDirectRateLimiter,
     recv_limit: DefaultDirectRateLimiter,
+    pace_at: Option<Instant>,
 }
 
 fn limiter((rate, burst): (u32, u32)) -> DefaultDirectRateLimiter {
@@ -71,32 +96,33 @@ fn limiter((rate, burst): (u32, u32)) -> DefaultDirectRateLimiter {
     RateLimiter::direct(Quota::per_second(nz(rate)).allow_burst(nz(burst)))
 }
 
-/// Runs one session to its end and says why it ended.
+/// Runs one session to its end and says how it ended.
 pub async fn run(
     settings: Settings,
     ui: Ui,
     inputs: mpsc::Receiver<Input>,
     verdicts: std_mpsc::Sender<Verdict>,
-) -> End {
-    let session = Session {
-        settings,
-        state: State::Init,
+) -> Outcome {
+    let driver = Driver {
+        relay: settings.relay,
+        machine: Machine::new(settings.version),
         ui,
         inputs,
+        inputs_open: true,
         verdicts,
+        connecting: None,
+        joining: None,
         ws: None,
-        keys: None,
-        my_public: None,
-        peer_commit: None,
-        channel: None,
-        code: None,
-        queue: VecDeque::new(),
-        eof_pending: false,
-        end: None,
+        outbox: VecDeque::new(),
+        input_ended: false,
+        done_told: false,
+        full_said: false,
+        unsent: 0,
         send_limit: limiter(SEND_RATE),
         recv_limit: limiter(RECV_RATE),
+        pace_at: None,
     };
-    session.run().await
+    driver.run(settings.room).await
 }
 
 async fn next_frame(ws: &mut Option<Socket>) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
@@ -106,323 +132,251 @@ async fn next_frame(ws: &mut Option<Socket>) -> Option<Result<Message, tokio_tun
     }
 }
 
-impl Session {
-    async fn run(mut self) -> End {
+async fn connected(connecting: &mut Option<Connecting>) -> Result<Socket, String> {
+    match connecting {
+        Some(c) => c.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn at(when: Option<Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    async fn run(mut self, room: Option<RoomCode>) -> Outcome {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
             (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
         else {
-            return End::Network("cannot install signal handlers".into());
+            return Outcome { end: End::Network("cannot install signal handlers".into()), unsent: 0 };
         };
-        if self.fire(Event::Start) == Action::PromptCode {
-            if let Some(code) = self.settings.room.take() {
-                self.accept_code(code).await;
-            }
+        self.handle(Event::Start).await;
+        if let Some(code) = room {
+            self.handle(Event::CodeTyped(Zeroizing::new(code.as_str().to_owned()))).await;
         }
-        let key_deadline = tokio::time::sleep(Duration::from_secs(86_400));
-        tokio::pin!(key_deadline);
-        let mut deadline_armed = false;
-        while self.state != State::Disconnected {
-            if self.state == State::UserFound || self.state == State::KeySetup {
-                if !deadline_armed {
-                    key_deadline.as_mut().reset(tokio::time::Instant::now() + KEY_SETUP_TIMEOUT);
-                    deadline_armed = true;
-                }
-            } else {
-                deadline_armed = false;
+        while self.machine.end().is_none() {
+            let reading = self.inputs_open && self.outbox.len() < MAX_QUEUED;
+            if !reading && self.inputs_open && !self.full_said {
+                self.full_said = true;
+                let msg = format!("{MAX_QUEUED} messages are waiting to be sent: reading more input once they go out");
+                self.ui.status(Tone::Warn, &msg);
             }
             tokio::select! {
-                input = self.inputs.recv() => self.on_input(input.unwrap_or(Input::Eof)).await,
-                frame = next_frame(&mut self.ws) => self.on_frame(frame).await,
-                () = &mut key_deadline, if deadline_armed => {
-                    self.fail(End::Protocol("the peer did not complete the key exchange in time".into()));
+                input = self.inputs.recv(), if reading => self.on_input(input).await,
+                result = connected(&mut self.connecting) => {
+                    self.connecting = None;
+                    self.on_connected(result).await;
                 }
-                _ = term.recv() => self.fail(End::Quit),
-                _ = int.recv() => self.fail(End::Quit),
-                _ = hup.recv() => self.fail(End::Quit),
+                frame = next_frame(&mut self.ws) => {
+                    if let Some(event) = self.on_frame(frame) {
+                        self.handle(event).await;
+                    }
+                }
+                () = at(self.pace_at) => self.pace_at = None,
+                () = at(self.machine.deadline()) => self.handle(Event::Deadline(Instant::now())).await,
+                _ = term.recv() => self.handle(Event::Quit).await,
+                _ = int.recv() => self.handle(Event::Quit).await,
+                _ = hup.recv() => self.handle(Event::Quit).await,
             }
+            self.pump().await;
         }
         self.teardown().await;
-        let _ = self.fire(Event::Wiped);
-        self.end.take().unwrap_or(End::Quit)
+        let end = self.machine.end().cloned().unwrap_or(End::Quit);
+        self.machine.handle(Event::Wiped);
+        Outcome { end, unsent: self.unsent }
     }
 
-    /// Applies `event`; an event outside the table is a protocol deviation.
-    fn fire(&mut self, event: Event) -> Action {
-        match transition(self.state, event) {
-            Ok((next, action)) => {
-                self.state = next;
-                action
-            }
-            Err(unexpected) => {
-                self.fail(End::Protocol(unexpected.to_string()));
-                Action::Teardown
-            }
-        }
-    }
-
-    /// Ends the session for `end` (the first reason given is the one reported).
-    fn fail(&mut self, end: End) {
-        let event = end.event();
-        if self.end.is_none() {
-            self.end = Some(end);
-        }
-        if let Ok((next, _)) = transition(self.state, event) {
-            self.state = next;
-        }
-    }
-
-    async fn accept_code(&mut self, room: RoomCode) {
-        let _ = self.verdicts.send(Verdict::Accepted);
-        if self.fire(Event::CodeAccepted) != Action::Connect {
-            return;
-        }
-        self.ui.status(Tone::Info, &format!("connecting to {}", self.settings.relay));
-        match net::connect(&self.settings.relay, self.settings.ca.as_deref()).await {
-            Ok(ws) => self.ws = Some(ws),
-            Err(e) => return self.fail(End::Network(e)),
-        }
-        let join = ClientFrame::Join { room }.to_json();
-        if self.send_frame(join).await {
-            self.ui.status(Tone::Info, "searching: waiting for your peer to join the room");
-        }
-    }
-
-    async fn send_frame(&mut self, text: String) -> bool {
-        let Some(ws) = self.ws.as_mut() else { return false };
-        match ws.send(Message::text(text)).await {
-            Ok(()) => true,
-            Err(e) => {
-                self.fail(End::Network(format!("lost the connection to the relay: {e}")));
-                false
+    /// Feeds `event` to the machine and performs what it answers (sending may fail: that is
+    /// fed back as the next event).
+    async fn handle(&mut self, event: Event) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            for action in self.machine.handle(event) {
+                if let Some(next) = self.perform(action).await {
+                    events.push_back(next);
+                }
             }
         }
     }
 
-    async fn on_input(&mut self, input: Input) {
+    async fn perform(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::PromptCode | Action::Teardown | Action::Exit => {}
+            Action::Reprompt(why) => {
+                let _ = self.verdicts.send(Verdict::Rejected(why));
+            }
+            Action::Connect(code) => {
+                let _ = self.verdicts.send(Verdict::Accepted);
+                self.ui.status(Tone::Info, &format!("connecting to {}", self.relay.url()));
+                self.joining = Some(code);
+                self.connecting = Some(Box::pin(net::connect(self.relay.clone())));
+            }
+            Action::Send(frame) => return self.send(frame).await,
+            Action::Show(text) => self.ui.incoming(&text),
+            Action::Say(tone, text) => self.ui.status(tone, &text),
+            Action::ShowCode(code) => self.ui.verification(&code),
+        }
+        None
+    }
+
+    async fn send(&mut self, frame: String) -> Option<Event> {
+        let ws = self.ws.as_mut()?;
+        match ws.send(Message::text(frame)).await {
+            Ok(()) => None,
+            Err(e) => Some(Event::NetworkError(format!("lost the connection to the relay: {e}"))),
+        }
+    }
+
+    async fn on_connected(&mut self, result: Result<Socket, String>) {
+        match result {
+            Ok(ws) => {
+                self.ws = Some(ws);
+                let Some(room) = self.joining.take() else { return };
+                if let Some(failed) = self.send(ClientFrame::Join { room }.to_json()).await {
+                    return self.handle(failed).await;
+                }
+                self.ui.status(Tone::Info, "searching: waiting for your peer to join the room");
+            }
+            Err(why) => self.handle(Event::NetworkError(why)).await,
+        }
+    }
+
+    async fn on_input(&mut self, input: Option<Input>) {
+        let input = input.unwrap_or_else(|| {
+            self.inputs_open = false;
+            Input::Eof
+        });
         match input {
             Input::Code(typed) => {
-                if self.state != State::InputValidation {
-                    return;
-                }
-                match parse_room_code(&typed) {
-                    Ok(code) => self.accept_code(code).await,
-                    Err(why) => {
-                        if self.fire(Event::CodeRejected) == Action::Reprompt {
-                            let _ = self.verdicts.send(Verdict::Rejected(why));
-                        }
-                    }
+                if matches!(self.machine.state(), State::InputValidation) {
+                    self.handle(Event::CodeTyped(typed)).await;
                 }
             }
             Input::Line(text) => {
-                if text.trim().is_empty() {
+                if self.ui.mode() != Mode::Piped && text.is_empty() {
                     return;
                 }
-                let chars = text.chars().count();
-                if chars > MAX_MESSAGE_CHARS {
-                    let msg = format!("message not sent: {chars} characters, the limit is {MAX_MESSAGE_CHARS}");
-                    return self.ui.status(Tone::Warn, &msg);
+                self.outbox.push_back(text);
+            }
+            Input::Refused(why) => {
+                self.unsent += 1;
+                self.ui.status(Tone::Warn, &why);
+            }
+            Input::Command(cmd) => self.on_command(cmd).await,
+            Input::Eof => {
+                self.inputs_open = false;
+                if self.ui.mode() != Mode::Piped {
+                    // Ctrl-D at a terminal: the person is leaving.
+                    return self.handle(Event::Quit).await;
                 }
-                match self.fire(Event::UserLine) {
-                    Action::Queue => self.queue.push_back(text),
-                    Action::Send => self.send_line(&text).await,
-                    _ => {}
+                self.input_ended = true;
+                if matches!(self.machine.state(), State::InputValidation) {
+                    self.handle(Event::InputDone).await;
                 }
             }
-            Input::Command(cmd) => self.on_command(cmd),
-            Input::Eof => match self.state {
-                State::InputValidation => self.fail(End::BadInput("no valid room code was given".into())),
-                State::Connected if self.queue.is_empty() => self.fail(End::EndOfInput),
-                _ => self.eof_pending = true,
-            },
         }
     }
 
-    fn on_command(&mut self, cmd: Command) {
+    async fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Quit => self.fail(End::Quit),
+            Command::Quit => self.handle(Event::Quit).await,
+            Command::Mismatch => self.handle(Event::Mismatch).await,
             Command::Help => self.ui.status(Tone::Info, HELP),
-            Command::Verify => match (&self.code, self.settings.version) {
-                (Some(code), _) => self.ui.verification(code),
-                (None, Version::Legacy1) if self.state == State::Connected => {
+            Command::Verify => match self.machine.code() {
+                Some(code) => self.ui.verification(code),
+                None if matches!(self.machine.state(), State::Connected(_)) => {
                     self.ui.status(Tone::Warn, "legacy v1 sessions have no verification code")
                 }
-                (None, _) => self.ui.status(Tone::Info, "no verification code yet: keys are not exchanged"),
+                None => self.ui.status(Tone::Info, "no verification code yet: keys are not exchanged"),
             },
-            Command::Mismatch if self.state == State::Connected => self.fail(End::VerificationMismatch),
-            Command::Mismatch => self.ui.status(Tone::Info, "nothing to compare yet: keys are not exchanged"),
-            Command::Unknown(name) => self.ui.status(Tone::Warn, &format!("unknown command {name} (try /help)")),
+            Command::Unknown(name) => self.ui.status(
+                Tone::Warn,
+                &format!("unknown command {name} (try /help; to send a line starting with /, type //)"),
+            ),
         }
     }
 
-    async fn send_line(&mut self, text: &str) {
-        if let Err(not_until) = self.send_limit.check() {
-            if self.ui.interactive() {
-                return self.ui.status(Tone::Warn, "slow down: that message was not sent");
+    /// Releases queued lines while the machine can send and the pacer allows; then, once input
+    /// has ended and nothing is left, tells the machine.
+    async fn pump(&mut self) {
+        while self.pace_at.is_none() && self.machine.can_send() {
+            if self.outbox.is_empty() {
+                if self.input_ended && !self.done_told {
+                    self.done_told = true;
+                    self.handle(Event::InputDone).await;
+                }
+                return;
             }
-            // Scripts are paced instead: nothing they send is dropped.
-            tokio::time::sleep(not_until.wait_time_from(DefaultClock::default().now())).await;
-            let _ = self.send_limit.check();
+            if let Err(not_until) = self.send_limit.check() {
+                self.pace_at = Some(Instant::now() + not_until.wait_time_from(DefaultClock::default().now()));
+                return;
+            }
+            if let Some(line) = self.outbox.pop_front() {
+                if self.outbox.len() < MAX_QUEUED {
+                    self.full_said = false;
+                }
+                self.handle(Event::Send(line)).await;
+            }
         }
-        let Some(channel) = self.channel.as_mut() else { return };
-        let frame = proto::msg_frame(&channel.seal(text));
-        self.send_frame(frame).await;
     }
 
-    async fn on_frame(&mut self, frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
+    /// A frame (or the lack of one) from the relay, as an event for the machine (none for
+    /// WebSocket control frames, which tungstenite answers itself).
+    fn on_frame(&mut self, frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Option<Event> {
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return,
-            Some(Ok(Message::Binary(_))) => return self.fail(End::Protocol("the relay sent a binary frame".into())),
-            Some(Ok(Message::Close(_))) | None => {
-                return self.fail(End::Network("the relay closed the connection".into()));
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return None,
+            Some(Ok(Message::Binary(_))) => {
+                return Some(Event::Deviation(End::Protocol("the relay sent a binary frame".into())));
             }
-            Some(Err(e)) => return self.fail(End::Network(format!("lost the connection to the relay: {e}"))),
+            Some(Ok(Message::Close(Some(close)))) if is_relay_code(close.code) => {
+                let code = u16::from(close.code);
+                return Some(Event::Relay { code, reason: sanitize(&close.reason).chars().take(200).collect() });
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                self.ws = None;
+                return Some(Event::NetworkError("the relay closed the connection".into()));
+            }
+            Some(Err(e)) => {
+                self.ws = None;
+                return Some(Event::NetworkError(format!("lost the connection to the relay: {e}")));
+            }
         };
-        let frame = match RelayFrame::parse(text.as_str(), net::MAX_FRAME) {
+        Some(self.on_text(&text))
+    }
+
+    fn on_text(&mut self, text: &str) -> Event {
+        let frame = match RelayFrame::parse(text, net::MAX_FRAME) {
             Ok(f) => f,
-            Err(e) => return self.fail(End::Protocol(format!("the relay sent an invalid frame ({e})"))),
+            Err(e) => return Event::Deviation(End::Protocol(format!("the relay sent an invalid frame ({e})"))),
         };
         match frame {
-            RelayFrame::PeerFound => {
-                if self.fire(Event::PeerFound) == Action::SendKeys {
-                    self.send_keys().await;
-                }
-            }
-            RelayFrame::PeerLeft => self.fail(End::PeerLeft),
+            RelayFrame::PeerFound => Event::PeerFound,
+            RelayFrame::PeerLeft => Event::PeerLeft,
             RelayFrame::Error { code, reason } => {
-                self.fail(End::Relay { code, reason: crate::ui::sanitize(&reason).chars().take(200).collect() })
+                Event::Relay { code, reason: sanitize(&reason).chars().take(200).collect() }
             }
             RelayFrame::Signal(signal) => {
                 if self.recv_limit.check().is_err() {
-                    return self.fail(End::Protocol("the peer sent messages faster than allowed (flood)".into()));
-                }
-                match proto::decode(&signal) {
-                    Ok(msg) => self.on_peer(msg).await,
-                    Err(e) => self.fail(End::Protocol(format!("the peer sent a bad message: {e}"))),
-                }
-            }
-        }
-    }
-
-    async fn send_keys(&mut self) {
-        self.ui.status(Tone::Info, "peer found: exchanging keys");
-        let keys = KeyPair::generate();
-        let frame = match self.settings.version {
-            Version::Hardened2 => proto::commit_frame(&keys.commitment()),
-            Version::Legacy1 => proto::key_frame(keys.public(), false),
-        };
-        self.my_public = Some(*keys.public());
-        self.keys = Some(keys);
-        if self.send_frame(frame).await {
-            let _ = self.fire(Event::KeysSent);
-        }
-    }
-
-    async fn on_peer(&mut self, msg: PeerMsg) {
-        let legacy = self.settings.version == Version::Legacy1;
-        match msg {
-            PeerMsg::Commit { commit } => {
-                if self.fire(Event::PeerCommit) != Action::RevealKey {
-                    return;
-                }
-                if legacy {
-                    return self.fail(End::Protocol(
-                        "the peer speaks the hardened protocol (v2); run without --legacy-v1".into(),
+                    return Event::Deviation(End::Protocol(
+                        "the peer sent messages faster than allowed (flood)".into(),
                     ));
                 }
-                if self.peer_commit.replace(commit).is_some() {
-                    return self.fail(End::Protocol("the peer committed to a key twice".into()));
-                }
-                // Reveal only now that the peer is bound to its key.
-                let Some(mine) = self.my_public else { return };
-                self.send_frame(proto::key_frame(&mine, true)).await;
-            }
-            PeerMsg::Key { key, v2 } => {
-                if self.fire(Event::PeerKey) == Action::Establish {
-                    self.establish(key, v2).await;
-                }
-            }
-            PeerMsg::Msg { payload } => {
-                if self.fire(Event::PeerMsg) != Action::Show {
-                    return;
-                }
-                let Some(channel) = self.channel.as_mut() else { return };
-                match channel.open(&payload) {
-                    Ok(text) => self.ui.incoming(&text),
-                    Err(e) => self.fail(End::Security(e)),
+                match proto::decode(&signal) {
+                    Ok(PeerMsg::Commit { commit }) => Event::PeerCommit(commit),
+                    Ok(PeerMsg::Key { key, v2 }) => Event::PeerKey { key, v2 },
+                    Ok(PeerMsg::Msg { payload }) => Event::PeerRecord(payload),
+                    Err(e) => Event::Deviation(End::Protocol(format!("the peer sent a bad message: {e}"))),
                 }
             }
         }
     }
 
-    async fn establish(&mut self, key: Vec<u8>, v2: bool) {
-        let version = self.settings.version;
-        match (version, v2) {
-            (Version::Hardened2, false) => {
-                return self.fail(End::Protocol(
-                    "the peer speaks only the legacy v1 protocol (no verification code, no replay protection); \
-                     to talk to it anyway, both run with --legacy-v1"
-                        .into(),
-                ))
-            }
-            (Version::Legacy1, true) => {
-                return self
-                    .fail(End::Protocol("the peer speaks the hardened protocol (v2); run without --legacy-v1".into()))
-            }
-            _ => {}
-        }
-        let Ok(peer) = <PublicBytes>::try_from(key.as_slice()) else {
-            return self.fail(End::Security(CryptoError::BadKeyLength));
-        };
-        if version == Version::Hardened2 {
-            match self.peer_commit {
-                None => return self.fail(End::Protocol("the peer revealed its key before committing to it".into())),
-                Some(c) if c != crypto::commitment(&peer) => {
-                    return self.fail(End::Security(CryptoError::CommitMismatch))
-                }
-                Some(_) => {}
-            }
-        }
-        // The secret key is needed for nothing else: take it out so it is wiped right after.
-        let (Some(keys), Some(mine)) = (self.keys.take(), self.my_public) else { return };
-        let boxed = match keys.agree(&peer) {
-            Ok(b) => b,
-            Err(e) => return self.fail(End::Security(e)),
-        };
-        drop(keys);
-        self.channel = Some(Channel::new(boxed, version, &mine, &peer));
-        match version {
-            Version::Hardened2 => {
-                let code = crypto::verification_code(&mine, &peer);
-                self.ui.status(Tone::Good, "keys exchanged: end-to-end encrypted");
-                self.ui.verification(&code);
-                self.ui.status(
-                    Tone::Info,
-                    "compare this code with your peer (by voice or in person); if it differs, type /mismatch",
-                );
-                self.code = Some(code);
-            }
-            Version::Legacy1 => {
-                self.ui.status(Tone::Good, "keys exchanged: end-to-end encrypted (legacy v1)");
-                self.ui
-                    .status(Tone::Warn, "legacy v1 has no verification code: a relay in the middle cannot be detected");
-            }
-        }
-        while let Some(line) = self.queue.pop_front() {
-            if self.state != State::Connected {
-                return;
-            }
-            if self.fire(Event::UserLine) == Action::Send {
-                self.send_line(&line).await;
-            }
-        }
-        if self.eof_pending && self.state == State::Connected {
-            self.fail(End::EndOfInput);
-        }
-    }
-
-    /// DISCONNECTED: close the socket, wipe every secret.
+    /// DISCONNECTED: close the socket, show what was not sent, wipe the outbox.
     async fn teardown(&mut self) {
         if let Some(mut ws) = self.ws.take() {
             // Sends what is still buffered, then a close frame; bounded, the relay may be gone.
@@ -432,12 +386,15 @@ impl Session {
             })
             .await;
         }
-        self.channel = None;
-        self.keys = None;
-        self.peer_commit = None;
-        self.queue.clear();
-        if let Some(code) = self.code.as_mut() {
-            zeroize::Zeroize::zeroize(code);
+        self.unsent += self.outbox.len();
+        for line in self.outbox.drain(..) {
+            self.ui.unsent(&line);
         }
     }
+}
+
+/// Whether a close code is one the relay ends connections with (1001 and 4000-4999).
+fn is_relay_code(code: CloseCode) -> bool {
+    let n = u16::from(code);
+    n == 1001 || (4000..5000).contains(&n)
 }

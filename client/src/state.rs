@@ -1,257 +1,424 @@
-//! The session's state machine: the prototype's eight states, one transition function.
+//! The session's state machine: every protocol rule of a session, in one transition function.
 //!
-//! No I/O happens here. [`transition`] takes the current [`State`] and an
-//! [`Event`] and returns the next state with the [`Action`] the driver
-//! (`session`) must perform, or [`Unexpected`] for any pair not in the table
-//! below. The driver treats `Unexpected` as a protocol deviation: the session
-//! goes through DISCONNECTED to SESSION_DESTROYED.
+//! No I/O happens here. [`Machine::handle`] takes an [`Event`] (something the user, the relay
+//! or the peer did, already decoded) and returns the [`Action`]s the driver (`session`) must
+//! perform: frames to send, text to show, a connection to open. The states carry their data:
+//! the key pair exists only in KEY_SETUP, the peer's commitment only there, the channel and
+//! the verification code only in CONNECTED, the reason for the end only in DISCONNECTED. When a
+//! state is left its data is dropped, and every secret type wipes itself on drop.
 //!
-//! | state | event | next | action |
+//! Any (state, event) pair outside the table below is a protocol deviation: the machine moves to
+//! DISCONNECTED with "unexpected EVENT in state STATE". Once DISCONNECTED, the first reason
+//! stands: later events change nothing until the driver reports the teardown done (`Wiped`).
+//!
+//! | state | event | next | actions |
 //! |---|---|---|---|
 //! | INIT | Start | INPUT_VALIDATION | prompt for the room code |
-//! | INPUT_VALIDATION | CodeRejected | INPUT_VALIDATION | say why, prompt again |
-//! | INPUT_VALIDATION | CodeAccepted | SEARCHING | connect to the relay, JOIN |
-//! | SEARCHING | PeerFound | USER_FOUND | generate keys, send commitment (v2) or key (v1) |
-//! | USER_FOUND | KeysSent | KEY_SETUP | — |
-//! | KEY_SETUP | PeerCommit | KEY_SETUP | record it, reveal our key (v2) |
-//! | KEY_SETUP | PeerKey | CONNECTED | check it, derive the box, show the verification code, flush queued lines |
-//! | CONNECTED | PeerMsg | CONNECTED | decrypt, check, show |
-//! | CONNECTED | UserLine | CONNECTED | encrypt, send |
-//! | SEARCHING, USER_FOUND, KEY_SETUP | UserLine | same | queue until CONNECTED |
-//! | INPUT_VALIDATION … CONNECTED | PeerLeft, RelayError, NetworkError, Deviation, Quit | DISCONNECTED | close the socket, wipe |
-//! | DISCONNECTED | Wiped | SESSION_DESTROYED | show the reason, exit |
+//! | INPUT_VALIDATION | CodeTyped (invalid) | INPUT_VALIDATION | say why, prompt again |
+//! | INPUT_VALIDATION | CodeTyped (valid) | SEARCHING | connect to the relay, JOIN |
+//! | SEARCHING | PeerFound | KEY_SETUP | (USER_FOUND:) generate keys; send the commitment (v2) or the key (v1) |
+//! | KEY_SETUP | PeerCommit (v2, first) | KEY_SETUP | record it, reveal our key |
+//! | KEY_SETUP | PeerCommit (second, or v1) | DISCONNECTED | protocol |
+//! | KEY_SETUP | PeerKey | CONNECTED | check version, commitment and key; show the verification code |
+//! | KEY_SETUP | PeerKey (before the commitment, wrong version, bad key) | DISCONNECTED | protocol / security |
+//! | KEY_SETUP | Deadline (past it) | DISCONNECTED | protocol: the exchange took too long |
+//! | CONNECTED | PeerRecord (text) | CONNECTED | show it (after the peer finished: protocol) |
+//! | CONNECTED | PeerRecord (Done) | CONNECTED, or DISCONNECTED (Finished) if we are done too | say so |
+//! | CONNECTED | PeerRecord (Bye / Mismatch) | DISCONNECTED | peer left / security |
+//! | CONNECTED | PeerRecord (fails a check) | DISCONNECTED | security / protocol |
+//! | CONNECTED | Send | CONNECTED | seal, send |
+//! | CONNECTED | InputDone | CONNECTED (v2: send Done), DISCONNECTED if the peer is done too or v1 | |
+//! | CONNECTED | Quit | DISCONNECTED | send Bye (v2) |
+//! | CONNECTED | Mismatch | DISCONNECTED | send Mismatch (v2) |
+//! | SEARCHING, KEY_SETUP | Mismatch | same | say there is nothing to compare yet |
+//! | KEY_SETUP | PeerLeft | DISCONNECTED | the peer left early |
+//! | CONNECTED | PeerLeft | DISCONNECTED | peer left if it said Done (or v1), else peer lost |
+//! | SEARCHING … CONNECTED | Relay, NetworkError, Deviation | DISCONNECTED | |
+//! | INPUT_VALIDATION … CONNECTED | Quit | DISCONNECTED | |
+//! | INPUT_VALIDATION | InputDone | DISCONNECTED | bad input: no code |
+//! | any but DISCONNECTED | Deadline (not yet, or no deadline) | same | — |
+//! | DISCONNECTED | Wiped | SESSION_DESTROYED | exit |
+//! | DISCONNECTED | anything else | DISCONNECTED | — (the first reason stands) |
+//! | SESSION_DESTROYED | anything | SESSION_DESTROYED | — (nothing revives it) |
 
-use std::fmt;
+use crate::cli::parse_room_code;
+use crate::crypto::{self, Channel, CryptoError, KeyPair, Notice, Record, Version};
+use crate::end::End;
+use crate::proto;
+use crate::ui::Tone;
+use ghostwire_shared::RoomCode;
+use std::time::Duration;
+use tokio::time::Instant;
+use zeroize::Zeroizing;
 
-/// Where the session is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Time the peer has to complete the key exchange after PEER_FOUND.
+pub const KEY_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// KEY_SETUP's data: our key pair, and the peer's commitment once it arrives.
+pub struct KeySetup {
+    keys: KeyPair,
+    peer_commit: Option<[u8; 32]>,
+    deadline: Instant,
+}
+
+/// CONNECTED's data: the channel, the code to compare, and who has finished sending.
+pub struct Connected {
+    channel: Channel,
+    code: Option<Zeroizing<String>>,
+    me_done: bool,
+    peer_done: bool,
+}
+
+/// Where the session is, with what exists only there.
 pub enum State {
     /// Nothing has happened yet.
     Init,
     /// Waiting for a valid room code.
     InputValidation,
-    /// Connected to the relay, waiting for the peer.
+    /// Connecting to the relay and waiting there for the peer.
     Searching,
-    /// The relay paired us; keys not yet sent.
-    UserFound,
-    /// Keys sent; waiting for the peer's.
-    KeySetup,
+    /// Keys generated and our first key frame sent; waiting for the peer's.
+    KeySetup(Box<KeySetup>),
     /// Keys agreed: messages flow.
-    Connected,
-    /// Tearing down: socket closing, secrets being wiped.
-    Disconnected,
+    Connected(Box<Connected>),
+    /// Tearing down for this reason: socket closing, secrets being wiped.
+    Disconnected(End),
     /// Done. Nothing is left in memory.
     SessionDestroyed,
 }
 
-/// Something that happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Something that happened, as the driver decoded it.
 pub enum Event {
     /// The program started.
     Start,
-    /// A valid room code was entered.
-    CodeAccepted,
-    /// An invalid room code was entered.
-    CodeRejected,
+    /// The user typed a room code (validated here).
+    CodeTyped(Zeroizing<String>),
     /// The relay sent PEER_FOUND.
     PeerFound,
-    /// Our keys were generated and our first key frame sent (internal).
-    KeysSent,
     /// The peer's KEY_COMMIT arrived.
-    PeerCommit,
+    PeerCommit([u8; 32]),
     /// The peer's KEY_EXCHANGE arrived.
-    PeerKey,
-    /// The peer's MSG arrived.
-    PeerMsg,
-    /// The user entered a message.
-    UserLine,
+    PeerKey {
+        /// The key bytes, length unchecked.
+        key: Vec<u8>,
+        /// Marked `"v":2`.
+        v2: bool,
+    },
+    /// The peer's MSG arrived: nonce ‖ box.
+    PeerRecord(Vec<u8>),
+    /// The user's next line is due to be sent (the driver paces and queues them).
+    Send(Zeroizing<String>),
+    /// The user has nothing more to say (end of input; everything queued was sent).
+    InputDone,
+    /// The user quit (/quit, Ctrl-C, Ctrl-D at a terminal, a signal).
+    Quit,
+    /// The user reports that the verification codes differ.
+    Mismatch,
     /// The relay sent PEER_LEFT.
     PeerLeft,
-    /// The relay sent ERROR.
-    RelayError,
-    /// The connection to the relay failed or closed.
-    NetworkError,
-    /// A check below the state machine failed (crypto, decoding, flood).
-    Deviation,
-    /// The user quit (/quit, end of input, Ctrl-C).
-    Quit,
+    /// The relay ended the connection with a code (ERROR frame or close code).
+    Relay {
+        /// The code.
+        code: u16,
+        /// Its reason, sanitized.
+        reason: String,
+    },
+    /// The connection to the relay failed or closed without a code.
+    NetworkError(String),
+    /// A check below the machine failed (decoding, a flood): ends the session for this reason.
+    Deviation(End),
+    /// Time passed (the driver's timer for [`Machine::deadline`]).
+    Deadline(Instant),
     /// Teardown finished (internal).
     Wiped,
 }
 
-/// What the driver must do for a transition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the driver must do.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     /// Ask for the room code.
     PromptCode,
-    /// Explain the rejected code and ask again.
-    Reprompt,
-    /// Connect to the relay and JOIN.
-    Connect,
-    /// Generate keys and send the first key frame.
-    SendKeys,
-    /// Record the peer's commitment and reveal our key.
-    RevealKey,
-    /// Check the peer's key and establish the channel.
-    Establish,
-    /// Decrypt and show a message.
-    Show,
-    /// Encrypt and send the user's message.
-    Send,
-    /// Hold the user's message until CONNECTED.
-    Queue,
-    /// Nothing to do.
-    Nothing,
-    /// Close the socket and wipe every secret.
+    /// Say why the code was refused and ask again.
+    Reprompt(String),
+    /// Connect to the relay and JOIN this room.
+    Connect(RoomCode),
+    /// Send this frame to the relay.
+    Send(String),
+    /// Show a message from the peer.
+    Show(Zeroizing<String>),
+    /// Show a status line.
+    Say(Tone, String),
+    /// Show the verification code.
+    ShowCode(String),
+    /// Close the socket and wipe every secret (the reason is in DISCONNECTED).
     Teardown,
     /// Report the reason and exit.
     Exit,
 }
 
-/// A pair outside the table: a protocol deviation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unexpected {
-    /// The state it happened in.
-    pub state: State,
-    /// The event that does not belong there.
-    pub event: Event,
-}
-
-impl fmt::Display for Unexpected {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unexpected {:?} in state {}", self.event, self.state)
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl State {
+    /// The state's name, as the prototype's table spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
             State::Init => "INIT",
             State::InputValidation => "INPUT_VALIDATION",
             State::Searching => "SEARCHING",
-            State::UserFound => "USER_FOUND",
-            State::KeySetup => "KEY_SETUP",
-            State::Connected => "CONNECTED",
-            State::Disconnected => "DISCONNECTED",
+            State::KeySetup(_) => "KEY_SETUP",
+            State::Connected(_) => "CONNECTED",
+            State::Disconnected(_) => "DISCONNECTED",
             State::SessionDestroyed => "SESSION_DESTROYED",
-        })
+        }
     }
 }
 
-/// The one transition function.
-///
-/// # Errors
-/// [`Unexpected`] for every (state, event) pair not in the table.
-pub fn transition(state: State, event: Event) -> Result<(State, Action), Unexpected> {
-    use Event as E;
-    use State as S;
-    let live = matches!(state, S::InputValidation | S::Searching | S::UserFound | S::KeySetup | S::Connected);
-    Ok(match (state, event) {
-        (S::Init, E::Start) => (S::InputValidation, Action::PromptCode),
-        (S::InputValidation, E::CodeRejected) => (S::InputValidation, Action::Reprompt),
-        (S::InputValidation, E::CodeAccepted) => (S::Searching, Action::Connect),
-        (S::Searching, E::PeerFound) => (S::UserFound, Action::SendKeys),
-        (S::UserFound, E::KeysSent) => (S::KeySetup, Action::Nothing),
-        (S::KeySetup, E::PeerCommit) => (S::KeySetup, Action::RevealKey),
-        (S::KeySetup, E::PeerKey) => (S::Connected, Action::Establish),
-        (S::Connected, E::PeerMsg) => (S::Connected, Action::Show),
-        (S::Connected, E::UserLine) => (S::Connected, Action::Send),
-        (S::Searching | S::UserFound | S::KeySetup, E::UserLine) => (state, Action::Queue),
-        (_, E::PeerLeft | E::RelayError | E::NetworkError | E::Deviation | E::Quit) if live => {
-            (S::Disconnected, Action::Teardown)
+impl Event {
+    /// The event's name, for "unexpected EVENT in state STATE".
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Start => "Start",
+            Event::CodeTyped(_) => "CodeTyped",
+            Event::PeerFound => "PeerFound",
+            Event::PeerCommit(_) => "PeerCommit",
+            Event::PeerKey { .. } => "PeerKey",
+            Event::PeerRecord(_) => "PeerRecord",
+            Event::Send(_) => "Send",
+            Event::InputDone => "InputDone",
+            Event::Quit => "Quit",
+            Event::Mismatch => "Mismatch",
+            Event::PeerLeft => "PeerLeft",
+            Event::Relay { .. } => "Relay",
+            Event::NetworkError(_) => "NetworkError",
+            Event::Deviation(_) => "Deviation",
+            Event::Deadline(_) => "Deadline",
+            Event::Wiped => "Wiped",
         }
-        (S::Disconnected, E::Wiped) => (S::SessionDestroyed, Action::Exit),
-        _ => return Err(Unexpected { state, event }),
-    })
+    }
+}
+
+/// The session: a protocol version and the current state.
+pub struct Machine {
+    version: Version,
+    state: State,
+}
+
+const V1_ONLY: &str = "the peer speaks only the legacy v1 protocol (no verification code, no replay protection); \
+                       to talk to it anyway, both run with --legacy-v1";
+const V2_ONLY: &str = "the peer speaks the hardened protocol (v2); run without --legacy-v1";
+
+impl Machine {
+    /// A machine in INIT speaking `version`.
+    pub fn new(version: Version) -> Machine {
+        Machine { version, state: State::Init }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// When the driver must send [`Event::Deadline`] next, if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::KeySetup(ks) => Some(ks.deadline),
+            _ => None,
+        }
+    }
+
+    /// Whether a user line can be sent now (connected, and we have not said we are done).
+    pub fn can_send(&self) -> bool {
+        matches!(&self.state, State::Connected(c) if !c.me_done)
+    }
+
+    /// Whether the relay or the peer is involved yet (there is a socket to watch).
+    pub fn online(&self) -> bool {
+        matches!(self.state, State::Searching | State::KeySetup(_) | State::Connected(_))
+    }
+
+    /// The verification code, once the keys are exchanged (v2).
+    pub fn code(&self) -> Option<&str> {
+        match &self.state {
+            State::Connected(c) => c.code.as_deref().map(String::as_str),
+            _ => None,
+        }
+    }
+
+    /// The reason the session ended, once DISCONNECTED or later.
+    pub fn end(&self) -> Option<&End> {
+        match &self.state {
+            State::Disconnected(end) => Some(end),
+            _ => None,
+        }
+    }
+
+    /// The one transition function: applies `event` and says what to do.
+    pub fn handle(&mut self, event: Event) -> Vec<Action> {
+        let state = std::mem::replace(&mut self.state, State::SessionDestroyed);
+        let (next, actions) = self.transition(state, event);
+        self.state = next;
+        actions
+    }
+
+    fn transition(&self, state: State, event: Event) -> (State, Vec<Action>) {
+        use Event as E;
+        use State as S;
+        let v2 = self.version == Version::Hardened2;
+        match (state, event) {
+            (S::Init, E::Start) => (S::InputValidation, vec![Action::PromptCode]),
+            (S::InputValidation, E::CodeTyped(typed)) => match parse_room_code(&typed) {
+                Ok(code) => (S::Searching, vec![Action::Connect(code)]),
+                Err(why) => (S::InputValidation, vec![Action::Reprompt(why)]),
+            },
+            (S::InputValidation, E::InputDone) => end(End::BadInput("no valid room code was given".into())),
+            (S::Searching, E::PeerFound) => {
+                let keys = KeyPair::generate();
+                let frame =
+                    if v2 { proto::commit_frame(&keys.commitment()) } else { proto::key_frame(keys.public(), false) };
+                let deadline = Instant::now() + KEY_SETUP_TIMEOUT;
+                let ks = KeySetup { keys, peer_commit: None, deadline };
+                let say = Action::Say(Tone::Info, "peer found: exchanging keys".into());
+                (S::KeySetup(Box::new(ks)), vec![say, Action::Send(frame)])
+            }
+            (S::KeySetup(_), E::PeerCommit(_)) if !v2 => end(End::Protocol(V2_ONLY.into())),
+            (S::KeySetup(ks), E::PeerCommit(_)) if ks.peer_commit.is_some() => {
+                end(End::Protocol("the peer committed to a key twice".into()))
+            }
+            (S::KeySetup(mut ks), E::PeerCommit(commit)) => {
+                // Reveal only now that the peer is bound to its key.
+                ks.peer_commit = Some(commit);
+                let reveal = proto::key_frame(ks.keys.public(), true);
+                (S::KeySetup(ks), vec![Action::Send(reveal)])
+            }
+            (S::KeySetup(ks), E::PeerKey { key, v2: marked }) => match self.establish(*ks, &key, marked) {
+                Ok((connected, actions)) => (S::Connected(Box::new(connected)), actions),
+                Err(why) => end(why),
+            },
+            (S::KeySetup(ks), E::Deadline(now)) if now >= ks.deadline => {
+                end(End::Protocol("the peer did not complete the key exchange in time".into()))
+            }
+            (S::KeySetup(_), E::PeerLeft) => end(End::PeerLeftEarly),
+            (S::Connected(c), E::PeerRecord(payload)) => self.on_record(c, &payload),
+            (S::Connected(mut c), E::Send(text)) if !c.me_done => {
+                let frame = proto::msg_frame(&c.channel.seal(&text));
+                (S::Connected(c), vec![Action::Send(frame)])
+            }
+            (S::Connected(mut c), E::InputDone) if !c.me_done => match c.channel.seal_notice(Notice::Done) {
+                None => end(End::EndOfInput),
+                Some(sealed) => {
+                    let send = Action::Send(proto::msg_frame(&sealed));
+                    if c.peer_done {
+                        (S::Disconnected(End::Finished), vec![send, Action::Teardown])
+                    } else {
+                        c.me_done = true;
+                        let say = Action::Say(
+                            Tone::Info,
+                            "everything was sent; waiting for your peer to finish (Ctrl-C to leave now)".into(),
+                        );
+                        (S::Connected(c), vec![send, say])
+                    }
+                }
+            },
+            (S::Connected(mut c), E::Quit) => leave(&mut c, Notice::Bye, End::Quit),
+            (S::Connected(mut c), E::Mismatch) => leave(&mut c, Notice::Mismatch, End::VerificationMismatch),
+            (state @ (S::Searching | S::KeySetup(_)), E::Mismatch) => {
+                (state, vec![Action::Say(Tone::Info, "nothing to compare yet: keys are not exchanged".into())])
+            }
+            (S::Connected(c), E::PeerLeft) if c.peer_done || !v2 => end(End::PeerLeft),
+            (S::Connected(_), E::PeerLeft) => {
+                end(End::PeerLost("it left without saying goodbye (its connection to the relay broke)".into()))
+            }
+            (state @ (S::Searching | S::KeySetup(_) | S::Connected(_)), E::Relay { code, reason }) => {
+                let paired = !matches!(state, S::Searching);
+                end(End::Relay { code, reason, paired })
+            }
+            (S::Searching | S::KeySetup(_) | S::Connected(_), E::NetworkError(why)) => end(End::Network(why)),
+            (S::Searching | S::KeySetup(_) | S::Connected(_), E::Deviation(why)) => end(why),
+            (S::InputValidation | S::Searching | S::KeySetup(_), E::Quit) => end(End::Quit),
+            (S::Disconnected(_), E::Wiped) => (S::SessionDestroyed, vec![Action::Exit]),
+            (state @ S::Disconnected(_), _) => (state, vec![]),
+            (S::SessionDestroyed, _) => (S::SessionDestroyed, vec![]),
+            (state, E::Deadline(_)) => (state, vec![]),
+            (state, event) => end(End::Protocol(format!("unexpected {} in state {}", event.name(), state.name()))),
+        }
+    }
+
+    /// KEY_SETUP → CONNECTED: every check on the peer's key, then the channel.
+    fn establish(&self, ks: KeySetup, key: &[u8], marked_v2: bool) -> Result<(Connected, Vec<Action>), End> {
+        let version = self.version;
+        match (version, marked_v2) {
+            (Version::Hardened2, false) => return Err(End::Protocol(V1_ONLY.into())),
+            (Version::Legacy1, true) => return Err(End::Protocol(V2_ONLY.into())),
+            _ => {}
+        }
+        let peer: crypto::PublicBytes = key.try_into().map_err(|_| End::Security(CryptoError::BadKeyLength))?;
+        if version == Version::Hardened2 {
+            match ks.peer_commit {
+                None => return Err(End::Protocol("the peer revealed its key before committing to it".into())),
+                Some(c) if c != crypto::commitment(&peer) => return Err(End::Security(CryptoError::CommitMismatch)),
+                Some(_) => {}
+            }
+        }
+        let mine = *ks.keys.public();
+        let boxed = ks.keys.agree(&peer).map_err(End::Security)?;
+        // `ks` (the secret key) is dropped, and wiped, when this function returns.
+        let channel = Channel::new(boxed, version, &mine, &peer);
+        let (code, actions) = match version {
+            Version::Hardened2 => {
+                let code = Zeroizing::new(crypto::verification_code(&mine, &peer));
+                let actions = vec![
+                    Action::Say(Tone::Good, "keys exchanged: end-to-end encrypted".into()),
+                    Action::ShowCode(code.to_string()),
+                    Action::Say(
+                        Tone::Info,
+                        "compare this code with your peer (by voice or in person); if it differs, type /mismatch"
+                            .into(),
+                    ),
+                ];
+                (Some(code), actions)
+            }
+            Version::Legacy1 => (
+                None,
+                vec![
+                    Action::Say(Tone::Good, "keys exchanged: end-to-end encrypted (legacy v1)".into()),
+                    Action::Say(
+                        Tone::Warn,
+                        "legacy v1 has no verification code: a relay in the middle cannot be detected".into(),
+                    ),
+                ],
+            ),
+        };
+        Ok((Connected { channel, code, me_done: false, peer_done: false }, actions))
+    }
+
+    /// A record from the peer in CONNECTED.
+    fn on_record(&self, mut c: Box<Connected>, payload: &[u8]) -> (State, Vec<Action>) {
+        match c.channel.open(payload) {
+            Err(e) => end(End::Security(e)),
+            Ok(_) if c.peer_done => end(End::Protocol("the peer sent more after saying it had finished".into())),
+            Ok(Record::Text(text)) => (State::Connected(c), vec![Action::Show(text)]),
+            Ok(Record::Notice(Notice::Done)) if c.me_done => end(End::Finished),
+            Ok(Record::Notice(Notice::Done)) => {
+                c.peer_done = true;
+                let say = Action::Say(Tone::Info, "your peer has finished sending (end of its input)".into());
+                (State::Connected(c), vec![say])
+            }
+            Ok(Record::Notice(Notice::Bye)) => end(End::PeerLeft),
+            Ok(Record::Notice(Notice::Mismatch)) => end(End::PeerMismatch),
+        }
+    }
+}
+
+/// To DISCONNECTED for `why`.
+fn end(why: End) -> (State, Vec<Action>) {
+    (State::Disconnected(why), vec![Action::Teardown])
+}
+
+/// Leaves CONNECTED for `why`, telling the peer first (v2).
+fn leave(c: &mut Connected, notice: Notice, why: End) -> (State, Vec<Action>) {
+    let mut actions: Vec<Action> =
+        c.channel.seal_notice(notice).map(|s| Action::Send(proto::msg_frame(&s))).into_iter().collect();
+    actions.push(Action::Teardown);
+    (State::Disconnected(why), actions)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    const STATES: [State; 8] = [
-        State::Init,
-        State::InputValidation,
-        State::Searching,
-        State::UserFound,
-        State::KeySetup,
-        State::Connected,
-        State::Disconnected,
-        State::SessionDestroyed,
-    ];
-    const EVENTS: [Event; 15] = [
-        Event::Start,
-        Event::CodeAccepted,
-        Event::CodeRejected,
-        Event::PeerFound,
-        Event::KeysSent,
-        Event::PeerCommit,
-        Event::PeerKey,
-        Event::PeerMsg,
-        Event::UserLine,
-        Event::PeerLeft,
-        Event::RelayError,
-        Event::NetworkError,
-        Event::Deviation,
-        Event::Quit,
-        Event::Wiped,
-    ];
-
-    /// The table from the module documentation, written out independently of `transition`.
-    fn table() -> HashMap<(State, Event), (State, Action)> {
-        use Event as E;
-        use State as S;
-        let mut t = HashMap::new();
-        t.insert((S::Init, E::Start), (S::InputValidation, Action::PromptCode));
-        t.insert((S::InputValidation, E::CodeRejected), (S::InputValidation, Action::Reprompt));
-        t.insert((S::InputValidation, E::CodeAccepted), (S::Searching, Action::Connect));
-        t.insert((S::Searching, E::PeerFound), (S::UserFound, Action::SendKeys));
-        t.insert((S::UserFound, E::KeysSent), (S::KeySetup, Action::Nothing));
-        t.insert((S::KeySetup, E::PeerCommit), (S::KeySetup, Action::RevealKey));
-        t.insert((S::KeySetup, E::PeerKey), (S::Connected, Action::Establish));
-        t.insert((S::Connected, E::PeerMsg), (S::Connected, Action::Show));
-        t.insert((S::Connected, E::UserLine), (S::Connected, Action::Send));
-        for s in [S::Searching, S::UserFound, S::KeySetup] {
-            t.insert((s, E::UserLine), (s, Action::Queue));
-        }
-        for s in [S::InputValidation, S::Searching, S::UserFound, S::KeySetup, S::Connected] {
-            for e in [E::PeerLeft, E::RelayError, E::NetworkError, E::Deviation, E::Quit] {
-                t.insert((s, e), (S::Disconnected, Action::Teardown));
-            }
-        }
-        t.insert((S::Disconnected, E::Wiped), (S::SessionDestroyed, Action::Exit));
-        t
-    }
-
-    #[test]
-    fn every_state_event_pair() {
-        let table = table();
-        let mut allowed = 0;
-        for s in STATES {
-            for e in EVENTS {
-                match (transition(s, e), table.get(&(s, e))) {
-                    (Ok(got), Some(want)) => {
-                        assert_eq!(got, *want, "{s} + {e:?}");
-                        allowed += 1;
-                    }
-                    (Err(u), None) => assert_eq!(u, Unexpected { state: s, event: e }),
-                    (got, want) => panic!("{s} + {e:?}: got {got:?}, table says {want:?}"),
-                }
-            }
-        }
-        assert_eq!(allowed, table.len());
-        assert_eq!(STATES.len() * EVENTS.len(), 120);
-    }
-
-    #[test]
-    fn every_path_ends_destroyed() {
-        // From every live state, a teardown event leads through DISCONNECTED to SESSION_DESTROYED.
-        for s in STATES {
-            if let Ok((State::Disconnected, Action::Teardown)) = transition(s, Event::Quit) {
-                assert_eq!(transition(State::Disconnected, Event::Wiped), Ok((State::SessionDestroyed, Action::Exit)));
-            }
-        }
-        assert!(transition(State::SessionDestroyed, Event::Quit).is_err(), "nothing revives a destroyed session");
-    }
-}
+mod tests;

@@ -1,23 +1,35 @@
-//! The two front ends: an interactive line editor, and plain pipes for scripts.
+//! The three front ends: a line editor, a plain terminal, and pipes for scripts.
 //!
-//! Input is read on its own thread (rustyline's `readline` blocks) and arrives
-//! at the session as [`Input`] values over a channel. Output goes through
-//! [`Ui`]: in interactive mode through rustyline's external printer, so that
-//! incoming messages appear above the line being typed without disturbing it;
-//! in piped mode received messages go to stdout, one per line, and status lines
-//! to stderr.
+//! Input is read on its own thread (reading blocks) and reaches the session as [`Input`] values
+//! over a channel; the session never waits for the thread, so Ctrl-C and the relay are always
+//! heard. Which front end runs:
 //!
-//! rustyline keeps no history here: its history entries are plain `String`s that
-//! cannot be wiped, and it is built without file history, so nothing typed is
-//! kept beyond the line being edited.
+//! * **editor** (stdin and stdout are terminals the line editor can drive): rustyline, so that
+//!   messages from the peer appear above the line being typed without disturbing it. It is
+//!   built with `buffer-redux`, which keeps what was typed ahead or pasted between two lines.
+//!   A bracketed paste of several lines becomes one message per line. A line over the length
+//!   limit goes back into the editor to be shortened.
+//! * **plain** (a terminal the editor cannot drive, e.g. `TERM=dumb`): the terminal's own line
+//!   input; the same commands; output as plain lines.
+//! * **piped** (stdin or stdout is not a terminal): each stdin line is a message; received
+//!   messages go to stdout one per line, status lines to stderr; end of input means "nothing
+//!   more to say", not "hang up" (see `session`).
+//!
+//! Lines read by the plain and piped front ends go through one fixed-size buffer that is wiped
+//! when the reader ends, and each line is a `Zeroizing` string. rustyline keeps no history here
+//! and is built without file history. What it copies internally (its line buffer, its kill ring,
+//! the printer's queue) cannot be wiped from outside; those copies live in memory the client
+//! locks when the system allows it (see `harden`).
 
+use crate::session::MAX_MESSAGE_CHARS;
 use owo_colors::{OwoColorize, Stream};
 use rustyline::error::ReadlineError;
 use rustyline::ExternalPrinter;
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::sync::{mpsc as std_mpsc, Mutex};
 use tokio::sync::mpsc;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Something the user did.
 pub enum Input {
@@ -27,14 +39,16 @@ pub enum Input {
     Line(Zeroizing<String>),
     /// A slash command.
     Command(Command),
-    /// End of input (Ctrl-D, or the end of stdin).
+    /// A line that cannot be sent (too long, not UTF-8), already described for the user.
+    Refused(String),
+    /// End of input: Ctrl-D at a terminal, or the end of stdin.
     Eof,
 }
 
 /// The slash commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `/quit`
+    /// `/quit`, `/exit`, or Ctrl-C in the editor.
     Quit,
     /// `/verify`
     Verify,
@@ -42,7 +56,7 @@ pub enum Command {
     Help,
     /// `/mismatch`
     Mismatch,
-    /// Anything else starting with `/`.
+    /// Anything else starting with a single `/`.
     Unknown(String),
 }
 
@@ -56,10 +70,11 @@ pub enum Verdict {
 
 /// The help text for `/help`.
 pub const HELP: &str = "commands: /verify shows the verification code again · /mismatch ends the session if the \
-codes differ (someone may be in the middle) · /quit ends the session · anything else is sent to your peer";
+codes differ (someone may be in the middle) · /quit ends the session (so does Ctrl-C or Ctrl-D) · \
+anything else is sent to your peer; to send a line that starts with /, type it as //";
 
 /// How a status line looks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tone {
     /// Progress.
     Info,
@@ -71,17 +86,33 @@ pub enum Tone {
     Bad,
 }
 
+/// Which front end is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The line editor on a terminal.
+    Editor,
+    /// A terminal the editor cannot drive: plain line input.
+    Plain,
+    /// Pipes or files: scriptable.
+    Piped,
+}
+
 /// Where output goes.
 pub struct Ui {
+    mode: Mode,
     printer: Option<Mutex<Box<dyn ExternalPrinter + Send>>>,
 }
 
-fn parse_command(line: &str) -> Option<Command> {
+/// Classifies one line a person or script gave: a command, or a message (`//x` sends `/x`).
+fn classify(line: Zeroizing<String>) -> Input {
+    if line.starts_with("//") {
+        return Input::Line(Zeroizing::new(line[1..].to_owned()));
+    }
     let word = line.trim();
     if !word.starts_with('/') {
-        return None;
+        return Input::Line(line);
     }
-    Some(match word {
+    Input::Command(match word {
         "/quit" | "/exit" => Command::Quit,
         "/verify" => Command::Verify,
         "/help" => Command::Help,
@@ -92,37 +123,60 @@ fn parse_command(line: &str) -> Option<Command> {
 
 /// Replaces control characters (but tab) so a peer cannot drive the terminal with escape sequences.
 pub fn sanitize(text: &str) -> Zeroizing<String> {
-    Zeroizing::new(text.chars().map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c }).collect())
+    let mut out = Zeroizing::new(String::with_capacity(text.len()));
+    out.extend(text.chars().map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c }));
+    out
+}
+
+/// Why a line is too long to send, if it is.
+fn too_long(line: &str) -> Option<usize> {
+    let chars = line.chars().count();
+    (chars > MAX_MESSAGE_CHARS).then_some(chars)
 }
 
 impl Ui {
-    /// Starts the input thread. `interactive` chooses the line editor; `need_code` makes the first
-    /// inputs room codes until one is accepted (answered through the returned verdict sender).
+    /// Starts the input thread for the front end that fits: the editor when `terminal` (stdin
+    /// and stdout are terminals) and it can drive it, else plain terminal input; pipes when not
+    /// `terminal`. `need_code` makes the first inputs room codes until one is accepted (answered
+    /// through the returned verdict sender). Also returns a warning to show, if any.
     pub fn start(
-        interactive: bool,
+        terminal: bool,
         need_code: bool,
-    ) -> Result<(Ui, mpsc::Receiver<Input>, std_mpsc::Sender<Verdict>), String> {
+    ) -> (Ui, mpsc::Receiver<Input>, std_mpsc::Sender<Verdict>, Option<String>) {
         let (tx, rx) = mpsc::channel(64);
         let (verdict_tx, verdict_rx) = std_mpsc::channel();
-        let printer = if interactive {
-            let config = rustyline::Config::builder().auto_add_history(false).build();
-            let mut editor = rustyline::DefaultEditor::with_config(config)
-                .map_err(|e| format!("cannot set up the terminal: {e}"))?;
-            let printer = editor.create_external_printer().map_err(|e| format!("cannot set up the terminal: {e}"))?;
-            std::thread::spawn(move || read_interactive(editor, need_code, tx, verdict_rx));
-            Some(Mutex::new(Box::new(printer) as Box<dyn ExternalPrinter + Send>))
-        } else {
-            std::thread::spawn(move || read_piped(need_code, tx, verdict_rx));
-            None
-        };
-        Ok((Ui { printer }, rx, verdict_tx))
+        let mut warning = None;
+        if terminal {
+            match editor() {
+                Ok((editor, printer)) => {
+                    std::thread::spawn(move || read_editor(editor, need_code, tx, verdict_rx));
+                    let printer = Some(Mutex::new(printer));
+                    return (Ui { mode: Mode::Editor, printer }, rx, verdict_tx, None);
+                }
+                Err(e) => {
+                    warning = Some(format!("the line editor cannot drive this terminal ({e}): using plain line input"))
+                }
+            }
+        }
+        let mode = if terminal { Mode::Plain } else { Mode::Piped };
+        std::thread::spawn(move || read_lines(mode, need_code, tx, verdict_rx));
+        (Ui { mode, printer: None }, rx, verdict_tx, warning)
     }
 
-    fn emit(&self, line: String, to_stdout: bool) {
+    /// The front end in use.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn emit(&self, line: &str, to_stdout: bool) {
         match &self.printer {
             Some(p) => {
                 if let Ok(mut p) = p.lock() {
-                    let _ = p.print(format!("{line}\n"));
+                    let mut copy = Zeroizing::new(String::with_capacity(line.len() + 1));
+                    copy.push_str(line);
+                    copy.push('\n');
+                    // The printer takes ownership; its copy is rustyline's (see the module docs).
+                    let _ = p.print(std::mem::take(&mut *copy));
                 }
             }
             None if to_stdout => {
@@ -134,7 +188,7 @@ impl Ui {
         }
     }
 
-    /// A status line (stderr in piped mode).
+    /// A status line (stderr unless the editor shows it).
     pub fn status(&self, tone: Tone, text: &str) {
         let line = match tone {
             Tone::Info => format!("{}", format!("· {text}").if_supports_color(Stream::Stderr, |t| t.cyan())),
@@ -142,36 +196,61 @@ impl Ui {
             Tone::Warn => format!("{}", format!("! {text}").if_supports_color(Stream::Stderr, |t| t.yellow())),
             Tone::Bad => format!("{}", format!("✗ {text}").if_supports_color(Stream::Stderr, |t| t.red())),
         };
-        self.emit(line, false);
+        self.emit(&line, false);
     }
 
     /// The verification code, on its own line starting `verification code: `.
     pub fn verification(&self, code: &str) {
         let line = format!("verification code: {code}");
-        self.emit(format!("{}", line.if_supports_color(Stream::Stderr, |t| t.bold())), false);
+        self.emit(&format!("{}", line.if_supports_color(Stream::Stderr, |t| t.bold())), false);
     }
 
-    /// A message from the peer: verbatim on stdout in piped mode, labelled in interactive mode.
+    /// A message from the peer: verbatim on stdout when piped, labelled at a terminal.
     pub fn incoming(&self, text: &str) {
         let clean = sanitize(text);
-        if self.printer.is_some() {
-            let label = "peer:".if_supports_color(Stream::Stdout, |t| t.magenta()).to_string();
-            self.emit(format!("{label} {}", clean.as_str()), true);
-        } else {
-            self.emit(clean.as_str().to_owned(), true);
+        if self.mode == Mode::Piped {
+            return self.emit(&clean, true);
         }
+        let label = "peer:".if_supports_color(Stream::Stdout, |t| t.magenta()).to_string();
+        let mut line = Zeroizing::new(String::with_capacity(label.len() + 1 + clean.len()));
+        line.push_str(&label);
+        line.push(' ');
+        line.push_str(&clean);
+        self.emit(&line, true);
     }
 
-    /// Whether this is the interactive front end.
-    pub fn interactive(&self) -> bool {
-        self.printer.is_some()
+    /// A line the user gave that was not sent, shown with its text so nothing is lost unseen.
+    pub fn unsent(&self, text: &str) {
+        let clean = sanitize(text);
+        let mut line = Zeroizing::new(String::with_capacity(10 + clean.len()));
+        line.push_str("not sent: ");
+        line.push_str(&clean);
+        self.status(Tone::Warn, &line);
     }
+}
+
+type Editor = rustyline::DefaultEditor;
+
+/// The line editor and its printer, if this terminal supports them.
+fn editor() -> Result<(Editor, Box<dyn ExternalPrinter + Send>), String> {
+    let config = rustyline::Config::builder().auto_add_history(false).max_history_size(0).map_err(|e| e.to_string())?;
+    let mut editor = Editor::with_config(config.build()).map_err(|e| e.to_string())?;
+    // rustyline refuses (ENOTTY) a terminal it cannot drive, such as TERM=dumb.
+    let printer = editor.create_external_printer().map_err(|e| match e {
+        ReadlineError::Errno(errno) if errno as i32 == nix::libc::ENOTTY => "unsupported terminal".to_owned(),
+        other => other.to_string(),
+    })?;
+    Ok((editor, Box::new(printer)))
 }
 
 /// Hands a typed room code to the session and waits for its verdict: `Some(true)` accepted,
 /// `Some(false)` rejected (the reason is shown; ask again), `None` the session is gone.
-fn submit_code(line: String, tx: &mpsc::Sender<Input>, verdicts: &std_mpsc::Receiver<Verdict>) -> Option<bool> {
-    tx.blocking_send(Input::Code(Zeroizing::new(line))).ok()?;
+fn submit_code(
+    line: Zeroizing<String>,
+    tx: &mpsc::Sender<Input>,
+    verdicts: &std_mpsc::Receiver<Verdict>,
+) -> Option<bool> {
+    tx.blocking_send(Input::Code(line)).ok()?;
     match verdicts.recv().ok()? {
         Verdict::Accepted => Some(true),
         Verdict::Rejected(why) => {
@@ -181,61 +260,170 @@ fn submit_code(line: String, tx: &mpsc::Sender<Input>, verdicts: &std_mpsc::Rece
     }
 }
 
-/// A typed line as input: a slash command, or a message.
-fn classify(line: String) -> Input {
-    let line = Zeroizing::new(line);
-    match parse_command(&line) {
-        Some(cmd) => Input::Command(cmd),
-        None => Input::Line(line),
-    }
-}
-
-fn read_interactive(
-    mut editor: rustyline::DefaultEditor,
-    need_code: bool,
-    tx: mpsc::Sender<Input>,
-    verdicts: std_mpsc::Receiver<Verdict>,
-) {
+fn read_editor(mut editor: Editor, need_code: bool, tx: mpsc::Sender<Input>, verdicts: std_mpsc::Receiver<Verdict>) {
+    let ended = |e: ReadlineError| match e {
+        ReadlineError::Interrupted => Input::Command(Command::Quit),
+        _ => Input::Eof,
+    };
     if need_code {
         loop {
             match editor.readline("room code: ") {
-                Ok(line) => match submit_code(line, &tx, &verdicts) {
+                Ok(line) => match submit_code(Zeroizing::new(line), &tx, &verdicts) {
                     Some(true) => break,
                     Some(false) => continue,
                     None => return,
                 },
-                Err(ReadlineError::Interrupted) => {
-                    let _ = tx.blocking_send(Input::Command(Command::Quit));
-                    return;
-                }
-                Err(_) => {
-                    let _ = tx.blocking_send(Input::Eof);
+                Err(e) => {
+                    let _ = tx.blocking_send(ended(e));
                     return;
                 }
             }
         }
     }
+    // Text put back into the editor: a line over the limit, with whatever was pasted after it.
+    let mut again: Option<Zeroizing<String>> = None;
     loop {
-        let input = match editor.readline("> ") {
-            Ok(line) => classify(line),
-            Err(ReadlineError::Interrupted) => Input::Command(Command::Quit),
-            Err(_) => Input::Eof,
+        let read = match again.take() {
+            Some(text) => editor.readline_with_initial("> ", (&text, "")),
+            None => editor.readline("> "),
         };
-        let last = matches!(input, Input::Eof | Input::Command(Command::Quit));
-        if tx.blocking_send(input).is_err() || last {
-            return;
+        let text = match read {
+            Ok(text) => Zeroizing::new(text),
+            Err(e) => {
+                let _ = tx.blocking_send(ended(e));
+                return;
+            }
+        };
+        // A bracketed paste arrives as one "line" holding newlines: one message per line.
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let (line, after) = rest.split_once(['\n', '\r']).unwrap_or((rest, ""));
+            if let Some(chars) = too_long(line) {
+                eprintln!(
+                    "! not sent: {chars} characters, the limit is {MAX_MESSAGE_CHARS}; shorten it and press Enter"
+                );
+                again = Some(Zeroizing::new(rest.to_owned()));
+                break;
+            }
+            rest = after;
+            if line.is_empty() {
+                continue;
+            }
+            let input = classify(Zeroizing::new(line.to_owned()));
+            let quit = matches!(input, Input::Command(Command::Quit));
+            if tx.blocking_send(input).is_err() || quit {
+                return;
+            }
         }
     }
 }
 
-fn read_piped(need_code: bool, tx: mpsc::Sender<Input>, verdicts: std_mpsc::Receiver<Verdict>) {
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+/// Lines from stdin through one wiped buffer. A line longer than the buffer is refused whole.
+struct LineReader {
+    input: std::fs::File,
+    buf: Zeroizing<Vec<u8>>,
+    /// Bytes in `buf[..filled]` not yet returned.
+    filled: usize,
+    eof: bool,
+    /// 1-based number of the next line.
+    number: usize,
+}
+
+/// Enough for the longest message (1000 characters of up to 4 bytes) and a command.
+const LINE_BUFFER: usize = 8 * 1024;
+
+enum Line {
+    Text(Zeroizing<String>),
+    Bad(String),
+}
+
+impl LineReader {
+    fn new() -> std::io::Result<LineReader> {
+        let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+        Ok(LineReader { input, buf: Zeroizing::new(vec![0; LINE_BUFFER]), filled: 0, eof: false, number: 1 })
+    }
+
+    /// The next line (without its `\n` or `\r\n`), or `None` at the end of input.
+    fn next(&mut self) -> Option<Line> {
+        let mut overlong = false;
+        loop {
+            if let Some(end) = self.buf[..self.filled].iter().position(|b| *b == b'\n') {
+                let line = self.take(end, 1);
+                if overlong {
+                    return Some(self.bad("is too long to send"));
+                }
+                return Some(line);
+            }
+            if self.eof {
+                if self.filled == 0 && !overlong {
+                    return None;
+                }
+                let line = self.take(self.filled, 0);
+                return Some(if overlong { self.bad("is too long to send") } else { line });
+            }
+            if self.filled == self.buf.len() {
+                // No newline in a full buffer: the line is over any limit; drop it, keep reading.
+                overlong = true;
+                self.buf.zeroize();
+                self.filled = 0;
+            }
+            match self.input.read(&mut self.buf[self.filled..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => self.eof = true,
+            }
+        }
+    }
+
+    /// Takes `len` bytes as a line and drops `skip` more (the newline), wiping what moved.
+    fn take(&mut self, len: usize, skip: usize) -> Line {
+        let number = self.number;
+        self.number += 1;
+        let raw = &self.buf[..len];
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = match std::str::from_utf8(raw) {
+            Ok(text) => {
+                let mut s = Zeroizing::new(String::with_capacity(text.len()));
+                s.push_str(text);
+                Line::Text(s)
+            }
+            Err(_) => Line::Bad(format!("line {number} not sent: it is not valid UTF-8")),
+        };
+        let used = len + skip;
+        self.buf.copy_within(used..self.filled, 0);
+        let filled = self.filled - used;
+        self.buf[filled..self.filled].zeroize();
+        self.filled = filled;
+        line
+    }
+
+    fn bad(&self, what: &str) -> Line {
+        Line::Bad(format!("line {} not sent: it {what}", self.number - 1))
+    }
+}
+
+/// The plain-terminal and piped front ends: one line at a time from stdin.
+fn read_lines(mode: Mode, need_code: bool, tx: mpsc::Sender<Input>, verdicts: std_mpsc::Receiver<Verdict>) {
+    let Ok(mut reader) = LineReader::new() else {
+        let _ = tx.blocking_send(Input::Eof);
+        return;
+    };
     if need_code {
         loop {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = tx.blocking_send(Input::Eof);
-                return;
+            if mode == Mode::Plain {
+                eprint!("room code: ");
+            }
+            let line = match reader.next() {
+                Some(Line::Text(line)) => line,
+                Some(Line::Bad(why)) => {
+                    eprintln!("{why}");
+                    continue;
+                }
+                None => {
+                    let _ = tx.blocking_send(Input::Eof);
+                    return;
+                }
             };
             match submit_code(line, &tx, &verdicts) {
                 Some(true) => break,
@@ -244,11 +432,48 @@ fn read_piped(need_code: bool, tx: mpsc::Sender<Input>, verdicts: std_mpsc::Rece
             }
         }
     }
-    for line in lines {
-        let Ok(line) = line else { break };
-        if tx.blocking_send(classify(line)).is_err() {
+    while let Some(line) = reader.next() {
+        let input = match line {
+            Line::Bad(why) => Input::Refused(why),
+            Line::Text(text) if mode == Mode::Plain && text.is_empty() => continue,
+            Line::Text(text) => match too_long(&text) {
+                Some(chars) => Input::Refused(format!(
+                    "line {} not sent: {chars} characters, the limit is {MAX_MESSAGE_CHARS}",
+                    reader.number - 1
+                )),
+                None => classify(text),
+            },
+        };
+        if tx.blocking_send(input).is_err() {
             return;
         }
     }
     let _ = tx.blocking_send(Input::Eof);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_of(s: &str) -> Option<String> {
+        match classify(Zeroizing::new(s.to_owned())) {
+            Input::Line(l) => Some(l.to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn slash_lines_are_commands_unless_doubled() {
+        assert_eq!(line_of("//etc/passwd"), Some("/etc/passwd".into()));
+        assert_eq!(line_of("// spaced"), Some("/ spaced".into()));
+        assert_eq!(line_of("hello /quit"), Some("hello /quit".into()));
+        assert!(matches!(classify(Zeroizing::new("/quit".into())), Input::Command(Command::Quit)));
+        assert!(matches!(classify(Zeroizing::new(" /verify ".into())), Input::Command(Command::Verify)));
+        assert!(matches!(classify(Zeroizing::new("/etc".into())), Input::Command(Command::Unknown(w)) if w == "/etc"));
+    }
+
+    #[test]
+    fn peers_cannot_send_terminal_controls() {
+        assert_eq!(sanitize("a\x1b[2Jb\tc\u{7}").as_str(), "a\u{FFFD}[2Jb\tc\u{FFFD}");
+    }
 }

@@ -1,0 +1,418 @@
+//! The machine driven directly, pair by pair, with a simulated peer that holds real keys.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use super::*;
+use crate::proto::PeerMsg;
+use ghostwire_shared::RelayFrame;
+use std::collections::HashMap;
+
+/// The peer on the other side of the machine: its own keys, and its channel once agreed.
+struct FakePeer {
+    keys: KeyPair,
+    channel: Option<Channel>,
+}
+
+fn sent(actions: &[Action]) -> Vec<PeerMsg> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(frame) => match RelayFrame::parse(frame, 1 << 16).unwrap() {
+                RelayFrame::Signal(s) => Some(proto::decode(&s).unwrap()),
+                other => panic!("{other:?}"),
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn typed(s: &str) -> Event {
+    Event::CodeTyped(Zeroizing::new(s.to_owned()))
+}
+
+fn line(s: &str) -> Event {
+    Event::Send(Zeroizing::new(s.to_owned()))
+}
+
+/// A machine in SEARCHING.
+fn searching(version: Version) -> Machine {
+    let mut m = Machine::new(version);
+    assert_eq!(m.handle(Event::Start), vec![Action::PromptCode]);
+    assert!(matches!(m.handle(typed("abcd1234"))[..], [Action::Connect(_)]));
+    m
+}
+
+/// A machine in KEY_SETUP (v2) that has sent its commitment; returns the commitment.
+fn key_setup() -> (Machine, [u8; 32]) {
+    let mut m = searching(Version::Hardened2);
+    let out = sent(&m.handle(Event::PeerFound));
+    let [PeerMsg::Commit { commit }] = out[..] else { panic!("{out:?}") };
+    (m, commit)
+}
+
+/// A machine in CONNECTED (v2), and the peer it is connected to.
+fn connected() -> (Machine, FakePeer) {
+    let (mut m, their_commit) = key_setup();
+    let peer = KeyPair::generate();
+    let out = sent(&m.handle(Event::PeerCommit(peer.commitment())));
+    let [PeerMsg::Key { ref key, v2: true }] = out[..] else { panic!("{out:?}") };
+    let mine: [u8; 32] = key.as_slice().try_into().unwrap();
+    assert_eq!(crypto::commitment(&mine), their_commit, "the revealed key is the committed one");
+    let actions = m.handle(Event::PeerKey { key: peer.public().to_vec(), v2: true });
+    assert!(actions.iter().any(|a| matches!(a, Action::ShowCode(_))), "{actions:?}");
+    let channel = Channel::new(peer.agree(&mine).unwrap(), Version::Hardened2, peer.public(), &mine);
+    (m, FakePeer { keys: peer, channel: Some(channel) })
+}
+
+impl FakePeer {
+    fn text(&mut self, s: &str) -> Event {
+        Event::PeerRecord(self.channel.as_mut().unwrap().seal(s))
+    }
+    fn notice(&mut self, n: Notice) -> Event {
+        Event::PeerRecord(self.channel.as_mut().unwrap().seal_notice(n).unwrap())
+    }
+    /// Opens what the machine sent.
+    fn open(&mut self, actions: &[Action]) -> Vec<Record> {
+        sent(actions)
+            .into_iter()
+            .map(|m| match m {
+                PeerMsg::Msg { payload } => self.channel.as_mut().unwrap().open(&payload).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+}
+
+fn ended(m: &Machine) -> &End {
+    m.end().unwrap_or_else(|| panic!("still in {}", m.state().name()))
+}
+
+/// Every state the machine can be in, reached through real events.
+fn in_state(name: &str) -> (Machine, Option<FakePeer>) {
+    match name {
+        "INIT" => (Machine::new(Version::Hardened2), None),
+        "INPUT_VALIDATION" => {
+            let mut m = Machine::new(Version::Hardened2);
+            m.handle(Event::Start);
+            (m, None)
+        }
+        "SEARCHING" => (searching(Version::Hardened2), None),
+        "KEY_SETUP" => (key_setup().0, None),
+        "CONNECTED" => {
+            let (m, p) = connected();
+            (m, Some(p))
+        }
+        "DISCONNECTED" => {
+            let mut m = searching(Version::Hardened2);
+            m.handle(Event::Quit);
+            (m, None)
+        }
+        "SESSION_DESTROYED" => {
+            let mut m = searching(Version::Hardened2);
+            m.handle(Event::Quit);
+            m.handle(Event::Wiped);
+            (m, None)
+        }
+        other => panic!("{other}"),
+    }
+}
+
+const STATES: [&str; 7] =
+    ["INIT", "INPUT_VALIDATION", "SEARCHING", "KEY_SETUP", "CONNECTED", "DISCONNECTED", "SESSION_DESTROYED"];
+const EVENTS: [&str; 16] = [
+    "Start",
+    "CodeTyped",
+    "PeerFound",
+    "PeerCommit",
+    "PeerKey",
+    "PeerRecord",
+    "Send",
+    "InputDone",
+    "Quit",
+    "Mismatch",
+    "PeerLeft",
+    "Relay",
+    "NetworkError",
+    "Deviation",
+    "Deadline",
+    "Wiped",
+];
+
+/// A representative, well-formed event of each kind (from the peer where it has one).
+fn event(name: &str, peer: Option<&mut FakePeer>) -> Event {
+    let other = KeyPair::generate();
+    match name {
+        "Start" => Event::Start,
+        "CodeTyped" => typed("ABCD1234"),
+        "PeerFound" => Event::PeerFound,
+        "PeerCommit" => Event::PeerCommit(other.commitment()),
+        "PeerKey" => Event::PeerKey { key: other.public().to_vec(), v2: true },
+        "PeerRecord" => match peer {
+            Some(p) => p.text("hello"),
+            None => Event::PeerRecord(vec![0; 64]),
+        },
+        "Send" => line("hi"),
+        "InputDone" => Event::InputDone,
+        "Quit" => Event::Quit,
+        "Mismatch" => Event::Mismatch,
+        "PeerLeft" => Event::PeerLeft,
+        "Relay" => Event::Relay { code: 4002, reason: "room full".into() },
+        "NetworkError" => Event::NetworkError("gone".into()),
+        "Deviation" => Event::Deviation(End::Protocol("flood".into())),
+        "Deadline" => Event::Deadline(Instant::now()),
+        "Wiped" => Event::Wiped,
+        other => panic!("{other}"),
+    }
+}
+
+/// The table from the module documentation, written out independently of `transition`:
+/// (state, event) → next state. Pairs not listed are unexpected.
+fn table() -> HashMap<(&'static str, &'static str), &'static str> {
+    let mut t = HashMap::new();
+    t.insert(("INIT", "Start"), "INPUT_VALIDATION");
+    t.insert(("INPUT_VALIDATION", "CodeTyped"), "SEARCHING");
+    t.insert(("INPUT_VALIDATION", "InputDone"), "DISCONNECTED");
+    t.insert(("SEARCHING", "PeerFound"), "KEY_SETUP");
+    t.insert(("SEARCHING", "Mismatch"), "SEARCHING");
+    t.insert(("KEY_SETUP", "PeerCommit"), "KEY_SETUP");
+    // A key without a commitment first: a deviation (to DISCONNECTED), but an expected event.
+    t.insert(("KEY_SETUP", "PeerKey"), "DISCONNECTED");
+    t.insert(("KEY_SETUP", "Mismatch"), "KEY_SETUP");
+    t.insert(("KEY_SETUP", "PeerLeft"), "DISCONNECTED");
+    t.insert(("CONNECTED", "PeerRecord"), "CONNECTED");
+    t.insert(("CONNECTED", "Send"), "CONNECTED");
+    t.insert(("CONNECTED", "InputDone"), "CONNECTED");
+    t.insert(("CONNECTED", "Mismatch"), "DISCONNECTED");
+    t.insert(("CONNECTED", "PeerLeft"), "DISCONNECTED");
+    for s in ["SEARCHING", "KEY_SETUP", "CONNECTED"] {
+        for e in ["Relay", "NetworkError", "Deviation"] {
+            t.insert((s, e), "DISCONNECTED");
+        }
+    }
+    for s in ["INPUT_VALIDATION", "SEARCHING", "KEY_SETUP", "CONNECTED"] {
+        t.insert((s, "Quit"), "DISCONNECTED");
+    }
+    for s in ["INIT", "INPUT_VALIDATION", "SEARCHING", "KEY_SETUP", "CONNECTED"] {
+        t.insert((s, "Deadline"), s);
+    }
+    for e in EVENTS {
+        t.insert(("DISCONNECTED", e), "DISCONNECTED");
+        t.insert(("SESSION_DESTROYED", e), "SESSION_DESTROYED");
+    }
+    t.insert(("DISCONNECTED", "Wiped"), "SESSION_DESTROYED");
+    t
+}
+
+#[test]
+fn every_state_event_pair() {
+    let table = table();
+    for s in STATES {
+        for e in EVENTS {
+            let (mut m, mut peer) = in_state(s);
+            assert_eq!(m.state().name(), s);
+            let before = m.end().cloned();
+            m.handle(event(e, peer.as_mut()));
+            let next = m.state().name();
+            match table.get(&(s, e)) {
+                Some(want) => {
+                    assert_eq!(next, *want, "{s} + {e}");
+                    if let (Some(end), Some(first)) = (m.end(), before) {
+                        assert_eq!(*end, first, "{s} + {e}: the first reason stands");
+                    }
+                    if let Some(End::Protocol(why)) = m.end() {
+                        assert!(!why.starts_with("unexpected"), "{s} + {e} is in the table: {why}");
+                    }
+                }
+                None => {
+                    let want = format!("unexpected {e} in state {s}");
+                    assert_eq!(m.end(), Some(&End::Protocol(want)), "{s} + {e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn codes_are_validated_and_reprompted() {
+    let mut m = Machine::new(Version::Hardened2);
+    m.handle(Event::Start);
+    let out = m.handle(typed("abc"));
+    assert!(matches!(&out[..], [Action::Reprompt(why)] if why.contains("8 to 16")), "{out:?}");
+    assert_eq!(m.state().name(), "INPUT_VALIDATION");
+    assert!(matches!(&m.handle(typed(" abcd1234 "))[..], [Action::Connect(c)] if c.as_str() == "ABCD1234"));
+    let mut m = Machine::new(Version::Hardened2);
+    m.handle(Event::Start);
+    m.handle(Event::InputDone);
+    assert!(matches!(ended(&m), End::BadInput(_)));
+}
+
+#[test]
+fn a_second_commitment_is_a_violation() {
+    let (mut m, _) = key_setup();
+    let c = KeyPair::generate().commitment();
+    assert_eq!(sent(&m.handle(Event::PeerCommit(c))).len(), 1, "the first reveals our key");
+    m.handle(Event::PeerCommit(c));
+    assert_eq!(ended(&m), &End::Protocol("the peer committed to a key twice".into()));
+}
+
+#[test]
+fn a_key_before_its_commitment_is_a_violation() {
+    let (mut m, _) = key_setup();
+    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true });
+    assert_eq!(ended(&m), &End::Protocol("the peer revealed its key before committing to it".into()));
+}
+
+#[test]
+fn a_key_that_is_not_the_committed_one_is_an_attack() {
+    let (mut m, _) = key_setup();
+    m.handle(Event::PeerCommit(KeyPair::generate().commitment()));
+    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true });
+    assert_eq!(ended(&m), &End::Security(CryptoError::CommitMismatch));
+    assert_eq!(ended(&m).exit_code(), crate::end::exit::SECURITY);
+}
+
+#[test]
+fn bad_keys_are_refused() {
+    for (key, want) in [
+        (vec![1u8; 31], End::Security(CryptoError::BadKeyLength)),
+        (vec![0u8; 32], End::Security(CryptoError::WeakKey)),
+    ] {
+        let (mut m, _) = key_setup();
+        m.handle(Event::PeerCommit(crypto::commitment(&[0u8; 32])));
+        m.handle(Event::PeerKey { key, v2: true });
+        assert_eq!(ended(&m), &want);
+    }
+}
+
+#[test]
+fn versions_never_downgrade_silently() {
+    // A v2 client meeting a v1 key.
+    let (mut m, _) = key_setup();
+    m.handle(Event::PeerCommit(KeyPair::generate().commitment()));
+    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: false });
+    assert!(matches!(ended(&m), End::Protocol(why) if why.contains("--legacy-v1")));
+    // A v1 client meeting a v2 commitment, and a v2 key.
+    for ev in [Event::PeerCommit([1; 32]), Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true }] {
+        let mut m = searching(Version::Legacy1);
+        let out = sent(&m.handle(Event::PeerFound));
+        assert!(matches!(out[..], [PeerMsg::Key { v2: false, .. }]), "v1 sends its key at once: {out:?}");
+        m.handle(ev);
+        assert!(matches!(ended(&m), End::Protocol(why) if why.contains("without --legacy-v1")));
+    }
+}
+
+#[test]
+fn the_key_exchange_has_a_deadline() {
+    let (mut m, _) = key_setup();
+    let deadline = m.deadline().unwrap();
+    m.handle(Event::Deadline(deadline - Duration::from_millis(1)));
+    assert_eq!(m.state().name(), "KEY_SETUP");
+    m.handle(Event::Deadline(deadline));
+    assert!(matches!(ended(&m), End::Protocol(why) if why.contains("in time")));
+    let (m, _) = connected();
+    assert_eq!(m.deadline(), None, "no deadline once connected");
+}
+
+#[test]
+fn texts_flow_both_ways() {
+    let (mut m, mut peer) = connected();
+    let hello = peer.text("hello");
+    assert_eq!(m.handle(hello), vec![Action::Show(Zeroizing::new("hello".into()))]);
+    let out = m.handle(line("back"));
+    assert_eq!(peer.open(&out), vec![Record::Text(Zeroizing::new("back".into()))]);
+    assert!(m.code().is_some_and(|c| c.len() == 11));
+}
+
+#[test]
+fn both_finishing_ends_normally_in_either_order() {
+    // We finish first, then the peer.
+    let (mut m, mut peer) = connected();
+    let out = m.handle(Event::InputDone);
+    assert_eq!(peer.open(&out), vec![Record::Notice(Notice::Done)]);
+    assert!(!m.can_send() && m.end().is_none(), "still reading what the peer sends");
+    let late = peer.text("still talking");
+    assert!(matches!(m.handle(late)[..], [Action::Show(_)]));
+    let done = peer.notice(Notice::Done);
+    m.handle(done);
+    assert_eq!(ended(&m), &End::Finished);
+    // The peer finishes first, then we do.
+    let (mut m, mut peer) = connected();
+    let done = peer.notice(Notice::Done);
+    m.handle(done);
+    assert!(m.can_send());
+    let out = m.handle(Event::InputDone);
+    assert_eq!(peer.open(&out), vec![Record::Notice(Notice::Done)]);
+    assert_eq!(ended(&m), &End::Finished);
+}
+
+#[test]
+fn a_peer_that_finished_may_leave_but_not_talk() {
+    let (mut m, mut peer) = connected();
+    let done = peer.notice(Notice::Done);
+    m.handle(done);
+    m.handle(Event::PeerLeft);
+    assert_eq!(ended(&m), &End::PeerLeft);
+    let (mut m, mut peer) = connected();
+    let done = peer.notice(Notice::Done);
+    m.handle(done);
+    let more = peer.text("more");
+    m.handle(more);
+    assert!(matches!(ended(&m), End::Protocol(why) if why.contains("after saying it had finished")));
+}
+
+#[test]
+fn leaving_tells_the_peer_and_a_silent_departure_is_a_loss() {
+    let (mut m, mut peer) = connected();
+    let out = m.handle(Event::Quit);
+    assert_eq!(peer.open(&out), vec![Record::Notice(Notice::Bye)]);
+    assert_eq!(ended(&m), &End::Quit);
+
+    let (mut m, mut peer) = connected();
+    let bye = peer.notice(Notice::Bye);
+    m.handle(bye);
+    assert_eq!(ended(&m), &End::PeerLeft);
+
+    let (mut m, _) = connected();
+    m.handle(Event::PeerLeft);
+    assert!(matches!(ended(&m), End::PeerLost(_)));
+    assert_eq!(ended(&m).exit_code(), crate::end::exit::NETWORK);
+
+    let (mut m, _) = key_setup();
+    m.handle(Event::PeerLeft);
+    assert_eq!(ended(&m), &End::PeerLeftEarly);
+}
+
+#[test]
+fn a_mismatch_ends_both_sides_as_a_security_failure() {
+    let (mut m, mut peer) = connected();
+    let out = m.handle(Event::Mismatch);
+    assert_eq!(peer.open(&out), vec![Record::Notice(Notice::Mismatch)]);
+    assert_eq!(ended(&m), &End::VerificationMismatch);
+
+    let (mut m, mut peer) = connected();
+    let mismatch = peer.notice(Notice::Mismatch);
+    m.handle(mismatch);
+    assert_eq!(ended(&m), &End::PeerMismatch);
+    assert_eq!(ended(&m).exit_code(), crate::end::exit::SECURITY);
+}
+
+#[test]
+fn relay_codes_say_whether_a_peer_was_lost() {
+    let mut m = searching(Version::Hardened2);
+    m.handle(Event::Relay { code: 4007, reason: String::new() });
+    assert!(matches!(ended(&m), End::Relay { code: 4007, paired: false, .. }));
+    let (mut m, _) = connected();
+    m.handle(Event::Relay { code: 4007, reason: String::new() });
+    assert!(ended(&m).to_string().contains("the connection to your peer was lost"), "{}", ended(&m));
+}
+
+#[test]
+fn secrets_exist_only_in_their_states() {
+    let (mut m, mut peer) = connected();
+    assert!(m.code().is_some());
+    let bye = peer.notice(Notice::Bye);
+    m.handle(bye);
+    assert!(matches!(m.state(), State::Disconnected(_)), "channel and code are gone with CONNECTED");
+    assert_eq!(m.code(), None);
+    let _ = &peer.keys;
+}
