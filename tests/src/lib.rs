@@ -366,14 +366,22 @@ impl Peer {
     }
 }
 
-/// End of input on `a`: `a` ends normally, `b` hears its peer left; both exit 0.
+/// End of input on `a`, then on `b`: `b` hears that `a` finished, and both end normally (exit 0)
+/// once both have finished, having sent everything.
 pub async fn hang_up_and_part(mut a: Peer, mut b: Peer) {
     a.hang_up();
-    let (code_a, log_a) = a.exit().await;
-    assert_eq!(code_a, 0, "{log_a}");
-    b.status("your peer left").await;
-    let (code_b, log_b) = b.exit().await;
-    assert_eq!(code_b, 0, "{log_b}");
+    b.status("your peer has finished sending").await;
+    b.hang_up();
+    both_finished(a, b).await;
+}
+
+/// Both ended because both finished sending, everything sent: exit 0.
+pub async fn both_finished(a: Peer, b: Peer) {
+    for p in [a, b] {
+        let (code, log) = p.exit().await;
+        assert_eq!(code, 0, "{log}");
+        assert!(log.contains("you both finished: everything was sent (exit 0)"), "{log}");
+    }
 }
 
 /// Starts two piped clients in `room` through the relay at `url` and waits until both are connected.

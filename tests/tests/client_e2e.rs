@@ -37,11 +37,17 @@ async fn two_clients_chat_both_ways_with_matching_codes() {
         assert_eq!(b.heard().await, max);
         a.say(&"x".repeat(1001)).await;
         let refused = a.status("not sent").await;
-        assert!(refused.contains("1001 characters") && refused.contains("1000"), "{refused}");
+        assert!(refused.contains("line 42 not sent: 1001 characters, the limit is 1000"), "{refused}");
         a.say("after the refusal").await;
         assert_eq!(b.heard().await, "after the refusal", "the refused message must not arrive");
-        // End of input on A: A ends normally, B learns its peer left; both exit 0.
-        hang_up_and_part(a, b).await;
+        // End of input on both: both finish; A exits 1 as one of its lines was not sent.
+        a.hang_up();
+        b.status("your peer has finished sending").await;
+        b.hang_up();
+        let (code_a, log_a) = a.exit().await;
+        assert_eq!(code_a, 1, "{log_a}");
+        assert!(log_a.contains("you both finished: everything was sent; 1 line was not sent (exit 1)"), "{log_a}");
+        assert_eq!(b.exit().await.0, 0);
     })
     .await;
 }
@@ -61,10 +67,32 @@ async fn lines_before_the_peer_arrives_are_queued_and_sent_before_quitting() {
         for i in 0..5 {
             assert_eq!(b.heard().await, format!("early {i}"));
         }
-        let (code_a, log) = a.exit().await;
-        assert_eq!(code_a, 0, "{log}");
-        assert!(log.contains("end of input"), "{log}");
-        assert_eq!(b.exit().await.0, 0);
+        // A has finished, but stays to hear B until B finishes too.
+        b.status("your peer has finished sending").await;
+        b.say("late reply").await;
+        assert_eq!(a.heard().await, "late reply");
+        b.hang_up();
+        both_finished(a, b).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_piped_clients_each_say_a_line_and_both_exit_0() {
+    // `printf 'hi\n' | ghostwire CODE` on both sides: end of input is "nothing more to say",
+    // so each still hears the other before both end.
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("pipes");
+        let mut a = Peer::start(&["--relay", &relay.url(), &code]);
+        a.say("hi from a").await;
+        a.hang_up();
+        let mut b = Peer::start(&["--relay", &relay.url(), &code]);
+        b.say("hi from b").await;
+        b.hang_up();
+        assert_eq!(a.heard().await, "hi from b");
+        assert_eq!(b.heard().await, "hi from a");
+        both_finished(a, b).await;
     })
     .await;
 }
@@ -115,6 +143,18 @@ async fn exit_codes_per_reason() {
         let (code, log) = Peer::start(&["--relya", "x", "ABCDEFGH"]).exit().await;
         assert_eq!(code, 2);
         assert!(log.contains("--relya"), "{log}");
+        // A relay URL or CA file that cannot work: 2, naming the problem, before any connection.
+        for (args, says) in [
+            (vec!["--relay", "ws://127.0.0.1:99999/"], "port must be a number from 1 to 65535"),
+            (vec!["--relay", "ftp://127.0.0.1/"], "the scheme is ftp://"),
+            (vec!["--relay", "ws://127.0.0.1:9/", "--ca", "/dev/null"], "--ca applies only to wss://"),
+            (vec!["--relay", "wss://127.0.0.1:9/", "--ca", "/nonexistent.pem"], "cannot read CA certificates"),
+            (vec!["--relay", "wss://127.0.0.1:9/", "--ca", "/dev/null"], "no PEM certificate found"),
+        ] {
+            let (code, log) = Peer::start(&[args.as_slice(), &["ABCDEFGH"]].concat()).exit().await;
+            assert_eq!(code, 2, "{args:?}: {log}");
+            assert!(log.contains(says), "{args:?}: {log}");
+        }
         // No relay listening: 3.
         let port = free_port();
         let (code, log) = Peer::start(&["--relay", &format!("ws://127.0.0.1:{port}/"), "ABCDEFGH"]).exit().await;
@@ -126,13 +166,17 @@ async fn exit_codes_per_reason() {
         let (_a, _b, _, _) = connected_pair(&relay.url(), &full, &[]).await;
         let (code, log) = Peer::start(&["--relay", &relay.url(), &full]).exit().await;
         assert_eq!(code, 3, "{log}");
-        assert!(log.contains("room full (error 4002)"), "{log}");
+        assert!(log.contains("the room is full") && log.contains("(error 4002)"), "{log}");
         // The relay shuts down under a connected pair: 3 for both, "the relay is shutting down".
         let (a, b, _, _) = connected_pair(&relay.url(), &room("down"), &[]).await;
         relay.shutdown.cancel();
         for mut p in [a, b] {
             let line = p.status("session destroyed").await;
-            assert!(line.contains("the relay is shutting down (error 1001)") && line.contains("exit 3"), "{line}");
+            assert!(
+                line.contains("the relay is shutting down: run ghostwire again to reconnect (error 1001)"),
+                "{line}"
+            );
+            assert!(line.contains("exit 3"), "{line}");
             assert_eq!(p.exit().await.0, 3);
         }
     })
@@ -148,7 +192,10 @@ async fn mismatch_command_ends_as_a_security_failure() {
         let (code, log) = a.exit().await;
         assert_eq!(code, 5, "{log}");
         assert!(log.contains("verification codes differ"), "{log}");
-        assert_eq!(b.exit().await.0, 0, "the peer sees a normal departure");
+        // The peer is told inside the encrypted channel, and ends as a security failure too.
+        let (code, log) = b.exit().await;
+        assert_eq!(code, 5, "{log}");
+        assert!(log.contains("your peer reported that the verification codes differ"), "{log}");
     })
     .await;
 }

@@ -188,7 +188,7 @@ async fn signal_before_peer_found_is_a_protocol_violation() {
         let url = hostile(Box::new(forward), Some(early)).await;
         let mut a = Peer::start(&["--relay", &url, "ROOM0001"]);
         let line = a.status("session destroyed").await;
-        assert!(line.contains("unexpected PeerMsg in state SEARCHING"), "{line}");
+        assert!(line.contains("unexpected PeerRecord in state SEARCHING"), "{line}");
         assert_eq!(a.exit().await.0, 4);
     })
     .await;

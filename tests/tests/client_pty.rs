@@ -53,8 +53,11 @@ async fn a_person_types_into_the_interactive_client() {
             term.expect("/mismatch").unwrap();
             term.send_line("/verify").unwrap();
             term.expect("verification code: ").unwrap();
+            // Too long: refused, and put back in the editor to be shortened.
             term.send_line("y".repeat(1001)).unwrap();
-            term.expect("message not sent: 1001 characters").unwrap();
+            term.expect("not sent: 1001 characters, the limit is 1000").unwrap();
+            term.expect(format!("> {}", "y".repeat(60))).unwrap();
+            term.send("\x15").unwrap(); // Ctrl-U: clear the line
             term.send_line("/quit").unwrap();
             term.expect("session destroyed: you ended the session (exit 0)").unwrap();
             let status = term.get_process_mut().wait().unwrap();

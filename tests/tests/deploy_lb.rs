@@ -211,7 +211,9 @@ async fn a_rolling_restart_moves_only_the_stopped_replica_s_clients() {
         expect_peer_left(&mut s2).await;
         let said = p.status("shutting down").await;
         assert!(said.contains("1001") && said.contains("again"), "{said}");
-        q.status("your peer left").await;
+        // Nobody chose to leave: the partner is told its peer was lost, not that it left.
+        let lost = q.status("session destroyed").await;
+        assert!(lost.contains("the connection to your peer was lost") && lost.contains("exit 3"), "{lost}");
 
         // The staying replica's room is untouched.
         send(&mut n1, signal("MSG", "still here")).await;

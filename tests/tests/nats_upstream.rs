@@ -313,6 +313,25 @@ async fn the_broker_never_sees_a_room_code() {
 
 /// Two `ghostwire` clients on two relays verify each other and chat.
 #[tokio::test]
+async fn clients_split_over_two_relays_are_told_their_peer_was_lost_when_nats_dies() {
+    let mut nats = NatsServer::start();
+    within(60, async {
+        let r = relays_with(&nats, 2, fast_failures).await;
+        let (mut a, mut b, _, _) = connected_pair_via(&r[0].url(), &r[1].url(), &room("lost"), &[]).await;
+        a.say("before the broker died").await;
+        assert_eq!(b.heard().await, "before the broker died");
+        nats.kill();
+        // Nobody left: both are told the connection to the peer was lost, exit 3 (not "left", 0).
+        for p in [a, b] {
+            let (code, log) = p.exit().await;
+            assert_eq!(code, 3, "{log}");
+            assert!(log.contains("the connection to your peer was lost"), "{log}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn two_clients_on_two_relays_chat() {
     let nats = NatsServer::start();
     within(60, async {

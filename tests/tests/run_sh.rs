@@ -31,6 +31,7 @@ async fn run_sh_starts_a_relay_chats_and_stops_it() {
         other.say("hello back").await;
         assert_eq!(demo.heard().await, "hello back");
         demo.hang_up();
+        other.hang_up();
         let (status, log) = demo.exit().await;
         assert_eq!(status, 0, "{log}");
         // The relay run.sh started is gone with it.

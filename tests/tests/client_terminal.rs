@@ -1,0 +1,206 @@
+//! The client in a real pseudo-terminal, the way people use it: pastes with and without
+//! bracketed paste, two lines in one write, `TERM=dumb`, and Ctrl-C / Ctrl-D in every state,
+//! with a shell after it to show that nothing typed reaches the next program.
+
+#![allow(clippy::unwrap_used)]
+
+use expectrl::Expect;
+use futures_util::{SinkExt, StreamExt};
+use ghostwire_tests::*;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// `ghostwire ARGS` in a pseudo-terminal with `TERM=term`, run by `sh`, which after the client
+/// exits prints its exit code and then one line it reads from the same terminal.
+fn terminal(term: &str, args: &[&str]) -> expectrl::session::OsSession {
+    let client = std::iter::once(bin("ghostwire").display().to_string())
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Like an interactive shell, the wrapper survives a Ctrl-C meant for the client (a trap, not
+    // an ignore: the client must not inherit SIGINT ignored).
+    let script = format!("trap true INT; {client}; echo \"EXITED=$?\"; read -r next; echo \"NEXT=[$next]\"");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", &script]).env("NO_COLOR", "1").env("TERM", term).env_remove("GHOSTWIRE_RELAY");
+    let mut session = expectrl::Session::spawn(cmd).unwrap();
+    session.set_expect_timeout(Some(Duration::from_secs(30)));
+    session
+}
+
+/// After the client ended: its exit code was `code`, and the next program reads only what is
+/// typed from now on.
+fn ends_cleanly(term: &mut expectrl::session::OsSession, code: i32) {
+    term.expect(format!("EXITED={code}")).unwrap();
+    term.send_line("typed after").unwrap();
+    term.expect("NEXT=[typed after]").unwrap();
+}
+
+/// Runs a blocking terminal script on its own thread, bounded.
+async fn in_terminal<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::time::timeout(Duration::from_secs(90), tokio::task::spawn_blocking(f)).await.unwrap().unwrap()
+}
+
+/// Reads (and drops) what the client writes to the terminal until `stop` is set, as a terminal
+/// does all along: a terminal that stops reading stalls the program writing to it.
+fn drain_until(term: &mut expectrl::session::OsSession, stop: &std::sync::atomic::AtomicBool) {
+    term.set_expect_timeout(Some(Duration::from_millis(50)));
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = term.expect(expectrl::Regex("(?s).+"));
+    }
+    term.set_expect_timeout(Some(Duration::from_secs(30)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_lines_pasted_without_bracketed_paste_all_arrive_in_order() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    within(120, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("paste");
+        let mut peer = Peer::start(&["--relay", &relay.url(), &code]);
+        let url = relay.url();
+        let typed = code.clone();
+        let lines: Vec<String> = (1..=300).map(|i| format!("pasted line {i}")).collect();
+        let paste: String = lines.iter().map(|l| format!("{l}\r")).collect();
+        let (heard_all, heard_more) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (all, more) = (heard_all.clone(), heard_more.clone());
+        let term = tokio::task::spawn_blocking(move || {
+            let mut term = terminal("xterm", &["--relay", &url, &typed]);
+            term.expect("verification code").unwrap();
+            // One write, as a terminal without bracketed paste delivers a paste; then two lines
+            // in one write, as a fast typist's burst arrives.
+            term.send(&paste).unwrap();
+            term.send("burst one\rburst two\r").unwrap();
+            drain_until(&mut term, &all);
+            // A bracketed paste of several lines: one message per line, no U+FFFD in them.
+            term.send("\x1b[200~alpha\nbeta\ngamma\x1b[201~\r").unwrap();
+            drain_until(&mut term, &more);
+            term.send("/quit\r").unwrap();
+            term.expect("session destroyed: you ended the session (exit 0)").unwrap();
+            ends_cleanly(&mut term, 0);
+        });
+        peer.code().await;
+        for want in lines.iter().map(String::as_str).chain(["burst one", "burst two"]) {
+            assert_eq!(peer.heard().await, want);
+        }
+        heard_all.store(true, Ordering::SeqCst);
+        for want in ["alpha", "beta", "gamma"] {
+            assert_eq!(peer.heard().await, want);
+        }
+        heard_more.store(true, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(60), term).await.unwrap().unwrap();
+        peer.status("your peer left").await;
+        assert_eq!(peer.exit().await.0, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn term_dumb_falls_back_to_plain_line_input_and_chats() {
+    within(90, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("dumb");
+        let url = relay.url();
+        let typed = code.clone();
+        let (to_term, from_test) = std::sync::mpsc::channel::<()>();
+        let term = tokio::task::spawn_blocking(move || {
+            let mut term = terminal("dumb", &["--relay", &url]);
+            term.expect("plain line input").unwrap();
+            term.expect("room code: ").unwrap();
+            term.send_line(&typed).unwrap();
+            term.expect("verification code").unwrap();
+            term.send_line("hello from a dumb terminal").unwrap();
+            from_test.recv_timeout(Duration::from_secs(30)).unwrap();
+            term.expect("peer: and hello back").unwrap();
+            term.send_line("//slash text").unwrap();
+            // Ctrl-D at the start of a line: end of input at a terminal is leaving.
+            term.send("\x04").unwrap();
+            term.expect("session destroyed: you ended the session (exit 0)").unwrap();
+            ends_cleanly(&mut term, 0);
+        });
+        let mut peer = Peer::start(&["--relay", &relay.url(), &code]);
+        assert_eq!(peer.heard().await, "hello from a dumb terminal");
+        peer.say("and hello back").await;
+        to_term.send(()).unwrap();
+        assert_eq!(peer.heard().await, "/slash text");
+        peer.status("your peer left").await;
+        tokio::time::timeout(Duration::from_secs(60), term).await.unwrap().unwrap();
+    })
+    .await;
+}
+
+/// A relay that takes the TCP connection and never answers the WebSocket upgrade.
+async fn silent_relay() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    (url, task)
+}
+
+/// A relay that pairs the client with nobody: PEER_FOUND, then silence (the key exchange hangs).
+async fn pairing_relay() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let _join = ws.next().await;
+            ws.send(Message::text(r#"{"type":"PEER_FOUND"}"#)).await.unwrap();
+            held.push(ws);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_and_ctrl_d_end_the_client_in_every_state() {
+    within(240, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let (silent, _s) = silent_relay().await;
+        let (pairing, _p) = pairing_relay().await;
+        for (key, name) in [("\x03", "Ctrl-C"), ("\x04", "Ctrl-D")] {
+            // (state, relay, code or none, what shows the state is reached)
+            let states = [
+                ("room prompt", relay.url(), None, "room code: "),
+                ("connecting", silent.clone(), Some(room("conn")), "connecting to"),
+                ("waiting", relay.url(), Some(room("wait")), "searching"),
+                ("key exchange", pairing.clone(), Some(room("keys")), "exchanging keys"),
+                ("connected", relay.url(), Some(room("conn2")), "verification code"),
+            ];
+            for (state, url, code, marker) in states {
+                let peer =
+                    (state == "connected").then(|| Peer::start(&["--relay", &relay.url(), code.as_deref().unwrap()]));
+                let result = in_terminal(move || {
+                    let mut args = vec!["--relay".to_owned(), url];
+                    args.extend(code);
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let mut term = terminal("xterm", &args);
+                    term.expect(marker).unwrap();
+                    if state != "room prompt" {
+                        // The editor redraws its prompt below the status line once it reads keys.
+                        term.expect("> ").unwrap();
+                    }
+                    term.send(key).unwrap();
+                    let said = term.expect("session destroyed: you ended the session (exit 0)").map(|_| ());
+                    if said.is_ok() {
+                        ends_cleanly(&mut term, 0);
+                    }
+                    said
+                })
+                .await;
+                assert!(result.is_ok(), "{name} in {state}: {result:?}");
+                if let Some(mut peer) = peer {
+                    peer.status("your peer left").await;
+                    assert_eq!(peer.exit().await.0, 0);
+                }
+            }
+        }
+    })
+    .await;
+}
