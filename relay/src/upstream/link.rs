@@ -1,0 +1,255 @@
+//! Reliable delivery between two seats on different relays: what every distributed upstream
+//! shares, whatever carries its messages.
+//!
+//! A broker (or a link between relays) can lose messages in flight when it restarts or a
+//! connection drops. Each direction of a pair therefore numbers its frames: the sender keeps
+//! every frame until the receiver acknowledges it, and sends the unacknowledged ones again
+//! after a reconnect, when the receiver reports a gap, or when acknowledgements stall; the
+//! receiver delivers only the next number it expects and drops the rest (a duplicate is
+//! acknowledged again; a gap is reported by acknowledging what it has). The departure carries
+//! the number of frames sent, so PEER_LEFT is delivered after exactly those frames.
+//!
+//! The window (frames sent and not yet acknowledged) is bounded: when it is full the sender
+//! stops taking frames from its connection, which stops reading its client. Nothing here does
+//! I/O or reads a clock of its own; the seat that uses it does both.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use tokio::time::Instant;
+
+/// The sending half of a pair's link.
+pub struct Outgoing {
+    /// The number the next new frame gets.
+    next: u64,
+    /// Frames sent and not acknowledged, oldest first, with their numbers.
+    unacked: VecDeque<(u64, Bytes)>,
+    window: usize,
+    /// When the receiver last acknowledged something new (or the first unacked frame was sent).
+    progress: Instant,
+}
+
+/// What an acknowledgement told the sender.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Acked {
+    /// Frames were acknowledged.
+    Progress,
+    /// Nothing new while frames wait: the receiver has a gap, send them again.
+    Gap,
+    /// Nothing new, nothing waiting.
+    Nothing,
+}
+
+impl Outgoing {
+    /// A sender holding at most `window` unacknowledged frames.
+    pub fn new(window: usize) -> Outgoing {
+        Outgoing { next: 0, unacked: VecDeque::new(), window: window.max(1), progress: Instant::now() }
+    }
+
+    /// Whether another frame may be sent now.
+    pub fn has_room(&self) -> bool {
+        self.unacked.len() < self.window
+    }
+
+    /// Numbers `frame` and keeps it until acknowledged; returns its number.
+    pub fn send(&mut self, frame: Bytes, now: Instant) -> u64 {
+        if self.unacked.is_empty() {
+            self.progress = now;
+        }
+        let seq = self.next;
+        self.next += 1;
+        self.unacked.push_back((seq, frame));
+        seq
+    }
+
+    /// The receiver has every frame below `next_expected`.
+    pub fn ack(&mut self, next_expected: u64, now: Instant) -> Acked {
+        let before = self.unacked.len();
+        while self.unacked.front().is_some_and(|(seq, _)| *seq < next_expected) {
+            self.unacked.pop_front();
+        }
+        if self.unacked.len() < before {
+            self.progress = now;
+            Acked::Progress
+        } else if self.unacked.is_empty() {
+            Acked::Nothing
+        } else {
+            Acked::Gap
+        }
+    }
+
+    /// The frames to send again, oldest first.
+    pub fn unacked(&self) -> impl Iterator<Item = (u64, &Bytes)> {
+        self.unacked.iter().map(|(seq, frame)| (*seq, frame))
+    }
+
+    /// Frames numbered so far (what a departure announces).
+    pub fn sent(&self) -> u64 {
+        self.next
+    }
+
+    /// Whether every frame was acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.unacked.is_empty()
+    }
+
+    /// Whether frames have waited `after` without any acknowledgement.
+    pub fn stalled(&self, now: Instant, after: std::time::Duration) -> bool {
+        !self.unacked.is_empty() && now.duration_since(self.progress) >= after
+    }
+
+    /// Forgets everything waiting (the pair ended).
+    pub fn clear(&mut self) {
+        self.unacked.clear();
+    }
+}
+
+/// The receiving half of a pair's link.
+#[derive(Default)]
+pub struct Incoming {
+    /// The number of the next frame to deliver: every frame below it was delivered.
+    expected: u64,
+    /// The departure announced this many frames.
+    left_after: Option<u64>,
+    /// An acknowledgement should go out.
+    ack_due: bool,
+}
+
+/// What to do with an arriving frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// The next one: deliver it, then call [`Incoming::delivered`].
+    Deliver,
+    /// Delivered before (sent again): drop it.
+    Duplicate,
+    /// Ahead of a missing one: drop it; the sender will send both again.
+    Gap,
+}
+
+impl Incoming {
+    /// Classifies frame `seq`.
+    pub fn arrived(&mut self, seq: u64) -> Arrival {
+        match seq.cmp(&self.expected) {
+            std::cmp::Ordering::Equal => Arrival::Deliver,
+            std::cmp::Ordering::Less => {
+                self.ack_due = true;
+                Arrival::Duplicate
+            }
+            std::cmp::Ordering::Greater => {
+                self.ack_due = true;
+                Arrival::Gap
+            }
+        }
+    }
+
+    /// The expected frame was handed to the connection.
+    pub fn delivered(&mut self) {
+        self.expected += 1;
+        self.ack_due = true;
+    }
+
+    /// The partner left after sending `total` frames.
+    pub fn left(&mut self, total: u64) {
+        self.left_after = Some(total);
+        self.ack_due = true;
+    }
+
+    /// Whether the partner left and every frame it sent was delivered.
+    pub fn finished(&self) -> bool {
+        self.left_after.is_some_and(|total| self.expected >= total)
+    }
+
+    /// Whether the partner left but frames it sent are still missing.
+    pub fn missing_after_departure(&self) -> bool {
+        self.left_after.is_some_and(|total| self.expected < total)
+    }
+
+    /// The acknowledgement to send, if one is due: the next number expected.
+    pub fn take_ack(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.ack_due).then_some(self.expected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_window_of_unacknowledged_frames() {
+        let now = Instant::now();
+        let mut out = Outgoing::new(2);
+        assert_eq!(out.send(Bytes::from_static(b"a"), now), 0);
+        assert_eq!(out.send(Bytes::from_static(b"b"), now), 1);
+        assert!(!out.has_room());
+        assert_eq!(out.ack(0, now), Acked::Gap);
+        assert!(out.stalled(now + Duration::from_secs(1), Duration::from_secs(1)));
+        assert_eq!(out.ack(1, now), Acked::Progress);
+        assert_eq!(out.unacked().map(|(s, _)| s).collect::<Vec<_>>(), [1]);
+        assert_eq!(out.ack(2, now), Acked::Progress);
+        assert!(out.all_acked() && out.has_room());
+        assert_eq!(out.ack(2, now), Acked::Nothing);
+        assert_eq!(out.sent(), 2);
+    }
+
+    #[test]
+    fn a_departure_waits_for_every_frame_it_announced() {
+        let mut inc = Incoming::default();
+        inc.left(2);
+        assert!(inc.missing_after_departure() && !inc.finished());
+        assert_eq!(inc.arrived(0), Arrival::Deliver);
+        inc.delivered();
+        assert_eq!(inc.arrived(0), Arrival::Duplicate);
+        assert_eq!(inc.arrived(1), Arrival::Deliver);
+        inc.delivered();
+        assert!(inc.finished());
+        assert_eq!(inc.take_ack(), Some(2));
+        assert_eq!(inc.take_ack(), None);
+    }
+
+    proptest! {
+        /// Whatever the carrier loses, duplicates or reorders, resending what is unacknowledged
+        /// until all is acknowledged delivers every frame once, in order.
+        #[test]
+        fn exactly_once_in_order_over_a_lossy_carrier(
+            n in 1usize..60,
+            fate in prop::collection::vec(0u8..4, 0..400),
+            window in 1usize..16,
+        ) {
+            let now = Instant::now();
+            let mut out = Outgoing::new(window);
+            let mut inc = Incoming::default();
+            let mut delivered = Vec::new();
+            let mut fate = fate.into_iter().cycle();
+            let mut next = 0usize;
+            let mut rounds = 0;
+            while delivered.len() < n {
+                rounds += 1;
+                prop_assert!(rounds < 10_000, "no progress");
+                while next < n && out.has_room() {
+                    out.send(Bytes::from(next.to_string()), now);
+                    next += 1;
+                }
+                // The carrier: 0 loses, 1 delivers, 2 duplicates, 3 delivers reversed pairs.
+                let mut wire: Vec<(u64, Bytes)> = out.unacked().map(|(s, f)| (s, f.clone())).collect();
+                match fate.next().unwrap_or(1) {
+                    0 => { wire.retain(|(s, _)| s % 2 == 1); }
+                    2 => { let copy = wire.clone(); wire.extend(copy); }
+                    3 => { for pair in wire.chunks_mut(2) { pair.reverse(); } }
+                    _ => {}
+                }
+                for (seq, frame) in wire {
+                    if inc.arrived(seq) == Arrival::Deliver {
+                        delivered.push(frame);
+                        inc.delivered();
+                    }
+                }
+                if let Some(ack) = inc.take_ack() {
+                    out.ack(ack, now);
+                }
+            }
+            let want: Vec<Bytes> = (0..n).map(|i| Bytes::from(i.to_string())).collect();
+            prop_assert_eq!(delivered, want);
+        }
+    }
+}
