@@ -13,8 +13,9 @@ fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GHOSTWIRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The NATS client's trace events print message payloads and its CONNECT line (with the
-    // token or password): capped, whatever GHOSTWIRE_LOG asks for.
-    let filter = match "async_nats=info".parse() {
+    // token or password), and it reports every reconnect attempt: capped at errors, whatever
+    // GHOSTWIRE_LOG asks for. The relay logs the broker's state itself (once lost, once back).
+    let filter = match "async_nats=error".parse() {
         Ok(cap) => filter.add_directive(cap),
         Err(_) => filter,
     };

@@ -46,6 +46,11 @@ pub struct UpstreamMetrics {
     pub slot_conflicts: AtomicU64,
     /// Partners ended because their relay stopped sending heartbeats.
     pub peers_lost: AtomicU64,
+    /// Frames sent again because they were not acknowledged (after a reconnect, a reported gap,
+    /// or a stall).
+    pub retransmits: AtomicU64,
+    /// Messages dropped because they did not come from the seat they claim (a stale or confused relay).
+    pub foreign_messages: AtomicU64,
 }
 
 impl Metrics {
@@ -124,6 +129,18 @@ impl Metrics {
             "counter",
             "Partners ended because their relay went silent.",
             u.peers_lost.load(Relaxed),
+        );
+        metric(
+            "upstream_retransmits_total",
+            "counter",
+            "Frames sent again because the partner had not acknowledged them.",
+            u.retransmits.load(Relaxed),
+        );
+        metric(
+            "upstream_foreign_messages_total",
+            "counter",
+            "Messages dropped because they did not come from the partner seat they name.",
+            u.foreign_messages.load(Relaxed),
         );
         let _ = write!(
             out,

@@ -66,7 +66,7 @@ impl Relay {
         let admin = listen(config.admin_listen, 128)?;
         let metrics = Arc::new(Metrics::default());
         let upstream: Arc<dyn Upstream> = match config.upstream {
-            UpstreamKind::Local => Arc::new(Local::new(config.max_rooms, config.ping_timeout)),
+            UpstreamKind::Local => Arc::new(Local::new(config.max_rooms)),
             UpstreamKind::Nats => Arc::new(Nats::connect(&config, Arc::clone(&metrics)).await?),
         };
         let ws_config = WebSocketConfig::default()

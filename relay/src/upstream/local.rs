@@ -6,12 +6,11 @@
 //! the room table: a frame is one push into the partner's bounded inbox.
 
 use super::{BoxFuture, Frame, JoinError, Joined, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
-use ghostwire_shared::{ErrorCode, RoomCode};
+use ghostwire_shared::RoomCode;
 use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 const SHARDS: usize = 16;
 
@@ -25,7 +24,6 @@ struct Inner {
     hasher: RandomState,
     rooms: AtomicUsize,
     max_rooms: usize,
-    stall: Duration,
     next_seat: AtomicU64,
 }
 
@@ -35,16 +33,14 @@ enum Room {
 }
 
 impl Local {
-    /// An empty room table that holds at most `max_rooms` rooms; a peer whose queue stays full
-    /// for `stall` is dropped as a slow consumer.
-    pub fn new(max_rooms: usize, stall: Duration) -> Local {
+    /// An empty room table that holds at most `max_rooms` rooms.
+    pub fn new(max_rooms: usize) -> Local {
         Local {
             inner: Arc::new(Inner {
                 shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
                 hasher: RandomState::new(),
                 rooms: AtomicUsize::new(0),
                 max_rooms,
-                stall,
                 next_seat: AtomicU64::new(1),
             }),
         }
@@ -77,8 +73,8 @@ impl Inner {
                 Room::Paired { .. } => Err(JoinError::RoomFull),
                 Room::Waiting { seat: first, mailbox } => {
                     let first_box = mailbox.clone();
-                    let to_first = LocalLink { peer: first_box.clone(), stall: self.stall };
-                    let to_me = LocalLink { peer: me.clone(), stall: self.stall };
+                    let to_first = LocalLink { peer: first_box.clone() };
+                    let to_me = LocalLink { peer: me.clone() };
                     // The first peer learns of us while we hold the shard lock and before we can send
                     // anything, so PeerFound reaches it ahead of our first frame. If it is already
                     // gone, its seat's drop runs after us and tells us PeerLeft.
@@ -124,7 +120,6 @@ impl Drop for LocalSeat {
 
 struct LocalLink {
     peer: Mailbox,
-    stall: Duration,
 }
 
 impl PeerLink for LocalLink {
@@ -133,16 +128,8 @@ impl PeerLink for LocalLink {
     }
 
     fn writable(&self) -> BoxFuture<'static, Result<(), LinkError>> {
-        let (inbox, kill, stall) = (Arc::clone(&self.peer.inbox), self.peer.kill.clone(), self.stall);
-        Box::pin(async move {
-            match tokio::time::timeout(stall, std::future::poll_fn(|cx| inbox.poll_writable(cx))).await {
-                Ok(result) => result,
-                Err(_) => {
-                    kill.kill(ErrorCode::SlowConsumer);
-                    Err(LinkError::SlowConsumer)
-                }
-            }
-        })
+        let inbox = Arc::clone(&self.peer.inbox);
+        Box::pin(async move { std::future::poll_fn(|cx| inbox.poll_writable(cx)).await })
     }
 }
 

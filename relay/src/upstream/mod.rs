@@ -11,30 +11,44 @@
 //!
 //! # Contract
 //!
+//! Every implementation keeps it; `tests/tests/conformance.rs` checks it against each one.
+//!
 //! * **Join arbitration.** At most two seats exist per room at any time, across
 //!   every relay sharing the room space. `join` answers [`JoinError::RoomFull`]
 //!   to a third joiner; it must be decided atomically, never check-then-act.
 //! * **Pairing.** The second joiner gets [`Joined::Paired`] with a link to the
 //!   first; the first receives [`Inbox::peer_found`] with a link to the
-//!   second, delivered before any frame from the second can arrive.
+//!   second, delivered before any frame from the second can arrive. A pair is
+//!   made by both sides or by neither: a join that fails leaves no seat
+//!   reserved or paired anywhere.
 //! * **Delivery.** [`PeerLink::send`] never waits. Frames from one sender
-//!   arrive in the order sent, byte-identical. When the partner's bounded
-//!   queue is full, `send` hands the frame back and the sender waits on
-//!   [`PeerLink::writable`] (and stops reading its own client meanwhile:
-//!   backpressure). If the partner takes nothing for the stall bound, the
-//!   upstream drops the partner with [`ErrorCode::SlowConsumer`] (through its
-//!   [`KillSwitch`]) rather than buffer without bound.
+//!   arrive in the order sent, byte-identical, each exactly once. When the
+//!   partner's bounded queue is full, `send` hands the frame back and the
+//!   sender waits on [`PeerLink::writable`] (and stops reading its own client
+//!   meanwhile: backpressure).
+//! * **Faults.** Across a broker outage or reconnect, or a link between relays
+//!   that drops and comes back, shorter than the upstream's peer timeout, no
+//!   frame is lost, duplicated or reordered (distributed upstreams number
+//!   frames, acknowledge them and send the unacknowledged ones again; see
+//!   [`link`]). When delivery can no longer be guaranteed (the outage outlasts
+//!   the bound, the partner's relay died) both connections end with
+//!   [`ErrorCode::PeerLost`] (4011), never with PEER_LEFT, within the bound the
+//!   implementation documents.
+//! * **Slow consumers.** One rule for every upstream, enforced where the
+//!   frames end: a connection whose client takes nothing for `--ping-timeout`
+//!   while frames wait is dropped with [`ErrorCode::SlowConsumer`] (4009) by
+//!   its own connection task; its departure then reaches the partner. An
+//!   upstream never drops a connection for its partner's slowness.
 //! * **Departure.** Dropping a [`Seat`] frees the room at once (the code can be
 //!   joined again immediately) and delivers [`Inbox::peer_left`] to the
-//!   partner after every frame the leaver sent before leaving. A relay that
-//!   disappears must have the same effect within a bound the implementation
-//!   documents.
+//!   partner after every frame the leaver sent before leaving.
 //! * **Cancel safety.** Dropping the `join` future before it completes leaves
 //!   no seat behind.
 //! * **Shutdown.** [`Upstream::close`] runs after the last connection ended and
 //!   returns once departures have reached the partners (bounded).
 
 pub mod inbox;
+pub mod link;
 pub mod local;
 pub mod nats;
 
@@ -66,7 +80,7 @@ impl KillSwitch {
         KillSwitch { token: parent.child_token(), code: Arc::new(AtomicU16::new(0)) }
     }
 
-    /// Ends the connection with `code`.
+    /// Ends the connection with `code` (slow consumer, peer lost, upstream unavailable).
     pub fn kill(&self, code: ErrorCode) {
         let _ = self.code.compare_exchange(0, code.as_u16(), Ordering::AcqRel, Ordering::Acquire);
         self.token.cancel();
@@ -88,7 +102,7 @@ impl KillSwitch {
 pub struct Mailbox {
     /// Frames from the partner (bounded by the relay's `--peer-queue`), and the room's notices.
     pub inbox: Arc<Inbox>,
-    /// Drops the connection (slow consumer).
+    /// Ends the connection from outside its task (slow consumer, peer lost, upstream gone).
     pub kill: KillSwitch,
 }
 
@@ -105,8 +119,7 @@ pub trait PeerLink: Send + 'static {
     /// Resolves when [`send`](Self::send) has room again. Cancel-safe.
     ///
     /// # Errors
-    /// [`LinkError::SlowConsumer`] when the partner took nothing within the
-    /// stall bound and has been dropped for it; [`LinkError::Gone`] when it left.
+    /// [`LinkError::Gone`] when the partner left (or was dropped).
     fn writable(&self) -> BoxFuture<'static, Result<(), LinkError>>;
 }
 
@@ -124,9 +137,6 @@ pub enum LinkError {
     /// The partner has gone.
     #[error("partner gone")]
     Gone,
-    /// The partner did not keep up and was dropped.
-    #[error("partner too slow")]
-    SlowConsumer,
 }
 
 /// A connection's place in a room; dropping it leaves the room.

@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 /// The heartbeat table.
 pub(super) struct Liveness {
     relays: Mutex<HashMap<Box<str>, Heard>>,
+    /// When each relay was last heard, tracked or not (entries older than the timeout are
+    /// swept): a seat that does not answer on a relay heard recently is not taken for dead.
+    heard: Mutex<HashMap<Box<str>, Instant>>,
     timeout: Duration,
 }
 
@@ -25,14 +28,33 @@ struct Heard {
 impl Liveness {
     /// A table that declares a relay dead after `timeout` of silence.
     pub(super) fn new(timeout: Duration) -> Liveness {
-        Liveness { relays: Mutex::new(HashMap::new()), timeout }
+        Liveness { relays: Mutex::new(HashMap::new()), heard: Mutex::new(HashMap::new()), timeout }
+    }
+
+    /// How long a relay may be silent before it counts as dead.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// A heartbeat from `relay` arrived.
     pub(super) fn heard(&self, relay: &str) {
+        let now = Instant::now();
         if let Some(h) = self.relays.lock().unwrap_or_else(|p| p.into_inner()).get_mut(relay) {
-            h.at = Instant::now();
+            h.at = now;
         }
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        match heard.get_mut(relay) {
+            Some(at) => *at = now,
+            None => {
+                heard.insert(relay.into(), now);
+            }
+        }
+    }
+
+    /// Whether `relay` was heard within the timeout: its seats may be briefly unreachable (it is
+    /// reconnecting), but it is not dead.
+    pub(super) fn alive(&self, relay: &str) -> bool {
+        self.heard.lock().unwrap_or_else(|p| p.into_inner()).get(relay).is_some_and(|at| at.elapsed() < self.timeout)
     }
 
     /// A token cancelled when `relay` goes silent; tracking starts now if it had not.
@@ -45,6 +67,7 @@ impl Liveness {
 
     /// Declares dead every relay silent for the timeout; returns how many.
     pub(super) fn sweep(&self) -> usize {
+        self.heard.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, at| at.elapsed() < self.timeout);
         let mut relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
         let before = relays.len();
         relays.retain(|_, h| {
@@ -74,5 +97,6 @@ mod tests {
         assert!(b.is_cancelled());
         // Watching again starts afresh.
         assert!(!table.watch("b").is_cancelled());
+        assert!(table.alive("a") && !table.alive("b") && !table.alive("never"));
     }
 }

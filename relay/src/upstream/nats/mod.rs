@@ -66,9 +66,16 @@ struct Shared {
     /// The bucket, once it exists on the server; `None` again when the connection drops (after
     /// a server restart it must be made again). `Some` is what "ready" means.
     bucket: Mutex<Option<kv::Store>>,
-    /// Why the upstream is not ready, for `/readyz` (never holds secrets or room data).
-    trouble: Mutex<Option<String>>,
+    /// Why the upstream is not ready, for `/readyz` (never holds secrets or room data), and
+    /// whether that was logged (once per outage).
+    trouble: Mutex<(Option<String>, bool)>,
+    /// Counts the connections to NATS made so far; seats send again what is unacknowledged when
+    /// it moves (messages in flight when a connection dropped may be lost).
+    generation: tokio::sync::watch::Sender<u64>,
     room_key: Hmac<Sha256>,
+    /// The slots this relay's seats hold (key → seat id): made again by the keeper, before the
+    /// relay is ready, when a restarted server has lost them.
+    slots: Mutex<std::collections::HashMap<String, String>>,
     names: Names,
     relay_id: String,
     next_seat: AtomicU64,
@@ -77,7 +84,6 @@ struct Shared {
     seats_gone: tokio::sync::Notify,
     max_rooms: usize,
     peer_queue: usize,
-    stall: Duration,
     slot_ttl: Duration,
     liveness: Liveness,
     metrics: Arc<Metrics>,
@@ -92,6 +98,10 @@ struct Names {
 impl Names {
     fn seat(&self, seat: &str) -> String {
         format!("{}.seat.{seat}", self.prefix)
+    }
+    /// A message of `kind` from seat `from` to seat `to`.
+    fn to(&self, to: &str, kind: &str, from: &str) -> String {
+        format!("{}.seat.{to}.{kind}.{from}", self.prefix)
     }
     fn heartbeat(&self, relay: &str) -> String {
         format!("{}.hb.{relay}", self.prefix)
@@ -133,8 +143,10 @@ impl Nats {
             client,
             js,
             bucket: Mutex::new(None),
-            trouble: Mutex::new(Some(format!("connecting to NATS at {}", shown_url(&nc.url)))),
+            trouble: Mutex::new((Some(format!("connecting to NATS at {}", shown_url(&nc.url))), false)),
+            generation: tokio::sync::watch::Sender::new(0),
             room_key,
+            slots: Mutex::new(std::collections::HashMap::new()),
             names: Names { prefix: nc.prefix.clone(), bucket: format!("{}-rooms", nc.prefix) },
             relay_id: random_id(),
             next_seat: AtomicU64::new(1),
@@ -142,7 +154,6 @@ impl Nats {
             seats_gone: tokio::sync::Notify::new(),
             max_rooms: config.max_rooms,
             peer_queue: config.peer_queue as usize,
-            stall: config.ping_timeout,
             slot_ttl: nc.slot_ttl.max(Duration::from_secs(1)),
             liveness: Liveness::new(nc.peer_timeout),
             metrics,
@@ -162,7 +173,7 @@ async fn options(nc: &NatsConfig, events: mpsc::UnboundedSender<Event>) -> Resul
         .max_reconnects(None)
         .connection_timeout(OP_TIMEOUT)
         .request_timeout(Some(OP_TIMEOUT))
-        .reconnect_delay_callback(|attempt| Duration::from_millis(100 * 2u64.pow(attempt.min(4) as u32)))
+        .reconnect_delay_callback(|attempt| Duration::from_millis(100 * 2u64.pow(attempt.min(3) as u32)))
         .event_callback(move |event| {
             let _ = events.send(event);
             std::future::ready(())
@@ -225,13 +236,44 @@ impl Shared {
         *self.bucket.lock().unwrap_or_else(|p| p.into_inner()) = store;
     }
 
-    /// Records why the upstream is not ready (`None`: it is); logs each new reason once.
+    /// Records why the upstream is not ready (`None`: it is). An outage is logged once at WARN
+    /// with its first reason, and its end once at INFO; the reason shown by `/readyz` follows
+    /// every change.
     fn set_trouble(&self, why: Option<String>) {
         let mut trouble = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(new), false) = (&why, *trouble == why) {
-            tracing::warn!(reason = %new, "NATS upstream not ready");
+        let (reason, warned) = &mut *trouble;
+        match (&why, *warned) {
+            (Some(new), false) => {
+                tracing::warn!(reason = %new, "NATS upstream not ready");
+                *warned = true;
+            }
+            (None, true) => {
+                tracing::info!("NATS upstream ready again");
+                *warned = false;
+            }
+            _ => {}
         }
-        *trouble = why;
+        *reason = why;
+    }
+
+    /// Makes again every slot this relay's seats hold that the server no longer has (a restarted
+    /// server lost them), before any join can take one. A slot another seat took meanwhile stays
+    /// theirs; that seat's renewal then finds it lost.
+    async fn remake_slots(&self, store: &kv::Store) {
+        let slots: Vec<(String, String)> =
+            self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (key, id) in slots {
+            let _ = tokio::time::timeout(OP_TIMEOUT, store.create(&key, bytes::Bytes::from(id))).await;
+        }
+    }
+
+    /// Records (or, with `None`, forgets) the slot `key` held by seat `id`.
+    fn hold_slot(&self, key: &str, id: Option<&str>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match id {
+            Some(id) => slots.insert(key.to_owned(), id.to_owned()),
+            None => slots.remove(key),
+        };
     }
 
     /// Finds or makes the room bucket: memory storage, one value per key, slots expire after
@@ -275,6 +317,10 @@ async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>,
         if want_bucket {
             match shared.ensure_bucket().await {
                 Ok(store) => {
+                    shared.remake_slots(&store).await;
+                    // Round trip to the server: every subscription the client made again on
+                    // reconnecting is in place before joins can address this relay's seats.
+                    let _ = tokio::time::timeout(OP_TIMEOUT, shared.client.flush()).await;
                     shared.set_bucket(Some(store));
                     shared.set_trouble(None);
                     want_bucket = false;
@@ -293,7 +339,8 @@ async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>,
                 if connects > 1 {
                     shared.metrics.upstream.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
-                tracing::info!("connected to NATS");
+                tracing::debug!("connected to NATS");
+                shared.generation.send_modify(|g| *g += 1);
                 want_bucket = true;
             }
             Event::Disconnected => {
@@ -368,7 +415,7 @@ impl Upstream for Nats {
         if self.shared.bucket().is_some() {
             return Ok(());
         }
-        let trouble = self.shared.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let trouble = self.shared.trouble.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
         Err(trouble.unwrap_or_else(|| "NATS upstream not ready".into()))
     }
 

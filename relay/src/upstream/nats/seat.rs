@@ -1,40 +1,54 @@
 //! One seat on the broker: the join protocol, and the task that carries a seat's traffic.
 //!
-//! Joining (see the module above for the names):
-//! 1. subscribe to the seat's subjects, so a partner can reach it as soon as
-//!    its slot exists;
+//! Every message to a seat goes to `<prefix>.seat.<to>.<kind>.<from>[.<n>]`, where `<to>` and
+//! `<from>` are seat ids (`<relay>.<counter>`): the subject names the sender, and a seat accepts
+//! pairing, frames, acknowledgements and departures only from the seat it is paired (or being
+//! paired) with. Anything else (a stale seat, a confused relay) is dropped and counted.
+//!
+//! | kind | carries | meaning |
+//! |---|---|---|
+//! | `j` | request | "pair with me": the holder of `.a` reserves itself for the sender (phase one) |
+//! | `c` | request | "commit": the holder tells its connection PEER_FOUND, then answers (phase two) |
+//! | `x` | — | the joiner gave up between the phases: the reservation (or pair) ends |
+//! | `f.<n>` | the frame | frame number `n` of this direction, byte for byte |
+//! | `k` | `n` | acknowledgement: every frame below `n` was handed to the connection |
+//! | `l` | `n` | departure after `n` frames |
+//! | `p` | request | probe: "are you alive?" |
+//!
+//! Joining:
+//! 1. subscribe to the seat's subjects, so a partner can reach it as soon as its slot exists;
 //! 2. `create` slot `.a`: taken means this seat waits for a partner;
-//! 3. else `create` slot `.b`: refused means the room is full (4002);
-//! 4. else read who holds `.a` and ask it to pair (`.j` request). It answers
-//!    `ok` once it has told its connection PEER_FOUND. If nobody answers (its
-//!    relay is gone) its slot is stale: delete it (only at the revision read,
-//!    so a newer holder is never evicted), give `.b` back and start again.
+//! 3. else `create` slot `.b`: refused means the room is full (4002), unless a holder is dead
+//!    (probed with `p`: no responders), whose slot is then deleted at the revision read;
+//! 4. else read who holds `.a`, reserve it (`j`), then commit (`c`). A pair exists once both
+//!    answered; if the second answer does not come, the joiner gives `.b` back and tells the
+//!    holder (`x`), and a holder that hears no commit returns to waiting on its own. No
+//!    half-paired seat is left behind.
 //!
-//! When `.b` is taken, both holders are probed (`.p`): if nobody answers for
-//! one, its relay died and that slot is freed the same way before another
-//! round. Only two live holders make the room full.
+//! Membership is only ever decided by `create`, which the broker performs atomically.
 //!
-//! Membership is only ever decided by `create`, which the broker performs
-//! atomically; the read in step 4 only finds the partner's address.
-//!
-//! After the join, one task per seat forwards the connection's frames to the
-//! partner's subject, delivers the partner's frames into the connection's
-//! inbox, renews the slot, and on departure sends what is left, frees the
-//! slot and tells the partner (`.l`), in that order.
+//! After the join, one task per seat forwards the connection's frames, numbered (see
+//! [`link`](crate::upstream::link)), delivers the partner's in order into the connection's
+//! inbox, acknowledges them, sends again what the partner has not acknowledged after a
+//! reconnect, and renews the slot (making it again if a restarted server lost it). A partner
+//! not heard within `--nats-peer-timeout` ends the connection with 4011 (peer lost). On
+//! departure it sends what is left, frees the slot and announces the departure with the number
+//! of frames sent, then stays until they are acknowledged (bounded by the peer timeout).
 
 use super::{Shared, OP_TIMEOUT};
 use crate::upstream::inbox::Inbox;
+use crate::upstream::link::{Acked, Arrival, Incoming, Outgoing};
 use crate::upstream::{BoxFuture, Frame, JoinError, Joined, KillSwitch, LinkError, Mailbox, PeerLink, Seat, SendError};
 use async_nats::client::RequestErrorKind;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
-use async_nats::{Message, Subject, Subscriber};
+use async_nats::{Message, Subscriber};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use ghostwire_shared::ErrorCode;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{error::Elapsed, timeout, Instant};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -42,10 +56,15 @@ use tokio_util::task::TaskTracker;
 
 /// Rounds of steps 2-4 before a join gives up (each extra round follows a stale or departing slot).
 const ATTEMPTS: u32 = 4;
-/// Frames published per pass of a seat task's loop, beyond the first.
-const OUT_BATCH: usize = 63;
+/// Broker messages handled per pass of a seat task's loop, in each direction.
+const BATCH: usize = 64;
 /// The answer to a pairing request that succeeded.
 const PAIRED: &[u8] = b"ok";
+/// Unacknowledged frames are sent again after this long without an acknowledgement.
+const RESEND_AFTER: Duration = Duration::from_millis(500);
+/// A publish that the client library does not take this fast is left to the resend (the frame
+/// stays in the window), so a broker outage never blocks the seat's task.
+const PUBLISH_WAIT: Duration = Duration::from_millis(200);
 
 /// Takes a seat in the room whose broker name is `room`.
 pub(super) async fn join(
@@ -62,7 +81,7 @@ pub(super) async fn join(
         return Err(JoinError::AtCapacity);
     }
     let id = format!("{}.{}", shared.relay_id, shared.next_seat.fetch_add(1, Relaxed));
-    let sub = shared.client.subscribe(format!("{}.*", shared.names.seat(&id))).await.map_err(unavailable)?;
+    let sub = shared.client.subscribe(format!("{}.>", shared.names.seat(&id))).await.map_err(unavailable)?;
     let (a, b) = (format!("{room}.a"), format!("{room}.b"));
     let value = Bytes::from(id.clone());
 
@@ -81,8 +100,8 @@ pub(super) async fn join(
                 // Full only if two different live seats hold the slots. A holder whose relay died
                 // is reclaimed here; one seat seen in both slots is a seat between rounds of its
                 // own join (reads are snapshots). Either way, another round decides.
-                let holder_b = check_holder(&shared, &kv, &b).await;
-                let holder_a = check_holder(&shared, &kv, &a).await;
+                let holder_b = check_holder(&shared, &kv, &b, &id).await;
+                let holder_a = check_holder(&shared, &kv, &a, &id).await;
                 match (holder_a, holder_b) {
                     (Holder::Freed, _) | (_, Holder::Freed) => continue,
                     (Holder::Live(x), Holder::Live(y)) if x == y => continue,
@@ -109,24 +128,45 @@ pub(super) async fn join(
             release(&kv, &b, revision).await;
             continue;
         };
-        let asked = shared.client.request(format!("{}.j", shared.names.seat(&partner)), value.clone()).await;
-        match asked {
+        let names = &shared.names;
+        match shared.client.request(names.to(&partner, "j", &id), Bytes::new()).await {
+            Ok(reply) if reply.payload.as_ref() == PAIRED => {}
+            Ok(_) => {
+                // The holder of `.a` is leaving, or reserved by another joiner for a moment.
+                release(&kv, &b, revision).await;
+                tokio::time::sleep(Duration::from_millis(20 << round)).await;
+                continue;
+            }
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                // Nobody answers for that seat. Its relay died (not heard within the peer
+                // timeout): the slot is stale, free it. Otherwise the seat is leaving, or its
+                // relay is reconnecting: give `.b` back and try again shortly.
+                if !shared.liveness.alive(relay_of(&partner)) {
+                    release(&kv, &a, first.revision).await;
+                }
+                release(&kv, &b, revision).await;
+                tokio::time::sleep(Duration::from_millis(20 << round)).await;
+                continue;
+            }
+            Err(e) => return Err(give_back(&kv, &b, revision, unavailable(e)).await),
+        }
+        // Phase two. Only an answer commits this side; without one, the holder is told to forget
+        // the reservation (it also drops it by itself when no commit comes).
+        match shared.client.request(names.to(&partner, "c", &id), Bytes::new()).await {
             Ok(reply) if reply.payload.as_ref() == PAIRED => {
                 let mut seat = SeatTask::new(&shared, kv, id, b, revision, sub, me, count);
                 let link = seat.pair(&partner);
                 return Ok(Joined::Paired(seat.spawn(&tasks), Box::new(link)));
             }
-            Ok(_) => {
-                // The holder of `.a` is leaving or still ending its last pair: its slot frees soon.
+            outcome => {
+                let _ = shared.client.publish(names.to(&partner, "x", &id), Bytes::new()).await;
                 release(&kv, &b, revision).await;
-                tokio::time::sleep(Duration::from_millis(20 << round)).await;
+                if let Err(e) = outcome {
+                    if e.kind() != RequestErrorKind::NoResponders {
+                        return Err(unavailable(e));
+                    }
+                }
             }
-            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
-                // Nobody holds that seat any more: its relay died or it is just leaving.
-                release(&kv, &a, first.revision).await;
-                release(&kv, &b, revision).await;
-            }
-            Err(e) => return Err(give_back(&kv, &b, revision, unavailable(e)).await),
         }
     }
     Err(JoinError::Unavailable("the room's slots kept changing".into()))
@@ -134,7 +174,7 @@ pub(super) async fn join(
 
 /// Who holds a slot, as far as a probe can tell.
 enum Holder {
-    /// A seat that answered a `.p` probe.
+    /// A seat that answered a probe.
     Live(String),
     /// Free now: it was free when read, or its holder's relay died and the slot was deleted.
     Freed,
@@ -142,9 +182,9 @@ enum Holder {
     Unknown,
 }
 
-/// Reads slot `key` and probes its holder. Only "no responders" counts as dead; the slot is then
-/// deleted at the revision read, never a newer one.
-async fn check_holder(shared: &Shared, kv: &kv::Store, key: &str) -> Holder {
+/// Reads slot `key` and probes its holder (as seat `me`). Only "no responders" counts as dead;
+/// the slot is then deleted at the revision read, never a newer one.
+async fn check_holder(shared: &Shared, kv: &kv::Store, key: &str, me: &str) -> Holder {
     let entry = match timeout(OP_TIMEOUT, kv.entry(key)).await {
         Ok(Ok(Some(entry))) if entry.operation == Operation::Put => entry,
         Ok(Ok(_)) => return Holder::Freed,
@@ -154,9 +194,10 @@ async fn check_holder(shared: &Shared, kv: &kv::Store, key: &str) -> Holder {
         release(kv, key, entry.revision).await;
         return Holder::Freed;
     };
-    match shared.client.request(format!("{}.p", shared.names.seat(seat)), Bytes::new()).await {
+    match shared.client.request(shared.names.to(seat, "p", me), Bytes::new()).await {
         Ok(_) => Holder::Live(seat.to_owned()),
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+        // Dead only if its relay is not heard either (a reconnecting relay's seats answer soon).
+        Err(e) if e.kind() == RequestErrorKind::NoResponders && !shared.liveness.alive(relay_of(seat)) => {
             release(kv, key, entry.revision).await;
             Holder::Freed
         }
@@ -194,6 +235,36 @@ fn is_seat_id(s: &str) -> bool {
     }
 }
 
+/// The relay part of a seat id.
+fn relay_of(seat: &str) -> &str {
+    seat.split_once('.').map_or(seat, |(relay, _)| relay)
+}
+
+/// A message to a seat, read from its subject: `<kind>.<from relay>.<from n>[.<number>]`.
+#[derive(Debug, PartialEq, Eq)]
+struct Addressed<'a> {
+    kind: &'a str,
+    from: &'a str,
+    number: Option<u64>,
+}
+
+/// Parses what follows the seat's own `<prefix>.seat.<id>.` in a subject.
+fn addressed(rest: &str) -> Option<Addressed<'_>> {
+    let mut parts = rest.splitn(4, '.');
+    let kind = parts.next()?;
+    let relay = parts.next()?;
+    let n = parts.next()?;
+    let from = rest.get(kind.len() + 1..kind.len() + 1 + relay.len() + 1 + n.len())?;
+    if !is_seat_id(from) {
+        return None;
+    }
+    let number = match parts.next() {
+        Some(x) => Some(x.parse().ok()?),
+        None => None,
+    };
+    Some(Addressed { kind, from, number })
+}
+
 /// One seat counted in `Shared::seats` (the rooms this relay holds); uncounted on drop.
 struct SeatCount {
     shared: Arc<Shared>,
@@ -219,18 +290,19 @@ impl Drop for SeatCount {
 /// What a renewal came to: the slot's new revision, or why not.
 type Renewal = Result<Result<u64, kv::UpdateError>, Elapsed>;
 
-/// The partner's subjects, and the token cancelled when its relay goes silent.
+/// The partner: its seat id, and the token cancelled when its relay goes silent.
 struct Partner {
-    frames: Subject,
-    left: Subject,
+    id: String,
     dead: CancellationToken,
 }
 
 /// Where the seat is in its life.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Phase {
     /// Holding `.a`, no partner yet.
     Waiting,
+    /// Reserved by joiner `.0` (phase one) until `.1`; its commit pairs.
+    Reserved(String, Instant),
     /// Frames flow both ways.
     Paired,
     /// The partner left or vanished; the slot is free; the connection is closing.
@@ -241,9 +313,10 @@ struct SeatTask {
     shared: Arc<Shared>,
     kv: kv::Store,
     id: String,
+    /// This seat's subjects begin with this (`<prefix>.seat.<id>.`).
+    base: String,
     key: String,
     revision: u64,
-    renewed: Instant,
     /// The slot's renewal in flight: polled beside the frames, never holding them up.
     renewing: Option<BoxFuture<'static, Renewal>>,
     sub: Subscriber,
@@ -255,6 +328,11 @@ struct SeatTask {
     outbox_tx: mpsc::Sender<Frame>,
     phase: Phase,
     partner: Option<Partner>,
+    out: Outgoing,
+    inc: Incoming,
+    /// When the partner's departure arrived with frames still missing.
+    missing_since: Option<Instant>,
+    generation: watch::Receiver<u64>,
     leave: CancellationToken,
     _count: SeatCount,
 }
@@ -272,13 +350,16 @@ impl SeatTask {
         count: SeatCount,
     ) -> SeatTask {
         let (tx, outbox) = mpsc::channel(shared.peer_queue);
+        shared.hold_slot(&key, Some(&id));
+        let mut generation = shared.generation.subscribe();
+        generation.mark_unchanged();
         SeatTask {
             shared: Arc::clone(shared),
             kv,
+            base: format!("{}.", shared.names.seat(&id)),
             id,
             key,
             revision,
-            renewed: Instant::now(),
             renewing: None,
             sub,
             inbox: me.inbox,
@@ -287,6 +368,10 @@ impl SeatTask {
             outbox_tx: tx,
             phase: Phase::Waiting,
             partner: None,
+            out: Outgoing::new(shared.peer_queue),
+            inc: Incoming::default(),
+            missing_since: None,
+            generation,
             leave: CancellationToken::new(),
             _count: count,
         }
@@ -301,151 +386,254 @@ impl SeatTask {
 
     /// Becomes paired with seat `partner`; returns the connection's link to it.
     fn pair(&mut self, partner: &str) -> NatsLink {
-        let base = self.shared.names.seat(partner);
-        let relay = partner.split_once('.').map_or(partner, |(relay, _)| relay);
-        self.partner = Some(Partner {
-            frames: Subject::from(format!("{base}.f")),
-            left: Subject::from(format!("{base}.l")),
-            dead: self.shared.liveness.watch(relay),
-        });
+        let dead = self.shared.liveness.watch(relay_of(partner));
+        self.partner = Some(Partner { id: partner.to_owned(), dead });
         self.phase = Phase::Paired;
-        NatsLink { tx: self.outbox_tx.clone(), stall: self.shared.stall, me: self.kill.clone() }
+        NatsLink { tx: self.outbox_tx.clone() }
     }
 
     async fn run(mut self) {
         let every = self.shared.slot_ttl / 3;
         let mut renew = tokio::time::interval_at(Instant::now() + every, every);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A partner frame the connection had no room for, and when waiting for room gives up.
+        let mut resend = tokio::time::interval(RESEND_AFTER);
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A partner frame the connection had no room for yet (the connection's own write bound
+        // drops it as a slow consumer if it never makes room).
         let mut pending: Option<Frame> = None;
-        let stalled = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(stalled);
         let mut sub_open = true;
         loop {
             let dead = self.partner.as_ref().map(|p| p.dead.clone());
+            let reserved_until = match &self.phase {
+                Phase::Reserved(_, until) => Some(*until),
+                _ => None,
+            };
             let inbox = &self.inbox;
             tokio::select! {
                 biased;
                 () = self.leave.cancelled() => break,
                 () = async { match dead { Some(d) => d.cancelled_owned().await, None => std::future::pending().await } } => {
-                    self.shared.metrics.upstream.peers_lost.fetch_add(1, Relaxed);
-                    self.end_pair().await;
+                    self.lost("relay not heard within --nats-peer-timeout").await;
                 }
                 room = std::future::poll_fn(|cx| inbox.poll_writable(cx)), if pending.is_some() => {
                     if let (Ok(()), Some(frame)) = (room, pending.take()) {
-                        self.deliver(frame, &mut pending, stalled.as_mut());
+                        self.deliver(frame, &mut pending);
+                        self.check_departure(&pending).await;
+                        self.acknowledge().await;
                     }
                 }
-                () = &mut stalled, if pending.is_some() => {
-                    pending = None;
-                    self.kill.kill(ErrorCode::SlowConsumer);
-                }
-                Some(frame) = self.outbox.recv() => {
-                    self.publish(frame).await;
+                Some(frame) = self.outbox.recv(), if self.out.has_room() => {
+                    self.publish_new(frame).await;
                     // What else is queued goes in the same pass (bounded, so the other direction
                     // is not starved).
-                    for _ in 0..OUT_BATCH {
+                    for _ in 1..BATCH {
+                        if !self.out.has_room() {
+                            break;
+                        }
                         let Ok(frame) = self.outbox.try_recv() else { break };
-                        self.publish(frame).await;
+                        self.publish_new(frame).await;
                     }
                 }
                 msg = self.sub.next(), if sub_open && pending.is_none() => match msg {
-                    Some(msg) => self.on_message(msg, &mut pending, stalled.as_mut()).await,
+                    Some(msg) => {
+                        self.on_message(msg, &mut pending).await;
+                        for _ in 1..BATCH {
+                            if pending.is_some() {
+                                break;
+                            }
+                            let Some(Some(msg)) = self.sub.next().now_or_never() else { break };
+                            self.on_message(msg, &mut pending).await;
+                        }
+                        self.acknowledge().await;
+                    }
                     None => {
                         sub_open = false;
                         self.kill.kill(ErrorCode::UpstreamUnavailable);
                     }
                 },
-                _ = renew.tick(), if self.renewing.is_none() && self.phase != Phase::Ended => {
-                    let (kv, key, id, revision) = (self.kv.clone(), self.key.clone(), self.id.clone(), self.revision);
-                    self.renewing = Some(Box::pin(async move {
-                        timeout(OP_TIMEOUT, kv.update(&key, Bytes::from(id), revision)).await
-                    }));
+                Ok(()) = self.generation.changed() => {
+                    // A new connection: what was in flight may be lost. Send it again. (The slot,
+                    // if a restarted server lost it, the keeper makes again before joins resume.)
+                    self.resend().await;
                 }
+                _ = resend.tick() => {
+                    let now = Instant::now();
+                    if self.out.stalled(now, RESEND_AFTER) {
+                        self.resend().await;
+                    }
+                    if let Some(since) = self.missing_since {
+                        if now.duration_since(since) >= self.shared.liveness.timeout() {
+                            self.lost("its last frames did not arrive").await;
+                        }
+                    }
+                }
+                () = async { match reserved_until { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                    // Phase one without phase two: the joiner is gone; wait for another.
+                    self.phase = Phase::Waiting;
+                }
+                _ = renew.tick(), if self.renewing.is_none() && self.phase != Phase::Ended => self.start_renewal(),
                 renewed = async { match self.renewing.as_mut() { Some(r) => r.await, None => std::future::pending().await } },
                     if self.renewing.is_some() =>
                 {
                     self.renewing = None;
-                    self.renewed(renewed);
+                    self.renewed(renewed).await;
                 }
             }
         }
         self.depart().await;
     }
 
-    /// Publishes one of the connection's frames to the partner. A publish the client cannot take
-    /// within the stall bound ends the connection (4007) rather than lose the frame unseen.
-    async fn publish(&mut self, frame: Frame) {
-        let Some(p) = &self.partner else { return };
-        let sent = timeout(self.shared.stall, self.shared.client.publish(p.frames.clone(), Bytes::from(frame))).await;
-        if matches!(sent, Ok(Ok(()))) {
-            self.shared.metrics.upstream.frames_out.fetch_add(1, Relaxed);
-        } else {
+    /// Publishes a message of `kind` (numbered `n`) to seat `to`; a publish the client library
+    /// does not take in time is counted, and left to the resend where it matters.
+    async fn publish(&mut self, to: &str, kind: &str, n: Option<u64>, payload: Bytes) -> bool {
+        let mut subject = self.shared.names.to(to, kind, &self.id);
+        if let Some(n) = n {
+            subject = format!("{subject}.{n}");
+        }
+        let sent = timeout(PUBLISH_WAIT, self.shared.client.publish(subject, payload)).await;
+        let ok = matches!(sent, Ok(Ok(())));
+        if !ok {
             self.shared.metrics.upstream.publish_errors.fetch_add(1, Relaxed);
-            self.kill.kill(ErrorCode::UpstreamUnavailable);
+        }
+        ok
+    }
+
+    /// Numbers one of the connection's frames and sends it; it stays in the window until acked.
+    async fn publish_new(&mut self, frame: Frame) {
+        let Some(p) = &self.partner else { return };
+        let payload = Bytes::from(frame);
+        let seq = self.out.send(payload.clone(), Instant::now());
+        let to = p.id.clone();
+        if self.publish(&to, "f", Some(seq), payload).await {
+            self.shared.metrics.upstream.frames_out.fetch_add(1, Relaxed);
         }
     }
 
-    async fn on_message(
-        &mut self,
-        msg: Message,
-        pending: &mut Option<Frame>,
-        stalled: std::pin::Pin<&mut tokio::time::Sleep>,
-    ) {
-        match msg.subject.as_str().rsplit('.').next() {
-            Some("f") if self.phase == Phase::Paired => match Utf8Bytes::try_from(msg.payload) {
-                Ok(frame) => {
-                    self.shared.metrics.upstream.frames_in.fetch_add(1, Relaxed);
-                    self.deliver(frame, pending, stalled);
-                }
-                Err(_) => tracing::warn!("dropped a frame from NATS that is not UTF-8"),
-            },
-            Some("j") => {
-                let partner = std::str::from_utf8(&msg.payload).ok().filter(|p| is_seat_id(p)).map(str::to_owned);
-                let answer: &'static [u8] = match partner {
-                    Some(partner) if self.phase == Phase::Waiting => {
-                        let link = self.pair(&partner);
-                        // Told before the answer goes out, so PEER_FOUND precedes the partner's frames.
-                        self.inbox.peer_found(Box::new(link));
-                        PAIRED
-                    }
-                    _ => b"no",
+    /// Sends every unacknowledged frame again, and the departure if it was announced.
+    async fn resend(&mut self) {
+        let Some(p) = &self.partner else { return };
+        let to = p.id.clone();
+        let frames: Vec<(u64, Bytes)> = self.out.unacked().map(|(seq, f)| (seq, f.clone())).collect();
+        for (seq, frame) in frames {
+            self.shared.metrics.upstream.retransmits.fetch_add(1, Relaxed);
+            self.publish(&to, "f", Some(seq), frame).await;
+        }
+        if self.leave.is_cancelled() {
+            self.publish(&to, "l", None, Bytes::from(self.out.sent().to_string())).await;
+        }
+    }
+
+    /// Sends the acknowledgement that is due, if any.
+    async fn acknowledge(&mut self) {
+        let (Some(next), Some(p)) = (self.inc.take_ack(), &self.partner) else { return };
+        let to = p.id.clone();
+        self.publish(&to, "k", None, Bytes::from(next.to_string())).await;
+    }
+
+    async fn on_message(&mut self, msg: Message, pending: &mut Option<Frame>) {
+        let Some(rest) = msg.subject.as_str().strip_prefix(self.base.as_str()) else { return };
+        let Some(m) = addressed(rest) else {
+            self.shared.metrics.upstream.foreign_messages.fetch_add(1, Relaxed);
+            return;
+        };
+        let from_partner = self.partner.as_ref().is_some_and(|p| p.id == m.from);
+        let from_reserver = matches!(&self.phase, Phase::Reserved(j, _) if j == m.from);
+        match m.kind {
+            "p" => return self.answer(msg.reply, b"").await,
+            "j" => {
+                let answer = if self.phase == Phase::Waiting
+                    || matches!(&self.phase, Phase::Reserved(_, until) if *until <= Instant::now())
+                {
+                    self.phase = Phase::Reserved(m.from.to_owned(), Instant::now() + OP_TIMEOUT);
+                    PAIRED
+                } else {
+                    b"no"
                 };
-                if let Some(reply) = msg.reply {
-                    if self.shared.client.publish(reply, Bytes::from_static(answer)).await.is_err() {
-                        self.shared.metrics.upstream.publish_errors.fetch_add(1, Relaxed);
-                    }
-                }
+                return self.answer(msg.reply, answer).await;
             }
-            Some("l") if self.phase == Phase::Paired => self.end_pair().await,
-            Some("p") => {
-                if let Some(reply) = msg.reply {
-                    if self.shared.client.publish(reply, Bytes::new()).await.is_err() {
-                        self.shared.metrics.upstream.publish_errors.fetch_add(1, Relaxed);
-                    }
-                }
+            "c" if from_reserver => {
+                let partner = m.from.to_owned();
+                let link = self.pair(&partner);
+                // Told before the answer goes out, so PEER_FOUND precedes the partner's frames.
+                self.inbox.peer_found(Box::new(link));
+                return self.answer(msg.reply, PAIRED).await;
             }
-            _ => {}
+            "c" => return self.answer(msg.reply, b"no").await,
+            "x" if from_reserver => {
+                self.phase = Phase::Waiting;
+                return;
+            }
+            _ if !from_partner => {}
+            "x" => return self.end_pair().await,
+            "f" if self.phase == Phase::Paired => {
+                let Some(seq) = m.number else { return };
+                if self.inc.arrived(seq) != Arrival::Deliver {
+                    return;
+                }
+                match Utf8Bytes::try_from(msg.payload) {
+                    Ok(frame) => {
+                        self.shared.metrics.upstream.frames_in.fetch_add(1, Relaxed);
+                        self.deliver(frame, pending);
+                        self.check_departure(pending).await;
+                    }
+                    Err(_) => tracing::warn!("dropped a frame from NATS that is not UTF-8"),
+                }
+                return;
+            }
+            "k" => {
+                let Some(next) = std::str::from_utf8(&msg.payload).ok().and_then(|n| n.parse().ok()) else { return };
+                if self.out.ack(next, Instant::now()) == Acked::Gap {
+                    self.resend().await;
+                }
+                return;
+            }
+            "l" if self.phase == Phase::Paired => {
+                let Some(total) = std::str::from_utf8(&msg.payload).ok().and_then(|n| n.parse().ok()) else {
+                    return;
+                };
+                self.inc.left(total);
+                return self.check_departure(pending).await;
+            }
+            _ => return,
+        }
+        self.shared.metrics.upstream.foreign_messages.fetch_add(1, Relaxed);
+    }
+
+    async fn answer(&mut self, reply: Option<async_nats::Subject>, answer: &'static [u8]) {
+        if let Some(reply) = reply {
+            if self.shared.client.publish(reply, Bytes::from_static(answer)).await.is_err() {
+                self.shared.metrics.upstream.publish_errors.fetch_add(1, Relaxed);
+            }
         }
     }
 
     /// Queues a partner frame for the connection, or holds it until there is room.
-    fn deliver(&mut self, frame: Frame, pending: &mut Option<Frame>, stalled: std::pin::Pin<&mut tokio::time::Sleep>) {
+    fn deliver(&mut self, frame: Frame, pending: &mut Option<Frame>) {
         match self.inbox.push(frame) {
-            Ok(()) | Err(SendError::Gone) => {}
-            Err(SendError::Full(frame)) => {
-                if pending.is_none() {
-                    stalled.reset(Instant::now() + self.shared.stall);
-                }
-                *pending = Some(frame);
-            }
+            Ok(()) | Err(SendError::Gone) => self.inc.delivered(),
+            Err(SendError::Full(frame)) => *pending = Some(frame),
+        }
+    }
+
+    /// After a departure or a delivery: the pair ends once every announced frame was delivered.
+    async fn check_departure(&mut self, pending: &Option<Frame>) {
+        if self.phase != Phase::Paired {
+            return;
+        }
+        if pending.is_none() && self.inc.finished() {
+            self.acknowledge().await;
+            self.end_pair().await;
+        } else if self.inc.missing_after_departure() && self.missing_since.is_none() {
+            self.missing_since = Some(Instant::now());
         }
     }
 
     /// The partner is gone: free the slot first, so that once the connection sees PEER_LEFT the
     /// room can be joined again at once.
     async fn end_pair(&mut self) {
+        self.shared.hold_slot(&self.key, None);
         self.partner = None;
+        self.out.clear();
         self.phase = Phase::Ended;
         // Without a connection the delete cannot succeed: do not hold PEER_LEFT back for it (the
         // slot then expires, or the next joiner reclaims it).
@@ -455,20 +643,53 @@ impl SeatTask {
         self.inbox.peer_left();
     }
 
-    /// The outcome of a renewal: a slot lost to expiry or to another holder ends the connection.
-    fn renewed(&mut self, outcome: Renewal) {
+    /// The partner can no longer be reached: delivery cannot be guaranteed, so the connection
+    /// ends with 4011 (peer lost), not PEER_LEFT.
+    async fn lost(&mut self, why: &str) {
+        tracing::info!(reason = why, "partner lost");
+        self.shared.hold_slot(&self.key, None);
+        self.shared.metrics.upstream.peers_lost.fetch_add(1, Relaxed);
+        self.partner = None;
+        self.out.clear();
+        self.phase = Phase::Ended;
+        self.kill.kill(ErrorCode::PeerLost);
+        if self.shared.client.connection_state() == async_nats::connection::State::Connected {
+            self.free_slot().await;
+        }
+    }
+
+    fn start_renewal(&mut self) {
+        let (kv, key, id, revision) = (self.kv.clone(), self.key.clone(), self.id.clone(), self.revision);
+        self.renewing =
+            Some(Box::pin(async move { timeout(OP_TIMEOUT, kv.update(&key, Bytes::from(id), revision)).await }));
+    }
+
+    /// The outcome of a renewal. A slot that still holds this seat's id is kept (a restarted
+    /// server's slot, made again by the keeper, has a new revision); one that expired is made
+    /// again; one that another seat took ends the connection. A renewal that failed because the
+    /// broker is away is tried again at the next tick: the outcome after the reconnect decides.
+    async fn renewed(&mut self, outcome: Renewal) {
         match outcome {
-            Ok(Ok(revision)) => {
-                self.revision = revision;
-                self.renewed = Instant::now();
-            }
+            Ok(Ok(revision)) => self.revision = revision,
             Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                tracing::warn!("room slot lost (expired or taken while NATS was away): ending the connection");
-                self.kill.kill(ErrorCode::UpstreamUnavailable);
-            }
-            _ if self.renewed.elapsed() >= self.shared.slot_ttl => {
-                tracing::warn!("room slot not renewed within --nats-slot-ttl: ending the connection");
-                self.kill.kill(ErrorCode::UpstreamUnavailable);
+                let entry = timeout(OP_TIMEOUT, self.kv.entry(&self.key)).await;
+                let still_ours = match entry {
+                    Ok(Ok(Some(entry))) if entry.operation == Operation::Put => {
+                        (entry.value == self.id.as_bytes()).then_some(entry.revision)
+                    }
+                    Ok(Ok(_)) => timeout(OP_TIMEOUT, self.kv.create(&self.key, Bytes::from(self.id.clone())))
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    Ok(Err(_)) | Err(_) => return,
+                };
+                match still_ours {
+                    Some(revision) => self.revision = revision,
+                    None => {
+                        tracing::warn!("room slot taken by another seat while NATS was away: ending the connection");
+                        self.kill.kill(ErrorCode::UpstreamUnavailable);
+                    }
+                }
             }
             _ => {}
         }
@@ -479,34 +700,54 @@ impl SeatTask {
     async fn free_slot(&mut self) {
         if let Some(renewing) = self.renewing.take() {
             let outcome = renewing.await;
-            self.renewed(outcome);
+            self.renewed(outcome).await;
         }
+        self.shared.hold_slot(&self.key, None);
         release(&self.kv, &self.key, self.revision).await;
     }
 
-    /// The connection left: its last frames, then the slot, then the partner's notice.
+    /// The connection left: its last frames, then the slot, then the departure with the number
+    /// of frames sent; then, while the partner is alive and frames are unacknowledged, resends
+    /// (bounded by the peer timeout).
     async fn depart(mut self) {
+        // Past the window if need be: the outbox is bounded too, and these are the last frames.
         while let Ok(frame) = self.outbox.try_recv() {
-            self.publish(frame).await;
+            self.publish_new(frame).await;
         }
         if self.phase != Phase::Ended {
             self.free_slot().await;
         }
-        if let Some(p) = self.partner.take() {
-            if self.shared.client.publish(p.left, Bytes::new()).await.is_err() {
-                self.shared.metrics.upstream.publish_errors.fetch_add(1, Relaxed);
+        self.shared.hold_slot(&self.key, None);
+        let Some(p) = &self.partner else { return };
+        let (to, dead) = (p.id.clone(), p.dead.clone());
+        self.publish(&to, "l", None, Bytes::from(self.out.sent().to_string())).await;
+        let until = Instant::now() + self.shared.liveness.timeout();
+        let mut resend = tokio::time::interval_at(Instant::now() + RESEND_AFTER, RESEND_AFTER);
+        while !self.out.all_acked() {
+            tokio::select! {
+                () = dead.cancelled() => break,
+                () = tokio::time::sleep_until(until) => break,
+                _ = resend.tick() => self.resend().await,
+                Ok(()) = self.generation.changed() => self.resend().await,
+                msg = self.sub.next() => match msg {
+                    Some(msg) => {
+                        // Only acknowledgements and the partner's own departure matter now.
+                        let mut none = None;
+                        self.on_message(msg, &mut none).await;
+                        self.acknowledge().await;
+                    }
+                    None => break,
+                },
             }
         }
     }
 }
 
-/// The connection's link to a partner through the broker: a bounded queue the seat task drains.
+/// The connection's link to a partner through the broker: a bounded queue the seat task drains
+/// into the window. A full queue is backpressure; a reader that never makes room is dropped by
+/// its own relay (4009), and a partner lost ends this connection (4011).
 struct NatsLink {
     tx: mpsc::Sender<Frame>,
-    stall: Duration,
-    /// The connection's own switch: a queue the broker does not drain within the stall bound
-    /// means NATS is not taking frames (4007).
-    me: KillSwitch,
 }
 
 impl PeerLink for NatsLink {
@@ -518,23 +759,14 @@ impl PeerLink for NatsLink {
     }
 
     fn writable(&self) -> BoxFuture<'static, Result<(), LinkError>> {
-        let (tx, stall, me) = (self.tx.clone(), self.stall, self.me.clone());
-        Box::pin(async move {
-            match timeout(stall, tx.reserve()).await {
-                Ok(Ok(_permit)) => Ok(()),
-                Ok(Err(_)) => Err(LinkError::Gone),
-                Err(_) => {
-                    me.kill(ErrorCode::UpstreamUnavailable);
-                    Err(LinkError::Gone)
-                }
-            }
-        })
+        let tx = self.tx.clone();
+        Box::pin(async move { tx.reserve().await.map(|_permit| ()).map_err(|_| LinkError::Gone) })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_seat_id;
+    use super::*;
 
     #[test]
     fn only_seat_ids_are_accepted_from_a_slot() {
@@ -544,5 +776,15 @@ mod tests {
         assert!(!is_seat_id("0123456789abcdef.1.f"));
         assert!(!is_seat_id("0123456789abcdef.>"));
         assert!(!is_seat_id(""));
+    }
+
+    #[test]
+    fn subjects_name_their_sender() {
+        let from = "0123456789abcdef.7";
+        assert_eq!(addressed("f.0123456789abcdef.7.42"), Some(Addressed { kind: "f", from, number: Some(42) }));
+        assert_eq!(addressed("k.0123456789abcdef.7"), Some(Addressed { kind: "k", from, number: None }));
+        assert_eq!(addressed("f.0123456789abcdef.7.x"), None, "a number that is not one");
+        assert_eq!(addressed("f.nothex.7"), None, "a sender that is not a seat id");
+        assert_eq!(addressed("f"), None);
     }
 }
