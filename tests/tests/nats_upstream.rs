@@ -26,19 +26,6 @@ async fn relays_with(
 }
 
 #[tokio::test]
-async fn two_relays_keep_the_room_contract() {
-    let nats = NatsServer::start();
-    within(60, async {
-        let r = relays(&nats, 2).await;
-        room_contract(&r[0].url(), &r[1].url()).await;
-        // Both halves crossed the broker.
-        assert!(r[0].metrics.upstream.frames_in.load(std::sync::atomic::Ordering::Relaxed) >= 100);
-        assert!(r[1].metrics.upstream.frames_in.load(std::sync::atomic::Ordering::Relaxed) >= 100);
-    })
-    .await;
-}
-
-#[tokio::test]
 async fn three_relays_share_one_room_space() {
     let nats = NatsServer::start();
     within(60, async {
@@ -60,121 +47,28 @@ async fn three_relays_share_one_room_space() {
     .await;
 }
 
-/// 20 clients join one room at once through 3 relays, 50 times over: exactly two get in.
+/// NATS goes away and comes back (restarted empty: memory storage). Meanwhile `/readyz` says
+/// why and joins get 4007; then the relays reconnect and make the bucket again on their own, and
+/// a peer that was waiting alone through it has its slot made again: it is still found.
+/// (What happens to frames across the outage is the conformance suite's `a_broker_blip_loses_nothing`.)
 #[tokio::test]
-async fn concurrent_joiners_across_relays_admit_exactly_two() {
-    let nats = NatsServer::start();
-    within(240, async {
-        let r = relays(&nats, 3).await;
-        let urls: Vec<String> = r.iter().map(|r| r.url()).collect();
-        for round in 0..50 {
-            let code = room("race");
-            let mut conns = Vec::new();
-            for i in 0..20 {
-                conns.push(connect(&urls[i % 3]).await);
-            }
-            // Every JOIN is written before any answer is read.
-            let joins = conns.iter_mut().map(|ws| send(ws, join_frame(&code)));
-            futures_util::future::join_all(joins).await;
-            let outcomes = futures_util::future::join_all(conns.iter_mut().map(|ws| async move {
-                let text = expect_text(ws).await;
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                match v["type"].as_str() {
-                    Some("PEER_FOUND") => "in",
-                    Some("ERROR") if v["code"] == 4002 => "full",
-                    _ => panic!("unexpected answer to a racing JOIN: {text}"),
-                }
-            }))
-            .await;
-            let admitted = outcomes.iter().filter(|o| **o == "in").count();
-            assert_eq!(admitted, 2, "round {round}: {outcomes:?}");
-            for ws in &mut conns {
-                let _ = ws.close(None).await;
-            }
-        }
-        // Every slot was given back: no relay holds a room.
-        for relay in &r {
-            until_metric(relay.admin, "ghostwire_rooms_open 0").await;
-        }
-    })
-    .await;
-}
-
-/// A relay killed with SIGKILL sends nothing more: its partners learn from the missing
-/// heartbeats (bound: --nats-peer-timeout + --nats-heartbeat = 2.25 s here), and the slots it held,
-/// `.a` in one room and `.b` in the other, are reclaimed by the next joiners.
-#[tokio::test]
-async fn a_killed_relay_s_partners_get_peer_left_and_the_room_is_reusable() {
-    let nats = NatsServer::start();
-    let args =
-        ["--upstream", "nats", "--nats-url", &nats.url(), "--nats-heartbeat", "250ms", "--nats-peer-timeout", "2s"];
-    let env = [("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)];
-    let victim = RelayProc::start(&args, &env);
-    let survivor = RelayProc::start(&args, &env);
-    within(60, async {
-        until_ready(victim.admin, 10).await;
-        until_ready(survivor.admin, 10).await;
-        // Room 1: the victim's client is first (slot a); room 2: it is second (slot b).
-        let (one, two) = (room("killa"), room("killb"));
-        let mut a1 = join(&victim.url, &one).await;
-        until_metric(victim.admin, "ghostwire_rooms_open 1").await;
-        let mut b1 = join(&survivor.url, &one).await;
-        let mut b2 = join(&survivor.url, &two).await;
-        until_metric(survivor.admin, "ghostwire_rooms_open 2").await;
-        let mut a2 = join(&victim.url, &two).await;
-        for ws in [&mut a1, &mut b1, &mut a2, &mut b2] {
-            expect_peer_found(ws).await;
-        }
-
-        victim.signal(nix::sys::signal::Signal::SIGKILL);
-        let killed = tokio::time::Instant::now();
-        expect_peer_left(&mut b1).await;
-        expect_peer_left(&mut b2).await;
-        let took = killed.elapsed();
-        // The documented bound with these settings, plus scheduling slack.
-        assert!(took < Duration::from_secs(5), "PEER_LEFT took {took:?}");
-
-        for code in [&one, &two] {
-            let mut c = join(&survivor.url, code).await;
-            let mut d = join(&survivor.url, code).await;
-            expect_peer_found(&mut c).await;
-            expect_peer_found(&mut d).await;
-        }
-    })
-    .await;
-    let log = tokio::task::spawn_blocking(move || survivor_log(survivor)).await.unwrap();
-    assert!(!log.contains("panicked"), "{log}");
-}
-
-fn survivor_log(relay: RelayProc) -> String {
-    relay.signal(nix::sys::signal::Signal::SIGTERM);
-    relay.wait().1
-}
-
-/// NATS goes away and comes back: live cross-relay rooms end with PEER_LEFT (both sides, within
-/// the peer timeout), joins meanwhile get 4007, /readyz says why, and once the server is back
-/// (empty: memory storage) the relays reconnect and rebuild the bucket on their own. A peer that
-/// was waiting alone has lost its slot with the old server: it is told so (4007) at its next
-/// renewal instead of waiting where nobody can find it.
-#[tokio::test]
-async fn a_restarted_nats_server_ends_live_rooms_and_new_rooms_work_again() {
+async fn a_restarted_nats_server_refuses_joins_meanwhile_and_a_waiting_peer_is_still_found() {
     let mut nats = NatsServer::start();
     within(90, async {
         let r = relays_with(&nats, 2, fast_failures).await;
-        let code = room("restart");
-        let mut a = join(&r[0].url(), &code).await;
-        let mut b = join(&r[1].url(), &code).await;
-        expect_peer_found(&mut a).await;
-        expect_peer_found(&mut b).await;
-        let mut alone = join(&r[1].url(), &room("alone")).await;
-        until_metric(r[1].admin, "ghostwire_rooms_open 2").await;
+        // The slot's write on the broker is the event that says the waiting peer is in.
+        let monitor = async_nats::connect(nats.url()).await.unwrap();
+        let mut slots = monitor.subscribe("$KV.ghostwire-rooms.>").await.unwrap();
+        monitor.flush().await.unwrap();
+        let code = room("alone");
+        let mut alone = join(&r[1].url(), &code).await;
+        let slot = tokio::time::timeout(FRAME_WAIT, slots.next()).await.unwrap().unwrap();
+        assert!(slot.subject.ends_with(".a"), "{}", slot.subject);
+        drop(monitor);
 
         nats.kill();
-        expect_peer_left(&mut a).await;
-        expect_peer_left(&mut b).await;
-        let (status, body) = http_get(r[0].admin, "/readyz").await;
-        assert_eq!(status, 503, "{body}");
-        assert!(body.contains("NATS"), "{body}");
+        let body = until_unready_because(r[0].admin, "NATS").await;
+        assert!(!body.contains(CLUSTER_SECRET), "{body}");
         let mut refused = join(&r[0].url(), &room("outage")).await;
         expect_error(&mut refused, 4007).await;
 
@@ -182,16 +76,14 @@ async fn a_restarted_nats_server_ends_live_rooms_and_new_rooms_work_again() {
         for relay in &r {
             until_ready(relay.admin, 20).await;
         }
-        expect_error(&mut alone, 4007).await;
-        // The old room code and a new one both work across the relays.
+        let mut second = join(&r[0].url(), &code).await;
+        assert_eq!(expect_text(&mut second).await, r#"{"type":"PEER_FOUND"}"#, "the joiner");
+        assert_eq!(expect_text(&mut alone).await, r#"{"type":"PEER_FOUND"}"#, "the peer waiting through it");
+        send(&mut second, signal("MSG", "found you")).await;
+        assert_eq!(expect_text(&mut alone).await, signal("MSG", "found you"));
         room_contract(&r[1].url(), &r[0].url()).await;
-        let (c, d) = (join(&r[0].url(), &code).await, join(&r[1].url(), &code).await);
-        for mut ws in [c, d] {
-            expect_peer_found(&mut ws).await;
-        }
         let (_, metrics) = http_get(r[0].admin, "/metrics").await;
         assert!(metrics.contains("ghostwire_upstream_reconnects_total 1"), "{metrics}");
-        assert!(!metrics.contains("ghostwire_upstream_peers_lost_total 0"), "{metrics}");
     })
     .await;
 }

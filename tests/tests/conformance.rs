@@ -1,0 +1,325 @@
+//! One conformance suite for every upstream: the contract in `relay/src/upstream/mod.rs`,
+//! checked through real WebSocket connections against each implementation, unchanged.
+//!
+//! A harness per upstream starts what it needs (nothing for `local`, a real nats-server for
+//! `nats`) and three relay URLs that share one room space (for `local`, one relay three times).
+//! The cases every upstream passes run for each; the cases about relays and brokers failing
+//! (a relay killed, a broker blip, a lasting outage) run for the distributed ones. Adding an
+//! upstream is one `Kind`, one arm in `World::start`, and one `suite!` line.
+
+#![allow(clippy::unwrap_used)]
+
+use futures_util::{SinkExt, StreamExt};
+use ghostwire_relay::Config;
+use ghostwire_shared::ErrorCode;
+use ghostwire_tests::*;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Local,
+    Nats,
+}
+
+/// Three relay URLs sharing one room space, and what runs behind them.
+struct World {
+    relays: Vec<TestRelay>,
+    nats: Option<NatsServer>,
+}
+
+impl World {
+    /// The world for `kind`, each relay's configuration adjusted by `tune`.
+    async fn start(kind: Kind, tune: impl Fn(&mut Config)) -> World {
+        match kind {
+            Kind::Local => World { relays: vec![TestRelay::with(tune).await], nats: None },
+            Kind::Nats => {
+                let nats = NatsServer::start();
+                let mut relays = Vec::new();
+                for _ in 0..3 {
+                    let mut c = nats_config(&nats.url());
+                    tune(&mut c);
+                    let relay = TestRelay::start(c).await;
+                    until_ready(relay.admin, 10).await;
+                    relays.push(relay);
+                }
+                World { relays, nats: Some(nats) }
+            }
+        }
+    }
+
+    /// Relay `i` of three (the same one thrice for an in-process upstream).
+    fn url(&self, i: usize) -> String {
+        self.relays[i % self.relays.len()].url()
+    }
+
+    fn admins(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        self.relays.iter().map(|r| r.admin)
+    }
+}
+
+/// The text of the next frame, or what came instead.
+async fn next_event(ws: &mut Ws) -> String {
+    match recv(ws).await {
+        Seen::Text(t) => t,
+        other => format!("{other:?}"),
+    }
+}
+
+async fn pairing_frames_and_departure(kind: Kind) {
+    let world = World::start(kind, |_| {}).await;
+    // Through relays 0 and 1, then 1 and 2: PEER_FOUND, a third joiner refused, 100 frames
+    // byte-identical and in order both ways, PEER_LEFT after the last frame, the room free again.
+    room_contract(&world.url(0), &world.url(1)).await;
+    room_contract(&world.url(1), &world.url(2)).await;
+}
+
+async fn a_departure_follows_every_frame_sent_before_it(kind: Kind) {
+    let world = World::start(kind, |c| {
+        c.frame_rate = 100_000;
+        c.frame_burst = 100_000;
+    })
+    .await;
+    let (mut a, mut b) = pair_via(&world.url(0), &world.url(1), &room("burst")).await;
+    // Sent back to back and the socket closed at once: the departure must not overtake them.
+    for i in 0..300 {
+        send(&mut a, signal("MSG", &format!("n{i}"))).await;
+    }
+    a.close(None).await.unwrap();
+    for i in 0..300 {
+        assert_eq!(expect_text(&mut b).await, signal("MSG", &format!("n{i}")), "frame {i}");
+    }
+    expect_peer_left(&mut b).await;
+}
+
+/// 20 clients join one room at once through 3 relays, 50 times over: exactly two get in, and
+/// every seat is given back afterwards.
+async fn racing_joiners_admit_exactly_two(kind: Kind) {
+    let world = World::start(kind, |_| {}).await;
+    for round in 0..50 {
+        let code = room("race");
+        let mut conns = Vec::new();
+        for i in 0..20 {
+            conns.push(connect(&world.url(i)).await);
+        }
+        // Every JOIN is written before any answer is read.
+        futures_util::future::join_all(conns.iter_mut().map(|ws| send(ws, join_frame(&code)))).await;
+        let outcomes = futures_util::future::join_all(conns.iter_mut().map(|ws| async move {
+            let text = expect_text(ws).await;
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            match v["type"].as_str() {
+                Some("PEER_FOUND") => "in",
+                Some("ERROR") if v["code"] == 4002 => "full",
+                _ => panic!("unexpected answer to a racing JOIN: {text}"),
+            }
+        }))
+        .await;
+        let admitted = outcomes.iter().filter(|o| **o == "in").count();
+        assert_eq!(admitted, 2, "round {round}: {outcomes:?}");
+        for ws in &mut conns {
+            let _ = ws.close(None).await;
+        }
+    }
+    for admin in world.admins() {
+        until_metric(admin, "ghostwire_rooms_open 0").await;
+    }
+}
+
+/// A reader that never reads is dropped with 4009 by its own relay; its partner is told, and
+/// the relay never buffers without bound on its way there.
+async fn a_slow_consumer_is_dropped_and_its_partner_told(kind: Kind) {
+    let world = World::start(kind, |c| {
+        c.frame_burst = 1_000_000;
+        c.frame_rate = 1_000_000;
+        c.peer_queue = 8;
+        c.ping_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let (a, b) = pair_via(&world.url(0), &world.url(1), &room("slow")).await;
+    let (mut a_tx, mut a_rx) = a.split();
+    let frame = signal("MSG", &"x".repeat(32 * 1024));
+    let mut sent = 0usize;
+    let notice = loop {
+        tokio::select! {
+            biased;
+            seen = a_rx.next() => break seen,
+            r = a_tx.send(Message::text(frame.clone())), if sent < 2048 => {
+                assert!(r.is_ok(), "A was cut off: {r:?}");
+                sent += 1;
+            }
+        }
+    };
+    let notice = notice.and_then(|m| m.ok()).map(|m| m.to_text().map(str::to_owned).unwrap_or_default());
+    assert_eq!(notice.as_deref(), Some(r#"{"type":"PEER_LEFT"}"#));
+    assert!(sent < 2048, "the reader that does not read was never dropped");
+    let slow: u64 = world.relays.iter().map(|r| r.metrics.errors(ErrorCode::SlowConsumer)).sum();
+    assert_eq!(slow, 1, "exactly the reader is dropped, as a slow consumer");
+    drop(b);
+}
+
+/// Joins abandoned mid-way (the client closes right after JOIN) leave no seat behind.
+async fn an_abandoned_join_leaves_no_seat(kind: Kind) {
+    let world = World::start(kind, |_| {}).await;
+    let code = room("cancel");
+    for i in 0..20 {
+        let mut ws = connect(&world.url(i)).await;
+        send(&mut ws, join_frame(&code)).await;
+        drop(ws);
+    }
+    for admin in world.admins() {
+        until_metric(admin, "ghostwire_rooms_open 0").await;
+    }
+    let (mut a, mut b) = pair_via(&world.url(1), &world.url(2), &code).await;
+    let mut third = join(&world.url(0), &code).await;
+    expect_error(&mut third, 4002).await;
+    send(&mut a, signal("MSG", "after the abandoned joins")).await;
+    assert_eq!(expect_text(&mut b).await, signal("MSG", "after the abandoned joins"));
+}
+
+/// A relay killed with SIGKILL says nothing more: its partners on other relays are closed with
+/// 4011 (peer lost) within the documented bound, and its rooms can be used again at once.
+async fn a_killed_relay_s_partners_are_told_the_peer_is_lost(kind: Kind) {
+    let nats = NatsServer::start();
+    let (args, env): (Vec<String>, Vec<(&str, &str)>) = match kind {
+        Kind::Nats => (
+            ["--upstream", "nats", "--nats-url", &nats.url(), "--nats-heartbeat", "250ms", "--nats-peer-timeout", "2s"]
+                .map(String::from)
+                .to_vec(),
+            vec![("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)],
+        ),
+        Kind::Local => unreachable!("one process cannot lose a relay"),
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let victim = RelayProc::start(&args, &env);
+    let survivor = RelayProc::start(&args, &env);
+    until_ready(victim.admin, 10).await;
+    until_ready(survivor.admin, 10).await;
+    // Room 1: the victim's client is first; room 2: it is second.
+    let (one, two) = (room("killa"), room("killb"));
+    let mut a1 = join(&victim.url, &one).await;
+    until_metric(victim.admin, "ghostwire_rooms_open 1").await;
+    let mut b1 = join(&survivor.url, &one).await;
+    let mut b2 = join(&survivor.url, &two).await;
+    until_metric(survivor.admin, "ghostwire_rooms_open 2").await;
+    let mut a2 = join(&victim.url, &two).await;
+    for ws in [&mut a1, &mut b1, &mut a2, &mut b2] {
+        expect_peer_found(ws).await;
+    }
+    victim.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = tokio::time::Instant::now();
+    expect_error(&mut b1, 4011).await;
+    expect_error(&mut b2, 4011).await;
+    let took = killed.elapsed();
+    // The bound with these settings is 2 s + 250 ms; the rest is scheduling slack.
+    assert!(took < Duration::from_secs(5), "4011 took {took:?}");
+    for code in [&one, &two] {
+        let (mut c, mut d) = pair_via(&survivor.url, &survivor.url, code).await;
+        send(&mut c, signal("MSG", "reused")).await;
+        assert_eq!(expect_text(&mut d).await, signal("MSG", "reused"));
+    }
+    survivor.signal(nix::sys::signal::Signal::SIGTERM);
+    let (_, log) = tokio::task::spawn_blocking(move || survivor.wait()).await.unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The broker goes away and comes back within the peer timeout while one side sends 40 frames
+/// at 5 a second: the other side receives all 40, once each, in order, and the room lives on.
+async fn a_broker_blip_loses_nothing(kind: Kind) {
+    let mut world = World::start(kind, |_| {}).await;
+    let (mut a, mut b) = pair_via(&world.url(0), &world.url(1), &room("blip")).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    for i in 0..40 {
+        tick.tick().await;
+        if i == 5 {
+            world.kill_broker();
+        }
+        if i == 12 {
+            world.restart_broker();
+        }
+        send(&mut a, signal("MSG", &format!("blip {i}"))).await;
+    }
+    for i in 0..40 {
+        assert_eq!(next_event(&mut b).await, signal("MSG", &format!("blip {i}")), "frame {i}");
+    }
+    // Both directions still work, and nothing extra arrives.
+    send(&mut b, signal("MSG", "after")).await;
+    assert_eq!(next_event(&mut a).await, signal("MSG", "after"));
+    send(&mut a, signal("MSG", "and back")).await;
+    assert_eq!(next_event(&mut b).await, signal("MSG", "and back"));
+    let (_, metrics) = http_get(world.relays[0].admin, "/metrics").await;
+    assert!(metrics.contains("ghostwire_upstream_reconnects_total 1"), "{metrics}");
+}
+
+/// The broker goes away for good: delivery can no longer be guaranteed, so both sides are closed
+/// with 4011 (peer lost), not told their peer left.
+async fn a_lasting_outage_closes_both_with_peer_lost(kind: Kind) {
+    let mut world = World::start(kind, |c| *c = fast_failures(c.clone())).await;
+    let (mut a, mut b) = pair_via(&world.url(0), &world.url(1), &room("outage")).await;
+    send(&mut a, signal("MSG", "before")).await;
+    assert_eq!(expect_text(&mut b).await, signal("MSG", "before"));
+    world.kill_broker();
+    let gone = tokio::time::Instant::now();
+    expect_error(&mut a, 4011).await;
+    expect_error(&mut b, 4011).await;
+    // fast_failures: a peer is lost after 2 s without heartbeats (every 250 ms).
+    assert!(gone.elapsed() < Duration::from_secs(6), "took {:?}", gone.elapsed());
+}
+
+impl World {
+    fn kill_broker(&mut self) {
+        if let Some(nats) = self.nats.as_mut() {
+            nats.kill();
+        }
+    }
+    fn restart_broker(&mut self) {
+        if let Some(nats) = self.nats.as_mut() {
+            nats.run();
+        }
+    }
+}
+
+/// Two clients in `code`, through `url_a` and `url_b`, both told PEER_FOUND.
+async fn pair_via(url_a: &str, url_b: &str, code: &str) -> (Ws, Ws) {
+    let mut a = join(url_a, code).await;
+    let mut b = join(url_b, code).await;
+    expect_peer_found(&mut a).await;
+    expect_peer_found(&mut b).await;
+    (a, b)
+}
+
+macro_rules! case {
+    ($kind:expr, $secs:expr, $($case:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                within($secs, super::$case($kind)).await;
+            }
+        )+
+    };
+}
+
+/// The cases every upstream passes.
+macro_rules! suite {
+    ($name:ident, $kind:expr) => {
+        mod $name {
+            use super::*;
+            case!($kind, 60, pairing_frames_and_departure, a_departure_follows_every_frame_sent_before_it);
+            case!($kind, 60, a_slow_consumer_is_dropped_and_its_partner_told, an_abandoned_join_leaves_no_seat);
+            case!($kind, 240, racing_joiners_admit_exactly_two);
+        }
+    };
+    ($name:ident, $kind:expr, distributed) => {
+        suite!($name, $kind);
+        mod distributed {
+            use super::*;
+            case!($kind, 60, a_killed_relay_s_partners_are_told_the_peer_is_lost);
+            case!($kind, 60, a_broker_blip_loses_nothing, a_lasting_outage_closes_both_with_peer_lost);
+        }
+    };
+}
+
+suite!(local, Kind::Local);
+mod nats_upstream {
+    use super::*;
+    suite!(nats, Kind::Nats, distributed);
+}
