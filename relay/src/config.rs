@@ -249,6 +249,16 @@ pub enum UpstreamKind {
     Nats,
 }
 
+impl UpstreamKind {
+    /// The name as `--upstream` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Local => "local",
+            UpstreamKind::Nats => "nats",
+        }
+    }
+}
+
 impl Config {
     /// The defaults, on loopback port 0 for both listeners, as tests want them.
     pub fn for_tests() -> Config {

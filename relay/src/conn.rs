@@ -17,7 +17,9 @@
 
 use crate::metrics::Metrics;
 use crate::upstream::inbox::{Delivery, Inbox, Receiver};
-use crate::upstream::{BoxFuture, Frame, KillSwitch, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
+use crate::upstream::{
+    BoxFuture, Frame, KillSwitch, LinkError, Mailbox, PeerLink, RoomKeyer, Seat, SendError, Upstream,
+};
 use crate::Config;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use ghostwire_shared::frame::{inspect, Inbound, PEER_FOUND_JSON, PEER_LEFT_JSON};
@@ -47,6 +49,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// What every connection task shares.
 pub(crate) struct Ctx {
     pub config: Config,
+    /// Turns room codes into the keyed ids upstreams work with.
+    pub rooms: RoomKeyer,
     pub upstream: Arc<dyn Upstream>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
@@ -176,7 +180,8 @@ where
                     // Decide on a borrowed view, then let go of it before the text moves on.
                     let room = match inspect(text.as_str()) {
                         Ok(Inbound::Signal { .. }) => None,
-                        Ok(Inbound::Join(room)) => Some(room),
+                        // From here on the room is its keyed id: no upstream sees the code.
+                        Ok(Inbound::Join(code)) => Some(ctx.rooms.id(&code)),
                         Err(e) => break 'conn Exit::Error(e.code()),
                     };
                     match (&mut phase, room) {

@@ -13,7 +13,7 @@ use crate::conn::{self, Ctx};
 use crate::error::Error;
 use crate::limits::{IpSlot, PerIp};
 use crate::metrics::Metrics;
-use crate::upstream::{local::Local, nats::Nats, Upstream};
+use crate::upstream::{local::Local, RoomKeyer, Upstream};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -48,6 +48,15 @@ pub struct Relay {
     ws_config: WebSocketConfig,
 }
 
+/// The error for an upstream this build does not have.
+#[cfg(not(feature = "nats"))]
+fn not_compiled_in(kind: UpstreamKind) -> Error {
+    Error::Config(format!(
+        "--upstream {0}: this relay was built without the `{0}` feature (cargo build --features {0})",
+        kind.as_str()
+    ))
+}
+
 impl Relay {
     /// Binds both listeners and prepares TLS and the upstream. Nothing is served until [`run`](Self::run).
     ///
@@ -65,9 +74,13 @@ impl Relay {
         let listener = listen(config.listen, config.listen_backlog)?;
         let admin = listen(config.admin_listen, 128)?;
         let metrics = Arc::new(Metrics::default());
+        let rooms = RoomKeyer::for_config(&config)?;
         let upstream: Arc<dyn Upstream> = match config.upstream {
             UpstreamKind::Local => Arc::new(Local::new(config.max_rooms)),
-            UpstreamKind::Nats => Arc::new(Nats::connect(&config, Arc::clone(&metrics)).await?),
+            #[cfg(feature = "nats")]
+            UpstreamKind::Nats => Arc::new(crate::upstream::nats::Nats::connect(&config, Arc::clone(&metrics)).await?),
+            #[cfg(not(feature = "nats"))]
+            UpstreamKind::Nats => return Err(not_compiled_in(UpstreamKind::Nats)),
         };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer as usize)
@@ -81,7 +94,7 @@ impl Relay {
             tls,
             conns: Arc::new(Semaphore::new(config.max_conns)),
             per_ip: PerIp::new(config.max_conns_per_ip),
-            ctx: Arc::new(Ctx { config, upstream, metrics, shutdown }),
+            ctx: Arc::new(Ctx { config, rooms, upstream, metrics, shutdown }),
             ws_config,
         })
     }
@@ -272,4 +285,20 @@ fn listen(addr: SocketAddr, backlog: u32) -> Result<TcpListener, Error> {
         socket.listen(backlog)
     };
     bind().map_err(|source| Error::Bind { addr, source })
+}
+
+#[cfg(all(test, not(feature = "nats")))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A build without the `nats` feature still parses `--upstream nats` and refuses it by name.
+    #[tokio::test]
+    async fn an_upstream_not_compiled_in_is_a_clear_configuration_error() {
+        let mut config = Config::for_tests();
+        config.upstream = UpstreamKind::Nats;
+        config.cluster_secret = Some("test-cluster-secret-0123456789".parse().unwrap());
+        let err = Relay::bind(config, CancellationToken::new()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("built without the `nats` feature"), "{err}");
+    }
 }

@@ -5,8 +5,7 @@
 //! holds its partner's mailbox directly, so the frame path takes no lock on
 //! the room table: a frame is one push into the partner's bounded inbox.
 
-use super::{BoxFuture, Frame, JoinError, Joined, LinkError, Mailbox, PeerLink, Seat, SendError, Upstream};
-use ghostwire_shared::RoomCode;
+use super::{BoxFuture, Frame, JoinError, Joined, LinkError, Mailbox, PeerLink, RoomId, Seat, SendError, Upstream};
 use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +19,7 @@ pub struct Local {
 }
 
 struct Inner {
-    shards: [Mutex<HashMap<RoomCode, Room>>; SHARDS],
+    shards: [Mutex<HashMap<RoomId, Room>>; SHARDS],
     hasher: RandomState,
     rooms: AtomicUsize,
     max_rooms: usize,
@@ -48,18 +47,18 @@ impl Local {
 }
 
 impl Inner {
-    fn shard(&self, room: &RoomCode) -> MutexGuard<'_, HashMap<RoomCode, Room>> {
+    fn shard(&self, room: &RoomId) -> MutexGuard<'_, HashMap<RoomId, Room>> {
         let i = (self.hasher.hash_one(room) as usize) % SHARDS;
         // A poisoned shard only means another task panicked while holding it; the map is still consistent
         // because every critical section below is a single insert or remove.
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn join(self: &Arc<Self>, room: &RoomCode, me: Mailbox) -> Result<Joined, JoinError> {
+    fn join(self: &Arc<Self>, room: &RoomId, me: Mailbox) -> Result<Joined, JoinError> {
         let seat = self.next_seat.fetch_add(1, Ordering::Relaxed);
-        let guard = || Seat::new(LocalSeat { inner: Arc::clone(self), room: room.clone(), seat });
+        let guard = || Seat::new(LocalSeat { inner: Arc::clone(self), room: *room, seat });
         let mut shard = self.shard(room);
-        match shard.entry(room.clone()) {
+        match shard.entry(*room) {
             Entry::Vacant(v) => {
                 if self.rooms.fetch_add(1, Ordering::AcqRel) >= self.max_rooms {
                     self.rooms.fetch_sub(1, Ordering::AcqRel);
@@ -88,7 +87,7 @@ impl Inner {
         }
     }
 
-    fn leave(&self, room: &RoomCode, seat: u64) {
+    fn leave(&self, room: &RoomId, seat: u64) {
         let mut shard = self.shard(room);
         let partner = match shard.get(room) {
             Some(Room::Waiting { seat: s, .. }) if *s == seat => None,
@@ -108,7 +107,7 @@ impl Inner {
 
 struct LocalSeat {
     inner: Arc<Inner>,
-    room: RoomCode,
+    room: RoomId,
     seat: u64,
 }
 
@@ -134,7 +133,7 @@ impl PeerLink for LocalLink {
 }
 
 impl Upstream for Local {
-    fn join<'a>(&'a self, room: &'a RoomCode, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
+    fn join<'a>(&'a self, room: &'a RoomId, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
         let result = self.inner.join(room, me);
         Box::pin(std::future::ready(result))
     }

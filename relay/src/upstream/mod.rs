@@ -50,11 +50,14 @@
 pub mod inbox;
 pub mod link;
 pub mod local;
+#[cfg(feature = "nats")]
 pub mod nats;
+pub mod room_id;
 
 pub use inbox::Inbox;
+pub use room_id::{RoomId, RoomKeyer};
 
-use ghostwire_shared::{ErrorCode, RoomCode};
+use ghostwire_shared::ErrorCode;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -187,8 +190,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The room space: see the module documentation for the contract.
 pub trait Upstream: Send + Sync + 'static {
-    /// Takes a seat in `room` for the connection that owns `me`.
-    fn join<'a>(&'a self, room: &'a RoomCode, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>>;
+    /// Takes a seat in `room` (the keyed id: an upstream never sees a room code) for the
+    /// connection that owns `me`.
+    fn join<'a>(&'a self, room: &'a RoomId, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>>;
 
     /// `Ok` when joins can succeed; otherwise why not (shown by `/readyz`).
     fn ready(&self) -> Result<(), String> {

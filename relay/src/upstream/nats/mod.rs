@@ -7,8 +7,8 @@
 //!   JetStream key-value bucket with memory storage. A join takes a slot with
 //!   an atomic `create` (first `.a`, else `.b`); both taken means ERROR 4002.
 //!   The broker decides, so two relays can never both admit a third peer.
-//!   `<room-id>` is HMAC-SHA256(`--cluster-secret`, room code), so neither the
-//!   broker nor anyone reading it learns a room code. Each seat renews its slot
+//!   `<room-id>` is the keyed room id ([`RoomId`]), so neither the broker nor
+//!   anyone reading it learns a room code. Each seat renews its slot
 //!   every third of `--nats-slot-ttl` (a revision-checked update); the bucket's
 //!   `max_age` frees the slots of a relay that died.
 //! * **Seats.** Each seat subscribes to `<prefix>.seat.<relay>.<n>.*`, a random
@@ -30,16 +30,13 @@
 mod liveness;
 mod seat;
 
-use super::{BoxFuture, JoinError, Joined, Mailbox, Upstream};
-use crate::config::{Config, NatsConfig, Secret};
+use super::{BoxFuture, JoinError, Joined, Mailbox, RoomId, Upstream};
+use crate::config::{Config, NatsConfig};
 use crate::metrics::Metrics;
 use crate::Error;
 use async_nats::jetstream::{self, kv};
 use async_nats::{Client, ConnectOptions, Event};
-use ghostwire_shared::RoomCode;
-use hmac::{Hmac, Mac};
 use liveness::Liveness;
-use sha2::Sha256;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,8 +46,6 @@ use tokio_util::task::TaskTracker;
 
 /// How long one broker operation (key-value request, join request) may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
-/// The shortest accepted `--cluster-secret`.
-const MIN_SECRET: usize = 16;
 
 /// Rooms shared through NATS.
 pub struct Nats {
@@ -72,7 +67,6 @@ struct Shared {
     /// Counts the connections to NATS made so far; seats send again what is unacknowledged when
     /// it moves (messages in flight when a connection dropped may be lost).
     generation: tokio::sync::watch::Sender<u64>,
-    room_key: Hmac<Sha256>,
     /// The slots this relay's seats hold (key → seat id): made again by the keeper, before the
     /// relay is ready, when a restarted server has lost them.
     slots: Mutex<std::collections::HashMap<String, String>>,
@@ -113,23 +107,8 @@ impl Nats {
     /// the relay starts unready (`/readyz` says why) and keeps trying.
     ///
     /// # Errors
-    /// [`Error::Config`] for a missing or short cluster secret or an unreadable credentials file.
+    /// [`Error::Config`] for an unreadable credentials file or CA.
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Nats, Error> {
-        let from_file = match &config.cluster_secret_file {
-            Some(path) => Some(
-                Secret::from_file(path).map_err(|e| Error::Config(format!("--cluster-secret-file {path:?}: {e}")))?,
-            ),
-            None => None,
-        };
-        let secret = from_file.as_ref().or(config.cluster_secret.as_ref()).map(|s| s.expose()).unwrap_or_default();
-        if secret.len() < MIN_SECRET {
-            return Err(Error::Config(format!(
-                "--upstream nats needs --cluster-secret (or GHOSTWIRE_CLUSTER_SECRET, or --cluster-secret-file) \
-                 of at least {MIN_SECRET} characters, the same on every relay"
-            )));
-        }
-        let room_key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-            .map_err(|e| Error::Config(format!("--cluster-secret: {e}")))?;
         let nc = &config.nats;
         let (events_tx, events) = mpsc::unbounded_channel();
         let options = options(nc, events_tx).await?;
@@ -145,7 +124,6 @@ impl Nats {
             bucket: Mutex::new(None),
             trouble: Mutex::new((Some(format!("connecting to NATS at {}", shown_url(&nc.url))), false)),
             generation: tokio::sync::watch::Sender::new(0),
-            room_key,
             slots: Mutex::new(std::collections::HashMap::new()),
             names: Names { prefix: nc.prefix.clone(), bucket: format!("{}-rooms", nc.prefix) },
             relay_id: random_id(),
@@ -218,15 +196,6 @@ fn random_id() -> String {
 }
 
 impl Shared {
-    /// The broker's name for `room`: keyed, so it reveals nothing of the code.
-    fn room_id(&self, room: &RoomCode) -> String {
-        let mut mac = self.room_key.clone();
-        mac.update(b"ghostwire room v1\0");
-        mac.update(room.as_str().as_bytes());
-        let digest = mac.finalize().into_bytes();
-        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
-    }
-
     /// The bucket, while connected and it exists.
     fn bucket(&self) -> Option<kv::Store> {
         self.bucket.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -403,8 +372,8 @@ async fn heartbeats(shared: Arc<Shared>, every: Duration, stop: CancellationToke
 }
 
 impl Upstream for Nats {
-    fn join<'a>(&'a self, room: &'a RoomCode, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
-        let room = self.shared.room_id(room);
+    fn join<'a>(&'a self, room: &'a RoomId, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
+        let room = room.hex();
         // The join runs in its own task, so a connection that goes away mid-join cannot leave a
         // slot behind: the task finishes, and the seat it made is dropped, which releases it.
         let task = self.tasks.spawn(seat::join(Arc::clone(&self.shared), self.tasks.clone(), room, me));
