@@ -50,6 +50,11 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+# Each distributed upstream is a cargo feature: the relay must still build, lint and refuse
+# them by name without any.
+say "the relay without its optional upstreams (--no-default-features)"
+cargo clippy -p ghostwire-relay --no-default-features --all-targets --quiet -- -D warnings
+cargo test -p ghostwire-relay --no-default-features --lib --quiet 2>&1 | grep -E "^test result" >&2
 
 # --- build (the process tests run the real binaries; run.sh's test uses the release build) ---
 say "cargo build --workspace --bins (debug and release)"
