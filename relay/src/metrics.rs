@@ -83,7 +83,12 @@ impl Metrics {
             "Connections refused or failed before the WebSocket opened.",
             self.handshakes_refused.load(Relaxed),
         );
-        metric("rooms_open", "gauge", "Rooms with at least one peer on this relay.", rooms_open as u64);
+        metric(
+            "rooms_open",
+            "gauge",
+            "Rooms in which this relay holds a seat, joins in progress included; a room split over two relays counts on each (--max-rooms bounds this number, per relay).",
+            rooms_open as u64,
+        );
         metric(
             "rooms_paired_total",
             "counter",

@@ -50,6 +50,11 @@ impl Outgoing {
         self.unacked.len() < self.window
     }
 
+    /// The number the next frame will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
     /// Numbers `frame` and keeps it until acknowledged; returns its number.
     pub fn send(&mut self, frame: Bytes, now: Instant) -> u64 {
         if self.unacked.is_empty() {
@@ -103,15 +108,20 @@ impl Outgoing {
     }
 }
 
+/// Acknowledge at the latest after this many delivered frames (well inside any window).
+pub const ACK_EVERY: u64 = 64;
+
 /// The receiving half of a pair's link.
 #[derive(Default)]
 pub struct Incoming {
     /// The number of the next frame to deliver: every frame below it was delivered.
     expected: u64,
+    /// The last acknowledgement sent (the `expected` it carried).
+    acked: u64,
     /// The departure announced this many frames.
     left_after: Option<u64>,
-    /// An acknowledgement should go out.
-    ack_due: bool,
+    /// A duplicate, a gap or a departure: the sender should hear from us now, not later.
+    urgent: bool,
 }
 
 /// What to do with an arriving frame.
@@ -131,11 +141,11 @@ impl Incoming {
         match seq.cmp(&self.expected) {
             std::cmp::Ordering::Equal => Arrival::Deliver,
             std::cmp::Ordering::Less => {
-                self.ack_due = true;
+                self.urgent = true;
                 Arrival::Duplicate
             }
             std::cmp::Ordering::Greater => {
-                self.ack_due = true;
+                self.urgent = true;
                 Arrival::Gap
             }
         }
@@ -144,13 +154,12 @@ impl Incoming {
     /// The expected frame was handed to the connection.
     pub fn delivered(&mut self) {
         self.expected += 1;
-        self.ack_due = true;
     }
 
     /// The partner left after sending `total` frames.
     pub fn left(&mut self, total: u64) {
         self.left_after = Some(total);
-        self.ack_due = true;
+        self.urgent = true;
     }
 
     /// Whether the partner left and every frame it sent was delivered.
@@ -163,9 +172,25 @@ impl Incoming {
         self.left_after.is_some_and(|total| self.expected < total)
     }
 
-    /// The acknowledgement to send, if one is due: the next number expected.
+    /// The acknowledgement to send now, if one is due: urgent, or [`ACK_EVERY`] frames since the
+    /// last (acknowledgements are batched; [`flush`](Self::flush) sends the rest a moment later).
     pub fn take_ack(&mut self) -> Option<u64> {
-        std::mem::take(&mut self.ack_due).then_some(self.expected)
+        (self.urgent || self.expected - self.acked >= ACK_EVERY).then(|| self.flush()).flatten()
+    }
+
+    /// Whether delivered frames wait for an acknowledgement.
+    pub fn ack_pending(&self) -> bool {
+        self.urgent || self.expected > self.acked
+    }
+
+    /// The acknowledgement for everything delivered, if anything is unacknowledged.
+    pub fn flush(&mut self) -> Option<u64> {
+        if !self.ack_pending() {
+            return None;
+        }
+        self.urgent = false;
+        self.acked = self.expected;
+        Some(self.expected)
     }
 }
 
@@ -203,8 +228,28 @@ mod tests {
         assert_eq!(inc.arrived(1), Arrival::Deliver);
         inc.delivered();
         assert!(inc.finished());
-        assert_eq!(inc.take_ack(), Some(2));
+        assert_eq!(inc.take_ack(), Some(2), "a departure is acknowledged at once");
         assert_eq!(inc.take_ack(), None);
+    }
+
+    #[test]
+    fn acknowledgements_are_batched_and_flushed() {
+        let mut inc = Incoming::default();
+        for _ in 0..ACK_EVERY - 1 {
+            inc.arrived(inc.expected);
+            inc.delivered();
+            assert_eq!(inc.take_ack(), None);
+        }
+        assert!(inc.ack_pending());
+        assert_eq!(inc.flush(), Some(ACK_EVERY - 1));
+        assert!(!inc.ack_pending());
+        for _ in 0..ACK_EVERY {
+            inc.arrived(inc.expected);
+            inc.delivered();
+        }
+        assert_eq!(inc.take_ack(), Some(2 * ACK_EVERY - 1));
+        assert_eq!(inc.arrived(0), Arrival::Duplicate);
+        assert_eq!(inc.take_ack(), Some(2 * ACK_EVERY - 1), "a duplicate is answered at once");
     }
 
     proptest! {
@@ -230,10 +275,11 @@ mod tests {
                     out.send(Bytes::from(next.to_string()), now);
                     next += 1;
                 }
-                // The carrier: 0 loses, 1 delivers, 2 duplicates, 3 delivers reversed pairs.
+                // The carrier: 0 loses every other frame (which ones changes by round, so no frame
+                // is lost forever), 1 delivers, 2 duplicates, 3 delivers reversed pairs.
                 let mut wire: Vec<(u64, Bytes)> = out.unacked().map(|(s, f)| (s, f.clone())).collect();
                 match fate.next().unwrap_or(1) {
-                    0 => { wire.retain(|(s, _)| s % 2 == 1); }
+                    0 => { wire.retain(|(s, _)| (s + rounds) % 2 == 1); }
                     2 => { let copy = wire.clone(); wire.extend(copy); }
                     3 => { for pair in wire.chunks_mut(2) { pair.reverse(); } }
                     _ => {}
@@ -244,7 +290,7 @@ mod tests {
                         inc.delivered();
                     }
                 }
-                if let Some(ack) = inc.take_ack() {
+                if let Some(ack) = inc.flush() {
                     out.ack(ack, now);
                 }
             }

@@ -1,6 +1,6 @@
 //! One seat on the broker: the join protocol, and the task that carries a seat's traffic.
 //!
-//! Every message to a seat goes to `<prefix>.seat.<to>.<kind>.<from>[.<n>]`, where `<to>` and
+//! Every message to a seat goes to `<prefix>.seat.<to>.<kind>.<from>`, where `<to>` and
 //! `<from>` are seat ids (`<relay>.<counter>`): the subject names the sender, and a seat accepts
 //! pairing, frames, acknowledgements and departures only from the seat it is paired (or being
 //! paired) with. Anything else (a stale seat, a confused relay) is dropped and counted.
@@ -10,7 +10,7 @@
 //! | `j` | request | "pair with me": the holder of `.a` reserves itself for the sender (phase one) |
 //! | `c` | request | "commit": the holder tells its connection PEER_FOUND, then answers (phase two) |
 //! | `x` | — | the joiner gave up between the phases: the reservation (or pair) ends |
-//! | `f.<n>` | the frame | frame number `n` of this direction, byte for byte |
+//! | `f` | `n` ‖ the frame | frame number `n` of this direction (8 bytes, big-endian), then the frame byte for byte |
 //! | `k` | `n` | acknowledgement: every frame below `n` was handed to the connection |
 //! | `l` | `n` | departure after `n` frames |
 //! | `p` | request | probe: "are you alive?" |
@@ -62,6 +62,8 @@ const BATCH: usize = 64;
 const PAIRED: &[u8] = b"ok";
 /// Unacknowledged frames are sent again after this long without an acknowledgement.
 const RESEND_AFTER: Duration = Duration::from_millis(500);
+/// Delivered frames are acknowledged at the latest this long after (or every `ACK_EVERY`).
+const ACK_DELAY: Duration = Duration::from_millis(100);
 /// A publish that the client library does not take this fast is left to the resend (the frame
 /// stays in the window), so a broker outage never blocks the seat's task.
 const PUBLISH_WAIT: Duration = Duration::from_millis(200);
@@ -240,29 +242,17 @@ fn relay_of(seat: &str) -> &str {
     seat.split_once('.').map_or(seat, |(relay, _)| relay)
 }
 
-/// A message to a seat, read from its subject: `<kind>.<from relay>.<from n>[.<number>]`.
+/// A message to a seat, read from its subject: `<kind>.<from relay>.<from n>`.
 #[derive(Debug, PartialEq, Eq)]
 struct Addressed<'a> {
     kind: &'a str,
     from: &'a str,
-    number: Option<u64>,
 }
 
 /// Parses what follows the seat's own `<prefix>.seat.<id>.` in a subject.
 fn addressed(rest: &str) -> Option<Addressed<'_>> {
-    let mut parts = rest.splitn(4, '.');
-    let kind = parts.next()?;
-    let relay = parts.next()?;
-    let n = parts.next()?;
-    let from = rest.get(kind.len() + 1..kind.len() + 1 + relay.len() + 1 + n.len())?;
-    if !is_seat_id(from) {
-        return None;
-    }
-    let number = match parts.next() {
-        Some(x) => Some(x.parse().ok()?),
-        None => None,
-    };
-    Some(Addressed { kind, from, number })
+    let (kind, from) = rest.split_once('.')?;
+    is_seat_id(from).then_some(Addressed { kind, from })
 }
 
 /// One seat counted in `Shared::seats` (the rooms this relay holds); uncounted on drop.
@@ -290,9 +280,11 @@ impl Drop for SeatCount {
 /// What a renewal came to: the slot's new revision, or why not.
 type Renewal = Result<Result<u64, kv::UpdateError>, Elapsed>;
 
-/// The partner: its seat id, and the token cancelled when its relay goes silent.
+/// The partner: its seat id, the subject its frames go to (but their number), and the token
+/// cancelled when its relay goes silent.
 struct Partner {
     id: String,
+    frames: async_nats::Subject,
     dead: CancellationToken,
 }
 
@@ -387,7 +379,8 @@ impl SeatTask {
     /// Becomes paired with seat `partner`; returns the connection's link to it.
     fn pair(&mut self, partner: &str) -> NatsLink {
         let dead = self.shared.liveness.watch(relay_of(partner));
-        self.partner = Some(Partner { id: partner.to_owned(), dead });
+        let frames = async_nats::Subject::from(self.shared.names.to(partner, "f", &self.id));
+        self.partner = Some(Partner { id: partner.to_owned(), frames, dead });
         self.phase = Phase::Paired;
         NatsLink { tx: self.outbox_tx.clone() }
     }
@@ -402,7 +395,14 @@ impl SeatTask {
         // drops it as a slow consumer if it never makes room).
         let mut pending: Option<Frame> = None;
         let mut sub_open = true;
+        let ack_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(ack_timer);
+        let mut ack_armed = false;
         loop {
+            if !ack_armed && self.inc.ack_pending() {
+                ack_timer.as_mut().reset(Instant::now() + ACK_DELAY);
+                ack_armed = true;
+            }
             let dead = self.partner.as_ref().map(|p| p.dead.clone());
             let reserved_until = match &self.phase {
                 Phase::Reserved(_, until) => Some(*until),
@@ -467,6 +467,10 @@ impl SeatTask {
                         }
                     }
                 }
+                () = &mut ack_timer, if ack_armed => {
+                    ack_armed = false;
+                    self.acknowledge_all().await;
+                }
                 () = async { match reserved_until { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                     // Phase one without phase two: the joiner is gone; wait for another.
                     self.phase = Phase::Waiting;
@@ -483,13 +487,15 @@ impl SeatTask {
         self.depart().await;
     }
 
-    /// Publishes a message of `kind` (numbered `n`) to seat `to`; a publish the client library
-    /// does not take in time is counted, and left to the resend where it matters.
-    async fn publish(&mut self, to: &str, kind: &str, n: Option<u64>, payload: Bytes) -> bool {
-        let mut subject = self.shared.names.to(to, kind, &self.id);
-        if let Some(n) = n {
-            subject = format!("{subject}.{n}");
-        }
+    /// Publishes a message of `kind` to seat `to`.
+    async fn publish(&mut self, to: &str, kind: &str, payload: Bytes) -> bool {
+        let subject = self.shared.names.to(to, kind, &self.id);
+        self.publish_to(subject, payload).await
+    }
+
+    /// Publishes to `subject`; a publish the client library does not take in time is counted, and
+    /// left to the resend where it matters.
+    async fn publish_to(&mut self, subject: impl async_nats::subject::ToSubject, payload: Bytes) -> bool {
         let sent = timeout(PUBLISH_WAIT, self.shared.client.publish(subject, payload)).await;
         let ok = matches!(sent, Ok(Ok(())));
         if !ok {
@@ -499,12 +505,18 @@ impl SeatTask {
     }
 
     /// Numbers one of the connection's frames and sends it; it stays in the window until acked.
+    /// The number leads the payload (8 bytes, big-endian), not the subject: a pair's frames keep
+    /// one subject, which the server's subject cache serves.
     async fn publish_new(&mut self, frame: Frame) {
         let Some(p) = &self.partner else { return };
-        let payload = Bytes::from(frame);
-        let seq = self.out.send(payload.clone(), Instant::now());
-        let to = p.id.clone();
-        if self.publish(&to, "f", Some(seq), payload).await {
+        let subject = p.frames.clone();
+        let seq = self.out.next_seq();
+        let mut payload = bytes::BytesMut::with_capacity(8 + frame.len());
+        payload.extend_from_slice(&seq.to_be_bytes());
+        payload.extend_from_slice(frame.as_bytes());
+        let payload = payload.freeze();
+        self.out.send(payload.clone(), Instant::now());
+        if self.publish_to(subject, payload).await {
             self.shared.metrics.upstream.frames_out.fetch_add(1, Relaxed);
         }
     }
@@ -512,22 +524,33 @@ impl SeatTask {
     /// Sends every unacknowledged frame again, and the departure if it was announced.
     async fn resend(&mut self) {
         let Some(p) = &self.partner else { return };
-        let to = p.id.clone();
-        let frames: Vec<(u64, Bytes)> = self.out.unacked().map(|(seq, f)| (seq, f.clone())).collect();
-        for (seq, frame) in frames {
+        let (to, subject) = (p.id.clone(), p.frames.clone());
+        let frames: Vec<Bytes> = self.out.unacked().map(|(_, f)| f.clone()).collect();
+        for frame in frames {
             self.shared.metrics.upstream.retransmits.fetch_add(1, Relaxed);
-            self.publish(&to, "f", Some(seq), frame).await;
+            self.publish_to(subject.clone(), frame).await;
         }
         if self.leave.is_cancelled() {
-            self.publish(&to, "l", None, Bytes::from(self.out.sent().to_string())).await;
+            self.publish(&to, "l", Bytes::from(self.out.sent().to_string())).await;
         }
     }
 
-    /// Sends the acknowledgement that is due, if any.
+    /// Sends the acknowledgement that is due now (urgent, or a batch is full), if any.
     async fn acknowledge(&mut self) {
-        let (Some(next), Some(p)) = (self.inc.take_ack(), &self.partner) else { return };
+        let next = self.inc.take_ack();
+        self.send_ack(next).await;
+    }
+
+    /// Acknowledges everything delivered so far.
+    async fn acknowledge_all(&mut self) {
+        let next = self.inc.flush();
+        self.send_ack(next).await;
+    }
+
+    async fn send_ack(&mut self, next: Option<u64>) {
+        let (Some(next), Some(p)) = (next, &self.partner) else { return };
         let to = p.id.clone();
-        self.publish(&to, "k", None, Bytes::from(next.to_string())).await;
+        self.publish(&to, "k", Bytes::from(next.to_string())).await;
     }
 
     async fn on_message(&mut self, msg: Message, pending: &mut Option<Frame>) {
@@ -566,11 +589,15 @@ impl SeatTask {
             _ if !from_partner => {}
             "x" => return self.end_pair().await,
             "f" if self.phase == Phase::Paired => {
-                let Some(seq) = m.number else { return };
+                let mut payload = msg.payload;
+                let Some(seq) = payload.get(..8).and_then(|n| <[u8; 8]>::try_from(n).ok()).map(u64::from_be_bytes)
+                else {
+                    return;
+                };
                 if self.inc.arrived(seq) != Arrival::Deliver {
                     return;
                 }
-                match Utf8Bytes::try_from(msg.payload) {
+                match Utf8Bytes::try_from(payload.split_off(8)) {
                     Ok(frame) => {
                         self.shared.metrics.upstream.frames_in.fetch_add(1, Relaxed);
                         self.deliver(frame, pending);
@@ -621,7 +648,7 @@ impl SeatTask {
             return;
         }
         if pending.is_none() && self.inc.finished() {
-            self.acknowledge().await;
+            self.acknowledge_all().await;
             self.end_pair().await;
         } else if self.inc.missing_after_departure() && self.missing_since.is_none() {
             self.missing_since = Some(Instant::now());
@@ -720,7 +747,7 @@ impl SeatTask {
         self.shared.hold_slot(&self.key, None);
         let Some(p) = &self.partner else { return };
         let (to, dead) = (p.id.clone(), p.dead.clone());
-        self.publish(&to, "l", None, Bytes::from(self.out.sent().to_string())).await;
+        self.publish(&to, "l", Bytes::from(self.out.sent().to_string())).await;
         let until = Instant::now() + self.shared.liveness.timeout();
         let mut resend = tokio::time::interval_at(Instant::now() + RESEND_AFTER, RESEND_AFTER);
         while !self.out.all_acked() {
@@ -734,7 +761,7 @@ impl SeatTask {
                         // Only acknowledgements and the partner's own departure matter now.
                         let mut none = None;
                         self.on_message(msg, &mut none).await;
-                        self.acknowledge().await;
+                        self.acknowledge_all().await;
                     }
                     None => break,
                 },
@@ -781,10 +808,10 @@ mod tests {
     #[test]
     fn subjects_name_their_sender() {
         let from = "0123456789abcdef.7";
-        assert_eq!(addressed("f.0123456789abcdef.7.42"), Some(Addressed { kind: "f", from, number: Some(42) }));
-        assert_eq!(addressed("k.0123456789abcdef.7"), Some(Addressed { kind: "k", from, number: None }));
-        assert_eq!(addressed("f.0123456789abcdef.7.x"), None, "a number that is not one");
-        assert_eq!(addressed("f.nothex.7"), None, "a sender that is not a seat id");
+        assert_eq!(addressed("f.0123456789abcdef.7"), Some(Addressed { kind: "f", from }));
+        assert_eq!(addressed("k.0123456789abcdef.7"), Some(Addressed { kind: "k", from }));
+        assert_eq!(addressed("f.0123456789abcdef.7.42"), None, "a sender that is not a seat id");
+        assert_eq!(addressed("f.nothex.7"), None);
         assert_eq!(addressed("f"), None);
     }
 }
