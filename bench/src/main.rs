@@ -13,7 +13,7 @@ mod ws;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,8 +39,12 @@ struct Args {
     #[arg(long, default_value_t = 19_600)]
     capacity: usize,
     /// Run one scenario against our relay and stop (for quick before/after comparisons).
-    #[arg(long, value_parser = ["throughput", "capacity"])]
+    #[arg(long, value_parser = ["throughput", "capacity", "cross"])]
     only: Option<String>,
+    /// Another relay binary (e.g. an earlier commit's) to run the cross-relay scenario with too,
+    /// alternating with --relay in every run, so the two compare within one run.
+    #[arg(long, value_name = "RELAY")]
+    baseline: Option<PathBuf>,
 }
 
 /// `--only`: one scenario, ours only, medians of `--runs`.
@@ -140,20 +144,24 @@ impl Relay {
         Relay::start_with(name, args, &[])
     }
 
-    /// Ours on the NATS upstream at `nats`.
-    fn nats(args: &Args, nats: &str) -> Result<Relay> {
+    /// The relay binary `bin` on the NATS upstream at `nats`.
+    fn nats(args: &Args, bin: &Path, nats: &str) -> Result<Relay> {
         let extra = ["--upstream", "nats", "--nats-url", nats, "--cluster-secret", "bench-cluster-secret-0123456789"];
-        Relay::start_with("ghostwire", args, &extra)
+        Relay::start_bin("ghostwire", args, bin, &extra)
     }
 
     fn start_with(name: &'static str, args: &Args, extra: &[&str]) -> Result<Relay> {
+        Relay::start_bin(name, args, &args.relay, extra)
+    }
+
+    fn start_bin(name: &'static str, args: &Args, bin: &Path, extra: &[&str]) -> Result<Relay> {
         let port = free_port()?;
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0"]);
         match name {
             "ghostwire" => {
-                cmd.arg(&args.relay).args([
+                cmd.arg(bin).args([
                     "--listen",
                     &format!("127.0.0.1:{port}"),
                     "--admin-listen",
@@ -406,6 +414,9 @@ async fn suite(args: Args) -> Result<()> {
         Err(e) => eprintln!("cannot raise the open-file limit: {e}"),
     }
     if let Some(which) = &args.only {
+        if which == "cross" {
+            return cross_scenario(&args, &plan, args.runs.max(1)).await.map(|_| ());
+        }
         return only(&args, &plan, which).await;
     }
     let names: Vec<&'static str> = if args.compare { vec!["ghostwire", "node", "python"] } else { vec!["ghostwire"] };
@@ -499,44 +510,7 @@ async fn suite(args: Args) -> Result<()> {
     drop(relay);
 
     // A room split over two relays through NATS, next to the same load on one relay.
-    let cross_rate = plan.rt_rate / 2.0;
-    let mut cross: Option<(Cross, Cross)> = None;
-    println!("\n## Cross-relay (a room's two clients on two relays through NATS, vs both on one relay)\n");
-    match NatsServer::start()? {
-        None => println!("skipped: nats-server is not installed (scripts/test.sh installs it)"),
-        Some(nats) => {
-            let (mut one, mut two) = (Vec::new(), Vec::new());
-            for run in 1..=runs {
-                eprintln!("cross-relay: run {run}/{runs}");
-                let single = Relay::start("ghostwire", &args)?;
-                one.push(cross_once(single.addr.into(), &plan, cross_rate).await.context("one relay")?);
-                drop(single);
-                let (r1, r2) = (Relay::nats(&args, &nats.url)?, Relay::nats(&args, &nats.url)?);
-                until_ready(r1.admin)?;
-                until_ready(r2.admin)?;
-                let split = load::Target { a: r1.addr, b: r2.addr };
-                two.push(cross_once(split, &plan, cross_rate).await.context("two relays through NATS")?);
-            }
-            let pick = |v: &[Cross], f: &dyn Fn(&Cross) -> f64| median(v.iter().map(f).collect());
-            let mid = |v: &[Cross]| Cross {
-                fps: pick(v, &|c| c.fps),
-                open: [0, 1, 2, 3].map(|i| pick(v, &|c| c.open[i])),
-                open_rate: pick(v, &|c| c.open_rate),
-                closed: [0, 1, 2, 3].map(|i| pick(v, &|c| c.closed[i])),
-                closed_rate: pick(v, &|c| c.closed_rate),
-            };
-            let (one, two) = (mid(&one), mid(&two));
-            println!("| setup | frames/s | {cross_rate} rt/s over {} rooms: p50 / p99 µs | closed loop, 1 room: rt/s, p50 / p99 µs |", plan.rooms);
-            println!("|---|---:|---:|---:|");
-            for (label, c) in [("one relay (in-process)", one), ("two relays via NATS", two)] {
-                println!(
-                    "| {label} | {:.0} | {:.0} / {:.0} (achieved {:.0} rt/s) | {:.0}: {:.0} / {:.0} |",
-                    c.fps, c.open[0], c.open[2], c.open_rate, c.closed_rate, c.closed[0], c.closed[2]
-                );
-            }
-            cross = Some((one, two));
-        }
-    }
+    let cross = cross_scenario(&args, &plan, runs).await?;
 
     println!("\n## Capacity (idle connected pairs; relay RSS above its idle baseline)\n");
     println!("| relay | connections | KiB per connection | time to connect all | idle baseline |");
@@ -621,6 +595,67 @@ async fn suite(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cross-relay scenario: the same load on one relay, then on a room split over two relays
+/// through NATS (and, with --baseline, over two relays of the baseline binary), `runs` times,
+/// alternating; prints the table of medians.
+async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<(Cross, Cross)>> {
+    let cross_rate = plan.rt_rate / 2.0;
+    println!("\n## Cross-relay (a room's two clients on two relays through NATS, vs both on one relay)\n");
+    let Some(nats) = NatsServer::start()? else {
+        println!("skipped: nats-server is not installed (scripts/test.sh installs it)");
+        return Ok(None);
+    };
+    let (mut one, mut two, mut base) = (Vec::new(), Vec::new(), Vec::new());
+    let split = |bin: &Path| -> Result<(Relay, Relay)> {
+        let (r1, r2) = (Relay::nats(args, bin, &nats.url)?, Relay::nats(args, bin, &nats.url)?);
+        until_ready(r1.admin)?;
+        until_ready(r2.admin)?;
+        Ok((r1, r2))
+    };
+    for run in 1..=runs {
+        eprintln!("cross-relay: run {run}/{runs}");
+        let single = Relay::start("ghostwire", args)?;
+        one.push(cross_once(single.addr.into(), plan, cross_rate).await.context("one relay")?);
+        drop(single);
+        let (r1, r2) = split(&args.relay)?;
+        two.push(
+            cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate)
+                .await
+                .context("two relays through NATS")?,
+        );
+        drop((r1, r2));
+        if let Some(bin) = &args.baseline {
+            let (r1, r2) = split(bin)?;
+            base.push(cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate).await.context("baseline")?);
+        }
+    }
+    let pick = |v: &[Cross], f: &dyn Fn(&Cross) -> f64| median(v.iter().map(f).collect());
+    let mid = |v: &[Cross]| Cross {
+        fps: pick(v, &|c| c.fps),
+        open: [0, 1, 2, 3].map(|i| pick(v, &|c| c.open[i])),
+        open_rate: pick(v, &|c| c.open_rate),
+        closed: [0, 1, 2, 3].map(|i| pick(v, &|c| c.closed[i])),
+        closed_rate: pick(v, &|c| c.closed_rate),
+    };
+    let (one, two) = (mid(&one), mid(&two));
+    println!("| setup | frames/s | {cross_rate} rt/s over {} rooms: p50 / p99 µs | closed loop, 1 room: rt/s, p50 / p99 µs |", plan.rooms);
+    println!("|---|---:|---:|---:|");
+    let mut rows = vec![("one relay (in-process)".to_owned(), one), ("two relays via NATS".to_owned(), two)];
+    if let Some(bin) = &args.baseline {
+        rows.push((format!("two relays via NATS, baseline `{}`", bin.display()), mid(&base)));
+    }
+    for (label, c) in &rows {
+        println!(
+            "| {label} | {:.0} | {:.0} / {:.0} (achieved {:.0} rt/s) | {:.0}: {:.0} / {:.0} |",
+            c.fps, c.open[0], c.open[2], c.open_rate, c.closed_rate, c.closed[0], c.closed[2]
+        );
+    }
+    if let Some((_, b)) = rows.get(2) {
+        println!("\n- this relay / baseline through NATS: {:.2}× the frames/s", two.fps / b.fps.max(1.0));
+    }
+    Ok(Some((one, two)))
 }
 
 fn main() -> Result<()> {
