@@ -88,6 +88,48 @@ async fn a_restarted_nats_server_refuses_joins_meanwhile_and_a_waiting_peer_is_s
     .await;
 }
 
+/// What a confused or stale relay might send, sent by hand on the broker: a reservation given up
+/// (`x`) frees the waiting seat at once; a commit from a seat that did not reserve is refused;
+/// frames that name a sender other than the partner are dropped and counted, never delivered.
+#[tokio::test]
+async fn pairing_is_two_phase_and_messages_from_other_seats_are_refused() {
+    let nats = NatsServer::start();
+    within(60, async {
+        let r = relays(&nats, 2).await;
+        let monitor = async_nats::connect(nats.url()).await.unwrap();
+        let mut slots = monitor.subscribe("$KV.ghostwire-rooms.>").await.unwrap();
+        monitor.flush().await.unwrap();
+        let code = room("phases");
+        let mut a = join(&r[0].url(), &code).await;
+        let slot = tokio::time::timeout(FRAME_WAIT, slots.next()).await.unwrap().unwrap();
+        let seat_a = String::from_utf8(slot.payload.to_vec()).unwrap();
+        let to_a = |kind: &str, from: &str| format!("ghostwire.seat.{seat_a}.{kind}.{from}");
+        let (stale, other) = ("0123456789abcdef.1", "fedcba9876543210.2");
+
+        // Phase one from a joiner that then gives up: reserved, then free again.
+        let reply = monitor.request(to_a("j", stale), "".into()).await.unwrap();
+        assert_eq!(reply.payload.as_ref(), b"ok");
+        let reply = monitor.request(to_a("c", other), "".into()).await.unwrap();
+        assert_eq!(reply.payload.as_ref(), b"no", "only the seat that reserved may commit");
+        monitor.publish(to_a("x", stale), "".into()).await.unwrap();
+
+        // A real joiner pairs with A (the reservation is gone).
+        let mut b = join(&r[1].url(), &code).await;
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+
+        // A frame that names a seat other than A's partner is not A's partner's frame.
+        let mut forged = 0u64.to_be_bytes().to_vec();
+        forged.extend_from_slice(signal("MSG", "forged").as_bytes());
+        monitor.publish(to_a("f", stale), forged.into()).await.unwrap();
+        monitor.flush().await.unwrap();
+        until_metric(r[0].admin, "ghostwire_upstream_foreign_messages_total 1").await;
+        send(&mut b, signal("MSG", "real")).await;
+        assert_eq!(expect_text(&mut a).await, signal("MSG", "real"), "the forged frame must not arrive");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_relay_whose_nats_is_unreachable_is_not_ready_and_becomes_ready_when_it_appears() {
     let mut nats = NatsServer::reserved();
