@@ -119,8 +119,11 @@ async fn pairing_is_two_phase_and_messages_from_other_seats_are_refused() {
         expect_peer_found(&mut b).await;
 
         // A frame that names a seat other than A's partner is not A's partner's frame.
+        // A well-formed frame message (first number, then length and frame), from the wrong seat.
+        let text = signal("MSG", "forged");
         let mut forged = 0u64.to_be_bytes().to_vec();
-        forged.extend_from_slice(signal("MSG", "forged").as_bytes());
+        forged.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        forged.extend_from_slice(text.as_bytes());
         monitor.publish(to_a("f", stale), forged.into()).await.unwrap();
         monitor.flush().await.unwrap();
         until_metric(r[0].admin, "ghostwire_upstream_foreign_messages_total 1").await;

@@ -47,7 +47,12 @@ impl Outgoing {
 
     /// Whether another frame may be sent now.
     pub fn has_room(&self) -> bool {
-        self.unacked.len() < self.window
+        self.has_room_for(1)
+    }
+
+    /// Whether `n` more frames may be sent now.
+    pub fn has_room_for(&self, n: usize) -> bool {
+        self.unacked.len() + n <= self.window
     }
 
     /// The number the next frame will get.

@@ -10,7 +10,7 @@
 //! | `j` | request | "pair with me": the holder of `.a` reserves itself for the sender (phase one) |
 //! | `c` | request | "commit": the holder tells its connection PEER_FOUND, then answers (phase two) |
 //! | `x` | — | the joiner gave up between the phases: the reservation (or pair) ends |
-//! | `f` | `n` ‖ the frame | frame number `n` of this direction (8 bytes, big-endian), then the frame byte for byte |
+//! | `f` | `n` ‖ (length ‖ frame)… | frames numbered from `n` (8 bytes, big-endian), each a 4-byte length and the frame byte for byte |
 //! | `k` | `n` | acknowledgement: every frame below `n` was handed to the connection |
 //! | `l` | `n` | departure after `n` frames |
 //! | `p` | request | probe: "are you alive?" |
@@ -45,6 +45,7 @@ use async_nats::{Message, Subscriber};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use ghostwire_shared::ErrorCode;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,9 @@ pub(super) async fn join(
     }
     let id = format!("{}.{}", shared.relay_id, shared.next_seat.fetch_add(1, Relaxed));
     let sub = shared.client.subscribe(format!("{}.>", shared.names.seat(&id))).await.map_err(unavailable)?;
+    // A round trip, so the server has the subscription before any slot names this seat: a
+    // partner that reads the slot can always reach it ("no responders" then means gone).
+    timeout(OP_TIMEOUT, shared.client.flush()).await.map_err(unavailable)?.map_err(unavailable)?;
     let (a, b) = (format!("{room}.a"), format!("{room}.b"));
     let value = Bytes::from(id.clone());
 
@@ -235,6 +239,40 @@ fn is_seat_id(s: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// A batch of frames as one message: the first frame's number, then each frame's length and bytes.
+fn encode_batch(first: u64, frames: &[Bytes]) -> Bytes {
+    let size = 8 + frames.iter().map(|f| 4 + f.len()).sum::<usize>();
+    let mut out = bytes::BytesMut::with_capacity(size);
+    out.extend_from_slice(&first.to_be_bytes());
+    for frame in frames {
+        out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        out.extend_from_slice(frame);
+    }
+    out.freeze()
+}
+
+/// The first number and the frames of a batch (slices of `payload`, not copies); `None` if it is
+/// not one.
+fn decode_batch(mut payload: Bytes) -> Option<(u64, Vec<Bytes>)> {
+    use bytes::Buf;
+    if payload.len() < 8 {
+        return None;
+    }
+    let first = payload.get_u64();
+    let mut frames = Vec::new();
+    while !payload.is_empty() {
+        if payload.len() < 4 {
+            return None;
+        }
+        let len = payload.get_u32() as usize;
+        if payload.len() < len {
+            return None;
+        }
+        frames.push(payload.split_to(len));
+    }
+    Some((first, frames))
 }
 
 /// The relay part of a seat id.
@@ -393,7 +431,7 @@ impl SeatTask {
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A partner frame the connection had no room for yet (the connection's own write bound
         // drops it as a slow consumer if it never makes room).
-        let mut pending: Option<Frame> = None;
+        let mut pending: VecDeque<Frame> = VecDeque::new();
         let mut sub_open = true;
         let ack_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(ack_timer);
@@ -415,30 +453,34 @@ impl SeatTask {
                 () = async { match dead { Some(d) => d.cancelled_owned().await, None => std::future::pending().await } } => {
                     self.lost("relay not heard within --nats-peer-timeout").await;
                 }
-                room = std::future::poll_fn(|cx| inbox.poll_writable(cx)), if pending.is_some() => {
-                    if let (Ok(()), Some(frame)) = (room, pending.take()) {
-                        self.deliver(frame, &mut pending);
-                        self.check_departure(&pending).await;
-                        self.acknowledge().await;
+                room = std::future::poll_fn(|cx| inbox.poll_writable(cx)), if !pending.is_empty() => {
+                    if room.is_err() {
+                        pending.clear();
                     }
-                }
-                Some(frame) = self.outbox.recv(), if self.out.has_room() => {
-                    self.publish_new(frame).await;
-                    // What else is queued goes in the same pass (bounded, so the other direction
-                    // is not starved).
-                    for _ in 1..BATCH {
-                        if !self.out.has_room() {
+                    while let Some(frame) = pending.pop_front() {
+                        if let Err(SendError::Full(frame)) = self.inbox.push(frame) {
+                            pending.push_front(frame);
                             break;
                         }
-                        let Ok(frame) = self.outbox.try_recv() else { break };
-                        self.publish_new(frame).await;
                     }
+                    self.check_departure(&pending).await;
+                    self.acknowledge().await;
                 }
-                msg = self.sub.next(), if sub_open && pending.is_none() => match msg {
+                Some(frame) = self.outbox.recv(), if self.out.has_room() => {
+                    // What else is queued goes in the same message (bounded, so the other
+                    // direction is not starved and a message stays well under NATS's limit).
+                    let mut batch = vec![frame];
+                    while batch.len() < BATCH && self.out.has_room_for(batch.len() + 1) {
+                        let Ok(frame) = self.outbox.try_recv() else { break };
+                        batch.push(frame);
+                    }
+                    self.publish_new(batch).await;
+                }
+                msg = self.sub.next(), if sub_open && pending.is_empty() => match msg {
                     Some(msg) => {
                         self.on_message(msg, &mut pending).await;
                         for _ in 1..BATCH {
-                            if pending.is_some() {
+                            if !pending.is_empty() {
                                 break;
                             }
                             let Some(Some(msg)) = self.sub.next().now_or_never() else { break };
@@ -504,20 +546,22 @@ impl SeatTask {
         ok
     }
 
-    /// Numbers one of the connection's frames and sends it; it stays in the window until acked.
-    /// The number leads the payload (8 bytes, big-endian), not the subject: a pair's frames keep
-    /// one subject, which the server's subject cache serves.
-    async fn publish_new(&mut self, frame: Frame) {
+    /// Numbers the connection's frames and sends them in one message; they stay in the window
+    /// until acknowledged. The message is the first number (8 bytes, big-endian), then each frame
+    /// as a 4-byte big-endian length and its bytes: a pair's frames keep one subject, which the
+    /// server's subject cache serves, and a burst costs the broker one message.
+    async fn publish_new(&mut self, frames: Vec<Frame>) {
         let Some(p) = &self.partner else { return };
         let subject = p.frames.clone();
-        let seq = self.out.next_seq();
-        let mut payload = bytes::BytesMut::with_capacity(8 + frame.len());
-        payload.extend_from_slice(&seq.to_be_bytes());
-        payload.extend_from_slice(frame.as_bytes());
-        let payload = payload.freeze();
-        self.out.send(payload.clone(), Instant::now());
-        if self.publish_to(subject, payload).await {
-            self.shared.metrics.upstream.frames_out.fetch_add(1, Relaxed);
+        let now = Instant::now();
+        let first = self.out.next_seq();
+        let count = frames.len() as u64;
+        let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+        for frame in &frames {
+            self.out.send(frame.clone(), now);
+        }
+        if self.publish_to(subject, encode_batch(first, &frames)).await {
+            self.shared.metrics.upstream.frames_out.fetch_add(count, Relaxed);
         }
     }
 
@@ -525,10 +569,12 @@ impl SeatTask {
     async fn resend(&mut self) {
         let Some(p) = &self.partner else { return };
         let (to, subject) = (p.id.clone(), p.frames.clone());
-        let frames: Vec<Bytes> = self.out.unacked().map(|(_, f)| f.clone()).collect();
-        for frame in frames {
-            self.shared.metrics.upstream.retransmits.fetch_add(1, Relaxed);
-            self.publish_to(subject.clone(), frame).await;
+        let frames: Vec<(u64, Bytes)> = self.out.unacked().map(|(seq, f)| (seq, f.clone())).collect();
+        for chunk in frames.chunks(BATCH) {
+            let first = chunk[0].0;
+            let bodies: Vec<Bytes> = chunk.iter().map(|(_, f)| f.clone()).collect();
+            self.shared.metrics.upstream.retransmits.fetch_add(bodies.len() as u64, Relaxed);
+            self.publish_to(subject.clone(), encode_batch(first, &bodies)).await;
         }
         if self.leave.is_cancelled() {
             self.publish(&to, "l", Bytes::from(self.out.sent().to_string())).await;
@@ -553,7 +599,7 @@ impl SeatTask {
         self.publish(&to, "k", Bytes::from(next.to_string())).await;
     }
 
-    async fn on_message(&mut self, msg: Message, pending: &mut Option<Frame>) {
+    async fn on_message(&mut self, msg: Message, pending: &mut VecDeque<Frame>) {
         let Some(rest) = msg.subject.as_str().strip_prefix(self.base.as_str()) else { return };
         let Some(m) = addressed(rest) else {
             self.shared.metrics.upstream.foreign_messages.fetch_add(1, Relaxed);
@@ -589,22 +635,28 @@ impl SeatTask {
             _ if !from_partner => {}
             "x" => return self.end_pair().await,
             "f" if self.phase == Phase::Paired => {
-                let mut payload = msg.payload;
-                let Some(seq) = payload.get(..8).and_then(|n| <[u8; 8]>::try_from(n).ok()).map(u64::from_be_bytes)
-                else {
+                let Some((first, frames)) = decode_batch(msg.payload) else {
+                    tracing::warn!("dropped a malformed frame message from NATS");
                     return;
                 };
-                if self.inc.arrived(seq) != Arrival::Deliver {
-                    return;
-                }
-                match Utf8Bytes::try_from(payload.split_off(8)) {
-                    Ok(frame) => {
-                        self.shared.metrics.upstream.frames_in.fetch_add(1, Relaxed);
-                        self.deliver(frame, pending);
-                        self.check_departure(pending).await;
+                for (seq, frame) in (first..).zip(frames) {
+                    match self.inc.arrived(seq) {
+                        Arrival::Deliver => {}
+                        Arrival::Duplicate => continue,
+                        Arrival::Gap => break,
                     }
-                    Err(_) => tracing::warn!("dropped a frame from NATS that is not UTF-8"),
+                    match Utf8Bytes::try_from(frame) {
+                        Ok(frame) => {
+                            self.shared.metrics.upstream.frames_in.fetch_add(1, Relaxed);
+                            self.deliver(frame, pending);
+                        }
+                        Err(_) => {
+                            tracing::warn!("dropped a frame from NATS that is not UTF-8");
+                            break;
+                        }
+                    }
                 }
+                self.check_departure(pending).await;
                 return;
             }
             "k" => {
@@ -634,20 +686,24 @@ impl SeatTask {
         }
     }
 
-    /// Queues a partner frame for the connection, or holds it until there is room.
-    fn deliver(&mut self, frame: Frame, pending: &mut Option<Frame>) {
-        match self.inbox.push(frame) {
-            Ok(()) | Err(SendError::Gone) => self.inc.delivered(),
-            Err(SendError::Full(frame)) => *pending = Some(frame),
+    /// Takes the next partner frame: into the connection's queue, or, while that is full, held
+    /// here in order (reading from the broker stops until they are in).
+    fn deliver(&mut self, frame: Frame, pending: &mut VecDeque<Frame>) {
+        self.inc.delivered();
+        if !pending.is_empty() {
+            return pending.push_back(frame);
+        }
+        if let Err(SendError::Full(frame)) = self.inbox.push(frame) {
+            pending.push_back(frame);
         }
     }
 
     /// After a departure or a delivery: the pair ends once every announced frame was delivered.
-    async fn check_departure(&mut self, pending: &Option<Frame>) {
+    async fn check_departure(&mut self, pending: &VecDeque<Frame>) {
         if self.phase != Phase::Paired {
             return;
         }
-        if pending.is_none() && self.inc.finished() {
+        if pending.is_empty() && self.inc.finished() {
             self.acknowledge_all().await;
             self.end_pair().await;
         } else if self.inc.missing_after_departure() && self.missing_since.is_none() {
@@ -738,8 +794,15 @@ impl SeatTask {
     /// (bounded by the peer timeout).
     async fn depart(mut self) {
         // Past the window if need be: the outbox is bounded too, and these are the last frames.
+        let mut last = Vec::new();
         while let Ok(frame) = self.outbox.try_recv() {
-            self.publish_new(frame).await;
+            last.push(frame);
+            if last.len() == BATCH {
+                self.publish_new(std::mem::take(&mut last)).await;
+            }
+        }
+        if !last.is_empty() {
+            self.publish_new(last).await;
         }
         if self.phase != Phase::Ended {
             self.free_slot().await;
@@ -759,7 +822,7 @@ impl SeatTask {
                 msg = self.sub.next() => match msg {
                     Some(msg) => {
                         // Only acknowledgements and the partner's own departure matter now.
-                        let mut none = None;
+                        let mut none = VecDeque::new();
                         self.on_message(msg, &mut none).await;
                         self.acknowledge_all().await;
                     }
@@ -803,6 +866,16 @@ mod tests {
         assert!(!is_seat_id("0123456789abcdef.1.f"));
         assert!(!is_seat_id("0123456789abcdef.>"));
         assert!(!is_seat_id(""));
+    }
+
+    #[test]
+    fn batches_round_trip_and_garbage_is_refused() {
+        let frames = vec![Bytes::from_static(b"{}"), Bytes::new(), Bytes::from_static(b"\xc3\xa9")];
+        assert_eq!(decode_batch(encode_batch(7, &frames)), Some((7, frames)));
+        assert_eq!(decode_batch(Bytes::from_static(b"short")), None);
+        let mut cut = encode_batch(1, &[Bytes::from_static(b"abcdef")]).to_vec();
+        cut.pop();
+        assert_eq!(decode_batch(Bytes::from(cut)), None, "a frame cut short");
     }
 
     #[test]
