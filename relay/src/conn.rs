@@ -185,7 +185,7 @@ where
                         Err(e) => break 'conn Exit::Error(e.code()),
                     };
                     match (&mut phase, room) {
-                        (Phase::Paired(_, link), None) => blocked = forward(link.as_mut(), text),
+                        (Phase::Paired(_, link), None) => blocked = forward(link.as_mut(), Frame::from(text)),
                         (Phase::AwaitJoin(mailbox), Some(room)) => {
                             let Some(mailbox) = mailbox.take() else { break 'conn Exit::Error(ErrorCode::OutOfOrder) };
                             let joined = tokio::select! {
@@ -337,7 +337,7 @@ where
     while let Some(frame) = batch.pop_front() {
         frames += 1;
         bytes += frame.len() as u64;
-        ws.feed(Message::Text(frame)).await?;
+        ws.feed(Message::Text(frame.into())).await?;
     }
     ws.flush().await?;
     Ok((frames, bytes))

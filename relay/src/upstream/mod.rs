@@ -65,8 +65,59 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-/// A frame on its way between peers: the exact text the sender wrote.
-pub type Frame = Utf8Bytes;
+/// A frame on its way between peers: the exact text the sender wrote (UTF-8, shared, never
+/// copied on the way). The upstream layer's own type: the WebSocket library's appears only
+/// where a connection reads or writes one (`conn.rs`), and converting costs nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Utf8Bytes);
+
+impl Frame {
+    /// A frame of static text.
+    pub const fn from_static(text: &'static str) -> Frame {
+        Frame(Utf8Bytes::from_static(text))
+    }
+
+    /// The frame's text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the frame is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The frame's bytes, shared.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.0.into()
+    }
+
+    /// A frame from bytes that arrived from elsewhere (a broker, a link).
+    ///
+    /// # Errors
+    /// The bytes back when they are not UTF-8.
+    pub fn from_utf8(bytes: bytes::Bytes) -> Result<Frame, bytes::Bytes> {
+        let copy = bytes.clone();
+        Utf8Bytes::try_from(bytes).map(Frame).map_err(|_| copy)
+    }
+}
+
+impl From<Utf8Bytes> for Frame {
+    fn from(text: Utf8Bytes) -> Frame {
+        Frame(text)
+    }
+}
+
+impl From<Frame> for Utf8Bytes {
+    fn from(frame: Frame) -> Utf8Bytes {
+        frame.0
+    }
+}
 
 /// Ends one connection from outside its task, with a code.
 ///

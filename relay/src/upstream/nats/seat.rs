@@ -51,7 +51,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{error::Elapsed, timeout, Instant};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -556,7 +555,7 @@ impl SeatTask {
         let now = Instant::now();
         let first = self.out.next_seq();
         let count = frames.len() as u64;
-        let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+        let frames: Vec<Bytes> = frames.into_iter().map(Frame::into_bytes).collect();
         for frame in &frames {
             self.out.send(frame.clone(), now);
         }
@@ -645,7 +644,7 @@ impl SeatTask {
                         Arrival::Duplicate => continue,
                         Arrival::Gap => break,
                     }
-                    match Utf8Bytes::try_from(frame) {
+                    match Frame::from_utf8(frame) {
                         Ok(frame) => {
                             self.shared.metrics.upstream.frames_in.fetch_add(1, Relaxed);
                             self.deliver(frame, pending);
