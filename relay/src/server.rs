@@ -172,6 +172,25 @@ impl Accept {
     async fn connection(self: Arc<Self>, mut sock: TcpStream, peer: SocketAddr) {
         let metrics = &self.ctx.metrics;
         let _ = sock.set_nodelay(true);
+        let peer_trusted = self.ctx.config.is_trusted_proxy(peer.ip());
+        // A peer that is not a trusted proxy is the client: its slot is taken now, before TLS and
+        // the upgrade, so one address can hold at most --max-conns-per-ip connections in any
+        // state, half-open ones included, and cannot crowd out other addresses. (A trusted
+        // proxy carries many clients; theirs are counted once it names them.)
+        let early_slot = if peer_trusted {
+            None
+        } else {
+            match self.per_ip.acquire(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics.handshakes_refused.fetch_add(1, Relaxed);
+                    if self.tls.is_none() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(HTTP_429)).await;
+                    }
+                    return;
+                }
+            }
+        };
         let Ok(_permit) = Arc::clone(&self.conns).try_acquire_owned() else {
             metrics.handshakes_refused.fetch_add(1, Relaxed);
             if self.tls.is_none() {
@@ -186,10 +205,16 @@ impl Accept {
         // handshake's state nor room for a TLS stream it does not have.
         let serve = Box::pin(tokio::time::timeout(deadline, async {
             let mut ip = peer.ip();
-            let trusted = self.ctx.config.is_trusted_proxy(ip);
+            // Whether the hop that names the client is itself trusted: hop by hop, so once a PROXY
+            // header names a client, that client's own X-Forwarded-For counts only if the named
+            // address is a trusted proxy too.
+            let mut trusted = peer_trusted;
             if trusted && self.ctx.config.proxy_protocol {
                 match client_ip::read_proxy_header(&mut sock).await {
-                    Ok(Some(named)) => ip = named,
+                    Ok(Some(named)) => {
+                        ip = named;
+                        trusted = self.ctx.config.is_trusted_proxy(named);
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "bad PROXY header");
@@ -197,10 +222,11 @@ impl Accept {
                     }
                 }
             }
+            let slot = early_slot;
             match &self.tls {
-                None => self.upgrade(sock, ip, trusted).await.map(|(ws, slot)| self.serve(ws, slot)),
+                None => self.upgrade(sock, ip, trusted, slot).await.map(|(ws, slot)| self.serve(ws, slot)),
                 Some(tls) => match tls.accept(sock).await {
-                    Ok(stream) => self.upgrade(stream, ip, trusted).await.map(|(ws, slot)| self.serve(ws, slot)),
+                    Ok(stream) => self.upgrade(stream, ip, trusted, slot).await.map(|(ws, slot)| self.serve(ws, slot)),
                     Err(e) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
                         None
@@ -231,12 +257,19 @@ impl Accept {
         })
     }
 
-    /// The HTTP upgrade: path check, client IP, per-IP limit. `None` if refused or failed.
-    async fn upgrade<S>(&self, stream: S, ip: IpAddr, trusted: bool) -> Option<(WebSocketStream<S>, IpSlot)>
+    /// The HTTP upgrade: path check, client IP, per-IP limit (unless `held`, the slot taken at
+    /// accept). `None` if refused or failed.
+    async fn upgrade<S>(
+        &self,
+        stream: S,
+        ip: IpAddr,
+        trusted: bool,
+        held: Option<IpSlot>,
+    ) -> Option<(WebSocketStream<S>, IpSlot)>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut slot = None;
+        let mut slot = held;
         // The signature is tungstenite's callback type; its error is an HTTP response by design.
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -250,9 +283,13 @@ impl Accept {
             } else {
                 ip
             };
-            match self.per_ip.acquire(client) {
-                Some(s) => slot = Some(s),
-                None => return Err(refusal(StatusCode::TOO_MANY_REQUESTS, "too many connections from this address")),
+            if slot.is_none() {
+                match self.per_ip.acquire(client) {
+                    Some(s) => slot = Some(s),
+                    None => {
+                        return Err(refusal(StatusCode::TOO_MANY_REQUESTS, "too many connections from this address"))
+                    }
+                }
             }
             if self.ctx.config.log_ips {
                 tracing::debug!(client = %client, "upgrade");
@@ -269,6 +306,7 @@ impl Accept {
     }
 }
 
+const HTTP_429: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 39\r\nConnection: close\r\n\r\ntoo many connections from this address\n";
 const HTTP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nrelay at capacity\n";
 
 fn refusal(status: StatusCode, why: &str) -> ErrorResponse {

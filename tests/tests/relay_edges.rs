@@ -184,6 +184,76 @@ async fn proxy_protocol_names_the_client_for_a_trusted_proxy() {
     .await;
 }
 
+/// Behind a PROXY-protocol balancer, the named client's own X-Forwarded-For is not believed:
+/// trust goes hop by hop, and the client is not a trusted proxy.
+#[tokio::test]
+async fn a_client_behind_a_proxy_cannot_pick_its_address_with_forwarded_for() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    within(20, async {
+        let relay = TestRelay::with(|c| {
+            c.max_conns_per_ip = 2;
+            c.proxy_protocol = true;
+            c.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+        })
+        .await;
+        let mut outcomes = Vec::new();
+        let mut held = Vec::new();
+        for i in 0..5 {
+            let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+            let header = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 {}\r\n", relay.addr.port());
+            tcp.write_all(header.as_bytes()).await.unwrap();
+            let mut req = format!("ws://{}/", relay.addr).into_client_request().unwrap();
+            req.headers_mut().insert("x-forwarded-for", format!("10.0.0.{i}").parse().unwrap());
+            match tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await {
+                Ok((ws, _)) => {
+                    held.push(ws);
+                    outcomes.push("upgraded".to_owned());
+                }
+                Err(e) => outcomes.push(e.to_string()),
+            }
+        }
+        let upgraded = outcomes.iter().filter(|o| *o == "upgraded").count();
+        assert_eq!(upgraded, 2, "the PROXY-named client counts once whatever its XFF says: {outcomes:?}");
+        assert!(outcomes.iter().filter(|o| o.contains("429")).count() == 3, "{outcomes:?}");
+    })
+    .await;
+}
+
+/// Idle TCP connections from one address (no TLS, no upgrade: half-open) take only that
+/// address's --max-conns-per-ip, counted from accept, so another address still gets in.
+#[tokio::test]
+async fn a_half_open_flood_from_one_address_does_not_starve_another() {
+    within(30, async {
+        let relay = TestRelay::with(|c| {
+            c.max_conns = 40;
+            c.max_conns_per_ip = 5;
+        })
+        .await;
+        let mut flood = Vec::new();
+        for _ in 0..60 {
+            flood.push(tokio::net::TcpStream::connect(relay.addr).await.unwrap());
+        }
+        // The sixth and later are told why, at once, and closed.
+        let mut answer = String::new();
+        let mut last = flood.pop().unwrap();
+        tokio::time::timeout(FRAME_WAIT, last.read_to_string(&mut answer)).await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        // Another address connects and upgrades while the flood holds its connections.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let tcp = socket.connect(relay.addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{}/", relay.addr),
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        )
+        .await
+        .expect("127.0.0.2 was starved by 127.0.0.1's half-open connections");
+        send(&mut ws, join_frame(&room("flood"))).await;
+        drop(flood);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_every_client_with_1001_and_returns() {
     within(20, async {
