@@ -58,24 +58,24 @@ pub struct Config {
     pub max_rooms: usize,
 
     /// Time for the TCP/TLS/WebSocket handshake to complete before the socket is dropped.
-    #[arg(long, env = "GHOSTWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "GHOSTWIRE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub handshake_timeout: Duration,
 
     /// Time for the first frame (JOIN) to arrive after the handshake (ERROR 4008).
-    #[arg(long, env = "GHOSTWIRE_JOIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "GHOSTWIRE_JOIN_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub join_timeout: Duration,
 
     /// Time a lone peer may wait in a room for the second one (ERROR 4010).
-    #[arg(long, env = "GHOSTWIRE_WAIT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "GHOSTWIRE_WAIT_TIMEOUT", default_value = "10m", value_parser = parse_positive_duration)]
     pub wait_timeout: Duration,
 
     /// Interval of WebSocket pings to each client.
-    #[arg(long, env = "GHOSTWIRE_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "GHOSTWIRE_PING_INTERVAL", default_value = "20s", value_parser = parse_positive_duration)]
     pub ping_interval: Duration,
 
     /// A client silent for ping-interval + ping-timeout is dead and dropped (checked at each ping,
     /// so up to one interval later); so is one whose socket accepts no data for this long.
-    #[arg(long, env = "GHOSTWIRE_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "GHOSTWIRE_PING_TIMEOUT", default_value = "20s", value_parser = parse_positive_duration)]
     pub ping_timeout: Duration,
 
     /// Frames queued for one client before it counts as a slow consumer (ERROR 4009, partner gets PEER_LEFT).
@@ -90,6 +90,7 @@ pub struct Config {
     pub read_buffer: u32,
 
     /// On SIGTERM/SIGINT: time given to clients to take the close (1001) before the relay exits.
+    /// (0: close at once without waiting.)
     #[arg(long, env = "GHOSTWIRE_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
@@ -175,17 +176,17 @@ pub struct NatsConfig {
     pub prefix: String,
 
     /// Interval of each relay's heartbeat on NATS.
-    #[arg(long = "nats-heartbeat", env = "GHOSTWIRE_NATS_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long = "nats-heartbeat", env = "GHOSTWIRE_NATS_HEARTBEAT", default_value = "1s", value_parser = parse_positive_duration)]
     pub heartbeat: Duration,
 
     /// A relay not heard for this long is dead: its rooms' partners get PEER_LEFT (within this
     /// plus one heartbeat). Also what ends cross-relay rooms when this relay loses NATS.
-    #[arg(long = "nats-peer-timeout", env = "GHOSTWIRE_NATS_PEER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "nats-peer-timeout", env = "GHOSTWIRE_NATS_PEER_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub peer_timeout: Duration,
 
     /// Lifetime of a room slot in the key-value bucket (in memory); each live seat renews its
     /// slot every third of it, so a dead relay's slots are freed within this time at most.
-    #[arg(long = "nats-slot-ttl", env = "GHOSTWIRE_NATS_SLOT_TTL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long = "nats-slot-ttl", env = "GHOSTWIRE_NATS_SLOT_TTL", default_value = "15s", value_parser = parse_positive_duration)]
     pub slot_ttl: Duration,
 }
 
@@ -274,8 +275,34 @@ impl Config {
     }
 }
 
-/// Parses `10s`, `500ms`, `5m` or a bare number of seconds (`1.5`).
+/// The longest duration any flag takes: beyond it, deadlines would overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Like [`parse_duration`], for durations where zero has no meaning (an interval, a timeout).
+///
+/// # Errors
+/// A message for zero, as well as for anything [`parse_duration`] refuses.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// Parses `10s`, `500ms`, `5m` or a bare number of seconds (`1.5`), at most a year.
+///
+/// # Errors
+/// A message saying what is wrong with `s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_any_duration(s)?;
+    if d > MAX_DURATION {
+        return Err("must be at most a year (365d)".into());
+    }
+    Ok(d)
+}
+
+fn parse_any_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
         return Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"));

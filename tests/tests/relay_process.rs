@@ -99,6 +99,21 @@ fn help_explains_every_flag_and_a_bad_flag_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(err.contains("--frame-rate"), "{err}");
+    // Durations that would panic a task (a zero interval) or overflow a deadline are refused at
+    // start, naming the flag; so is every zero timeout.
+    for (flag, value, says) in [
+        ("--ping-interval", "0", "must be more than zero"),
+        ("--nats-heartbeat", "0s", "must be more than zero"),
+        ("--join-timeout", "0ms", "must be more than zero"),
+        ("--wait-timeout", "1000000000s", "at most a year"),
+        ("--handshake-timeout", "-1", ""),
+    ] {
+        let out = Command::new(bin("ghostwire-relay")).arg(format!("{flag}={value}")).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag) && err.contains(says), "{flag} {value}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
     // A port that is taken: a clear message and a non-zero exit, no panic.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
