@@ -157,13 +157,14 @@ where
                     let Some(text) = (match msg {
                         Some(Ok(Message::Text(text))) => Some(text),
                         Some(Ok(Message::Binary(_))) => break 'conn Exit::Error(ErrorCode::Malformed),
-                        Some(Ok(Message::Ping(_))) => {
+                        // Control frames cost the relay work too: every inbound frame counts.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                             if limiter.check().is_err() {
                                 break 'conn Exit::Error(ErrorCode::RateLimited);
                             }
                             None
                         }
-                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => None,
+                        Some(Ok(Message::Frame(_))) => None,
                         Some(Ok(Message::Close(_))) | None => break 'conn Exit::Gone,
                         Some(Err(WsError::Capacity(_))) => break 'conn Exit::Error(ErrorCode::TooLarge),
                         // The client vanished without a close: gone, not malformed.

@@ -152,6 +152,27 @@ async fn a_stalled_http_upgrade_is_dropped_at_the_handshake_deadline() {
     .await;
 }
 
+/// Unsolicited pongs (and pings) are frames too: a flood of them is rate limited like any other.
+#[tokio::test]
+async fn a_flood_of_pongs_is_rate_limited() {
+    within(20, async {
+        let relay = TestRelay::with(|c| {
+            c.frame_rate = 1;
+            c.frame_burst = 5;
+        })
+        .await;
+        let mut ws = join(&relay.url(), &room("pongs")).await;
+        for _ in 0..50 {
+            if ws.send(Message::Pong(Default::default())).await.is_err() {
+                break;
+            }
+        }
+        expect_error(&mut ws, 4004).await;
+        assert_eq!(relay.metrics.errors(ErrorCode::RateLimited), 1);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn rate_limit_drops_a_flooder_and_lets_the_burst_through() {
     within(20, async {
