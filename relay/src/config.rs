@@ -137,9 +137,12 @@ pub struct Config {
     pub nats: NatsConfig,
 }
 
-/// The NATS upstream's connection and timing (used with `--upstream nats`).
-#[derive(Debug, Clone, clap::Args)]
+/// The NATS upstream's connection and timing (used with `--upstream nats`). Every credential can
+/// be given as a file (`--nats-…-file`, for mounted secrets); `Debug` shows none of them, nor
+/// the `user:password@` of a URL.
+#[derive(Clone, clap::Args)]
 #[command(next_help_heading = "NATS upstream (--upstream nats)")]
+#[command(group(clap::ArgGroup::new("nats_password").args(["password", "password_file"])))]
 pub struct NatsConfig {
     /// NATS server(s) to connect to, comma-separated (nats:// or tls://). NATS is the operator's:
     /// the relay never starts or embeds it.
@@ -150,17 +153,29 @@ pub struct NatsConfig {
     #[arg(long = "nats-token", env = "NATS_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
 
-    /// Authenticate to NATS as this user (with --nats-password).
-    #[arg(long = "nats-user", env = "NATS_USER", requires = "password")]
+    /// Read --nats-token from this file.
+    #[arg(long = "nats-token-file", env = "NATS_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// Authenticate to NATS as this user (with --nats-password or --nats-password-file).
+    #[arg(long = "nats-user", env = "NATS_USER", requires = "nats_password")]
     pub user: Option<String>,
 
     /// Password for --nats-user.
     #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true, requires = "user")]
     pub password: Option<Secret>,
 
+    /// Read --nats-password from this file.
+    #[arg(long = "nats-password-file", env = "NATS_PASSWORD_FILE", conflicts_with = "password", requires = "user")]
+    pub password_file: Option<PathBuf>,
+
     /// Authenticate to NATS with this nkey seed (`SU...`).
     #[arg(long = "nats-nkey", env = "NATS_NKEY", hide_env_values = true)]
     pub nkey: Option<Secret>,
+
+    /// Read --nats-nkey from this file.
+    #[arg(long = "nats-nkey-file", env = "NATS_NKEY_FILE", conflicts_with = "nkey")]
+    pub nkey_file: Option<PathBuf>,
 
     /// Authenticate to NATS with this credentials file (JWT and nkey seed, `.creds`).
     #[arg(long = "nats-creds", env = "NATS_CREDS")]
@@ -190,9 +205,69 @@ pub struct NatsConfig {
     pub slot_ttl: Duration,
 }
 
-/// A secret from the command line or the environment: never printed, wiped on drop.
+impl NatsConfig {
+    /// The token, from the flag or its file.
+    ///
+    /// # Errors
+    /// A message naming the file's flag when it cannot be read.
+    pub fn token(&self) -> Result<Option<Secret>, String> {
+        Secret::given(self.token.as_ref(), self.token_file.as_deref(), "--nats-token-file")
+    }
+
+    /// The password, from the flag or its file.
+    ///
+    /// # Errors
+    /// As [`token`](Self::token).
+    pub fn password(&self) -> Result<Option<Secret>, String> {
+        Secret::given(self.password.as_ref(), self.password_file.as_deref(), "--nats-password-file")
+    }
+
+    /// The nkey seed, from the flag or its file.
+    ///
+    /// # Errors
+    /// As [`token`](Self::token).
+    pub fn nkey(&self) -> Result<Option<Secret>, String> {
+        Secret::given(self.nkey.as_ref(), self.nkey_file.as_deref(), "--nats-nkey-file")
+    }
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &shown_url(&self.url))
+            .field("token", &self.token)
+            .field("token_file", &self.token_file)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("password_file", &self.password_file)
+            .field("nkey", &self.nkey)
+            .field("nkey_file", &self.nkey_file)
+            .field("creds", &self.creds)
+            .field("ca", &self.ca)
+            .field("prefix", &self.prefix)
+            .field("heartbeat", &self.heartbeat)
+            .field("peer_timeout", &self.peer_timeout)
+            .field("slot_ttl", &self.slot_ttl)
+            .finish()
+    }
+}
+
+/// NATS URLs as logs, `/readyz` and `Debug` show them: any `user:password@` is left out.
+pub fn shown_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+            (None, Some(at)) => format!("…@{}", &url[at + 1..]),
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A secret from the command line, the environment or a file: held in a `secrecy` box (wiped on
+/// drop), never printed by `Debug`.
 #[derive(Clone)]
-pub struct Secret(String);
+pub struct Secret(secrecy::SecretString);
 
 impl Secret {
     /// Reads a secret from `path`, without its trailing newline.
@@ -200,16 +275,28 @@ impl Secret {
     /// # Errors
     /// The I/O error, for the caller to report with the flag's name.
     pub fn from_file(path: &std::path::Path) -> std::io::Result<Secret> {
-        let mut text = std::fs::read_to_string(path)?;
-        while text.ends_with('\n') || text.ends_with('\r') {
-            text.pop();
+        let mut text = zeroize::Zeroizing::new(std::fs::read_to_string(path)?);
+        let len = text.trim_end_matches(['\n', '\r']).len();
+        text.truncate(len);
+        Ok(Secret(secrecy::SecretString::from(text.as_str())))
+    }
+
+    /// The value given directly, else the one in `file` (whose flag is `file_flag`).
+    fn given(
+        value: Option<&Secret>,
+        file: Option<&std::path::Path>,
+        file_flag: &str,
+    ) -> Result<Option<Secret>, String> {
+        match (value, file) {
+            (Some(v), _) => Ok(Some(v.clone())),
+            (None, Some(path)) => Secret::from_file(path).map(Some).map_err(|e| format!("{file_flag} {path:?}: {e}")),
+            (None, None) => Ok(None),
         }
-        Ok(Secret(text))
     }
 
     /// The secret itself.
     pub fn expose(&self) -> &str {
-        &self.0
+        secrecy::ExposeSecret::expose_secret(&self.0)
     }
 }
 
@@ -222,13 +309,7 @@ impl std::fmt::Debug for Secret {
 impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
+        Ok(Secret(secrecy::SecretString::from(s)))
     }
 }
 
@@ -316,6 +397,34 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    /// No Debug of the configuration shows a credential, URL credentials included.
+    #[test]
+    fn debug_shows_no_secret() {
+        let config = Config::parse_from([
+            "ghostwire-relay",
+            "--nats-url",
+            "nats://relay:hunter2-in-url@nats:4222,tls://tok3n-in-url@other:4222",
+            "--nats-token",
+            "the-token-value",
+            "--nats-nkey",
+            "SUTHENKEYSEEDVALUE",
+            "--cluster-secret",
+            "the-cluster-secret-value",
+        ]);
+        let shown = format!("{config:?}");
+        for secret in
+            ["hunter2-in-url", "tok3n-in-url", "the-token-value", "SUTHENKEYSEEDVALUE", "the-cluster-secret-value"]
+        {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("nats://…@nats:4222"), "{shown}");
+    }
 }
 
 #[cfg(test)]

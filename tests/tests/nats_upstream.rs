@@ -316,10 +316,29 @@ async fn token_and_user_password_authentication() {
         let body = until_unready_because(relay.admin, "authorization").await;
         assert!(!body.contains("a-wrong-token"), "the token leaked into /readyz: {body}");
 
+        // The token from a file (a mounted secret), trailing newline and all.
+        let dir = TempDir::new("token-file");
+        let file = dir.0.join("token");
+        std::fs::write(&file, "the-right-token\n").unwrap();
+        let mut config = nats_config(&nats.url());
+        config.nats.token_file = Some(file.clone());
+        serves(config).await;
+        // A file that cannot be read is a configuration error naming the flag.
+        let mut config = nats_config(&nats.url());
+        config.nats.token_file = Some(dir.0.join("missing"));
+        let err = ghostwire_relay::Relay::bind(config, Default::default()).await.err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("--nats-token-file")), "{err:?}");
+
         let nats = NatsServer::start_with(&["--user", "relay", "--pass", "the-password"]);
         let mut config = nats_config(&nats.url());
         config.nats.user = Some("relay".into());
         config.nats.password = Some("the-password".parse().unwrap());
+        serves(config).await;
+        let password = dir.0.join("password");
+        std::fs::write(&password, "the-password").unwrap();
+        let mut config = nats_config(&nats.url());
+        config.nats.user = Some("relay".into());
+        config.nats.password_file = Some(password);
         serves(config).await;
     })
     .await;

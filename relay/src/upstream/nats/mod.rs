@@ -31,7 +31,7 @@ mod liveness;
 mod seat;
 
 use super::{BoxFuture, JoinError, Joined, Mailbox, RoomId, Upstream};
-use crate::config::{Config, NatsConfig};
+use crate::config::{shown_url, Config, NatsConfig};
 use crate::metrics::Metrics;
 use crate::Error;
 use async_nats::jetstream::{self, kv};
@@ -156,13 +156,13 @@ async fn options(nc: &NatsConfig, events: mpsc::UnboundedSender<Event>) -> Resul
             let _ = events.send(event);
             std::future::ready(())
         });
-    if let Some(token) = &nc.token {
+    if let Some(token) = nc.token().map_err(Error::Config)? {
         o = o.token(token.expose().to_owned());
     }
-    if let (Some(user), Some(password)) = (&nc.user, &nc.password) {
+    if let (Some(user), Some(password)) = (&nc.user, nc.password().map_err(Error::Config)?) {
         o = o.user_and_password(user.clone(), password.expose().to_owned());
     }
-    if let Some(seed) = &nc.nkey {
+    if let Some(seed) = nc.nkey().map_err(Error::Config)? {
         o = o.nkey(seed.expose().to_owned());
     }
     if let Some(creds) = &nc.creds {
@@ -175,18 +175,6 @@ async fn options(nc: &NatsConfig, events: mpsc::UnboundedSender<Event>) -> Resul
         o = o.add_root_certificates(ca.clone()).require_tls(true);
     }
     Ok(o)
-}
-
-/// `--nats-url` as logs and `/readyz` show it: any `user:password@` in a URL is left out.
-fn shown_url(urls: &str) -> String {
-    urls.split(',')
-        .map(|url| match (url.find("://"), url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
-            (None, Some(at)) => format!("…@{}", &url[at + 1..]),
-            _ => url.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// A random 64-bit id in hex: this relay's name on the broker, new at every start.
@@ -422,7 +410,7 @@ impl Upstream for Nats {
 
 #[cfg(test)]
 mod tests {
-    use super::shown_url;
+    use crate::config::shown_url;
 
     #[test]
     fn credentials_in_the_url_are_never_shown() {
