@@ -15,7 +15,7 @@ use std::time::Duration;
 ///
 /// Durations take a unit (`500ms`, `10s`, `5m`); a bare number means seconds.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ghostwire-relay", version, about, long_about)]
+#[command(name = "ghostwire-relay", version, about, long_about, after_long_help = AFTER_HELP)]
 pub struct Config {
     /// Address the WebSocket listener binds (ws://, or wss:// with --tls-cert). Served on `/` and `/ws`.
     #[arg(long, env = "GHOSTWIRE_LISTEN", default_value = "127.0.0.1:8765")]
@@ -321,6 +321,17 @@ fn parse_nats_token(s: &str) -> Result<String, String> {
         Err(format!("{s:?}: use 1-64 letters, digits, '-' or '_'"))
     }
 }
+
+/// The end of `--help`: logging and exit codes.
+const AFTER_HELP: &str = "\
+Logging: GHOSTWIRE_LOG sets the verbosity (info by default; debug, trace, or a tracing filter such \
+as ghostwire_relay=debug). Logs go to stderr and never hold room codes, payloads, keys or \
+credentials; client IPs only with --log-ips.
+
+Exit codes: 0 stopped by SIGTERM or SIGINT after draining; 1 could not start (a listen address in \
+use or not local, unusable TLS files, no runtime); 2 a bad flag or configuration (clap names the \
+flag; also a missing or short cluster secret, an unreadable secret file, contradictory flags, \
+an upstream this build does not have).";
 
 /// The upstream implementations this build has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -38,7 +38,9 @@ fn main() -> std::process::ExitCode {
             Ok(relay) => relay,
             Err(e) => {
                 eprintln!("ghostwire-relay: {e}");
-                return std::process::ExitCode::FAILURE;
+                // Documented in --help: 2 for configuration (like a bad flag), 1 for the rest.
+                let code = if matches!(e, ghostwire_relay::Error::Config(_)) { 2 } else { 1 };
+                return std::process::ExitCode::from(code);
             }
         };
         // Handlers are registered before the relay says it listens: a SIGTERM that arrives in

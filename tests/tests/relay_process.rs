@@ -95,6 +95,7 @@ fn help_explains_every_flag_and_a_bad_flag_is_named() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
     assert!(help.contains("[default: 127.0.0.1:8765]") && help.contains("GHOSTWIRE_LISTEN"), "{help}");
+    assert!(help.contains("GHOSTWIRE_LOG") && help.contains("Exit codes: 0"), "{help}");
     let out = Command::new(bin("ghostwire-relay")).args(["--frame-rate", "lots"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
