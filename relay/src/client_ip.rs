@@ -164,4 +164,75 @@ mod tests {
             assert!(read_proxy_header(&mut r).await.is_err());
         }
     }
+
+    /// Runs the async header reader on `bytes`; returns its result and what it left unread.
+    fn read(bytes: &[u8]) -> (Option<Option<IpAddr>>, Vec<u8>) {
+        let rt = tokio::runtime::Builder::new_current_thread().build();
+        let Ok(rt) = rt else { return (None, Vec::new()) };
+        let mut r = bytes;
+        let got = rt.block_on(read_proxy_header(&mut r)).ok();
+        (got, r.to_vec())
+    }
+
+    fn v2_header(src: IpAddr, port: u16) -> Vec<u8> {
+        let mut h = V2_SIG.to_vec();
+        match src {
+            IpAddr::V4(a) => {
+                h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+                h.extend_from_slice(&a.octets());
+                h.extend_from_slice(&[127, 0, 0, 1]);
+            }
+            IpAddr::V6(a) => {
+                h.extend_from_slice(&[0x21, 0x21, 0, 36]);
+                h.extend_from_slice(&a.octets());
+                h.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+            }
+        }
+        h.extend_from_slice(&port.to_be_bytes());
+        h.extend_from_slice(&443u16.to_be_bytes());
+        h
+    }
+
+    proptest::proptest! {
+        /// Whatever a peer sends first, the reader answers (a header or an error) and never panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..300)) {
+            let _ = read(&bytes);
+            let mut after_sig = V2_SIG.to_vec();
+            after_sig.extend_from_slice(&bytes);
+            let _ = read(&after_sig);
+            let mut v1 = b"PROXY ".to_vec();
+            v1.extend_from_slice(&bytes);
+            let _ = read(&v1);
+        }
+
+        /// A header written for any address reads back as that address, consuming exactly itself.
+        #[test]
+        fn headers_round_trip(src in proptest::arbitrary::any::<IpAddr>(), port in proptest::arbitrary::any::<u16>(),
+                              rest in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..16)) {
+            let family = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+            let dst = if src.is_ipv4() { "127.0.0.1" } else { "::1" };
+            let mut v1 = format!("PROXY {family} {src} {dst} {port} 443\r\n").into_bytes();
+            v1.extend_from_slice(&rest);
+            proptest::prop_assert_eq!(read(&v1), (Some(Some(src)), rest.clone()));
+            let mut v2 = v2_header(src, port);
+            v2.extend_from_slice(&rest);
+            proptest::prop_assert_eq!(read(&v2), (Some(Some(src)), rest));
+        }
+
+        /// X-Forwarded-For never panics, and names the rightmost hop that is not a trusted proxy
+        /// (the leftmost hop when all are trusted; the peer when there is none).
+        #[test]
+        fn forwarded_for_names_the_rightmost_untrusted_hop(
+            hops in proptest::collection::vec(proptest::arbitrary::any::<IpAddr>(), 0..6),
+            junk in ".{0,40}",
+        ) {
+            let trusted = |a: IpAddr| a.is_loopback();
+            let peer = ip("127.0.0.1");
+            let _ = from_forwarded_for([junk.as_str()].into_iter(), peer, trusted);
+            let header = hops.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            let want = hops.iter().rev().find(|h| !trusted(**h)).or(hops.first()).copied().unwrap_or(peer);
+            proptest::prop_assert_eq!(from_forwarded_for([header.as_str()].into_iter(), peer, trusted), want);
+        }
+    }
 }
