@@ -502,7 +502,8 @@ impl SeatTask {
                     if self.out.stalled(now, RESEND_AFTER) {
                         self.resend().await;
                     }
-                    if let Some(since) = self.missing_since {
+                    // Only while paired: a pair that ended (or was lost) meanwhile is not lost again.
+                    if let Some(since) = self.missing_since.filter(|_| self.phase == Phase::Paired) {
                         if now.duration_since(since) >= self.shared.liveness.timeout() {
                             self.lost("its last frames did not arrive").await;
                         }
