@@ -6,7 +6,7 @@ use ghostwire::crypto::Version;
 use ghostwire::end::{exit, End};
 use ghostwire::net::Target;
 use ghostwire::session::{self, Outcome, Settings};
-use ghostwire::ui::{Tone, Ui};
+use ghostwire::ui::Ui;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -39,10 +39,7 @@ fn main() -> ExitCode {
         }
         (None, false) => None,
     };
-    let (ui, inputs, verdicts, warning) = Ui::start(terminal, room.is_none());
-    for warning in hardening.warnings.iter().chain(&warning) {
-        ui.status(Tone::Warn, warning);
-    }
+    let (ui, inputs, verdicts) = Ui::start(terminal, room.is_none(), &hardening.warnings);
     let settings =
         Settings { relay, version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 }, room };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -138,29 +138,36 @@ impl Ui {
     /// Starts the input thread for the front end that fits: the editor when `terminal` (stdin
     /// and stdout are terminals) and it can drive it, else plain terminal input; pipes when not
     /// `terminal`. `need_code` makes the first inputs room codes until one is accepted (answered
-    /// through the returned verdict sender). Also returns a warning to show, if any.
+    /// through the returned verdict sender). `warnings` are shown before the input thread can
+    /// print its first prompt, followed by one of the Ui's own if the editor cannot be used.
     pub fn start(
         terminal: bool,
         need_code: bool,
-    ) -> (Ui, mpsc::Receiver<Input>, std_mpsc::Sender<Verdict>, Option<String>) {
+        warnings: &[String],
+    ) -> (Ui, mpsc::Receiver<Input>, std_mpsc::Sender<Verdict>) {
         let (tx, rx) = mpsc::channel(64);
         let (verdict_tx, verdict_rx) = std_mpsc::channel();
-        let mut warning = None;
-        if terminal {
-            match editor() {
-                Ok((editor, printer)) => {
-                    std::thread::spawn(move || read_editor(editor, need_code, tx, verdict_rx));
-                    let printer = Some(Mutex::new(printer));
-                    return (Ui { mode: Mode::Editor, printer }, rx, verdict_tx, None);
-                }
-                Err(e) => {
-                    warning = Some(format!("the line editor cannot drive this terminal ({e}): using plain line input"))
-                }
+        let (ui, editor, own_warning) = match terminal.then(editor) {
+            Some(Ok((editor, printer))) => {
+                (Ui { mode: Mode::Editor, printer: Some(Mutex::new(printer)) }, Some(editor), None)
             }
+            Some(Err(e)) => (
+                Ui { mode: Mode::Plain, printer: None },
+                None,
+                Some(format!("the line editor cannot drive this terminal ({e}): using plain line input")),
+            ),
+            None => (Ui { mode: Mode::Piped, printer: None }, None, None),
+        };
+        // Before the reader starts: its prompt must come after what the user has to read first.
+        for warning in warnings.iter().chain(&own_warning) {
+            ui.status(Tone::Warn, warning);
         }
-        let mode = if terminal { Mode::Plain } else { Mode::Piped };
-        std::thread::spawn(move || read_lines(mode, need_code, tx, verdict_rx));
-        (Ui { mode, printer: None }, rx, verdict_tx, warning)
+        let mode = ui.mode;
+        match editor {
+            Some(editor) => std::thread::spawn(move || read_editor(editor, need_code, tx, verdict_rx)),
+            None => std::thread::spawn(move || read_lines(mode, need_code, tx, verdict_rx)),
+        };
+        (ui, rx, verdict_tx)
     }
 
     /// The front end in use.
