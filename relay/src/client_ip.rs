@@ -7,7 +7,7 @@
 //! any other peer both are ignored: a client cannot pick its own address.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The longest PROXY v1 line (the specification's bound).
@@ -19,21 +19,30 @@ const V2_MAX_LEN: usize = 1024;
 
 /// Reads a PROXY protocol header (v1 or v2) from the start of `stream`, consuming exactly its bytes.
 ///
-/// Returns the source address it names, or `None` for `UNKNOWN`/`LOCAL` headers
-/// (health checks from the proxy itself), in which case the socket address counts.
+/// This function only frames the header (where it ends, within the specification's bounds); the
+/// `ppp` crate parses it. Returns the source address it names, or `None` for `UNKNOWN`/`LOCAL`
+/// headers (health checks from the proxy itself), in which case the socket address counts.
 ///
 /// # Errors
 /// `InvalidData` when the stream does not start with a well-formed header.
 pub async fn read_proxy_header<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<IpAddr>> {
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await?;
-    if head == V2_SIG {
-        return read_v2(stream).await;
+    let mut head = [0u8; 16];
+    stream.read_exact(&mut head[..12]).await?;
+    if head[..12] == V2_SIG {
+        stream.read_exact(&mut head[12..]).await?;
+        let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+        if len > V2_MAX_LEN {
+            return Err(bad("PROXY v2 header too long"));
+        }
+        let mut header = head.to_vec();
+        header.resize(16 + len, 0);
+        stream.read_exact(&mut header[16..]).await?;
+        return source_v2(&header);
     }
     if !head.starts_with(b"PROXY ") {
         return Err(bad("no PROXY protocol header"));
     }
-    let mut line = head.to_vec();
+    let mut line = head[..12].to_vec();
     while !line.ends_with(b"\r\n") {
         if line.len() >= V1_MAX {
             return Err(bad("PROXY v1 line too long"));
@@ -42,51 +51,30 @@ pub async fn read_proxy_header<S: AsyncRead + Unpin>(stream: &mut S) -> io::Resu
         stream.read_exact(&mut b).await?;
         line.push(b[0]);
     }
-    parse_v1(&line[..line.len() - 2])
+    source_v1(&line)
 }
 
-fn parse_v1(line: &[u8]) -> io::Result<Option<IpAddr>> {
-    let line = std::str::from_utf8(line).map_err(|_| bad("PROXY v1 line is not ASCII"))?;
-    let mut parts = line.split(' ');
-    let (_proxy, proto) = (parts.next(), parts.next());
-    match proto {
-        Some("UNKNOWN") => Ok(None),
-        Some("TCP4" | "TCP6") => {
-            let src = parts.next().ok_or_else(|| bad("PROXY v1 without source"))?;
-            let ip: IpAddr = src.parse().map_err(|_| bad("PROXY v1 source is not an IP"))?;
-            if parts.count() != 3 {
-                return Err(bad("PROXY v1 line has the wrong number of fields"));
-            }
-            Ok(Some(ip))
-        }
-        _ => Err(bad("PROXY v1 protocol is not TCP4, TCP6 or UNKNOWN")),
+/// The source of a whole v1 line, `\r\n` included.
+fn source_v1(line: &[u8]) -> io::Result<Option<IpAddr>> {
+    use ppp::v1::{Addresses, Header};
+    match Header::try_from(line).map_err(|_| bad("malformed PROXY v1 header"))?.addresses {
+        Addresses::Unknown => Ok(None),
+        Addresses::Tcp4(a) => Ok(Some(IpAddr::V4(a.source_address))),
+        Addresses::Tcp6(a) => Ok(Some(IpAddr::V6(a.source_address))),
     }
 }
 
-async fn read_v2<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<IpAddr>> {
-    let mut hdr = [0u8; 4];
-    stream.read_exact(&mut hdr).await?;
-    let (ver_cmd, family, len) = (hdr[0], hdr[1], u16::from_be_bytes([hdr[2], hdr[3]]) as usize);
-    if ver_cmd >> 4 != 2 {
-        return Err(bad("PROXY v2 with a wrong version"));
+/// The source of a whole v2 header.
+fn source_v2(header: &[u8]) -> io::Result<Option<IpAddr>> {
+    use ppp::v2::{Addresses, Command, Header};
+    let header = Header::try_from(header).map_err(|_| bad("malformed PROXY v2 header"))?;
+    if header.command == Command::Local {
+        return Ok(None); // the proxy speaking for itself
     }
-    if len > V2_MAX_LEN {
-        return Err(bad("PROXY v2 header too long"));
-    }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
-    if ver_cmd & 0x0f == 0 {
-        return Ok(None); // LOCAL: the proxy speaking for itself
-    }
-    match family >> 4 {
-        1 if body.len() >= 12 => Ok(Some(IpAddr::V4(Ipv4Addr::new(body[0], body[1], body[2], body[3])))),
-        2 if body.len() >= 36 => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&body[..16]);
-            Ok(Some(IpAddr::V6(Ipv6Addr::from(a))))
-        }
-        0 => Ok(None),
-        _ => Err(bad("PROXY v2 address block does not match its family")),
+    match header.addresses {
+        Addresses::IPv4(a) => Ok(Some(IpAddr::V4(a.source_address))),
+        Addresses::IPv6(a) => Ok(Some(IpAddr::V6(a.source_address))),
+        Addresses::Unspecified | Addresses::Unix(_) => Ok(None),
     }
 }
 
@@ -130,6 +118,7 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
