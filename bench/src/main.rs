@@ -305,22 +305,17 @@ async fn cross_once(target: load::Target, plan: &Plan, rt_rate: f64) -> Result<C
 }
 
 /// Waits until a NATS relay's /readyz answers 200 (it has connected and made its bucket).
-fn until_ready(admin: SocketAddr) -> Result<()> {
-    use std::io::{Read, Write};
+async fn until_ready(admin: SocketAddr) -> Result<()> {
     let started = Instant::now();
     loop {
-        let mut answer = String::new();
-        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let _ = s.read_to_string(&mut answer);
-        }
-        if answer.starts_with("HTTP/1.1 200") {
+        let answer = ghostwire_relay::probe::get(admin, "/readyz", Duration::from_secs(1)).await;
+        if matches!(answer, Ok((200, _))) {
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(20) {
-            bail!("relay on NATS not ready: {answer}");
+            bail!("relay on NATS not ready: {answer:?}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -608,18 +603,21 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
         return Ok(None);
     };
     let (mut one, mut two, mut base) = (Vec::new(), Vec::new(), Vec::new());
-    let split = |bin: &Path| -> Result<(Relay, Relay)> {
-        let (r1, r2) = (Relay::nats(args, bin, &nats.url)?, Relay::nats(args, bin, &nats.url)?);
-        until_ready(r1.admin)?;
-        until_ready(r2.admin)?;
-        Ok((r1, r2))
+    let split = |bin: &Path| {
+        let started = Relay::nats(args, bin, &nats.url).and_then(|r1| Ok((r1, Relay::nats(args, bin, &nats.url)?)));
+        async move {
+            let (r1, r2) = started?;
+            until_ready(r1.admin).await?;
+            until_ready(r2.admin).await?;
+            Ok::<_, anyhow::Error>((r1, r2))
+        }
     };
     for run in 1..=runs {
         eprintln!("cross-relay: run {run}/{runs}");
         let single = Relay::start("ghostwire", args)?;
         one.push(cross_once(single.addr.into(), plan, cross_rate).await.context("one relay")?);
         drop(single);
-        let (r1, r2) = split(&args.relay)?;
+        let (r1, r2) = split(&args.relay).await?;
         two.push(
             cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate)
                 .await
@@ -627,7 +625,7 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
         );
         drop((r1, r2));
         if let Some(bin) = &args.baseline {
-            let (r1, r2) = split(bin)?;
+            let (r1, r2) = split(bin).await?;
             base.push(cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate).await.context("baseline")?);
         }
     }

@@ -1,17 +1,21 @@
 //! The admin listener: `/healthz`, `/readyz` and `/metrics`, on their own port.
 //!
 //! Kept off the public port so that a load balancer exposing the relay never
-//! exposes its counters. Requests are tiny GETs from probes and scrapers, so a
-//! bounded read, `httparse` and a one-shot response are all it needs.
+//! exposes its counters. hyper serves it (HTTP/1.1, one request per connection,
+//! each connection bounded in time), so probes and scrapers get a real HTTP server.
 
 use crate::conn::Ctx;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-const MAX_REQUEST: usize = 8 * 1024;
+/// The longest an admin connection may take, request and answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves admin requests until `stop` is cancelled.
@@ -25,7 +29,16 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, stop: Cancellati
             Ok((sock, _)) => {
                 let ctx = Arc::clone(&ctx);
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(sock, &ctx)).await;
+                    let service = hyper::service::service_fn(move |req| {
+                        let answer = answer(&req, &ctx);
+                        async move { Ok::<_, Infallible>(answer) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(REQUEST_TIMEOUT)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(sock), service);
+                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
                 });
             }
             Err(e) => {
@@ -36,54 +49,36 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, stop: Cancellati
     }
 }
 
-async fn answer(mut sock: TcpStream, ctx: &Ctx) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let path = loop {
-        let mut chunk = [0u8; 1024];
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("").to_owned(),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => continue,
-            _ => return respond(&mut sock, 400, "text/plain", "bad request\n").await,
-        }
-    };
-    match path.split('?').next().unwrap_or("") {
-        "/healthz" => respond(&mut sock, 200, "text/plain", "ok\n").await,
+fn answer(req: &Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             if ctx.shutdown.is_cancelled() {
-                respond(&mut sock, 503, "text/plain", "not ready: shutting down\n").await
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n".into())
             } else if let Err(why) = ctx.upstream.ready() {
-                respond(&mut sock, 503, "text/plain", &format!("not ready: {why}\n")).await
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
             } else {
-                respond(&mut sock, 200, "text/plain", "ready\n").await
+                text(StatusCode::OK, "ready\n".into())
             }
         }
         "/metrics" => {
-            let body = ctx.metrics.render(ctx.upstream.open_rooms(), ctx.upstream.name());
-            respond(&mut sock, 200, "text/plain; version=0.0.4", &body).await
+            let body = ctx.metrics.render(ctx.upstream.open_rooms(), ctx.upstream.ready().is_ok());
+            let mut resp = text(StatusCode::OK, body);
+            resp.headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(prometheus::TEXT_FORMAT));
+            resp
         }
-        _ => respond(&mut sock, 404, "text/plain", "not found\n").await,
+        _ => text(StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /metrics\n".into()),
     }
 }
 
-async fn respond(sock: &mut TcpStream, status: u16, content_type: &str, body: &str) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body.as_bytes()).await?;
-    sock.shutdown().await
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
 }

@@ -18,6 +18,7 @@ mod conn;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod probe;
 pub mod server;
 pub mod tls;
 pub mod upstream;

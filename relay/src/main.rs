@@ -68,22 +68,16 @@ fn main() -> std::process::ExitCode {
 
 /// `--probe`: GET /healthz on the admin listener at `admin`, within 3 s.
 fn probe(admin: std::net::SocketAddr) -> std::process::ExitCode {
-    use std::io::{Read, Write};
     let admin = probe_target(admin);
-    let limit = std::time::Duration::from_secs(3);
-    let answer = (|| -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(&admin, limit)?;
-        s.set_read_timeout(Some(limit))?;
-        s.set_write_timeout(Some(limit))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")?;
-        let mut text = String::new();
-        s.take(4096).read_to_string(&mut text)?;
-        Ok(text)
-    })();
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(ghostwire_relay::probe::get(admin, "/healthz", std::time::Duration::from_secs(3))));
     match answer {
-        Ok(text) if text.starts_with("HTTP/1.1 200") => std::process::ExitCode::SUCCESS,
-        Ok(text) => {
-            eprintln!("ghostwire-relay --probe: {admin}: {}", text.lines().next().unwrap_or("no answer"));
+        Ok((200, _)) => std::process::ExitCode::SUCCESS,
+        Ok((status, body)) => {
+            eprintln!("ghostwire-relay --probe: {admin}: HTTP {status}: {}", body.trim());
             std::process::ExitCode::FAILURE
         }
         Err(e) => {

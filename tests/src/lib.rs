@@ -185,17 +185,9 @@ pub fn room(tag: &str) -> String {
     s
 }
 
-/// A GET on the admin listener (or any HTTP port): `(status, body)`.
+/// A GET on the admin listener (or any HTTP port): `(status, body)`, through the relay's own client.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(FRAME_WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    ghostwire_relay::probe::get(addr, path, FRAME_WAIT).await.unwrap()
 }
 
 /// The repository's root directory.
@@ -409,6 +401,8 @@ pub struct RelayProc {
     pub admin: std::net::SocketAddr,
     /// `ws://host:port/` or `wss://...`, as the relay logged it.
     pub url: String,
+    /// What the relay logged up to and including "relay listening".
+    pub startup: String,
     log: std::sync::mpsc::Receiver<String>,
 }
 
@@ -441,9 +435,17 @@ impl RelayProc {
             addr: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
             url: String::new(),
+            startup: String::new(),
             log,
         };
-        let line = proc.wait_for("relay listening");
+        let line = loop {
+            let line = proc.wait_for("");
+            proc.startup.push_str(&line);
+            proc.startup.push('\n');
+            if line.contains("relay listening") {
+                break line;
+            }
+        };
         let field =
             |name: &str| line.split(name).nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap().to_owned();
         proc.url = field("listen=");
@@ -692,6 +694,17 @@ pub fn test_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
     std::fs::write(&cert_pem, cert.pem()).unwrap();
     std::fs::write(&key_pem, key.serialize_pem()).unwrap();
     (ca_pem, cert_pem, key_pem)
+}
+
+/// A TLS client that trusts only `roots` (ring, the safe default versions).
+pub fn tls_connector(roots: rustls::RootCertStore) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// A fresh directory under the system's temporary directory, removed on drop.
