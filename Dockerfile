@@ -19,9 +19,13 @@ COPY tests/Cargo.toml tests/Cargo.toml
 COPY bench/Cargo.toml bench/Cargo.toml
 COPY shared/src shared/src
 COPY relay/src relay/src
+COPY relay/build.rs relay/build.rs
 COPY client/src client/src
 COPY tests/src tests/src
 COPY bench/src bench/src
+# The commit on /metrics (ghostwire_build_info); the build context has no .git, so pass it:
+#   docker build --build-arg GHOSTWIRE_COMMIT="$(git rev-parse --short=12 HEAD)" .
+ARG GHOSTWIRE_COMMIT=unknown
 RUN cargo build --locked --release -p ghostwire-relay \
     && cp target/release/ghostwire-relay /ghostwire-relay
 

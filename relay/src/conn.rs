@@ -29,7 +29,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -132,8 +131,8 @@ where
                 }
                 Delivery::Frames => match bounded(write_batch(&mut ws, &mut batch), killed.as_mut(), stall).await {
                     Ok((frames, bytes)) => {
-                        metrics.frames_forwarded.fetch_add(frames, Relaxed);
-                        metrics.bytes_forwarded.fetch_add(bytes, Relaxed);
+                        metrics.frames_forwarded.inc_by(frames);
+                        metrics.bytes_forwarded.inc_by(bytes);
                     }
                     Err(stop) => break stop.exit(&kill),
                 },
@@ -200,7 +199,7 @@ where
                                     deadline.as_mut().reset(Instant::now() + cfg.wait_timeout);
                                 }
                                 Ok(crate::upstream::Joined::Paired(seat, link)) => {
-                                    metrics.rooms_paired_total.fetch_add(1, Relaxed);
+                                    metrics.rooms_paired_total.inc();
                                     phase = Phase::Paired(seat, link);
                                     if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), stall).await {
                                         break 'conn stop.exit(&kill);
@@ -224,7 +223,7 @@ where
                 if std::mem::take(&mut seen) {
                     alive_at = Instant::now();
                 } else if alive_at.elapsed() >= cfg.ping_interval + cfg.ping_timeout {
-                    metrics.ping_timeouts.fetch_add(1, Relaxed);
+                    metrics.ping_timeouts.inc();
                     break Exit::Gone;
                 }
                 if let Err(stop) = bounded(ws.send(Message::Ping(Default::default())), killed.as_mut(), stall).await {

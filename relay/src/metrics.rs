@@ -1,166 +1,418 @@
-//! Counters, rendered as Prometheus text on the admin listener.
+//! The relay's metrics, in one Prometheus registry per relay, served as text on the admin listener.
 //!
-//! Plain atomics, no labels beyond the error code: nothing per room or per
-//! client exists here, so a scrape can never reveal a room code or an address.
-//! Hot-path counters (frames, bytes) are added once per write batch, not once
-//! per frame, to keep shared cache lines off the frame path.
+//! Built on the `prometheus` crate (its counters are one relaxed atomic add, its process
+//! collector reads CPU, memory and open descriptors from `/proc`). Labels are fixed sets (error
+//! codes, refusal and TLS-failure reasons, the upstream's name, the build): nothing per room or
+//! per client exists here, so a scrape can never reveal a room code or an address. Hot-path
+//! counters (frames, bytes) are added once per write batch, not once per frame, and every
+//! labelled counter is resolved once at start, so counting never hashes a label.
 
+use crate::config::Config;
 use ghostwire_shared::ErrorCode;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-/// The relay's counters.
-#[derive(Default)]
-pub struct Metrics {
-    /// WebSocket connections accepted (handshake completed).
-    pub connections_total: AtomicU64,
-    /// WebSocket connections open now.
-    pub connections_open: AtomicU64,
-    /// Connections refused before the WebSocket opened (limits, bad path, failed or slow handshake).
-    pub handshakes_refused: AtomicU64,
-    /// Rooms that got their second peer.
-    pub rooms_paired_total: AtomicU64,
-    /// SIGNAL frames delivered to a client.
-    pub frames_forwarded: AtomicU64,
-    /// Bytes of SIGNAL frames delivered to a client.
-    pub bytes_forwarded: AtomicU64,
-    /// Connections dropped because the client stopped answering pings.
-    pub ping_timeouts: AtomicU64,
-    /// The distributed upstream's counters (zero with the in-process upstream).
-    pub upstream: UpstreamMetrics,
-    errors: [AtomicU64; ErrorCode::ALL.len()],
+/// Why a connection was refused or failed before its WebSocket opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client's address already holds `--max-conns-per-ip` connections (429).
+    PerIpLimit,
+    /// The relay holds `--max-conns` connections (503).
+    Capacity,
+    /// A trusted proxy sent no PROXY header or a malformed one.
+    ProxyHeader,
+    /// The TLS handshake failed (its reason is in `tls_handshake_failures_total`).
+    Tls,
+    /// The HTTP upgrade was refused or failed: another path, not a WebSocket request, a client gone.
+    Upgrade,
+    /// `--handshake-timeout` passed before the WebSocket opened.
+    Timeout,
 }
 
-/// Counters of a distributed upstream (NATS): what crossed the broker and what went wrong.
-#[derive(Default)]
+impl Refusal {
+    /// Every reason, in the order of the metric's series.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::PerIpLimit,
+        Refusal::Capacity,
+        Refusal::ProxyHeader,
+        Refusal::Tls,
+        Refusal::Upgrade,
+        Refusal::Timeout,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::PerIpLimit => "per_ip_limit",
+            Refusal::Capacity => "capacity",
+            Refusal::ProxyHeader => "proxy_header",
+            Refusal::Tls => "tls",
+            Refusal::Upgrade => "upgrade",
+            Refusal::Timeout => "timeout",
+        }
+    }
+}
+
+/// Why a TLS handshake failed, as far as the relay can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The client sent an alert about our certificate: it does not trust it (unknown CA, bad or
+    /// expired certificate, a name mismatch). The one an operator must act on.
+    CertificateRejected,
+    /// No protocol version or cipher suite in common, or another incompatibility.
+    Incompatible,
+    /// The bytes were not TLS (plain HTTP to a TLS port, a scanner).
+    NotTls,
+    /// The client sent another alert, or the handshake broke in a way rustls names otherwise.
+    Other,
+    /// The connection closed or failed mid-handshake.
+    Closed,
+}
+
+impl TlsFailure {
+    /// Every reason, in the order of the metric's series.
+    pub const ALL: [TlsFailure; 5] = [
+        TlsFailure::CertificateRejected,
+        TlsFailure::Incompatible,
+        TlsFailure::NotTls,
+        TlsFailure::Other,
+        TlsFailure::Closed,
+    ];
+
+    /// Classifies the error a TLS accept returned.
+    pub fn of(error: &std::io::Error) -> TlsFailure {
+        use rustls::AlertDescription as A;
+        let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+            return TlsFailure::Closed;
+        };
+        match tls {
+            rustls::Error::AlertReceived(
+                A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied,
+            ) => TlsFailure::CertificateRejected,
+            rustls::Error::PeerIncompatible(_) | rustls::Error::AlertReceived(A::ProtocolVersion) => {
+                TlsFailure::Incompatible
+            }
+            rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => TlsFailure::NotTls,
+            _ => TlsFailure::Other,
+        }
+    }
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsFailure::CertificateRejected => "certificate_rejected",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::NotTls => "not_tls",
+            TlsFailure::Other => "other",
+            TlsFailure::Closed => "closed",
+        }
+    }
+}
+
+/// The relay's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// WebSocket connections accepted (handshake completed).
+    pub connections_total: IntCounter,
+    /// WebSocket connections open now.
+    pub connections_open: IntGauge,
+    /// Rooms that got their second peer.
+    pub rooms_paired_total: IntCounter,
+    /// SIGNAL frames delivered to a client.
+    pub frames_forwarded: IntCounter,
+    /// Bytes of SIGNAL frames delivered to a client.
+    pub bytes_forwarded: IntCounter,
+    /// Connections dropped because the client stopped answering pings.
+    pub ping_timeouts: IntCounter,
+    /// Connections closed with 1001 because the relay shut down (not an error).
+    pub shutdown_closes: IntCounter,
+    /// The distributed upstream's counters (zero with the in-process upstream).
+    pub upstream: UpstreamMetrics,
+    refused: Vec<(Refusal, IntCounter)>,
+    tls_failures: Vec<(TlsFailure, IntCounter)>,
+    /// Whether a TLS failure of each reason (in [`TlsFailure::ALL`]'s order) has been logged.
+    tls_logged: [AtomicBool; TlsFailure::ALL.len()],
+    errors: Vec<(ErrorCode, IntCounter)>,
+    rooms_open: IntGauge,
+    upstream_connected: IntGauge,
+}
+
+/// Counters of a distributed upstream: what crossed the broker and what went wrong.
 pub struct UpstreamMetrics {
     /// Frames received from the broker for this relay's clients.
-    pub frames_in: AtomicU64,
+    pub frames_in: IntCounter,
     /// Frames published to the broker for partners.
-    pub frames_out: AtomicU64,
+    pub frames_out: IntCounter,
     /// Publishes (frames, departures, heartbeats) the client library refused.
-    pub publish_errors: AtomicU64,
+    pub publish_errors: IntCounter,
     /// Reconnections to the broker after a lost connection.
-    pub reconnects: AtomicU64,
+    pub reconnects: IntCounter,
     /// Joins refused because both slots of the room were taken (4002), decided by the broker.
-    pub slot_conflicts: AtomicU64,
+    pub slot_conflicts: IntCounter,
     /// Partners ended because their relay stopped sending heartbeats.
-    pub peers_lost: AtomicU64,
+    pub peers_lost: IntCounter,
     /// Frames sent again because they were not acknowledged (after a reconnect, a reported gap,
     /// or a stall).
-    pub retransmits: AtomicU64,
+    pub retransmits: IntCounter,
     /// Messages dropped because they did not come from the seat they claim (a stale or confused relay).
-    pub foreign_messages: AtomicU64,
+    pub foreign_messages: IntCounter,
+}
+
+/// Registers metrics in one registry; a name registered twice is a programming error caught by
+/// the unit test below, so registration failures are not surfaced at run time.
+struct Builder<'a>(&'a Registry);
+
+impl Builder<'_> {
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        let metric = IntCounter::with_opts(Opts::new(name, help).namespace("ghostwire"))
+            .unwrap_or_else(|_| unreachable!("valid metric name {name}"));
+        let _ = self.0.register(Box::new(metric.clone()));
+        metric
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        let metric = IntGauge::with_opts(Opts::new(name, help).namespace("ghostwire"))
+            .unwrap_or_else(|_| unreachable!("valid metric name {name}"));
+        let _ = self.0.register(Box::new(metric.clone()));
+        metric
+    }
+
+    /// A gauge set once, to `value`.
+    fn constant(&self, name: &str, help: &str, value: usize) {
+        self.gauge(name, help).set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
+    /// A counter with labels: one series per key, labelled by `labels(key)`, each resolved now.
+    fn counters<K: Copy, const L: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        label_names: [&str; L],
+        keys: impl IntoIterator<Item = K>,
+        labels: impl Fn(K) -> [String; L],
+    ) -> Vec<(K, IntCounter)> {
+        let vec = IntCounterVec::new(Opts::new(name, help).namespace("ghostwire"), &label_names)
+            .unwrap_or_else(|_| unreachable!("valid metric name {name}"));
+        let _ = self.0.register(Box::new(vec.clone()));
+        keys.into_iter()
+            .map(|key| {
+                let values = labels(key);
+                (key, vec.with_label_values(&values.each_ref().map(String::as_str)))
+            })
+            .collect()
+    }
+
+    /// A gauge with labels, set to 1: an info metric.
+    fn info(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> IntGauge {
+        let names: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
+        let values: Vec<&str> = labels.iter().map(|(_, v)| *v).collect();
+        let vec = IntGaugeVec::new(Opts::new(name, help).namespace("ghostwire"), &names)
+            .unwrap_or_else(|_| unreachable!("valid metric name {name}"));
+        let _ = self.0.register(Box::new(vec.clone()));
+        vec.with_label_values(&values)
+    }
+}
+
+/// The upstreams compiled into this build, comma-separated.
+pub fn compiled_upstreams() -> &'static str {
+    if cfg!(feature = "nats") {
+        "local,nats"
+    } else {
+        "local"
+    }
 }
 
 impl Metrics {
-    /// Counts a connection ended with `code`.
-    pub fn error(&self, code: ErrorCode) {
-        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
-            self.errors[i].fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Connections ended with `code` so far.
-    pub fn errors(&self, code: ErrorCode) -> u64 {
-        ErrorCode::ALL.iter().position(|c| *c == code).map_or(0, |i| self.errors[i].load(Relaxed))
-    }
-
-    /// The Prometheus text exposition, with `rooms_open` supplied by the upstream.
-    pub fn render(&self, rooms_open: usize, upstream: &str) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = write!(
-                out,
-                "# HELP ghostwire_{name} {help}\n# TYPE ghostwire_{name} {kind}\nghostwire_{name} {value}\n"
-            );
-        };
-        metric("connections_total", "counter", "WebSocket connections accepted.", self.connections_total.load(Relaxed));
-        metric("connections_open", "gauge", "WebSocket connections open now.", self.connections_open.load(Relaxed));
-        metric(
+    /// The metrics of a relay configured by `config`: its limits and build are set now.
+    pub fn new(config: &Config) -> Metrics {
+        let registry = Registry::new();
+        let b = Builder(&registry);
+        let refused = b.counters(
             "handshakes_refused_total",
-            "counter",
-            "Connections refused or failed before the WebSocket opened.",
-            self.handshakes_refused.load(Relaxed),
+            "Connections refused or failed before the WebSocket opened, by reason.",
+            ["reason"],
+            Refusal::ALL,
+            |r| [r.as_str().to_owned()],
         );
-        metric(
-            "rooms_open",
-            "gauge",
-            "Rooms in which this relay holds a seat, joins in progress included; a room split over two relays counts on each (--max-rooms bounds this number, per relay).",
-            rooms_open as u64,
+        let tls_failures = b.counters(
+            "tls_handshake_failures_total",
+            "TLS handshakes that failed, by reason (certificate_rejected: clients do not trust the certificate served).",
+            ["reason"],
+            TlsFailure::ALL,
+            |r| [r.as_str().to_owned()],
         );
-        metric(
-            "rooms_paired_total",
-            "counter",
-            "Rooms that got their second peer.",
-            self.rooms_paired_total.load(Relaxed),
+        let errors = b.counters(
+            "errors_total",
+            "Connections ended with an ERROR, by code (shutdown closes are counted in shutdown_closes_total).",
+            ["code", "reason"],
+            ErrorCode::ALL.into_iter().filter(|c| *c != ErrorCode::GoingAway),
+            |c| [c.as_u16().to_string(), c.name().to_owned()],
         );
-        metric(
-            "frames_forwarded_total",
-            "counter",
-            "SIGNAL frames delivered to clients.",
-            self.frames_forwarded.load(Relaxed),
+        b.constant(
+            "max_connections",
+            "--max-conns: WebSocket connections this relay accepts at once.",
+            config.max_conns,
         );
-        metric(
-            "bytes_forwarded_total",
-            "counter",
-            "Bytes of SIGNAL frames delivered to clients.",
-            self.bytes_forwarded.load(Relaxed),
+        b.constant(
+            "max_connections_per_ip",
+            "--max-conns-per-ip: connections one client address may hold, half-open ones included.",
+            config.max_conns_per_ip,
         );
-        metric(
-            "ping_timeouts_total",
-            "counter",
-            "Connections dropped for not answering pings.",
-            self.ping_timeouts.load(Relaxed),
+        b.constant("max_rooms", "--max-rooms: rooms in which this relay holds a seat at once.", config.max_rooms);
+        b.constant("max_frame_bytes", "--max-frame-bytes: the largest frame accepted.", config.max_frame_bytes);
+        b.info(
+            "build_info",
+            "The relay's build: version, commit and the upstreams compiled in.",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", option_env!("GHOSTWIRE_COMMIT").unwrap_or("unknown")),
+                ("upstreams", compiled_upstreams()),
+            ],
+        )
+        .set(1);
+        let upstream_connected = b.info(
+            "upstream_connected",
+            "1 while the upstream can take joins (the broker is connected), else 0.",
+            &[("upstream", config.upstream.as_str())],
         );
-        let u = &self.upstream;
-        metric("upstream_frames_in_total", "counter", "Frames received from the broker.", u.frames_in.load(Relaxed));
-        metric("upstream_frames_out_total", "counter", "Frames published to the broker.", u.frames_out.load(Relaxed));
-        metric(
-            "upstream_publish_errors_total",
-            "counter",
-            "Publishes to the broker that failed.",
-            u.publish_errors.load(Relaxed),
-        );
-        metric("upstream_reconnects_total", "counter", "Reconnections to the broker.", u.reconnects.load(Relaxed));
-        metric(
-            "upstream_slot_conflicts_total",
-            "counter",
-            "Joins refused by the broker because the room was full.",
-            u.slot_conflicts.load(Relaxed),
-        );
-        metric(
-            "upstream_peers_lost_total",
-            "counter",
-            "Partners ended because their relay went silent.",
-            u.peers_lost.load(Relaxed),
-        );
-        metric(
-            "upstream_retransmits_total",
-            "counter",
-            "Frames sent again because the partner had not acknowledged them.",
-            u.retransmits.load(Relaxed),
-        );
-        metric(
-            "upstream_foreign_messages_total",
-            "counter",
-            "Messages dropped because they did not come from the partner seat they name.",
-            u.foreign_messages.load(Relaxed),
-        );
-        let _ = write!(
-            out,
-            "# HELP ghostwire_errors_total Connections ended with an ERROR, by code.\n# TYPE ghostwire_errors_total counter\n"
-        );
-        for (i, code) in ErrorCode::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "ghostwire_errors_total{{code=\"{}\",reason=\"{}\"}} {}",
-                code.as_u16(),
-                code.name(),
-                self.errors[i].load(Relaxed)
-            );
+        #[cfg(target_os = "linux")]
+        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        Metrics {
+            connections_total: b.counter("connections_total", "WebSocket connections accepted."),
+            connections_open: b.gauge("connections_open", "WebSocket connections open now."),
+            rooms_paired_total: b.counter("rooms_paired_total", "Rooms that got their second peer."),
+            frames_forwarded: b.counter("frames_forwarded_total", "SIGNAL frames delivered to clients."),
+            bytes_forwarded: b.counter("bytes_forwarded_total", "Bytes of SIGNAL frames delivered to clients."),
+            ping_timeouts: b.counter("ping_timeouts_total", "Connections dropped for not answering pings."),
+            shutdown_closes: b.counter("shutdown_closes_total", "Connections closed with 1001 because the relay shut down."),
+            upstream: UpstreamMetrics {
+                frames_in: b.counter("upstream_frames_in_total", "Frames received from the broker."),
+                frames_out: b.counter("upstream_frames_out_total", "Frames published to the broker."),
+                publish_errors: b.counter("upstream_publish_errors_total", "Publishes to the broker that failed."),
+                reconnects: b.counter("upstream_reconnects_total", "Reconnections to the broker."),
+                slot_conflicts: b.counter(
+                    "upstream_slot_conflicts_total",
+                    "Joins refused by the broker because the room was full.",
+                ),
+                peers_lost: b.counter("upstream_peers_lost_total", "Partners ended because their relay went silent."),
+                retransmits: b.counter(
+                    "upstream_retransmits_total",
+                    "Frames sent again because the partner had not acknowledged them.",
+                ),
+                foreign_messages: b.counter(
+                    "upstream_foreign_messages_total",
+                    "Messages dropped because they did not come from the partner seat they name.",
+                ),
+            },
+            rooms_open: b.gauge(
+                "rooms_open",
+                "Rooms in which this relay holds a seat, joins in progress included; a room split over two relays counts on each (--max-rooms bounds this number, per relay).",
+            ),
+            upstream_connected,
+            refused,
+            tls_failures,
+            tls_logged: Default::default(),
+            errors,
+            registry,
         }
-        let _ = write!(out, "# HELP ghostwire_upstream_info The upstream in use.\n# TYPE ghostwire_upstream_info gauge\nghostwire_upstream_info{{upstream=\"{upstream}\"}} 1\n");
-        out
+    }
+
+    /// Counts a connection ended with `code`; a shutdown (1001) is not an error and is counted apart.
+    pub fn error(&self, code: ErrorCode) {
+        match code {
+            ErrorCode::GoingAway => self.shutdown_closes.inc(),
+            code => count(&self.errors, code),
+        }
+    }
+
+    /// Connections ended with `code` so far (for 1001, the shutdown closes).
+    pub fn errors(&self, code: ErrorCode) -> u64 {
+        match code {
+            ErrorCode::GoingAway => self.shutdown_closes.get(),
+            code => read(&self.errors, code),
+        }
+    }
+
+    /// Counts a connection refused before its WebSocket opened.
+    pub fn refused(&self, why: Refusal) {
+        count(&self.refused, why);
+    }
+
+    /// Connections refused for `why` so far.
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        read(&self.refused, why)
+    }
+
+    /// Counts a failed TLS handshake; returns whether it is the first for that reason.
+    pub fn tls_failed(&self, why: TlsFailure) -> bool {
+        count(&self.tls_failures, why);
+        let i = TlsFailure::ALL.iter().position(|r| *r == why);
+        i.is_some_and(|i| !self.tls_logged[i].swap(true, Relaxed))
+    }
+
+    /// TLS handshakes failed for `why` so far.
+    pub fn tls_failures(&self, why: TlsFailure) -> u64 {
+        read(&self.tls_failures, why)
+    }
+
+    /// The Prometheus text exposition, with the gauges read from the upstream at scrape time.
+    pub fn render(&self, rooms_open: usize, upstream_connected: bool) -> String {
+        self.rooms_open.set(i64::try_from(rooms_open).unwrap_or(i64::MAX));
+        self.upstream_connected.set(i64::from(upstream_connected));
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+fn count<K: PartialEq>(series: &[(K, IntCounter)], key: K) {
+    if let Some((_, counter)) = series.iter().find(|(k, _)| *k == key) {
+        counter.inc();
+    }
+}
+
+fn read<K: PartialEq>(series: &[(K, IntCounter)], key: K) -> u64 {
+    series.iter().find(|(k, _)| *k == key).map_or(0, |(_, counter)| counter.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_once_and_renders() {
+        let config = Config::for_tests();
+        let metrics = Metrics::new(&config);
+        metrics.error(ErrorCode::GoingAway);
+        metrics.error(ErrorCode::RoomFull);
+        metrics.refused(Refusal::Capacity);
+        let text = metrics.render(3, true);
+        // Registering a name twice fails silently in `Builder`; a lost metric shows here.
+        for name in [
+            "ghostwire_connections_total 0",
+            "ghostwire_connections_open 0",
+            "ghostwire_rooms_open 3",
+            "ghostwire_shutdown_closes_total 1",
+            "ghostwire_errors_total{code=\"4002\",reason=\"room_full\"} 1",
+            "ghostwire_handshakes_refused_total{reason=\"capacity\"} 1",
+            "ghostwire_tls_handshake_failures_total{reason=\"certificate_rejected\"} 0",
+            "ghostwire_upstream_connected{upstream=\"local\"} 1",
+            "ghostwire_upstream_foreign_messages_total 0",
+            "ghostwire_max_connections ",
+            "ghostwire_max_rooms ",
+            "ghostwire_build_info{",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_cpu_seconds_total ",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(!text.contains("code=\"1001\""), "a shutdown is not an error:\n{text}");
     }
 }

@@ -12,7 +12,7 @@ use crate::config::{Config, UpstreamKind};
 use crate::conn::{self, Ctx};
 use crate::error::Error;
 use crate::limits::{IpSlot, PerIp};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal, TlsFailure};
 use crate::upstream::{local::Local, RoomKeyer, Upstream};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -73,7 +73,7 @@ impl Relay {
         };
         let listener = listen(config.listen, config.listen_backlog)?;
         let admin = listen(config.admin_listen, 128)?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(&config));
         let rooms = RoomKeyer::for_config(&config)?;
         let upstream: Arc<dyn Upstream> = match config.upstream {
             UpstreamKind::Local => Arc::new(Local::new(config.max_rooms)),
@@ -183,7 +183,7 @@ impl Accept {
             match self.per_ip.acquire(peer.ip()) {
                 Some(slot) => Some(slot),
                 None => {
-                    metrics.handshakes_refused.fetch_add(1, Relaxed);
+                    metrics.refused(Refusal::PerIpLimit);
                     if self.tls.is_none() {
                         let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(HTTP_429)).await;
                     }
@@ -192,7 +192,7 @@ impl Accept {
             }
         };
         let Ok(_permit) = Arc::clone(&self.conns).try_acquire_owned() else {
-            metrics.handshakes_refused.fetch_add(1, Relaxed);
+            metrics.refused(Refusal::Capacity);
             if self.tls.is_none() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(HTTP_503)).await;
             }
@@ -218,7 +218,7 @@ impl Accept {
                     Ok(None) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "bad PROXY header");
-                        return None;
+                        return Err(Refusal::ProxyHeader);
                     }
                 }
             }
@@ -228,21 +228,29 @@ impl Accept {
                 Some(tls) => match tls.accept(sock).await {
                     Ok(stream) => self.upgrade(stream, ip, trusted, slot).await.map(|(ws, slot)| self.serve(ws, slot)),
                     Err(e) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        None
+                        let why = TlsFailure::of(&e);
+                        // The first failure of each kind is worth an operator's look (a client
+                        // that rejects the certificate above all); the rest are counted.
+                        if metrics.tls_failed(why) {
+                            tracing::warn!(reason = why.as_str(), error = %e, "TLS handshake failed (the first for this reason; later ones are counted in tls_handshake_failures_total)");
+                        } else {
+                            tracing::debug!(reason = why.as_str(), error = %e, "TLS handshake failed");
+                        }
+                        Err(Refusal::Tls)
                     }
                 },
             }
         }))
         .await;
-        let Ok(Some(serve)) = serve else {
-            metrics.handshakes_refused.fetch_add(1, Relaxed);
-            return;
+        let serve = match serve {
+            Ok(Ok(serve)) => serve,
+            Ok(Err(why)) => return metrics.refused(why),
+            Err(_) => return metrics.refused(Refusal::Timeout),
         };
-        metrics.connections_total.fetch_add(1, Relaxed);
-        metrics.connections_open.fetch_add(1, Relaxed);
+        metrics.connections_total.inc();
+        metrics.connections_open.inc();
         serve.await;
-        metrics.connections_open.fetch_sub(1, Relaxed);
+        metrics.connections_open.dec();
     }
 
     /// The connection's task body, boxed; the per-IP slot is held until it ends.
@@ -258,18 +266,19 @@ impl Accept {
     }
 
     /// The HTTP upgrade: path check, client IP, per-IP limit (unless `held`, the slot taken at
-    /// accept). `None` if refused or failed.
+    /// accept). The reason if refused or failed.
     async fn upgrade<S>(
         &self,
         stream: S,
         ip: IpAddr,
         trusted: bool,
         held: Option<IpSlot>,
-    ) -> Option<(WebSocketStream<S>, IpSlot)>
+    ) -> Result<(WebSocketStream<S>, IpSlot), Refusal>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut slot = held;
+        let mut refusal_reason = Refusal::Upgrade;
         // The signature is tungstenite's callback type; its error is an HTTP response by design.
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -287,7 +296,8 @@ impl Accept {
                 match self.per_ip.acquire(client) {
                     Some(s) => slot = Some(s),
                     None => {
-                        return Err(refusal(StatusCode::TOO_MANY_REQUESTS, "too many connections from this address"))
+                        refusal_reason = Refusal::PerIpLimit;
+                        return Err(refusal(StatusCode::TOO_MANY_REQUESTS, "too many connections from this address"));
                     }
                 }
             }
@@ -297,10 +307,10 @@ impl Accept {
             Ok(resp)
         };
         match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(self.ws_config)).await {
-            Ok(ws) => slot.map(|s| (ws, s)),
+            Ok(ws) => slot.map(|s| (ws, s)).ok_or(Refusal::Upgrade),
             Err(e) => {
                 tracing::debug!(error = %e, "WebSocket handshake failed");
-                None
+                Err(refusal_reason)
             }
         }
     }

@@ -38,7 +38,7 @@ async fn three_relays_share_one_room_space() {
         let mut b = join(&r[1].url(), &code).await;
         expect_peer_found(&mut a).await;
         expect_peer_found(&mut b).await;
-        let conflicts = || r[2].metrics.upstream.slot_conflicts.load(std::sync::atomic::Ordering::Relaxed);
+        let conflicts = || r[2].metrics.upstream.slot_conflicts.get();
         let before = conflicts();
         let mut c = join(&r[2].url(), &code).await;
         expect_error(&mut c, 4002).await;
@@ -141,10 +141,13 @@ async fn a_relay_whose_nats_is_unreachable_is_not_ready_and_becomes_ready_when_i
         let (status, body) = http_get(relay.admin, "/readyz").await;
         assert_eq!(status, 503);
         assert!(body.contains(&nats.url()) || body.contains("NATS"), "{body}");
+        let (_, metrics) = http_get(relay.admin, "/metrics").await;
+        assert!(metrics.contains("ghostwire_upstream_connected{upstream=\"nats\"} 0"), "{metrics}");
         let mut ws = join(&relay.url(), &room("early")).await;
         expect_error(&mut ws, 4007).await;
         nats.run();
         until_ready(relay.admin, 20).await;
+        until_metric(relay.admin, "ghostwire_upstream_connected{upstream=\"nats\"} 1").await;
         let code = room("late");
         pair(&relay.url(), &code).await;
     })

@@ -147,7 +147,7 @@ async fn a_stalled_http_upgrade_is_dropped_at_the_handshake_deadline() {
         // The relay closes the socket without an answer.
         let n = tokio::time::timeout(FRAME_WAIT, s.read(&mut buf)).await.unwrap().unwrap_or(0);
         assert_eq!(n, 0);
-        assert_eq!(relay.metrics.handshakes_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(relay.metrics.refusals(ghostwire_relay::metrics::Refusal::Timeout), 1);
     })
     .await;
 }
@@ -237,7 +237,7 @@ async fn max_rooms_refuses_a_new_room_but_not_a_second_peer() {
             }
             tries += 1;
             assert!(tries < 100, "the freed room was never released");
-            while relay.metrics.connections_open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            while relay.metrics.connections_open.get() > 0 {
                 tokio::task::yield_now().await;
             }
         }

@@ -4,7 +4,6 @@
 
 use futures_util::StreamExt;
 use ghostwire_tests::*;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -24,13 +23,7 @@ async fn wss_with_a_certificate_made_by_the_test() {
         .await;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let connector = tls_connector(roots);
         let url = format!("wss://localhost:{}/ws", relay.addr.port());
         let code = room("tls");
         let mut peers = Vec::new();

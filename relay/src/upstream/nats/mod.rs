@@ -294,7 +294,7 @@ async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>,
             Event::Connected => {
                 connects += 1;
                 if connects > 1 {
-                    shared.metrics.upstream.reconnects.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.upstream.reconnects.inc();
                 }
                 tracing::debug!("connected to NATS");
                 shared.generation.send_modify(|g| *g += 1);
@@ -343,7 +343,7 @@ async fn heartbeats(shared: Arc<Shared>, every: Duration, stop: CancellationToke
                 // below must still run.
                 let sent = tokio::time::timeout(every, shared.client.publish(subject.clone(), Default::default())).await;
                 if !matches!(sent, Ok(Ok(()))) {
-                    shared.metrics.upstream.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.upstream.publish_errors.inc();
                 }
                 let lost = shared.liveness.sweep();
                 if lost > 0 {

@@ -112,7 +112,7 @@ pub(super) async fn join(
                     (Holder::Live(x), Holder::Live(y)) if x == y => continue,
                     _ => {}
                 }
-                shared.metrics.upstream.slot_conflicts.fetch_add(1, Relaxed);
+                shared.metrics.upstream.slot_conflicts.inc();
                 return Err(JoinError::RoomFull);
             }
             Err(e) => return Err(unavailable(e)),
@@ -541,7 +541,7 @@ impl SeatTask {
         let sent = timeout(PUBLISH_WAIT, self.shared.client.publish(subject, payload)).await;
         let ok = matches!(sent, Ok(Ok(())));
         if !ok {
-            self.shared.metrics.upstream.publish_errors.fetch_add(1, Relaxed);
+            self.shared.metrics.upstream.publish_errors.inc();
         }
         ok
     }
@@ -561,7 +561,7 @@ impl SeatTask {
             self.out.send(frame.clone(), now);
         }
         if self.publish_to(subject, encode_batch(first, &frames)).await {
-            self.shared.metrics.upstream.frames_out.fetch_add(count, Relaxed);
+            self.shared.metrics.upstream.frames_out.inc_by(count);
         }
     }
 
@@ -573,7 +573,7 @@ impl SeatTask {
         for chunk in frames.chunks(BATCH) {
             let first = chunk[0].0;
             let bodies: Vec<Bytes> = chunk.iter().map(|(_, f)| f.clone()).collect();
-            self.shared.metrics.upstream.retransmits.fetch_add(bodies.len() as u64, Relaxed);
+            self.shared.metrics.upstream.retransmits.inc_by(bodies.len() as u64);
             self.publish_to(subject.clone(), encode_batch(first, &bodies)).await;
         }
         if self.leave.is_cancelled() {
@@ -602,7 +602,7 @@ impl SeatTask {
     async fn on_message(&mut self, msg: Message, pending: &mut VecDeque<Frame>) {
         let Some(rest) = msg.subject.as_str().strip_prefix(self.base.as_str()) else { return };
         let Some(m) = addressed(rest) else {
-            self.shared.metrics.upstream.foreign_messages.fetch_add(1, Relaxed);
+            self.shared.metrics.upstream.foreign_messages.inc();
             return;
         };
         let from_partner = self.partner.as_ref().is_some_and(|p| p.id == m.from);
@@ -647,7 +647,7 @@ impl SeatTask {
                     }
                     match Frame::from_utf8(frame) {
                         Ok(frame) => {
-                            self.shared.metrics.upstream.frames_in.fetch_add(1, Relaxed);
+                            self.shared.metrics.upstream.frames_in.inc();
                             self.deliver(frame, pending);
                         }
                         Err(_) => {
@@ -675,13 +675,13 @@ impl SeatTask {
             }
             _ => return,
         }
-        self.shared.metrics.upstream.foreign_messages.fetch_add(1, Relaxed);
+        self.shared.metrics.upstream.foreign_messages.inc();
     }
 
     async fn answer(&mut self, reply: Option<async_nats::Subject>, answer: &'static [u8]) {
         if let Some(reply) = reply {
             if self.shared.client.publish(reply, Bytes::from_static(answer)).await.is_err() {
-                self.shared.metrics.upstream.publish_errors.fetch_add(1, Relaxed);
+                self.shared.metrics.upstream.publish_errors.inc();
             }
         }
     }
@@ -731,7 +731,7 @@ impl SeatTask {
     async fn lost(&mut self, why: &str) {
         tracing::info!(reason = why, "partner lost");
         self.shared.hold_slot(&self.key, None);
-        self.shared.metrics.upstream.peers_lost.fetch_add(1, Relaxed);
+        self.shared.metrics.upstream.peers_lost.inc();
         self.partner = None;
         self.out.clear();
         self.phase = Phase::Ended;
