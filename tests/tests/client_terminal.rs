@@ -27,12 +27,21 @@ fn terminal(term: &str, args: &[&str]) -> expectrl::session::OsSession {
     session
 }
 
+/// Waits for `what` on the terminal; if it does not come, fails showing what the terminal did show.
+fn saw(term: &mut expectrl::session::OsSession, what: &str) {
+    if let Err(e) = term.expect(what) {
+        term.set_expect_timeout(Some(Duration::from_millis(200)));
+        let shown = term.expect(expectrl::Regex("(?s).+")).map(|c| String::from_utf8_lossy(c.as_bytes()).into_owned());
+        panic!("{what:?} not shown ({e}); the terminal showed after the last match: {shown:?}");
+    }
+}
+
 /// After the client ended: its exit code was `code`, and the next program reads only what is
 /// typed from now on.
 fn ends_cleanly(term: &mut expectrl::session::OsSession, code: i32) {
-    term.expect(format!("EXITED={code}")).unwrap();
+    saw(term, &format!("EXITED={code}"));
     term.send_line("typed after").unwrap();
-    term.expect("NEXT=[typed after]").unwrap();
+    saw(term, "NEXT=[typed after]");
 }
 
 /// Runs a blocking terminal script on its own thread, bounded.
@@ -66,7 +75,7 @@ async fn three_hundred_lines_pasted_without_bracketed_paste_all_arrive_in_order(
         let (all, more) = (heard_all.clone(), heard_more.clone());
         let term = tokio::task::spawn_blocking(move || {
             let mut term = terminal("xterm", &["--relay", &url, &typed]);
-            term.expect("verification code").unwrap();
+            saw(&mut term, "verification code");
             // One write, as a terminal without bracketed paste delivers a paste; then two lines
             // in one write, as a fast typist's burst arrives.
             term.send(&paste).unwrap();
@@ -76,7 +85,7 @@ async fn three_hundred_lines_pasted_without_bracketed_paste_all_arrive_in_order(
             term.send("\x1b[200~alpha\nbeta\ngamma\x1b[201~\r").unwrap();
             drain_until(&mut term, &more);
             term.send("/quit\r").unwrap();
-            term.expect("session destroyed: you ended the session (exit 0)").unwrap();
+            saw(&mut term, "session destroyed: you ended the session (exit 0)");
             ends_cleanly(&mut term, 0);
         });
         peer.code().await;
@@ -105,17 +114,17 @@ async fn term_dumb_falls_back_to_plain_line_input_and_chats() {
         let (to_term, from_test) = std::sync::mpsc::channel::<()>();
         let term = tokio::task::spawn_blocking(move || {
             let mut term = terminal("dumb", &["--relay", &url]);
-            term.expect("plain line input").unwrap();
-            term.expect("room code: ").unwrap();
+            saw(&mut term, "plain line input");
+            saw(&mut term, "room code: ");
             term.send_line(&typed).unwrap();
-            term.expect("verification code").unwrap();
+            saw(&mut term, "verification code");
             term.send_line("hello from a dumb terminal").unwrap();
             from_test.recv_timeout(Duration::from_secs(30)).unwrap();
-            term.expect("peer: and hello back").unwrap();
+            saw(&mut term, "peer: and hello back");
             term.send_line("//slash text").unwrap();
             // Ctrl-D at the start of a line: end of input at a terminal is leaving.
             term.send("\x04").unwrap();
-            term.expect("session destroyed: you ended the session (exit 0)").unwrap();
+            saw(&mut term, "session destroyed: you ended the session (exit 0)");
             ends_cleanly(&mut term, 0);
         });
         let mut peer = Peer::start(&["--relay", &relay.url(), &code]);
@@ -184,7 +193,7 @@ async fn ctrl_c_and_ctrl_d_end_the_client_in_every_state() {
                     term.expect(marker).unwrap();
                     if state != "room prompt" {
                         // The editor redraws its prompt below the status line once it reads keys.
-                        term.expect("> ").unwrap();
+                        saw(&mut term, "> ");
                     }
                     term.send(key).unwrap();
                     let said = term.expect("session destroyed: you ended the session (exit 0)").map(|_| ());
