@@ -313,9 +313,17 @@ impl Peer {
     pub async fn heard(&mut self) -> String {
         match tokio::time::timeout(FRAME_WAIT, self.stdout.recv()).await {
             Ok(Some(line)) => line,
-            Ok(None) => panic!("client ended without the expected message; stderr:\n{}", self.log.join("\n")),
-            Err(_) => panic!("no message in time; stderr:\n{}", self.log.join("\n")),
+            Ok(None) => panic!("client ended without the expected message; stderr:\n{}", self.stderr_so_far()),
+            Err(_) => panic!("no message in time; stderr:\n{}", self.stderr_so_far()),
         }
+    }
+
+    /// Every stderr line the client wrote so far, read or not (for failure messages).
+    fn stderr_so_far(&mut self) -> String {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.log.push(line);
+        }
+        self.log.join("\n")
     }
 
     /// Reads stderr until a line contains `what` (within [`FRAME_WAIT`]); returns that line.
@@ -335,7 +343,7 @@ impl Peer {
                     }
                 }
                 Ok(None) => panic!("client ended before saying {what:?}; stderr:\n{}", self.log.join("\n")),
-                Err(_) => panic!("client never said {what:?}; stderr:\n{}", self.log.join("\n")),
+                Err(_) => panic!("client never said {what:?}; stderr:\n{}", self.stderr_so_far()),
             }
         }
     }

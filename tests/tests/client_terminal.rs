@@ -23,9 +23,14 @@ fn terminal(term: &str, args: &[&str]) -> expectrl::session::OsSession {
     let mut cmd = std::process::Command::new("sh");
     cmd.args(["-c", &script]).env("NO_COLOR", "1").env("TERM", term).env_remove("GHOSTWIRE_RELAY");
     let mut session = expectrl::Session::spawn(cmd).unwrap();
-    session.set_expect_timeout(Some(Duration::from_secs(30)));
+    session.set_expect_timeout(Some(TERMINAL_WAIT));
     session
 }
+
+/// How long the terminal side, and the peer waiting for it, wait for the next thing to show: as
+/// long as a loaded CI machine may take to start a client and pair it (the peer's own
+/// [`FRAME_WAIT`] is for the frames after that).
+const TERMINAL_WAIT: Duration = Duration::from_secs(30);
 
 /// Waits for `what` on the terminal; if it does not come, fails showing what the terminal did show.
 fn saw(term: &mut expectrl::session::OsSession, what: &str) {
@@ -56,7 +61,7 @@ fn drain_until(term: &mut expectrl::session::OsSession, stop: &std::sync::atomic
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = term.expect(expectrl::Regex("(?s).+"));
     }
-    term.set_expect_timeout(Some(Duration::from_secs(30)));
+    term.set_expect_timeout(Some(TERMINAL_WAIT));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +93,7 @@ async fn three_hundred_lines_pasted_without_bracketed_paste_all_arrive_in_order(
             saw(&mut term, "session destroyed: you ended the session (exit 0)");
             ends_cleanly(&mut term, 0);
         });
-        peer.code().await;
+        peer.status_within("verification code: ", TERMINAL_WAIT).await;
         for want in lines.iter().map(String::as_str).chain(["burst one", "burst two"]) {
             assert_eq!(peer.heard().await, want);
         }
@@ -128,6 +133,7 @@ async fn term_dumb_falls_back_to_plain_line_input_and_chats() {
             ends_cleanly(&mut term, 0);
         });
         let mut peer = Peer::start(&["--relay", &relay.url(), &code]);
+        peer.status_within("verification code: ", TERMINAL_WAIT).await;
         assert_eq!(peer.heard().await, "hello from a dumb terminal");
         peer.say("and hello back").await;
         to_term.send(()).unwrap();
