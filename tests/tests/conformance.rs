@@ -5,7 +5,7 @@
 //! `nats`) and three relay URLs that share one room space (for `local`, one relay three times).
 //! The cases every upstream passes run for each; the cases about relays and brokers failing
 //! (a relay killed, a broker blip, a lasting outage) run for the distributed ones. Adding an
-//! upstream is one `Kind`, one arm in `World::start`, and one `suite!` line.
+//! upstream is one `Kind`, one arm in `World::start` and in `processes`, and one `suite!` line.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,6 +20,31 @@ use tokio_tungstenite::tungstenite::Message;
 enum Kind {
     Local,
     Nats,
+}
+
+/// For relays run as processes (to be killed): the broker `kind` needs, started, and the
+/// arguments and environment that put a relay process in its room space, with failure detection
+/// tuned so that a lost relay is noticed within 2.25 s.
+fn processes(kind: Kind) -> (Option<NatsServer>, Vec<String>, Vec<(&'static str, &'static str)>) {
+    match kind {
+        Kind::Nats => {
+            let nats = NatsServer::start();
+            let args = [
+                "--upstream",
+                "nats",
+                "--nats-url",
+                &nats.url(),
+                "--nats-heartbeat",
+                "250ms",
+                "--nats-peer-timeout",
+                "2s",
+            ]
+            .map(String::from)
+            .to_vec();
+            (Some(nats), args, vec![("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)])
+        }
+        Kind::Local => unreachable!("one process cannot lose a relay"),
+    }
 }
 
 /// Three relay URLs sharing one room space, and what runs behind them.
@@ -179,16 +204,7 @@ async fn an_abandoned_join_leaves_no_seat(kind: Kind) {
 /// A relay killed with SIGKILL says nothing more: its partners on other relays are closed with
 /// 4011 (peer lost) within the documented bound, and its rooms can be used again at once.
 async fn a_killed_relay_s_partners_are_told_the_peer_is_lost(kind: Kind) {
-    let nats = NatsServer::start();
-    let (args, env): (Vec<String>, Vec<(&str, &str)>) = match kind {
-        Kind::Nats => (
-            ["--upstream", "nats", "--nats-url", &nats.url(), "--nats-heartbeat", "250ms", "--nats-peer-timeout", "2s"]
-                .map(String::from)
-                .to_vec(),
-            vec![("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)],
-        ),
-        Kind::Local => unreachable!("one process cannot lose a relay"),
-    };
+    let (_broker, args, env) = processes(kind);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let victim = RelayProc::start(&args, &env);
     let survivor = RelayProc::start(&args, &env);
