@@ -16,6 +16,8 @@ command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 # nginx terminates TLS in front of two relays in the load-balancer tests; each test runs its own.
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+# A real SOCKS5 proxy for the client's --proxy tests; each test starts its own on loopback.
+command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing ${need_apt[*]}"

@@ -55,9 +55,35 @@ pub struct Args {
     #[arg(long)]
     pub legacy_v1: bool,
 
+    /// Reach the relay through a SOCKS5 proxy: socks5h://HOST:PORT has the proxy resolve the
+    /// relay's name (no DNS query leaves this machine; .onion relays work); socks5://HOST:PORT
+    /// resolves it here (with a warning). Nothing but the proxy is ever connected to, and there
+    /// is no direct fallback. A username and password come from GHOSTWIRE_PROXY_USER and
+    /// GHOSTWIRE_PROXY_PASSWORD, never from the URL. ALL_PROXY is not used.
+    #[arg(long, env = "GHOSTWIRE_PROXY", value_name = "URL", conflicts_with = "tor")]
+    pub proxy: Option<String>,
+
+    /// Shorthand for --proxy socks5h://127.0.0.1:9050, Tor's SOCKS port.
+    #[arg(long)]
+    pub tor: bool,
+
     /// Clear the screen and the terminal's scrollback when the session ends.
     #[arg(long)]
     pub wipe_screen: bool,
+}
+
+/// Tor's default SOCKS port, for --tor.
+pub const TOR_PROXY: &str = "socks5h://127.0.0.1:9050";
+
+impl Args {
+    /// The proxy asked for, if any: --proxy (or GHOSTWIRE_PROXY), or Tor's port with --tor.
+    pub fn proxy(&self) -> Option<&str> {
+        if self.tor {
+            Some(TOR_PROXY)
+        } else {
+            self.proxy.as_deref()
+        }
+    }
 }
 
 /// The relay used when none is given.
@@ -74,6 +100,9 @@ pub fn join_command(args: &Args, code: &RoomCode) -> String {
     }
     if args.legacy_v1 {
         words.push("--legacy-v1".to_owned());
+    }
+    if args.tor {
+        words.push("--tor".to_owned());
     }
     words.push(code.as_str().to_owned());
     words.join(" ")

@@ -4,7 +4,7 @@ use clap::Parser;
 use ghostwire::cli::{self, Args};
 use ghostwire::crypto::Version;
 use ghostwire::end::{exit, End};
-use ghostwire::net::Target;
+use ghostwire::net::{Proxy, Target};
 use ghostwire::session::{self, Outcome, Settings};
 use ghostwire::ui::Ui;
 use std::io::{IsTerminal, Write};
@@ -22,6 +22,19 @@ fn main() -> ExitCode {
     let relay = match Target::parse(&args.relay, args.ca.as_deref()) {
         Ok(target) => target,
         Err(why) => return refuse(&why),
+    };
+    let relay = match args.proxy().map(|url| Proxy::parse(url, proxy_credentials(), args.tor)) {
+        None => relay,
+        Some(Ok(proxy)) => {
+            if proxy.resolves_locally() {
+                eprintln!(
+                    "ghostwire: warning: with socks5:// the relay's name is looked up on this machine, \
+                     so the lookup is not hidden; socks5h:// has the proxy do it"
+                );
+            }
+            relay.through(proxy)
+        }
+        Some(Err(why)) => return refuse(&why),
     };
     let room = match (&args.room, args.new) {
         (Some(typed), _) => match cli::parse_room_code(typed) {
@@ -70,6 +83,13 @@ fn main() -> ExitCode {
     let _ = std::io::stderr().flush();
     // The input thread may be blocked reading the terminal; exiting ends it.
     std::process::exit(i32::from(code))
+}
+
+/// The proxy's username and password, from GHOSTWIRE_PROXY_USER and GHOSTWIRE_PROXY_PASSWORD.
+fn proxy_credentials() -> Option<(String, zeroize::Zeroizing<String>)> {
+    let user = std::env::var("GHOSTWIRE_PROXY_USER").ok()?;
+    let password = zeroize::Zeroizing::new(std::env::var("GHOSTWIRE_PROXY_PASSWORD").unwrap_or_default());
+    Some((user, password))
 }
 
 /// Bad input before any session: say what, exit 2.

@@ -5,6 +5,11 @@
 //! input (exit 2) named at once, not a network error later. [`connect`] then opens the socket;
 //! its errors name what failed, and a TLS failure says why the certificate was refused as rustls
 //! and webpki reported it, without guessing.
+//!
+//! With a [`Proxy`] (`--proxy`, `--tor`) the only socket ever opened is to the proxy: the relay's
+//! host name goes to it unresolved (`socks5h`), or is resolved here first when the user chose
+//! `socks5`; there is no direct fallback. tokio-socks speaks SOCKS5; its reply codes are turned
+//! into sentences here.
 
 use rustls::{CertificateError, Error as TlsError};
 use rustls_pki_types::pem::PemObject;
@@ -16,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
+use zeroize::Zeroizing;
 
 /// Any byte stream the WebSocket can run over (plain TCP or TLS).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -35,6 +41,84 @@ pub struct Target {
     port: u16,
     /// For wss://: the TLS configuration, and whether a `--ca` file was added to it.
     tls: Option<(Arc<rustls::ClientConfig>, bool)>,
+    /// The SOCKS5 proxy every connection goes through, if one was asked for.
+    proxy: Option<Proxy>,
+}
+
+/// A SOCKS5 proxy, checked.
+#[derive(Clone)]
+pub struct Proxy {
+    /// `host:port` of the proxy, as given.
+    addr: String,
+    /// `socks5h`: the proxy resolves the relay's name. `socks5`: this machine does.
+    remote_dns: bool,
+    /// Username and password, from the environment.
+    auth: Option<(String, Zeroizing<String>)>,
+    /// It is Tor's default port (--tor): say so when nothing listens there.
+    tor: bool,
+}
+
+impl Proxy {
+    /// Checks a proxy URL; `auth` is the username and password from the environment.
+    ///
+    /// # Errors
+    /// A sentence naming what is wrong: not a URL, a scheme other than socks5/socks5h, no host or
+    /// port, or credentials in the URL (they belong in the environment).
+    pub fn parse(url: &str, auth: Option<(String, Zeroizing<String>)>, tor: bool) -> Result<Proxy, String> {
+        let what = || format!("--proxy {:?}", redact(url));
+        let parsed = url::Url::parse(url)
+            .map_err(|e| format!("{} is not a proxy URL ({e}); expected socks5h://HOST:PORT", what()))?;
+        let remote_dns = match parsed.scheme() {
+            "socks5h" => true,
+            "socks5" => false,
+            other => {
+                return Err(format!(
+                    "{}: the scheme is {other}://; Ghostwire speaks SOCKS5: socks5h://HOST:PORT (the proxy resolves \
+                     the relay's name) or socks5://HOST:PORT",
+                    what()
+                ))
+            }
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(format!(
+                "{}: credentials do not go in the URL (every local user can read the command line); \
+                 set GHOSTWIRE_PROXY_USER and GHOSTWIRE_PROXY_PASSWORD",
+                what()
+            ));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) => d.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+            None => return Err(format!("{} has no host", what())),
+        };
+        let Some(port) = parsed.port().filter(|p| *p != 0) else {
+            return Err(format!("{}: give the proxy's port, e.g. socks5h://127.0.0.1:9050", what()));
+        };
+        Ok(Proxy { addr: format!("{host}:{port}"), remote_dns, auth, tor })
+    }
+
+    /// Whether the relay's name is looked up on this machine (socks5://): worth a warning.
+    pub fn resolves_locally(&self) -> bool {
+        !self.remote_dns
+    }
+
+    /// `host:port` of the proxy.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+/// A URL as it may be shown: without any `user:password@`.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Target {
@@ -70,13 +154,89 @@ impl Target {
             (false, None) => None,
             (true, ca) => Some((Arc::new(tls_config(ca)?), ca.is_some())),
         };
-        Ok(Target { url: url.to_owned(), host, port, tls })
+        Ok(Target { url: url.to_owned(), host, port, tls, proxy: None })
+    }
+
+    /// The same relay, reached through `proxy`.
+    pub fn through(mut self, proxy: Proxy) -> Target {
+        self.proxy = Some(proxy);
+        self
     }
 
     /// The URL as given.
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// The proxy in use, if any.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+}
+
+/// The TCP connection to the relay: direct, or through the proxy (which then carries the rest).
+async fn open(host: &str, port: u16, proxy: Option<&Proxy>) -> Result<Box<dyn Io>, String> {
+    let shown = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let Some(proxy) = proxy else {
+        let tcp =
+            TcpStream::connect((host, port)).await.map_err(|e| format!("cannot reach the relay at {shown}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        return Ok(Box::new(tcp));
+    };
+    let tcp = TcpStream::connect(proxy.addr.as_str()).await.map_err(|e| {
+        if proxy.tor {
+            format!("cannot reach Tor's SOCKS port at {} ({e}): is Tor running?", proxy.addr)
+        } else {
+            format!("cannot reach the SOCKS5 proxy at {}: {e}", proxy.addr)
+        }
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let target: (String, u16) = if proxy.remote_dns {
+        (host.to_owned(), port)
+    } else {
+        // socks5:// was chosen: the name is looked up here (the user was warned at start).
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("cannot resolve the relay's name {host:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("the relay's name {host:?} has no address"))?;
+        (addr.ip().to_string(), port)
+    };
+    let target = (target.0.as_str(), target.1);
+    let stream = match &proxy.auth {
+        Some((user, password)) => {
+            tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(tcp, target, user, password).await
+        }
+        None => tokio_socks::tcp::Socks5Stream::connect_with_socket(tcp, target).await,
+    };
+    stream.map(|s| Box::new(s) as Box<dyn Io>).map_err(|e| socks_error(&e, &proxy.addr, &shown))
+}
+
+/// A SOCKS5 failure in words: the proxy's own refusal, its authentication, or its reply code.
+fn socks_error(e: &tokio_socks::Error, proxy: &str, relay: &str) -> String {
+    use tokio_socks::Error as E;
+    let why = match e {
+        E::NoAcceptableAuthMethods | E::AuthorizationRequired => {
+            "it requires authentication: set GHOSTWIRE_PROXY_USER and GHOSTWIRE_PROXY_PASSWORD".to_owned()
+        }
+        E::PasswordAuthFailure(_) => "it refused the username and password".to_owned(),
+        E::ConnectionRefused => format!("it could not reach the relay at {relay}: connection refused"),
+        E::HostUnreachable => format!("it could not reach the relay at {relay}: host unreachable"),
+        E::NetworkUnreachable => format!("it could not reach the relay at {relay}: network unreachable"),
+        E::TtlExpired => format!("it could not reach the relay at {relay}: TTL expired"),
+        E::GeneralSocksServerFailure => {
+            format!(
+                "it could not reach the relay at {relay} (general failure: for a name, often that it does not resolve)"
+            )
+        }
+        E::ConnectionNotAllowedByRuleset => format!("its rules do not allow a connection to {relay}"),
+        E::CommandNotSupported | E::AddressTypeNotSupported => {
+            format!("it does not support this request ({e}); is it a SOCKS5 proxy?")
+        }
+        E::Io(io) => format!("the connection to it failed: {io}"),
+        other => format!("it answered in a way SOCKS5 does not allow ({other}); is it a SOCKS5 proxy?"),
+    };
+    format!("the SOCKS5 proxy at {proxy}: {why}")
 }
 
 /// Opens the WebSocket to `target`.
@@ -84,12 +244,8 @@ impl Target {
 /// # Errors
 /// A message for the user that names what failed (address, TLS trust, HTTP refusal).
 pub async fn connect(target: Target) -> Result<Socket, String> {
-    let Target { url, host, port, tls } = target;
-    let shown = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-    let tcp = TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot reach the relay at {shown}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
+    let Target { url, host, port, tls, proxy } = target;
+    let tcp = open(&host, port, proxy.as_ref()).await?;
     let stream: Box<dyn Io> = match tls {
         Some((config, have_ca)) => {
             let name = match host.parse::<IpAddr>() {
@@ -103,7 +259,7 @@ pub async fn connect(target: Target) -> Result<Socket, String> {
                 .map_err(|e| tls_error(&e, &host, have_ca))?;
             Box::new(tls)
         }
-        None => Box::new(tcp),
+        None => tcp,
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)

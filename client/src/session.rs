@@ -211,7 +211,11 @@ impl Driver {
             }
             Action::Connect(code) => {
                 let _ = self.verdicts.send(Verdict::Accepted);
-                self.ui.status(Tone::Info, &format!("connecting to {}", self.relay.url()));
+                let how = match self.relay.proxy() {
+                    Some(proxy) => format!(" through the SOCKS5 proxy at {}", proxy.addr()),
+                    None => String::new(),
+                };
+                self.ui.status(Tone::Info, &format!("connecting to {}{how}", self.relay.url()));
                 self.joining = Some(code);
                 self.connecting = Some(Box::pin(net::connect(self.relay.clone())));
             }
