@@ -184,3 +184,54 @@ async fn each_proxy_failure_is_named_and_no_credential_is_shown() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn wss_goes_through_the_proxy_too_with_the_certificate_checked_end_to_end() {
+    within(60, async {
+        let dir = TempDir::new("sockswss");
+        let (ca, cert, key) = test_ca(&dir.0);
+        let relay = TestRelay::with(|c| {
+            c.tls_cert = Some(cert.clone());
+            c.tls_key = Some(key.clone());
+        })
+        .await;
+        let proxy = Microsocks::start(&[]);
+        let url = format!("wss://localhost:{}/", relay.addr.port());
+        let ca = ca.to_str().unwrap();
+        let (mut a, mut b, code_a, code_b) =
+            connected_pair(&url, &room("sockstls"), &["--proxy", &proxy.url(), "--ca", ca]).await;
+        assert_eq!(code_a, code_b);
+        a.say("tls inside socks").await;
+        assert_eq!(b.heard().await, "tls inside socks");
+        assert_eq!(proxy.log().matches(&format!("connected to localhost:{}", relay.addr.port())).count(), 2);
+        // TLS runs between the client and the relay, not the proxy: without the CA it is refused.
+        let mut untrusting =
+            Peer::start_with(client(&[]), &["--proxy", &proxy.url(), "--relay", &url, &room("sockno")]);
+        untrusting.hang_up();
+        let (exit, log) = untrusting.exit().await;
+        assert_eq!(exit, 3, "{log}");
+        assert!(log.contains("not trusted"), "{log}");
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tor_without_tor_running_says_so() {
+    within(30, async {
+        // This machine runs no Tor (the test needs its port closed; it binds nothing there).
+        if std::net::TcpStream::connect("127.0.0.1:9050").is_ok() {
+            panic!("something listens on 127.0.0.1:9050; this test needs Tor's port closed");
+        }
+        let mut peer = Peer::start_with(client(&[]), &["--tor", "--relay", "ws://example.onion/", &room("tor")]);
+        peer.hang_up();
+        let (exit, log) = peer.exit().await;
+        assert_eq!(exit, 3, "{log}");
+        assert!(log.contains("through the SOCKS5 proxy at 127.0.0.1:9050"), "{log}");
+        assert!(
+            log.contains("cannot reach Tor's SOCKS port at 127.0.0.1:9050") && log.contains("is Tor running?"),
+            "{log}"
+        );
+    })
+    .await;
+}
