@@ -48,6 +48,8 @@
 //!   returns once departures have reached the partners (bounded).
 
 pub mod inbox;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod link;
 pub mod local;
 #[cfg(feature = "nats")]

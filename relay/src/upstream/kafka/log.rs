@@ -1,0 +1,384 @@
+//! The room log: the state every relay computes from the same ordered records of one partition.
+//!
+//! On Kafka the log is the sequencer. Every record about a room (a seat joining, its frames, its
+//! departure) is keyed by the room's keyed id, so all of them land in one partition, in one
+//! order that every relay reads alike. Each relay feeds the records of every partition, in
+//! offset order, to one [`Partition`] apiece and acts on the outcomes that concern its own
+//! seats. Because the outcome of a record depends only on the records before it, every relay
+//! reaches the same verdicts without talking to the others:
+//!
+//! * **Arbitration.** A join is admitted if fewer than two live seats hold the room *at its
+//!   place in the log*. Two relays producing joins at the same moment get an order from the
+//!   broker, and both read the same one: at most two seats, however the joins race. A relay
+//!   answers its joiner only once it has read its own JOIN back.
+//! * **Time is the log's.** Records carry the broker's append time (topics use
+//!   `message.timestamp.type=LogAppendTime`); a partition's clock is the latest timestamp
+//!   applied, never a relay's own clock. Every relay writes [`Record::Alive`] to every partition
+//!   each heartbeat, which also moves the clock on. A relay whose last record in a partition is
+//!   older than the TTL by that clock has lapsed: its seats there are lost, and every relay
+//!   agrees on the record at which that happened.
+//! * **A restarted relay is a new relay** (a fresh random [`RelayId`]), so nothing of its former
+//!   life can reach a new room; its old seats lapse like any dead relay's.
+//! * **Frames and departures** are checked against the room's seats: a frame is delivered to
+//!   the partner only from a seat that holds the room, and a departure comes after every frame
+//!   its seat sent, since both are in the same partition.
+//!
+//! Nothing here does I/O or reads a clock: it is the part of the Kafka upstream that must be
+//! right, kept where a test can drive it record by record.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
+
+/// A relay process: random at each start, so a restarted relay is a new one.
+pub type RelayId = u64;
+
+/// A seat: one client connection on one relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Seat {
+    /// The relay holding the connection.
+    pub relay: RelayId,
+    /// The connection's number on that relay.
+    pub n: u64,
+}
+
+/// One record of the log, as written by a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<R> {
+    /// The relay is alive (each heartbeat, to every partition).
+    Alive {
+        /// Who.
+        relay: RelayId,
+    },
+    /// `seat` asks to join `room`.
+    Join {
+        /// The room.
+        room: R,
+        /// The joiner.
+        seat: Seat,
+    },
+    /// A frame from `from` for its partner in `room` (the bytes travel beside the record).
+    Frame {
+        /// The room.
+        room: R,
+        /// The sender.
+        from: Seat,
+    },
+    /// `seat` leaves `room`, after every frame it sent.
+    Leave {
+        /// The room.
+        room: R,
+        /// The leaver.
+        seat: Seat,
+    },
+}
+
+/// What a record meant, for the relays holding the seats it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<R> {
+    /// `seat` holds `room` alone: it waits.
+    Waiting {
+        /// The room.
+        room: R,
+        /// The waiter.
+        seat: Seat,
+    },
+    /// `room` has its two seats: both are told PEER_FOUND.
+    Paired {
+        /// The room.
+        room: R,
+        /// The seat that joined first.
+        first: Seat,
+        /// The seat whose join paired the room.
+        second: Seat,
+    },
+    /// `seat` was refused (4002): two live seats hold `room`.
+    Full {
+        /// The room.
+        room: R,
+        /// The refused joiner.
+        seat: Seat,
+    },
+    /// Deliver the frame to `to`.
+    Deliver {
+        /// The room.
+        room: R,
+        /// The partner of the sender.
+        to: Seat,
+    },
+    /// A frame from a seat that does not hold the room with a partner (stale, confused or
+    /// forged, or the partner has gone): dropped.
+    Dropped {
+        /// The room.
+        room: R,
+        /// The seat the record named.
+        from: Seat,
+    },
+    /// `seat` left `room`; `partner`, if any, is told PEER_LEFT.
+    Left {
+        /// The room.
+        room: R,
+        /// The leaver.
+        seat: Seat,
+        /// Its partner.
+        partner: Option<Seat>,
+    },
+    /// `seat`'s relay lapsed (silent past the TTL in log time): the seat is gone, and
+    /// `partner`, if any, is told the peer was lost (4011).
+    Lost {
+        /// The room.
+        room: R,
+        /// The lapsed seat.
+        seat: Seat,
+        /// Its partner.
+        partner: Option<Seat>,
+    },
+}
+
+/// The rooms of one partition, as the records so far have left them.
+pub struct Partition<R> {
+    ttl_ms: i64,
+    /// The latest timestamp applied: the partition's clock.
+    now_ms: i64,
+    /// Each relay's latest record here.
+    last_seen: BTreeMap<RelayId, i64>,
+    /// The seats of each room, in join order (at most two).
+    rooms: HashMap<R, Vec<Seat>>,
+    /// The rooms each relay holds seats in, for lapsing them.
+    held: BTreeMap<RelayId, BTreeSet<(u64, R)>>,
+}
+
+impl<R: Copy + Eq + Hash + Ord> Partition<R> {
+    /// An empty partition whose relays lapse after `ttl_ms` of log time without a record.
+    pub fn new(ttl_ms: i64) -> Partition<R> {
+        Partition { ttl_ms, now_ms: i64::MIN, last_seen: BTreeMap::new(), rooms: HashMap::new(), held: BTreeMap::new() }
+    }
+
+    /// Applies the next record, appended at `timestamp_ms` (log time), and says what it meant.
+    pub fn apply(&mut self, timestamp_ms: i64, record: Record<R>) -> Vec<Outcome<R>> {
+        self.now_ms = self.now_ms.max(timestamp_ms);
+        let writer = match &record {
+            Record::Alive { relay } => *relay,
+            Record::Join { seat, .. } | Record::Leave { seat, .. } => seat.relay,
+            Record::Frame { from, .. } => from.relay,
+        };
+        self.last_seen.insert(writer, self.now_ms);
+        let mut out = self.lapse();
+        match record {
+            Record::Alive { .. } => {}
+            Record::Join { room, seat } => out.push(self.join(room, seat)),
+            Record::Frame { room, from } => out.push(self.frame(room, from)),
+            Record::Leave { room, seat } => out.extend(self.leave(room, seat)),
+        }
+        out
+    }
+
+    /// The seats holding `room` now.
+    pub fn seats(&self, room: &R) -> &[Seat] {
+        self.rooms.get(room).map_or(&[], Vec::as_slice)
+    }
+
+    /// Rooms with at least one seat.
+    pub fn open_rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Removes the seats of every relay silent for longer than the TTL.
+    fn lapse(&mut self) -> Vec<Outcome<R>> {
+        let deadline = self.now_ms.saturating_sub(self.ttl_ms);
+        let lapsed: Vec<RelayId> =
+            self.last_seen.iter().filter(|(_, seen)| **seen < deadline).map(|(relay, _)| *relay).collect();
+        let mut out = Vec::new();
+        for relay in lapsed {
+            self.last_seen.remove(&relay);
+            for (n, room) in self.held.remove(&relay).unwrap_or_default() {
+                let seat = Seat { relay, n };
+                let partner = self.remove(room, seat);
+                out.push(Outcome::Lost { room, seat, partner });
+            }
+        }
+        out
+    }
+
+    fn join(&mut self, room: R, seat: Seat) -> Outcome<R> {
+        let seats = self.rooms.entry(room).or_default();
+        if seats.contains(&seat) {
+            // The same join read twice (a producer retry the broker did not deduplicate): the
+            // verdict it had stands.
+            return match seats.as_slice() {
+                [first, second] => Outcome::Paired { room, first: *first, second: *second },
+                _ => Outcome::Waiting { room, seat },
+            };
+        }
+        if seats.len() >= 2 {
+            return Outcome::Full { room, seat };
+        }
+        seats.push(seat);
+        self.held.entry(seat.relay).or_default().insert((seat.n, room));
+        match seats.as_slice() {
+            [first, second] => Outcome::Paired { room, first: *first, second: *second },
+            _ => Outcome::Waiting { room, seat },
+        }
+    }
+
+    fn frame(&self, room: R, from: Seat) -> Outcome<R> {
+        match self.seats(&room) {
+            [a, b] if *a == from => Outcome::Deliver { room, to: *b },
+            [a, b] if *b == from => Outcome::Deliver { room, to: *a },
+            _ => Outcome::Dropped { room, from },
+        }
+    }
+
+    fn leave(&mut self, room: R, seat: Seat) -> Option<Outcome<R>> {
+        if !self.seats(&room).contains(&seat) {
+            return None;
+        }
+        if let Some(rooms) = self.held.get_mut(&seat.relay) {
+            rooms.remove(&(seat.n, room));
+        }
+        let partner = self.remove(room, seat);
+        Some(Outcome::Left { room, seat, partner })
+    }
+
+    /// Takes `seat` out of `room` (freeing the room when it was alone); returns the partner.
+    fn remove(&mut self, room: R, seat: Seat) -> Option<Seat> {
+        let seats = self.rooms.get_mut(&room)?;
+        seats.retain(|s| *s != seat);
+        let partner = seats.first().copied();
+        if seats.is_empty() {
+            self.rooms.remove(&room);
+        }
+        partner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TTL: i64 = 5_000;
+
+    fn seat(relay: RelayId, n: u64) -> Seat {
+        Seat { relay, n }
+    }
+
+    #[test]
+    fn the_first_two_joins_in_log_order_pair_and_the_third_is_refused() {
+        let mut p = Partition::new(TTL);
+        let (a, b, c) = (seat(1, 1), seat(2, 1), seat(3, 1));
+        assert_eq!(p.apply(0, Record::Join { room: 7, seat: a }), vec![Outcome::Waiting { room: 7, seat: a }]);
+        assert_eq!(
+            p.apply(1, Record::Join { room: 7, seat: b }),
+            vec![Outcome::Paired { room: 7, first: a, second: b }]
+        );
+        assert_eq!(p.apply(2, Record::Join { room: 7, seat: c }), vec![Outcome::Full { room: 7, seat: c }]);
+        assert_eq!(p.apply(3, Record::Frame { room: 7, from: b }), vec![Outcome::Deliver { room: 7, to: a }]);
+        // A refused seat's frames go nowhere.
+        assert_eq!(p.apply(4, Record::Frame { room: 7, from: c }), vec![Outcome::Dropped { room: 7, from: c }]);
+        assert_eq!(
+            p.apply(5, Record::Leave { room: 7, seat: a }),
+            vec![Outcome::Left { room: 7, seat: a, partner: Some(b) }]
+        );
+        assert_eq!(p.apply(6, Record::Frame { room: 7, from: b }), vec![Outcome::Dropped { room: 7, from: b }]);
+        assert_eq!(
+            p.apply(7, Record::Leave { room: 7, seat: b }),
+            vec![Outcome::Left { room: 7, seat: b, partner: None }]
+        );
+        assert_eq!(p.open_rooms(), 0);
+        // The room is free again at once.
+        assert_eq!(p.apply(8, Record::Join { room: 7, seat: c }), vec![Outcome::Waiting { room: 7, seat: c }]);
+    }
+
+    #[test]
+    fn a_silent_relay_lapses_by_log_time_and_its_partners_are_told() {
+        let mut p = Partition::new(TTL);
+        let (a, b) = (seat(1, 1), seat(2, 1));
+        p.apply(0, Record::Join { room: 9, seat: a });
+        p.apply(10, Record::Join { room: 9, seat: b });
+        // Relay 2 keeps writing; relay 1 falls silent after t=0. Up to the TTL nothing lapses.
+        assert_eq!(p.apply(TTL, Record::Alive { relay: 2 }), vec![]);
+        let lost = p.apply(TTL + 1, Record::Alive { relay: 2 });
+        assert_eq!(lost, vec![Outcome::Lost { room: 9, seat: a, partner: Some(b) }]);
+        assert_eq!(p.seats(&9), &[b]);
+        // A stale frame or departure of the lapsed seat changes nothing.
+        assert_eq!(p.apply(TTL + 2, Record::Leave { room: 9, seat: a }), vec![]);
+        // Its relay coming back (a record it wrote late) does not bring the seat back.
+        assert_eq!(p.apply(TTL + 3, Record::Frame { room: 9, from: a }), vec![Outcome::Dropped { room: 9, from: a }]);
+    }
+
+    #[test]
+    fn time_does_not_run_backwards_and_a_join_read_twice_keeps_its_verdict() {
+        let mut p = Partition::new(TTL);
+        let (a, b) = (seat(1, 1), seat(2, 1));
+        p.apply(100, Record::Join { room: 1, seat: a });
+        // An older timestamp (a broker restarted with a slower clock) does not move the clock back.
+        assert_eq!(
+            p.apply(50, Record::Join { room: 1, seat: b }),
+            vec![Outcome::Paired { room: 1, first: a, second: b }]
+        );
+        assert_eq!(
+            p.apply(60, Record::Join { room: 1, seat: b }),
+            vec![Outcome::Paired { room: 1, first: a, second: b }]
+        );
+        assert_eq!(p.seats(&1), &[a, b]);
+    }
+
+    /// Records as the broker might order them: joins, frames, leaves and heartbeats of a few
+    /// relays and seats over a few rooms, with timestamps that mostly move forward.
+    fn records() -> impl Strategy<Value = Vec<(i64, Record<u8>)>> {
+        let seat = (1u64..4, 1u64..4).prop_map(|(relay, n)| Seat { relay, n });
+        let record = prop_oneof![
+            (1u64..4).prop_map(|relay| Record::Alive { relay }),
+            (0u8..3, seat.clone()).prop_map(|(room, seat)| Record::Join { room, seat }),
+            (0u8..3, seat.clone()).prop_map(|(room, from)| Record::Frame { room, from }),
+            (0u8..3, seat).prop_map(|(room, seat)| Record::Leave { room, seat }),
+        ];
+        proptest::collection::vec((0i64..3_000, record), 0..80).prop_map(|steps| {
+            let mut t = 0;
+            steps
+                .into_iter()
+                .map(|(dt, r)| {
+                    t += dt;
+                    (t, r)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// Whatever the order: never more than two seats in a room, every relay reading the same
+        /// records reaches the same outcomes, frames reach only a paired partner, and a seat that
+        /// left or was lost receives nothing more.
+        #[test]
+        fn every_relay_agrees_and_no_room_ever_holds_three(log in records()) {
+            let (mut one, mut other) = (Partition::new(TTL), Partition::new(TTL));
+            let (mut joined, mut gone) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+            for (t, record) in log {
+                // A seat is one connection: it joins one room, once (a relay never reuses its
+                // number), and once it left or was lost it stays gone.
+                if let Record::Join { seat, .. } = &record {
+                    if !joined.insert(*seat) {
+                        continue;
+                    }
+                }
+                let outcomes = one.apply(t, record.clone());
+                prop_assert_eq!(&outcomes, &other.apply(t, record));
+                for room in 0..3u8 {
+                    prop_assert!(one.seats(&room).len() <= 2);
+                }
+                for outcome in outcomes {
+                    match outcome {
+                        Outcome::Deliver { room, to } => {
+                            prop_assert!(one.seats(&room).contains(&to));
+                            prop_assert!(!gone.contains(&to));
+                        }
+                        Outcome::Left { seat, .. } | Outcome::Lost { seat, .. } => {
+                            gone.insert(seat);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
