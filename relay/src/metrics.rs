@@ -169,18 +169,23 @@ pub struct UpstreamMetrics {
 struct Builder<'a>(&'a Registry);
 
 impl Builder<'_> {
-    fn counter(&self, name: &str, help: &str) -> IntCounter {
-        let metric = IntCounter::with_opts(Opts::new(name, help).namespace("ghostwire"))
-            .unwrap_or_else(|_| unreachable!("valid metric name {name}"));
+    /// Registers `made` (a metric just built from a constant name, so never an error).
+    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, name: &str, made: prometheus::Result<M>) -> M {
+        let metric = made.unwrap_or_else(|_| unreachable!("valid metric name {name}"));
         let _ = self.0.register(Box::new(metric.clone()));
         metric
     }
 
+    fn opts(name: &str, help: &str) -> Opts {
+        Opts::new(name, help).namespace("ghostwire")
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(name, IntCounter::with_opts(Self::opts(name, help)))
+    }
+
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
-        let metric = IntGauge::with_opts(Opts::new(name, help).namespace("ghostwire"))
-            .unwrap_or_else(|_| unreachable!("valid metric name {name}"));
-        let _ = self.0.register(Box::new(metric.clone()));
-        metric
+        self.add(name, IntGauge::with_opts(Self::opts(name, help)))
     }
 
     /// A gauge set once, to `value`.
@@ -197,9 +202,7 @@ impl Builder<'_> {
         keys: impl IntoIterator<Item = K>,
         labels: impl Fn(K) -> [String; L],
     ) -> Vec<(K, IntCounter)> {
-        let vec = IntCounterVec::new(Opts::new(name, help).namespace("ghostwire"), &label_names)
-            .unwrap_or_else(|_| unreachable!("valid metric name {name}"));
-        let _ = self.0.register(Box::new(vec.clone()));
+        let vec = self.add(name, IntCounterVec::new(Self::opts(name, help), &label_names));
         keys.into_iter()
             .map(|key| {
                 let values = labels(key);
@@ -208,14 +211,11 @@ impl Builder<'_> {
             .collect()
     }
 
-    /// A gauge with labels, set to 1: an info metric.
-    fn info(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> IntGauge {
+    /// A gauge with one fixed set of labels (an info metric, or one set at scrape time).
+    fn labelled_gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> IntGauge {
         let names: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
         let values: Vec<&str> = labels.iter().map(|(_, v)| *v).collect();
-        let vec = IntGaugeVec::new(Opts::new(name, help).namespace("ghostwire"), &names)
-            .unwrap_or_else(|_| unreachable!("valid metric name {name}"));
-        let _ = self.0.register(Box::new(vec.clone()));
-        vec.with_label_values(&values)
+        self.add(name, IntGaugeVec::new(Self::opts(name, help), &names)).with_label_values(&values)
     }
 }
 
@@ -266,7 +266,7 @@ impl Metrics {
         );
         b.constant("max_rooms", "--max-rooms: rooms in which this relay holds a seat at once.", config.max_rooms);
         b.constant("max_frame_bytes", "--max-frame-bytes: the largest frame accepted.", config.max_frame_bytes);
-        b.info(
+        b.labelled_gauge(
             "build_info",
             "The relay's build: version, commit and the upstreams compiled in.",
             &[
@@ -276,7 +276,7 @@ impl Metrics {
             ],
         )
         .set(1);
-        let upstream_connected = b.info(
+        let upstream_connected = b.labelled_gauge(
             "upstream_connected",
             "1 while the upstream can take joins (the broker is connected), else 0.",
             &[("upstream", config.upstream.as_str())],

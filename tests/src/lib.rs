@@ -704,6 +704,18 @@ pub fn test_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
     (ca_pem, cert_pem, key_pem)
 }
 
+/// A relay serving wss:// with [`test_ca`]'s server certificate (made in `dir`); returns it and
+/// the CA's path.
+pub async fn tls_relay(dir: &std::path::Path) -> (TestRelay, PathBuf) {
+    let (ca, cert, key) = test_ca(dir);
+    let relay = TestRelay::with(|c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+    })
+    .await;
+    (relay, ca)
+}
+
 /// A TLS client that trusts only `roots` (ring, the safe default versions).
 pub fn tls_connector(roots: rustls::RootCertStore) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -189,12 +189,7 @@ async fn each_proxy_failure_is_named_and_no_credential_is_shown() {
 async fn wss_goes_through_the_proxy_too_with_the_certificate_checked_end_to_end() {
     within(60, async {
         let dir = TempDir::new("sockswss");
-        let (ca, cert, key) = test_ca(&dir.0);
-        let relay = TestRelay::with(|c| {
-            c.tls_cert = Some(cert.clone());
-            c.tls_key = Some(key.clone());
-        })
-        .await;
+        let (relay, ca) = tls_relay(&dir.0).await;
         let proxy = Microsocks::start(&[]);
         let url = format!("wss://localhost:{}/", relay.addr.port());
         let ca = ca.to_str().unwrap();

@@ -106,12 +106,7 @@ async fn a_shutdown_is_not_counted_as_an_error() {
 async fn tls_handshake_failures_are_counted_by_reason() {
     within(20, async {
         let dir = TempDir::new("tlsfail");
-        let (_ca, cert, key) = test_ca(&dir.0);
-        let relay = TestRelay::with(|c| {
-            c.tls_cert = Some(cert.clone());
-            c.tls_key = Some(key.clone());
-        })
-        .await;
+        let (relay, _ca) = tls_relay(&dir.0).await;
         // A client that does not trust the certificate (no roots at all) rejects it with an alert.
         let connector = tls_connector(rustls::RootCertStore::empty());
         for _ in 0..2 {
