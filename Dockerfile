@@ -9,6 +9,12 @@
 
 # ---- build ------------------------------------------------------------------------------------
 FROM rust:1.95-slim-bookworm AS build
+# librdkafka (the Kafka upstream's client, which the rdkafka crate builds from source) needs a C
+# and C++ toolchain, make and OpenSSL's headers. Not pinned: Debian's security updates move them.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ make pkg-config libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Manifests first, so the dependency layer is cached across source edits.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./

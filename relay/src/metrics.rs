@@ -162,6 +162,11 @@ pub struct UpstreamMetrics {
     pub retransmits: IntCounter,
     /// Messages dropped because they did not come from the seat they claim (a stale or confused relay).
     pub foreign_messages: IntCounter,
+    /// Records behind the end of the log, summed over partitions, as of the last read (Kafka).
+    pub consumer_lag: IntGauge,
+    /// Times a partition had to be read from a new position: its offset was gone (retention or a
+    /// broker that lost its log) or its snapshot was reloaded (Kafka).
+    pub reassignments: IntCounter,
 }
 
 /// Registers metrics in one registry; a name registered twice is a programming error caught by
@@ -221,10 +226,11 @@ impl Builder<'_> {
 
 /// The upstreams compiled into this build, comma-separated.
 pub fn compiled_upstreams() -> &'static str {
-    if cfg!(feature = "nats") {
-        "local,nats"
-    } else {
-        "local"
+    match (cfg!(feature = "nats"), cfg!(feature = "kafka")) {
+        (true, true) => "local,nats,kafka",
+        (true, false) => "local,nats",
+        (false, true) => "local,kafka",
+        (false, false) => "local",
     }
 }
 
@@ -308,6 +314,14 @@ impl Metrics {
                 foreign_messages: b.counter(
                     "upstream_foreign_messages_total",
                     "Messages dropped because they did not come from the partner seat they name.",
+                ),
+                consumer_lag: b.gauge(
+                    "upstream_consumer_lag",
+                    "Records behind the end of the broker's log, over all partitions (Kafka).",
+                ),
+                reassignments: b.counter(
+                    "upstream_reassignments_total",
+                    "Partitions read again from a new position: offset gone, or rebuilt from a snapshot (Kafka).",
                 ),
             },
             rooms_open: b.gauge(

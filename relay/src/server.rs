@@ -81,6 +81,12 @@ impl Relay {
             UpstreamKind::Nats => Arc::new(crate::upstream::nats::Nats::connect(&config, Arc::clone(&metrics)).await?),
             #[cfg(not(feature = "nats"))]
             UpstreamKind::Nats => return Err(not_compiled_in(UpstreamKind::Nats)),
+            #[cfg(feature = "kafka")]
+            UpstreamKind::Kafka => {
+                Arc::new(crate::upstream::kafka::Kafka::connect(&config, Arc::clone(&metrics)).await?)
+            }
+            #[cfg(not(feature = "kafka"))]
+            UpstreamKind::Kafka => return Err(not_compiled_in(UpstreamKind::Kafka)),
         };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer as usize)

@@ -574,6 +574,107 @@ impl Drop for NatsServer {
     }
 }
 
+/// The `noida-db` binary (a Kafka-protocol broker, from the PyPI wheel that `scripts/test.sh`
+/// installs into `target/kafka-tools`), or `$GHOSTWIRE_NOIDA_DB`.
+pub fn noida_db() -> PathBuf {
+    if let Some(path) = std::env::var_os("GHOSTWIRE_NOIDA_DB") {
+        return PathBuf::from(path);
+    }
+    let lib = repo_root().join("target/kafka-tools/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
+        dirs.flatten().map(|d| d.path().join("site-packages/noida_db/noida-db")).find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| panic!("noida-db is not installed under {lib:?} (scripts/test.sh installs it)"))
+}
+
+/// A real Kafka-protocol broker (`noida-db`, Kafka only) on a free loopback port, its log in a
+/// temporary directory that survives a restart; killed and the directory removed on drop.
+pub struct KafkaBroker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl KafkaBroker {
+    /// Starts a broker and waits until it accepts connections.
+    pub fn start() -> KafkaBroker {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("ghostwire-kafka-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = KafkaBroker { port, dir, child: None };
+        broker.run();
+        broker
+    }
+
+    /// `host:port`, as `--kafka-brokers` takes it.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the broker on its port, with the log it had, and waits (bounded) until it
+    /// accepts connections.
+    pub fn run(&mut self) {
+        let child = std::process::Command::new(noida_db())
+            .args(["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port", &self.port.to_string()])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        until_listening(self.port, "noida-db");
+    }
+
+    /// Stops the broker as an operator restarting it does: SIGTERM, then (after 5 s) SIGKILL.
+    ///
+    /// noida-db keeps its log in memory and saves it periodically and when it stops; a SIGKILL
+    /// loses what it had not saved yet, which a Kafka broker (its log on disk) never does, so a
+    /// restart here is a stop. (What the relays do when a broker loses acknowledged records is
+    /// tested on its own, with SIGKILL.)
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the broker with SIGKILL (it loses what it had not saved) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Test defaults for a relay on the Kafka upstream at `brokers`, its topic under `prefix` (the
+/// production timings, as for NATS).
+pub fn kafka_config(brokers: &str, prefix: &str) -> Config {
+    use ghostwire_relay::config::Secret;
+    let mut c = Config::for_tests();
+    c.upstream = ghostwire_relay::UpstreamKind::Kafka;
+    c.cluster_secret = Some(CLUSTER_SECRET.parse::<Secret>().unwrap());
+    c.kafka.brokers = brokers.to_owned();
+    c.kafka.topic_prefix = prefix.to_owned();
+    c
+}
+
 /// The cluster secret every NATS test relay shares.
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
 
@@ -594,6 +695,8 @@ pub fn fast_failures(mut c: Config) -> Config {
     c.nats.heartbeat = Duration::from_millis(250);
     c.nats.peer_timeout = Duration::from_secs(2);
     c.nats.slot_ttl = Duration::from_secs(3);
+    c.kafka.heartbeat = Duration::from_millis(250);
+    c.kafka.peer_timeout = Duration::from_secs(2);
     c
 }
 

@@ -2,7 +2,7 @@
 //! checked through real WebSocket connections against each implementation, unchanged.
 //!
 //! A harness per upstream starts what it needs (nothing for `local`, a real nats-server for
-//! `nats`) and three relay URLs that share one room space (for `local`, one relay three times).
+//! `nats`, a real Kafka-protocol broker for `kafka`) and three relay URLs that share one room space (for `local`, one relay three times).
 //! The cases every upstream passes run for each; the cases about relays and brokers failing
 //! (a relay killed, a broker blip, a lasting outage) run for the distributed ones. Adding an
 //! upstream is one `Kind`, one arm in `World::start` and in `processes`, and one `suite!` line.
@@ -20,12 +20,40 @@ use tokio_tungstenite::tungstenite::Message;
 enum Kind {
     Local,
     Nats,
+    Kafka,
+}
+
+/// Environment variables for a relay process.
+type Env = Vec<(&'static str, &'static str)>;
+
+/// A broker the distributed cases kill and restart.
+trait Broker: Send {
+    fn kill(&mut self);
+    fn run(&mut self);
+}
+
+impl Broker for NatsServer {
+    fn kill(&mut self) {
+        NatsServer::kill(self)
+    }
+    fn run(&mut self) {
+        NatsServer::run(self)
+    }
+}
+
+impl Broker for KafkaBroker {
+    fn kill(&mut self) {
+        KafkaBroker::stop(self)
+    }
+    fn run(&mut self) {
+        KafkaBroker::run(self)
+    }
 }
 
 /// For relays run as processes (to be killed): the broker `kind` needs, started, and the
 /// arguments and environment that put a relay process in its room space, with failure detection
 /// tuned so that a lost relay is noticed within 2.25 s.
-fn processes(kind: Kind) -> (Option<NatsServer>, Vec<String>, Vec<(&'static str, &'static str)>) {
+fn processes(kind: Kind) -> (Box<dyn Broker>, Vec<String>, Env) {
     match kind {
         Kind::Nats => {
             let nats = NatsServer::start();
@@ -41,7 +69,23 @@ fn processes(kind: Kind) -> (Option<NatsServer>, Vec<String>, Vec<(&'static str,
             ]
             .map(String::from)
             .to_vec();
-            (Some(nats), args, vec![("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)])
+            (Box::new(nats), args, vec![("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)])
+        }
+        Kind::Kafka => {
+            let kafka = KafkaBroker::start();
+            let args = [
+                "--upstream",
+                "kafka",
+                "--kafka-brokers",
+                &kafka.brokers(),
+                "--kafka-heartbeat",
+                "250ms",
+                "--kafka-peer-timeout",
+                "2s",
+            ]
+            .map(String::from)
+            .to_vec();
+            (Box::new(kafka), args, vec![("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)])
         }
         Kind::Local => unreachable!("one process cannot lose a relay"),
     }
@@ -50,27 +94,38 @@ fn processes(kind: Kind) -> (Option<NatsServer>, Vec<String>, Vec<(&'static str,
 /// Three relay URLs sharing one room space, and what runs behind them.
 struct World {
     relays: Vec<TestRelay>,
-    nats: Option<NatsServer>,
+    broker: Option<Box<dyn Broker>>,
 }
 
 impl World {
     /// The world for `kind`, each relay's configuration adjusted by `tune`.
     async fn start(kind: Kind, tune: impl Fn(&mut Config)) -> World {
         match kind {
-            Kind::Local => World { relays: vec![TestRelay::with(tune).await], nats: None },
+            Kind::Local => World { relays: vec![TestRelay::with(tune).await], broker: None },
             Kind::Nats => {
                 let nats = NatsServer::start();
-                let mut relays = Vec::new();
-                for _ in 0..3 {
-                    let mut c = nats_config(&nats.url());
-                    tune(&mut c);
-                    let relay = TestRelay::start(c).await;
-                    until_ready(relay.admin, 10).await;
-                    relays.push(relay);
-                }
-                World { relays, nats: Some(nats) }
+                let relays = World::relays(|| nats_config(&nats.url()), tune).await;
+                World { relays, broker: Some(Box::new(nats)) }
+            }
+            Kind::Kafka => {
+                let kafka = KafkaBroker::start();
+                let relays = World::relays(|| kafka_config(&kafka.brokers(), "conformance"), tune).await;
+                World { relays, broker: Some(Box::new(kafka)) }
             }
         }
+    }
+
+    /// Three relays configured by `base` adjusted by `tune`, each ready.
+    async fn relays(base: impl Fn() -> Config, tune: impl Fn(&mut Config)) -> Vec<TestRelay> {
+        let mut relays = Vec::new();
+        for _ in 0..3 {
+            let mut c = base();
+            tune(&mut c);
+            let relay = TestRelay::start(c).await;
+            until_ready(relay.admin, 20).await;
+            relays.push(relay);
+        }
+        relays
     }
 
     /// Relay `i` of three (the same one thrice for an in-process upstream).
@@ -283,13 +338,13 @@ async fn a_lasting_outage_closes_both_with_peer_lost(kind: Kind) {
 
 impl World {
     fn kill_broker(&mut self) {
-        if let Some(nats) = self.nats.as_mut() {
-            nats.kill();
+        if let Some(broker) = self.broker.as_mut() {
+            broker.kill();
         }
     }
     fn restart_broker(&mut self) {
-        if let Some(nats) = self.nats.as_mut() {
-            nats.run();
+        if let Some(broker) = self.broker.as_mut() {
+            broker.run();
         }
     }
 }
@@ -338,4 +393,8 @@ suite!(local, Kind::Local);
 mod nats_upstream {
     use super::*;
     suite!(nats, Kind::Nats, distributed);
+}
+mod kafka_upstream {
+    use super::*;
+    suite!(kafka, Kind::Kafka, distributed);
 }

@@ -13,9 +13,38 @@
 //! stops taking frames from its connection, which stops reading its client. Nothing here does
 //! I/O or reads a clock of its own; the seat that uses it does both.
 
+use super::{BoxFuture, Frame, LinkError, PeerLink, SendError};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+/// A connection's link to a partner on another relay: a bounded queue to the task that carries
+/// the seat's traffic (which numbers the frames and keeps them until acknowledged).
+pub struct QueueLink {
+    tx: mpsc::Sender<Frame>,
+}
+
+impl QueueLink {
+    /// A link feeding the seat task's queue `tx`.
+    pub fn new(tx: mpsc::Sender<Frame>) -> QueueLink {
+        QueueLink { tx }
+    }
+}
+
+impl PeerLink for QueueLink {
+    fn send(&mut self, frame: Frame) -> Result<(), SendError> {
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(frame) => SendError::Full(frame),
+            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
+        })
+    }
+
+    fn writable(&self) -> BoxFuture<'static, Result<(), LinkError>> {
+        let tx = self.tx.clone();
+        Box::pin(async move { tx.reserve().await.map(|_permit| ()).map_err(|_| LinkError::Gone) })
+    }
+}
 
 /// The sending half of a pair's link.
 pub struct Outgoing {

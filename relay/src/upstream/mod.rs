@@ -238,6 +238,21 @@ impl JoinError {
     }
 }
 
+/// Resolves once `count` reads zero; `zero` must be notified (`notify_waiters`) each time it
+/// drops to zero. How a distributed upstream's `close` waits for its seats' departures.
+#[cfg(any(feature = "nats", feature = "kafka"))]
+pub(crate) async fn until_zero(count: &std::sync::atomic::AtomicUsize, zero: &tokio::sync::Notify) {
+    loop {
+        let notified = zero.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// A boxed future, as trait objects need.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -26,6 +26,11 @@ impl RoomId {
     pub fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// The 16 bytes, for binary broker keys.
+    pub fn bytes(&self) -> [u8; 16] {
+        self.0
+    }
 }
 
 impl fmt::Debug for RoomId {

@@ -145,12 +145,23 @@ pub struct Partition<R> {
     rooms: HashMap<R, Vec<Seat>>,
     /// The rooms each relay holds seats in, for lapsing them.
     held: BTreeMap<RelayId, BTreeSet<(u64, R)>>,
+    /// The highest seat number each relay has asked to join with. A relay numbers its seats in
+    /// the order it writes their joins, so a join at or below it is one read again (a producer
+    /// retry): it changes nothing.
+    joined: BTreeMap<RelayId, u64>,
 }
 
 impl<R: Copy + Eq + Hash + Ord> Partition<R> {
     /// An empty partition whose relays lapse after `ttl_ms` of log time without a record.
     pub fn new(ttl_ms: i64) -> Partition<R> {
-        Partition { ttl_ms, now_ms: i64::MIN, last_seen: BTreeMap::new(), rooms: HashMap::new(), held: BTreeMap::new() }
+        Partition {
+            ttl_ms,
+            now_ms: i64::MIN,
+            last_seen: BTreeMap::new(),
+            rooms: HashMap::new(),
+            held: BTreeMap::new(),
+            joined: BTreeMap::new(),
+        }
     }
 
     /// Applies the next record, appended at `timestamp_ms` (log time), and says what it meant.
@@ -165,7 +176,7 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
         let mut out = self.lapse();
         match record {
             Record::Alive { .. } => {}
-            Record::Join { room, seat } => out.push(self.join(room, seat)),
+            Record::Join { room, seat } => out.extend(self.join(room, seat)),
             Record::Frame { room, from } => out.push(self.frame(room, from)),
             Record::Leave { room, seat } => out.extend(self.leave(room, seat)),
         }
@@ -190,6 +201,7 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
         let mut out = Vec::new();
         for relay in lapsed {
             self.last_seen.remove(&relay);
+            self.joined.remove(&relay);
             for (n, room) in self.held.remove(&relay).unwrap_or_default() {
                 let seat = Seat { relay, n };
                 let partner = self.remove(room, seat);
@@ -199,25 +211,29 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
         out
     }
 
-    fn join(&mut self, room: R, seat: Seat) -> Outcome<R> {
-        let seats = self.rooms.entry(room).or_default();
-        if seats.contains(&seat) {
-            // The same join read twice (a producer retry the broker did not deduplicate): the
-            // verdict it had stands.
-            return match seats.as_slice() {
+    fn join(&mut self, room: R, seat: Seat) -> Option<Outcome<R>> {
+        let highest = self.joined.entry(seat.relay).or_insert(0);
+        let again = seat.n <= *highest && *highest != 0;
+        *highest = (*highest).max(seat.n);
+        if again {
+            // The same join read twice (a producer retry): the verdict it had stands, told
+            // again to a seat that holds the room, and nothing to one that was refused or left.
+            let seats = self.seats(&room);
+            return seats.contains(&seat).then_some(match seats {
                 [first, second] => Outcome::Paired { room, first: *first, second: *second },
                 _ => Outcome::Waiting { room, seat },
-            };
+            });
         }
+        let seats = self.rooms.entry(room).or_default();
         if seats.len() >= 2 {
-            return Outcome::Full { room, seat };
+            return Some(Outcome::Full { room, seat });
         }
         seats.push(seat);
         self.held.entry(seat.relay).or_default().insert((seat.n, room));
-        match seats.as_slice() {
+        Some(match seats.as_slice() {
             [first, second] => Outcome::Paired { room, first: *first, second: *second },
             _ => Outcome::Waiting { room, seat },
-        }
+        })
     }
 
     fn frame(&self, room: R, from: Seat) -> Outcome<R> {
@@ -285,8 +301,9 @@ mod tests {
             vec![Outcome::Left { room: 7, seat: b, partner: None }]
         );
         assert_eq!(p.open_rooms(), 0);
-        // The room is free again at once.
-        assert_eq!(p.apply(8, Record::Join { room: 7, seat: c }), vec![Outcome::Waiting { room: 7, seat: c }]);
+        // The room is free again at once, for a new seat.
+        let d = seat(3, 2);
+        assert_eq!(p.apply(8, Record::Join { room: 7, seat: d }), vec![Outcome::Waiting { room: 7, seat: d }]);
     }
 
     #[test]
@@ -321,6 +338,25 @@ mod tests {
             vec![Outcome::Paired { room: 1, first: a, second: b }]
         );
         assert_eq!(p.seats(&1), &[a, b]);
+    }
+
+    #[test]
+    fn a_refused_join_read_again_after_a_departure_does_not_get_in() {
+        let mut p = Partition::new(TTL);
+        let (a, b, c) = (seat(1, 1), seat(2, 1), seat(3, 1));
+        p.apply(0, Record::Join { room: 4, seat: a });
+        p.apply(1, Record::Join { room: 4, seat: b });
+        assert_eq!(p.apply(2, Record::Join { room: 4, seat: c }), vec![Outcome::Full { room: 4, seat: c }]);
+        p.apply(3, Record::Leave { room: 4, seat: b });
+        // The producer's retry of c's join lands after b left: c's relay already told it "full".
+        assert_eq!(p.apply(4, Record::Join { room: 4, seat: c }), vec![]);
+        assert_eq!(p.seats(&4), &[a]);
+        // A new seat of the same relay is a new join.
+        let d = seat(3, 2);
+        assert_eq!(
+            p.apply(5, Record::Join { room: 4, seat: d }),
+            vec![Outcome::Paired { room: 4, first: a, second: d }]
+        );
     }
 
     /// Records as the broker might order them: joins, frames, leaves and heartbeats of a few

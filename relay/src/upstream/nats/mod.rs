@@ -387,17 +387,7 @@ impl Upstream for Nats {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             // Seats end when their connections do; give their departures time to reach NATS.
-            let seats_done = async {
-                loop {
-                    let gone = self.shared.seats_gone.notified();
-                    tokio::pin!(gone);
-                    gone.as_mut().enable();
-                    if self.shared.seats.load(Ordering::Acquire) == 0 {
-                        break;
-                    }
-                    gone.await;
-                }
-            };
+            let seats_done = super::until_zero(&self.shared.seats, &self.shared.seats_gone);
             if tokio::time::timeout(OP_TIMEOUT, seats_done).await.is_err() {
                 tracing::warn!("some departures did not reach NATS before shutdown");
             }

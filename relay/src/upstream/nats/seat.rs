@@ -37,8 +37,8 @@
 
 use super::{Shared, OP_TIMEOUT};
 use crate::upstream::inbox::Inbox;
-use crate::upstream::link::{Acked, Arrival, Incoming, Outgoing};
-use crate::upstream::{BoxFuture, Frame, JoinError, Joined, KillSwitch, LinkError, Mailbox, PeerLink, Seat, SendError};
+use crate::upstream::link::{Acked, Arrival, Incoming, Outgoing, QueueLink};
+use crate::upstream::{BoxFuture, Frame, JoinError, Joined, KillSwitch, Mailbox, Seat, SendError};
 use async_nats::client::RequestErrorKind;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use async_nats::{Message, Subscriber};
@@ -414,12 +414,12 @@ impl SeatTask {
     }
 
     /// Becomes paired with seat `partner`; returns the connection's link to it.
-    fn pair(&mut self, partner: &str) -> NatsLink {
+    fn pair(&mut self, partner: &str) -> QueueLink {
         let dead = self.shared.liveness.watch(relay_of(partner));
         let frames = async_nats::Subject::from(self.shared.names.to(partner, "f", &self.id));
         self.partner = Some(Partner { id: partner.to_owned(), frames, dead });
         self.phase = Phase::Paired;
-        NatsLink { tx: self.outbox_tx.clone() }
+        QueueLink::new(self.outbox_tx.clone())
     }
 
     async fn run(mut self) {
@@ -836,24 +836,6 @@ impl SeatTask {
 /// The connection's link to a partner through the broker: a bounded queue the seat task drains
 /// into the window. A full queue is backpressure; a reader that never makes room is dropped by
 /// its own relay (4009), and a partner lost ends this connection (4011).
-struct NatsLink {
-    tx: mpsc::Sender<Frame>,
-}
-
-impl PeerLink for NatsLink {
-    fn send(&mut self, frame: Frame) -> Result<(), SendError> {
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(frame) => SendError::Full(frame),
-            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
-        })
-    }
-
-    fn writable(&self) -> BoxFuture<'static, Result<(), LinkError>> {
-        let tx = self.tx.clone();
-        Box::pin(async move { tx.reserve().await.map(|_permit| ()).map_err(|_| LinkError::Gone) })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

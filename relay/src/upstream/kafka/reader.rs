@@ -1,0 +1,228 @@
+//! The reader: one task that reads every partition of the rooms topic, in offset order, applies
+//! each record to that partition's room log and hands each outcome to the seat it concerns.
+//!
+//! It is also how the relay knows the log works: reading its own heartbeat back is what makes
+//! the upstream ready, and not reading it for `--kafka-peer-timeout` ends every seat of this
+//! relay with 4011 (on the other relays, the log lapses this one at the same bound).
+
+use super::log::{Outcome, Partition, Seat};
+use super::seat::{Event, LostWhy};
+use super::wire::{self, Body, Value};
+use super::{Ctx, Shared};
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A room id as the log keys it.
+pub(super) type Room = [u8; 16];
+
+/// The reader's state: the consumer and one room log per partition.
+pub(super) struct Reader {
+    shared: Arc<Shared>,
+    consumer: StreamConsumer<Ctx>,
+    logs: Vec<Partition<Room>>,
+    /// The next offset expected in each partition (what was read, plus one).
+    next: Vec<i64>,
+    /// Log time after which a silent relay lapses, in milliseconds.
+    ttl: i64,
+    /// When this relay's own heartbeat was last read back.
+    last_own: Option<Instant>,
+    /// Whether the upstream has been ready once (a later readiness after a reported outage is a
+    /// reconnect).
+    was_ready: bool,
+    /// Whether a record without the brokers' append time was logged about.
+    warned_clock: bool,
+}
+
+impl Reader {
+    /// A consumer assigned every partition from the start of the log.
+    pub(super) fn new(shared: Arc<Shared>, partitions: i32, config: ClientConfig) -> Result<Reader, String> {
+        let consumer: StreamConsumer<Ctx> =
+            config.create_with_context(Ctx(Arc::clone(&shared.health))).map_err(|e| format!("Kafka consumer: {e}"))?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(&shared.topic, p, Offset::Beginning)
+                .map_err(|e| format!("Kafka assignment: {e}"))?;
+        }
+        consumer.assign(&assignment).map_err(|e| format!("Kafka assignment: {e}"))?;
+        let ttl = i64::try_from(shared.peer_timeout.as_millis()).unwrap_or(i64::MAX);
+        let logs: Vec<Partition<Room>> = (0..partitions).map(|_| Partition::new(ttl)).collect();
+        let next = vec![0; logs.len()];
+        Ok(Reader { shared, consumer, logs, next, ttl, last_own: None, was_ready: false, warned_clock: false })
+    }
+
+    /// Reads until `stop`.
+    pub(super) async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.shared.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => self.check_own_heartbeat(),
+                message = self.consumer.recv() => match message {
+                    Ok(m) => {
+                        let (partition, offset, timestamp) = (m.partition(), m.offset(), m.timestamp());
+                        let key = m.key().map(Bytes::copy_from_slice);
+                        let value = m.payload().map(Bytes::copy_from_slice);
+                        drop(m);
+                        self.on_record(partition, offset, timestamp, key, value);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "Kafka consumer"),
+                },
+            }
+        }
+        // The seats hear nothing more: each one still running ends as its connection does.
+        self.shared.metrics.upstream.consumer_lag.set(0);
+    }
+
+    /// Ends this relay's rooms when its own heartbeats stopped coming back.
+    fn check_own_heartbeat(&mut self) {
+        self.shared.metrics.upstream.consumer_lag.set(self.shared.health.lag.load(Ordering::Relaxed));
+        let Some(last) = self.last_own else { return };
+        if last.elapsed() <= self.shared.peer_timeout || !self.shared.health.ready.load(Ordering::Acquire) {
+            return;
+        }
+        self.shared.health.set_trouble(Some(format!(
+            "cannot read this relay's heartbeats back from Kafka at {} within --kafka-peer-timeout; its rooms ended",
+            self.shared.topic
+        )));
+        self.shared.tell_all(|| Event::Lost(LostWhy::ThisRelay));
+    }
+
+    fn on_record(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        timestamp: Timestamp,
+        key: Option<Bytes>,
+        value: Option<Bytes>,
+    ) {
+        let Some(p) = usize::try_from(partition).ok().filter(|p| *p < self.logs.len()) else { return };
+        if offset < self.next[p] {
+            self.log_went_back(p, offset);
+        }
+        self.next[p] = offset + 1;
+        let log = &mut self.logs[p];
+        let Some(value) = value.and_then(wire::decode) else {
+            self.shared.metrics.upstream.foreign_messages.inc();
+            return;
+        };
+        let room: Option<Room> = key.as_deref().and_then(|k| k.try_into().ok());
+        let room = match (&value.body, room) {
+            (Body::Alive, _) => [0; 16],
+            (_, Some(room)) => room,
+            (_, None) => {
+                self.shared.metrics.upstream.foreign_messages.inc();
+                return;
+            }
+        };
+        let at = match timestamp {
+            Timestamp::LogAppendTime(t) => t,
+            Timestamp::CreateTime(t) => {
+                if !self.warned_clock {
+                    self.warned_clock = true;
+                    tracing::warn!(
+                        topic = %self.shared.topic,
+                        "records carry the producers' clocks, not the brokers' (set message.timestamp.type=LogAppendTime)"
+                    );
+                }
+                t
+            }
+            Timestamp::NotAvailable => i64::MIN,
+        };
+        let outcomes = log.apply(at, value.record(room));
+        for outcome in outcomes {
+            self.dispatch(outcome, &value);
+        }
+        if value.body == Body::Alive && value.seat.relay == self.shared.relay {
+            self.heard_own_heartbeat();
+        }
+    }
+
+    /// The broker served an offset already read: it lost records it had acknowledged (a broker
+    /// that keeps its log in memory, restarted). What the relays derived from them cannot be
+    /// trusted, so this relay's rooms end with 4011 and the partition's state starts over from
+    /// the log as it is now.
+    fn log_went_back(&mut self, p: usize, offset: i64) {
+        tracing::warn!(
+            partition = p,
+            offset,
+            expected = self.next[p],
+            "the Kafka broker lost records it had acknowledged; ending this relay's rooms"
+        );
+        self.shared.metrics.upstream.reassignments.inc();
+        self.logs[p] = Partition::new(self.ttl);
+        self.shared.tell_all(|| Event::Lost(LostWhy::ThisRelay));
+    }
+
+    /// This relay's heartbeat came back: the log is readable, and caught up to it.
+    fn heard_own_heartbeat(&mut self) {
+        self.last_own = Some(Instant::now());
+        let down = self.shared.health.down.swap(false, Ordering::AcqRel);
+        if !self.shared.health.ready.load(Ordering::Acquire) {
+            // Ready for the first time, or again after an outage that ended this relay's rooms.
+            if self.was_ready {
+                self.shared.metrics.upstream.reconnects.inc();
+            }
+            self.was_ready = true;
+            self.shared.health.set_trouble(None);
+        } else if down {
+            // Every broker was reported down, and the log is readable again within the bound.
+            self.shared.metrics.upstream.reconnects.inc();
+        }
+    }
+
+    fn mine(&self, seat: &Seat) -> bool {
+        seat.relay == self.shared.relay
+    }
+
+    /// Hands `outcome` to the seats of this relay it concerns.
+    fn dispatch(&self, outcome: Outcome<Room>, value: &Value) {
+        let shared = &self.shared;
+        match outcome {
+            Outcome::Waiting { seat, .. } if self.mine(&seat) => shared.tell(seat.n, Event::Waiting),
+            Outcome::Paired { first, second, .. } => {
+                if self.mine(&second) {
+                    shared.tell(second.n, Event::Paired { partner: first });
+                }
+                if self.mine(&first) {
+                    shared.tell(first.n, Event::Paired { partner: second });
+                }
+            }
+            Outcome::Full { seat, .. } if self.mine(&seat) => {
+                shared.metrics.upstream.slot_conflicts.inc();
+                shared.tell(seat.n, Event::Full);
+            }
+            Outcome::Deliver { to, .. } if self.mine(&to) => match &value.body {
+                Body::Frames { first, frames } => {
+                    shared.metrics.upstream.frames_in.inc_by(frames.len() as u64);
+                    shared.tell(to.n, Event::Frames { first: *first, frames: frames.clone() });
+                }
+                Body::Ack { next } => shared.tell(to.n, Event::Ack { next: *next }),
+                _ => {}
+            },
+            Outcome::Left { partner: Some(p), .. } if self.mine(&p) => {
+                if let Body::Leave { sent } = value.body {
+                    shared.tell(p.n, Event::Left { sent });
+                }
+            }
+            Outcome::Lost { seat, partner, .. } => {
+                if self.mine(&seat) {
+                    shared.tell(seat.n, Event::Lost(LostWhy::ThisRelay));
+                }
+                if let Some(p) = partner.filter(|p| self.mine(p)) {
+                    shared.metrics.upstream.peers_lost.inc();
+                    shared.tell(p.n, Event::Lost(LostWhy::PartnerRelay));
+                }
+            }
+            _ => {}
+        }
+    }
+}
