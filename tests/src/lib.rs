@@ -598,12 +598,17 @@ pub struct KafkaBroker {
 impl KafkaBroker {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> KafkaBroker {
+        let mut broker = KafkaBroker::reserved();
+        broker.run();
+        broker
+    }
+
+    /// A free port where no broker listens yet; [`run`](Self::run) starts one there later.
+    pub fn reserved() -> KafkaBroker {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("ghostwire-kafka-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut broker = KafkaBroker { port, dir, child: None };
-        broker.run();
-        broker
+        KafkaBroker { port, dir, child: None }
     }
 
     /// `host:port`, as `--kafka-brokers` takes it.

@@ -1,0 +1,151 @@
+//! The Kafka upstream against a real Kafka-protocol broker (noida-db) on loopback: clients on two
+//! relays, a relay that starts late, a broker that is not there yet, and what the log holds.
+//! (The upstream contract itself is checked by `conformance.rs`, as for every upstream.)
+
+#![allow(clippy::unwrap_used)]
+
+use ghostwire_tests::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use std::time::Duration;
+
+async fn relays(kafka: &KafkaBroker, prefix: &str, n: usize) -> Vec<TestRelay> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let relay = TestRelay::start(kafka_config(&kafka.brokers(), prefix)).await;
+        until_ready(relay.admin, 20).await;
+        out.push(relay);
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_clients_on_two_relays_chat() {
+    let kafka = KafkaBroker::start();
+    within(60, async {
+        let r = relays(&kafka, "chat", 2).await;
+        let (mut a, mut b, ca, cb) = connected_pair_via(&r[0].url(), &r[1].url(), &room("chat"), &[]).await;
+        assert_eq!(ca, cb);
+        a.say("hello through the log").await;
+        assert_eq!(b.heard().await, "hello through the log");
+        b.say("and back").await;
+        assert_eq!(a.heard().await, "and back");
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}
+
+/// A relay started after rooms exist rebuilds them from the log: a full room stays full, a
+/// waiting peer is found through it.
+#[tokio::test]
+async fn a_relay_that_starts_late_rebuilds_the_rooms_from_the_log() {
+    let kafka = KafkaBroker::start();
+    within(60, async {
+        let early = relays(&kafka, "late", 1).await;
+        let (full, waiting) = (room("full"), room("waiting"));
+        let (_a, _b) = pair(&early[0].url(), &full).await;
+        let mut c = join(&early[0].url(), &waiting).await;
+        until_metric(early[0].admin, "ghostwire_rooms_open 3").await;
+        let late = relays(&kafka, "late", 1).await;
+        let mut third = join(&late[0].url(), &full).await;
+        expect_error(&mut third, 4002).await;
+        let mut d = join(&late[0].url(), &waiting).await;
+        expect_peer_found(&mut c).await;
+        expect_peer_found(&mut d).await;
+        send(&mut d, signal("MSG", "found through the log")).await;
+        assert_eq!(expect_text(&mut c).await, signal("MSG", "found through the log"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_relay_whose_broker_is_unreachable_is_not_ready_and_becomes_ready_when_it_appears() {
+    let mut kafka = KafkaBroker::reserved();
+    within(60, async {
+        let relay = TestRelay::start(kafka_config(&kafka.brokers(), "unreachable")).await;
+        let (status, body) = http_get(relay.admin, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains(&kafka.brokers()), "{body}");
+        let (_, metrics) = http_get(relay.admin, "/metrics").await;
+        assert!(metrics.contains("ghostwire_upstream_connected{upstream=\"kafka\"} 0"), "{metrics}");
+        let mut ws = join(&relay.url(), &room("early")).await;
+        expect_error(&mut ws, 4007).await;
+        kafka.run();
+        until_ready(relay.admin, 30).await;
+        until_metric(relay.admin, "ghostwire_upstream_connected{upstream=\"kafka\"} 1").await;
+        pair(&relay.url(), &room("late")).await;
+    })
+    .await;
+}
+
+/// Every record on the topic, read back after a conversation: keyed room ids and opaque frames,
+/// never the room code.
+#[tokio::test]
+async fn no_record_on_the_topic_holds_a_room_code() {
+    let kafka = KafkaBroker::start();
+    within(60, async {
+        let r = relays(&kafka, "secrecy", 2).await;
+        let code = room("secret");
+        let mut a = join(&r[0].url(), &code).await;
+        let mut b = join(&r[1].url(), &code).await;
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        send(&mut a, signal("MSG", "opaque-ciphertext-1")).await;
+        assert_eq!(expect_text(&mut b).await, signal("MSG", "opaque-ciphertext-1"));
+        a.close(None).await.unwrap();
+        expect_peer_left(&mut b).await;
+        drop(b);
+        for relay in &r {
+            until_metric(relay.admin, "ghostwire_rooms_open 0").await;
+        }
+        let brokers = kafka.brokers();
+        let records = tokio::task::spawn_blocking(move || every_record(&brokers, "secrecy.rooms")).await.unwrap();
+        let mut seen = Vec::new();
+        for (key, value) in &records {
+            seen.extend_from_slice(key);
+            seen.push(b'\n');
+            seen.extend_from_slice(value);
+            seen.push(b'\n');
+        }
+        let seen = String::from_utf8_lossy(&seen);
+        // The read is real: the frame and the joins went through it.
+        assert!(seen.contains("opaque-ciphertext-1"), "{seen}");
+        assert!(records.iter().any(|(_, v)| v.first() == Some(&b'j')), "no JOIN record read");
+        for form in [code.clone(), code.to_lowercase(), code.to_uppercase()] {
+            assert!(!seen.contains(&form), "room code {form} in the log:\n{seen}");
+        }
+    })
+    .await;
+}
+
+/// Every record of `topic`, from the start to the end of the log as it is now.
+fn every_record(brokers: &str, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "ghostwire-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    assert!(partitions > 0);
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut end = Vec::new();
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        end.push(high);
+        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut next = vec![0i64; end.len()];
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while next.iter().zip(&end).any(|(n, e)| n < e) {
+        assert!(std::time::Instant::now() < deadline, "the log was not read to its end: {next:?} of {end:?}");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            next[m.partition() as usize] = m.offset() + 1;
+            records.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    records
+}
