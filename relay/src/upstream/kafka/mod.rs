@@ -101,6 +101,8 @@ struct Health {
     down: AtomicBool,
     /// The brokers refused the credentials (the library's words).
     auth_failed: Mutex<Option<String>>,
+    /// TLS to the brokers failed: a certificate not signed by the CA given, say (its words).
+    tls_failed: Mutex<Option<String>>,
     /// Records behind the end of the log, from the library's statistics.
     lag: std::sync::atomic::AtomicI64,
 }
@@ -150,6 +152,10 @@ impl ClientContext for Ctx {
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
                 *self.0.auth_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
                 tracing::warn!("Kafka refused the credentials: {reason}");
+            }
+            Some(RDKafkaErrorCode::SSL) => {
+                *self.0.tls_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+                tracing::warn!("TLS to Kafka failed: {reason}");
             }
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
                 self.0.down.store(true, Ordering::Release);
@@ -265,6 +271,12 @@ impl Kafka {
         if let Some(why) = health.auth_failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Err(Error::Config(format!(
                 "Kafka at {} refused the credentials ({why}); check --kafka-user, the password and --kafka-sasl-mechanism",
+                kc.brokers
+            )));
+        }
+        if let Some(why) = health.tls_failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(Error::Config(format!(
+                "TLS to Kafka at {} failed ({why}); check --kafka-ca (the CA that signed the brokers' certificates)",
                 kc.brokers
             )));
         }
