@@ -224,7 +224,7 @@ async fn authentication_the_broker_refuses_is_a_clear_start_up_error() {
 async fn sasl_plain_with_the_password_from_a_file() {
     let kafka = KafkaBroker::start();
     let dir = TempDir::new("kafka-sasl");
-    let file = &dir.0.join("password");
+    let file = dir.0.join("password");
     std::fs::write(&file, "s3cret\n").unwrap();
     within(60, async {
         let mut config = kafka_config(&kafka.brokers(), "sasl");
