@@ -150,6 +150,21 @@ impl Relay {
         Relay::start_bin("ghostwire", args, bin, &extra)
     }
 
+    /// The relay binary `bin` on the Kafka upstream at `brokers`, its topic under `prefix`.
+    fn kafka(args: &Args, bin: &Path, brokers: &str, prefix: &str) -> Result<Relay> {
+        let extra = [
+            "--upstream",
+            "kafka",
+            "--kafka-brokers",
+            brokers,
+            "--kafka-topic-prefix",
+            prefix,
+            "--cluster-secret",
+            "bench-cluster-secret-0123456789",
+        ];
+        Relay::start_bin("ghostwire", args, bin, &extra)
+    }
+
     fn start_with(name: &'static str, args: &Args, extra: &[&str]) -> Result<Relay> {
         Relay::start_bin(name, args, &args.relay, extra)
     }
@@ -271,6 +286,58 @@ impl NatsServer {
 }
 
 impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Kafka-protocol broker (noida-db, from the wheel `scripts/test.sh` installs into
+/// `target/kafka-tools`, or `$GHOSTWIRE_NOIDA_DB`) for the cross-relay scenario, pinned with the
+/// relays.
+struct KafkaBroker {
+    child: Child,
+    brokers: String,
+    dir: PathBuf,
+}
+
+impl KafkaBroker {
+    /// `None` when noida-db is not installed (its row is then skipped, and says so).
+    fn start() -> Result<Option<KafkaBroker>> {
+        let found = std::env::var_os("GHOSTWIRE_NOIDA_DB").map(PathBuf::from).or_else(|| {
+            std::fs::read_dir("target/kafka-tools/lib")
+                .ok()?
+                .flatten()
+                .map(|d| d.path().join("site-packages/noida_db/noida-db"))
+                .find(|p| p.is_file())
+        });
+        let Some(noida) = found else { return Ok(None) };
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("ghostwire-bench-kafka-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(noida)
+            .args(["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port", &port.to_string(), "--data-dir"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("noida-db")?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("noida-db did not start listening");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(KafkaBroker { child, brokers: format!("127.0.0.1:{port}"), dir }))
+    }
+}
+
+impl Drop for KafkaBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -597,12 +664,13 @@ async fn suite(args: Args) -> Result<()> {
 /// alternating; prints the table of medians.
 async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<(Cross, Cross)>> {
     let cross_rate = plan.rt_rate / 2.0;
-    println!("\n## Cross-relay (a room's two clients on two relays through NATS, vs both on one relay)\n");
+    println!("\n## Cross-relay (a room's two clients on two relays through NATS or Kafka, vs both on one relay)\n");
     let Some(nats) = NatsServer::start()? else {
         println!("skipped: nats-server is not installed (scripts/test.sh installs it)");
         return Ok(None);
     };
-    let (mut one, mut two, mut base) = (Vec::new(), Vec::new(), Vec::new());
+    let kafka = KafkaBroker::start()?;
+    let (mut one, mut two, mut base, mut kaf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let split = |bin: &Path| {
         let started = Relay::nats(args, bin, &nats.url).and_then(|r1| Ok((r1, Relay::nats(args, bin, &nats.url)?)));
         async move {
@@ -624,6 +692,19 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
                 .context("two relays through NATS")?,
         );
         drop((r1, r2));
+        if let Some(kafka) = &kafka {
+            // A topic per run: every run starts from an empty log, as the NATS runs do.
+            let prefix = format!("bench{run}");
+            let r1 = Relay::kafka(args, &args.relay, &kafka.brokers, &prefix)?;
+            let r2 = Relay::kafka(args, &args.relay, &kafka.brokers, &prefix)?;
+            until_ready(r1.admin).await?;
+            until_ready(r2.admin).await?;
+            kaf.push(
+                cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate)
+                    .await
+                    .context("two relays through Kafka")?,
+            );
+        }
         if let Some(bin) = &args.baseline {
             let (r1, r2) = split(bin).await?;
             base.push(cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate).await.context("baseline")?);
@@ -644,14 +725,20 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
     if let Some(bin) = &args.baseline {
         rows.push((format!("two relays via NATS, baseline `{}`", bin.display()), mid(&base)));
     }
+    if kafka.is_some() {
+        rows.push(("two relays via Kafka (noida-db)".to_owned(), mid(&kaf)));
+    }
     for (label, c) in &rows {
         println!(
             "| {label} | {:.0} | {:.0} / {:.0} (achieved {:.0} rt/s) | {:.0}: {:.0} / {:.0} |",
             c.fps, c.open[0], c.open[2], c.open_rate, c.closed_rate, c.closed[0], c.closed[2]
         );
     }
-    if let Some((_, b)) = rows.get(2) {
+    if let (Some(_), Some((_, b))) = (&args.baseline, rows.get(2)) {
         println!("\n- this relay / baseline through NATS: {:.2}× the frames/s", two.fps / b.fps.max(1.0));
+    }
+    if kafka.is_none() {
+        println!("\n- Kafka row skipped: noida-db is not installed (scripts/test.sh installs it)");
     }
     Ok(Some((one, two)))
 }

@@ -22,6 +22,7 @@ async fn every_benchmark_scenario_runs() {
             "## Cost curve",
             "## Cross-relay",
             "| two relays via NATS | ",
+            "| two relays via Kafka (noida-db) | ",
             "## Capacity",
             "## Slow reader",
             "## Against the targets",
