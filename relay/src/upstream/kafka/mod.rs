@@ -325,7 +325,12 @@ async fn start(
     stop: CancellationToken,
 ) {
     shared.partitions.store(partitions, Ordering::Release);
-    match reader::Reader::new(Arc::clone(&shared), partitions, consumer_config) {
+    // Creating the consumer asks the brokers for the log's bounds: blocking calls.
+    let made = {
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || reader::Reader::new(shared, partitions, consumer_config)).await
+    };
+    match made.unwrap_or_else(|_| Err("the Kafka consumer's set-up failed".into())) {
         Ok(reader) => {
             tasks.spawn(reader.run(stop.clone()));
             tasks.spawn(heartbeats(shared, stop));

@@ -52,6 +52,19 @@ impl Reader {
                 .map_err(|e| format!("Kafka assignment: {e}"))?;
         }
         consumer.assign(&assignment).map_err(|e| format!("Kafka assignment: {e}"))?;
+        // The rooms are rebuilt from the whole log. Once retention has deleted its start, a room
+        // older than the retention can be misjudged by this relay (docs/PROTOCOL.md, part 4).
+        for p in 0..partitions {
+            if let Ok((low, _)) = consumer.fetch_watermarks(&shared.topic, p, super::OP_TIMEOUT) {
+                if low > 0 {
+                    tracing::warn!(
+                        partition = p,
+                        "the log's first records were deleted by retention: rooms older than --kafka-retention \
+                         may be misjudged by this relay; keep the retention longer than rooms live"
+                    );
+                }
+            }
+        }
         let ttl = i64::try_from(shared.peer_timeout.as_millis()).unwrap_or(i64::MAX);
         let logs: Vec<Partition<Room>> = (0..partitions).map(|_| Partition::new(ttl)).collect();
         let next = vec![0; logs.len()];
