@@ -204,6 +204,11 @@ pub struct KafkaConfig {
     #[arg(id = "kafka_retention", long = "kafka-retention", env = "GHOSTWIRE_KAFKA_RETENTION", default_value = "1h", value_parser = parse_positive_duration)]
     pub retention: Duration,
 
+    /// Every relay writes a snapshot of each partition's rooms this often, from which a relay
+    /// that starts later rebuilds them. Keep it well under --kafka-retention.
+    #[arg(id = "kafka_snapshot_every", long = "kafka-snapshot-every", env = "GHOSTWIRE_KAFKA_SNAPSHOT_EVERY", default_value = "5m", value_parser = parse_positive_duration)]
+    pub snapshot_every: Duration,
+
     /// Every relay writes a heartbeat record to every partition this often.
     #[arg(id = "kafka_heartbeat", long = "kafka-heartbeat", env = "GHOSTWIRE_KAFKA_HEARTBEAT", default_value = "1s", value_parser = parse_positive_duration)]
     pub heartbeat: Duration,
@@ -268,6 +273,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("partitions", &self.partitions)
             .field("replication", &self.replication)
             .field("retention", &self.retention)
+            .field("snapshot_every", &self.snapshot_every)
             .field("heartbeat", &self.heartbeat)
             .field("peer_timeout", &self.peer_timeout)
             .finish()

@@ -24,9 +24,9 @@
 //! * **Outages.** A relay that cannot read its own heartbeat back for `--kafka-peer-timeout`
 //!   ends its rooms with 4011 and refuses joins (4010) until it can; on the other side of each
 //!   pair, the log lapses it at the same bound.
-//! * **A late relay** rebuilds the rooms from the log: from the start of the log when nothing
-//!   was deleted yet, else from the newest snapshot of the state that every relay writes into
-//!   each partition (see [`reader`]).
+//! * **A late relay** rebuilds the rooms from the log: from the newest snapshot of a
+//!   partition's state (each relay writes one every `--kafka-snapshot-every`), else from the
+//!   start of the log (see [`reader`]).
 //!
 //! Module map: this file (connection, topic, heartbeats, readiness, join entry), [`log`] (the
 //! room state machine), [`wire`] (record bytes), [`reader`] (the task that reads the log and
@@ -85,6 +85,7 @@ struct Shared {
     peer_queue: usize,
     max_batch_bytes: usize,
     heartbeat: Duration,
+    snapshot_every: Duration,
     peer_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -259,6 +260,7 @@ impl Kafka {
             peer_queue: config.peer_queue as usize,
             max_batch_bytes: (256 * 1024).max(config.max_frame_bytes + 64),
             heartbeat: kc.heartbeat,
+            snapshot_every: kc.snapshot_every,
             peer_timeout: kc.peer_timeout,
             metrics,
         });

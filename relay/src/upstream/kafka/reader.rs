@@ -29,6 +29,11 @@ pub(super) struct Reader {
     logs: Vec<Partition<Room>>,
     /// The next offset expected in each partition (what was read, plus one).
     next: Vec<i64>,
+    /// Whether this relay's state of each partition is exact (rebuilt from a snapshot or the
+    /// whole log): only then does it write snapshots of it.
+    exact: Vec<bool>,
+    /// Whether a snapshot too large to write was logged about.
+    warned_size: bool,
     /// Log time after which a silent relay lapses, in milliseconds.
     ttl: i64,
     /// When this relay's own heartbeat was last read back.
@@ -41,44 +46,83 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    /// A consumer assigned every partition from the start of the log.
+    /// A consumer assigned every partition where its state can be rebuilt: just after the newest
+    /// snapshot in the log, with that state, or else from the start of the log. Blocking: it
+    /// reads the log once to find the snapshots.
     pub(super) fn new(shared: Arc<Shared>, partitions: i32, config: ClientConfig) -> Result<Reader, String> {
-        let consumer: StreamConsumer<Ctx> =
-            config.create_with_context(Ctx(Arc::clone(&shared.health))).map_err(|e| format!("Kafka consumer: {e}"))?;
+        let ttl = i64::try_from(shared.peer_timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut logs = Vec::new();
+        let mut next = Vec::new();
+        let mut exact = Vec::new();
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
-            assignment
-                .add_partition_offset(&shared.topic, p, Offset::Beginning)
-                .map_err(|e| format!("Kafka assignment: {e}"))?;
+            let (log, from, whole) = rebuild(&shared, &config, p, ttl);
+            let offset = if from == 0 { Offset::Beginning } else { Offset::Offset(from) };
+            assignment.add_partition_offset(&shared.topic, p, offset).map_err(|e| format!("Kafka assignment: {e}"))?;
+            logs.push(log);
+            next.push(from);
+            exact.push(whole);
         }
+        let consumer: StreamConsumer<Ctx> =
+            config.create_with_context(Ctx(Arc::clone(&shared.health))).map_err(|e| format!("Kafka consumer: {e}"))?;
         consumer.assign(&assignment).map_err(|e| format!("Kafka assignment: {e}"))?;
-        // The rooms are rebuilt from the whole log. Once retention has deleted its start, a room
-        // older than the retention can be misjudged by this relay (docs/PROTOCOL.md, part 4).
-        for p in 0..partitions {
-            if let Ok((low, _)) = consumer.fetch_watermarks(&shared.topic, p, super::OP_TIMEOUT) {
-                if low > 0 {
+        Ok(Reader {
+            shared,
+            consumer,
+            logs,
+            next,
+            exact,
+            ttl,
+            last_own: None,
+            was_ready: false,
+            warned_clock: false,
+            warned_size: false,
+        })
+    }
+
+    /// Writes the state of every partition this relay knows exactly, for relays that start
+    /// later (a snapshot record moves the log's clock like a heartbeat).
+    fn write_snapshots(&mut self) {
+        for (p, log) in self.logs.iter().enumerate() {
+            if !self.exact[p] || self.next[p] == 0 {
+                continue;
+            }
+            let state = log.snapshot();
+            if state.len() > MAX_SNAPSHOT {
+                if !self.warned_size {
+                    self.warned_size = true;
                     tracing::warn!(
                         partition = p,
-                        "the log's first records were deleted by retention: rooms older than --kafka-retention \
-                         may be misjudged by this relay; keep the retention longer than rooms live"
+                        bytes = state.len(),
+                        "too many rooms for one snapshot record; none written"
                     );
                 }
+                continue;
+            }
+            let value = wire::snapshot(self.shared.relay, self.next[p].unsigned_abs(), &state);
+            let Ok(partition) = i32::try_from(p) else { continue };
+            let record = rdkafka::producer::FutureRecord::<[u8], _>::to(&self.shared.topic)
+                .partition(partition)
+                .payload(&value[..]);
+            // The delivery is not awaited: a lost snapshot is replaced by the next one.
+            if self.shared.producer.send_result(record).is_err() {
+                self.shared.metrics.upstream.publish_errors.inc();
             }
         }
-        let ttl = i64::try_from(shared.peer_timeout.as_millis()).unwrap_or(i64::MAX);
-        let logs: Vec<Partition<Room>> = (0..partitions).map(|_| Partition::new(ttl)).collect();
-        let next = vec![0; logs.len()];
-        Ok(Reader { shared, consumer, logs, next, ttl, last_own: None, was_ready: false, warned_clock: false })
     }
 
     /// Reads until `stop`.
     pub(super) async fn run(mut self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.shared.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = self.shared.snapshot_every;
+        let mut snapshot = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => self.check_own_heartbeat(),
+                _ = snapshot.tick() => self.write_snapshots(),
                 message = self.consumer.recv() => match message {
                     Ok(m) => {
                         let (partition, offset, timestamp) = (m.partition(), m.offset(), m.timestamp());
@@ -129,7 +173,7 @@ impl Reader {
         };
         let room: Option<Room> = key.as_deref().and_then(|k| k.try_into().ok());
         let room = match (&value.body, room) {
-            (Body::Alive, _) => [0; 16],
+            (Body::Alive | Body::Snapshot { .. }, _) => [0; 16],
             (_, Some(room)) => room,
             (_, None) => {
                 self.shared.metrics.upstream.foreign_messages.inc();
@@ -172,6 +216,7 @@ impl Reader {
         );
         self.shared.metrics.upstream.reassignments.inc();
         self.logs[p] = Partition::new(self.ttl);
+        self.exact[p] = false;
         self.shared.tell_all(|| Event::Lost(LostWhy::ThisRelay));
     }
 
@@ -238,4 +283,60 @@ impl Reader {
             _ => {}
         }
     }
+}
+
+/// The largest snapshot written (a record must stay under the brokers' 1 MiB default).
+const MAX_SNAPSHOT: usize = 900 * 1024;
+
+/// Where partition `p`'s state can be rebuilt from: the newest snapshot in the log (its state,
+/// and the offset after what it covers), else an empty state at the start of the log. The third
+/// value says whether that state is exact: not when retention deleted the log's start and no
+/// snapshot is left.
+fn rebuild(shared: &Shared, config: &ClientConfig, p: i32, ttl: i64) -> (Partition<Room>, i64, bool) {
+    use rdkafka::consumer::BaseConsumer;
+    let empty = || Partition::new(ttl);
+    let Ok(scanner) = config.create::<BaseConsumer>() else { return (empty(), 0, true) };
+    let Ok((low, high)) = scanner.fetch_watermarks(&shared.topic, p, super::OP_TIMEOUT) else {
+        return (empty(), 0, true);
+    };
+    let mut newest: Option<(u64, Bytes)> = None;
+    let mut list = TopicPartitionList::new();
+    if high > low
+        && list.add_partition_offset(&shared.topic, p, Offset::Offset(low)).is_ok()
+        && scanner.assign(&list).is_ok()
+    {
+        let deadline = std::time::Instant::now() + super::OP_TIMEOUT * 6;
+        let mut at = low;
+        while at < high && std::time::Instant::now() < deadline {
+            let Some(Ok(m)) = scanner.poll(std::time::Duration::from_millis(100)) else { continue };
+            at = m.offset() + 1;
+            if m.payload().and_then(|v| v.first()) != Some(&b's') {
+                continue;
+            }
+            if let Some(Value { body: Body::Snapshot { next, state }, .. }) =
+                m.payload().map(Bytes::copy_from_slice).and_then(wire::decode)
+            {
+                newest = Some((next, state));
+            }
+        }
+        if at < high {
+            tracing::warn!(partition = p, "could not read the log to its end in time looking for a snapshot");
+        }
+    }
+    if let Some((next, state)) = newest {
+        if let (Some(log), Ok(from)) = (Partition::restore(ttl, &state), i64::try_from(next)) {
+            if from >= low {
+                shared.metrics.upstream.reassignments.inc();
+                return (log, from, true);
+            }
+        }
+    }
+    if low > 0 {
+        tracing::warn!(
+            partition = p,
+            "the log's first records were deleted by retention and no snapshot is left: rooms older than \
+             --kafka-retention may be misjudged by this relay"
+        );
+    }
+    (empty(), low, low == 0)
 }

@@ -5,11 +5,11 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | kind: `j` join, `f` frames, `k` acknowledgement, `l` departure, `a` alive |
+//! | 1 | kind: `j` join, `f` frames, `k` acknowledgement, `l` departure, `a` alive, `s` snapshot |
 //! | 8 | the writer's relay id (big-endian) |
-//! | 8 | the seat's number on that relay (0 for `a`) |
-//! | 8 | `f`: the first frame's number; `k`: every frame below it was delivered; `l`: frames sent |
-//! | … | `f` only: each frame as a 4-byte big-endian length and its bytes |
+//! | 8 | the seat's number on that relay (0 for `a` and `s`) |
+//! | 8 | `f`: the first frame's number; `k`: every frame below it was delivered; `l`: frames sent; `s`: the first offset the state does not include |
+//! | … | `f`: each frame as a 4-byte big-endian length and its bytes; `s`: the partition's state ([`Partition::snapshot`](super::log::Partition::snapshot)) |
 //!
 //! Nothing else travels: no room code, no client address, only frames that are already
 //! end-to-end encrypted by the clients.
@@ -43,6 +43,13 @@ pub enum Body {
         /// Frames the leaver sent in all.
         sent: u64,
     },
+    /// The partition's state after every record below offset `next`.
+    Snapshot {
+        /// The first offset the state does not include.
+        next: u64,
+        /// The state's bytes.
+        state: Bytes,
+    },
 }
 
 /// A record's value: who wrote it and what it says.
@@ -58,7 +65,8 @@ impl Value {
     /// The record the room log applies, for the room `room` (ignored for heartbeats).
     pub fn record<R>(&self, room: R) -> Record<R> {
         match self.body {
-            Body::Alive => Record::Alive { relay: self.seat.relay },
+            // A snapshot moves the clock like a heartbeat of its writer, for every reader alike.
+            Body::Alive | Body::Snapshot { .. } => Record::Alive { relay: self.seat.relay },
             Body::Join => Record::Join { room, seat: self.seat },
             Body::Frames { .. } | Body::Ack { .. } => Record::Frame { room, from: self.seat },
             Body::Leave { .. } => Record::Leave { room, seat: self.seat },
@@ -107,6 +115,13 @@ pub fn leave(seat: Seat, sent: u64) -> Bytes {
     header(b'l', seat, sent, 0).freeze()
 }
 
+/// The state of a partition after every record below offset `next`, written by `relay`.
+pub fn snapshot(relay: RelayId, next: u64, state: &[u8]) -> Bytes {
+    let mut b = header(b's', Seat { relay, n: 0 }, next, state.len());
+    b.put_slice(state);
+    b.freeze()
+}
+
 /// Reads a record's value; `None` for anything this relay did not write the way it writes.
 pub fn decode(value: Bytes) -> Option<Value> {
     if value.len() < HEADER {
@@ -120,6 +135,7 @@ pub fn decode(value: Bytes) -> Option<Value> {
         b'j' if value.len() == HEADER => Body::Join,
         b'k' if value.len() == HEADER => Body::Ack { next: number },
         b'l' if value.len() == HEADER => Body::Leave { sent: number },
+        b's' => Body::Snapshot { next: number, state: value.slice(HEADER..) },
         b'f' => {
             let mut frames = Vec::new();
             let mut at = HEADER;
@@ -155,6 +171,11 @@ mod tests {
         assert_eq!(decode(join(S)), Some(Value { seat: S, body: Body::Join }));
         assert_eq!(decode(ack(S, 9)), Some(Value { seat: S, body: Body::Ack { next: 9 } }));
         assert_eq!(decode(leave(S, 3)), Some(Value { seat: S, body: Body::Leave { sent: 3 } }));
+        let state = Bytes::from_static(b"state");
+        assert_eq!(
+            decode(snapshot(7, 12, &state)),
+            Some(Value { seat: Seat { relay: 7, n: 0 }, body: Body::Snapshot { next: 12, state } })
+        );
         let fs = vec![Bytes::from_static(b"{}"), Bytes::new(), Bytes::from_static("é".as_bytes())];
         assert_eq!(decode(frames(S, 5, &fs)), Some(Value { seat: S, body: Body::Frames { first: 5, frames: fs } }));
     }
