@@ -272,8 +272,11 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
             self.joined.remove(&relay);
             for (n, room) in self.held.remove(&relay).unwrap_or_default() {
                 let seat = Seat { relay, n };
-                let partner = self.remove(room, seat);
-                out.push(Outcome::Lost { room, seat, partner });
+                // A partner on the same relay may have ended with the pair already.
+                if self.seats(&room).contains(&seat) {
+                    let partner = self.end(room, seat);
+                    out.push(Outcome::Lost { room, seat, partner });
+                }
             }
         }
         out
@@ -316,22 +319,21 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
         if !self.seats(&room).contains(&seat) {
             return None;
         }
-        if let Some(rooms) = self.held.get_mut(&seat.relay) {
-            rooms.remove(&(seat.n, room));
-        }
-        let partner = self.remove(room, seat);
+        let partner = self.end(room, seat);
         Some(Outcome::Left { room, seat, partner })
     }
 
-    /// Takes `seat` out of `room` (freeing the room when it was alone); returns the partner.
-    fn remove(&mut self, room: R, seat: Seat) -> Option<Seat> {
-        let seats = self.rooms.get_mut(&room)?;
-        seats.retain(|s| *s != seat);
-        let partner = seats.first().copied();
-        if seats.is_empty() {
-            self.rooms.remove(&room);
+    /// Ends `seat`'s place in `room`, and its partner's: a pair ends together (the partner's
+    /// connection is told and closes), so the room is free at once, and the partner's own later
+    /// departure changes nothing. Returns the partner.
+    fn end(&mut self, room: R, seat: Seat) -> Option<Seat> {
+        let seats = self.rooms.remove(&room).unwrap_or_default();
+        for s in &seats {
+            if let Some(rooms) = self.held.get_mut(&s.relay) {
+                rooms.remove(&(s.n, room));
+            }
         }
-        partner
+        seats.into_iter().find(|s| *s != seat)
     }
 }
 
@@ -392,12 +394,11 @@ mod tests {
             p.apply(5, Record::Leave { room: 7, seat: a }),
             vec![Outcome::Left { room: 7, seat: a, partner: Some(b) }]
         );
-        assert_eq!(p.apply(6, Record::Frame { room: 7, from: b }), vec![Outcome::Dropped { room: 7, from: b }]);
-        assert_eq!(
-            p.apply(7, Record::Leave { room: 7, seat: b }),
-            vec![Outcome::Left { room: 7, seat: b, partner: None }]
-        );
+        // The pair ended together: the room is free at once, the partner's frames go nowhere
+        // and its own departure, when its connection has closed, changes nothing.
         assert_eq!(p.open_rooms(), 0);
+        assert_eq!(p.apply(6, Record::Frame { room: 7, from: b }), vec![Outcome::Dropped { room: 7, from: b }]);
+        assert_eq!(p.apply(7, Record::Leave { room: 7, seat: b }), vec![]);
         // The room is free again at once, for a new seat.
         let d = seat(3, 2);
         assert_eq!(p.apply(8, Record::Join { room: 7, seat: d }), vec![Outcome::Waiting { room: 7, seat: d }]);
@@ -413,7 +414,7 @@ mod tests {
         assert_eq!(p.apply(TTL, Record::Alive { relay: 2 }), vec![]);
         let lost = p.apply(TTL + 1, Record::Alive { relay: 2 });
         assert_eq!(lost, vec![Outcome::Lost { room: 9, seat: a, partner: Some(b) }]);
-        assert_eq!(p.seats(&9), &[b]);
+        assert_eq!(p.seats(&9), &[] as &[Seat], "the partner ends with the pair");
         // A stale frame or departure of the lapsed seat changes nothing.
         assert_eq!(p.apply(TTL + 2, Record::Leave { room: 9, seat: a }), vec![]);
         // Its relay coming back (a record it wrote late) does not bring the seat back.
@@ -445,15 +446,13 @@ mod tests {
         p.apply(1, Record::Join { room: 4, seat: b });
         assert_eq!(p.apply(2, Record::Join { room: 4, seat: c }), vec![Outcome::Full { room: 4, seat: c }]);
         p.apply(3, Record::Leave { room: 4, seat: b });
-        // The producer's retry of c's join lands after b left: c's relay already told it "full".
+        // The producer's retry of c's join lands after the pair ended: c's relay already told it
+        // "full".
         assert_eq!(p.apply(4, Record::Join { room: 4, seat: c }), vec![]);
-        assert_eq!(p.seats(&4), &[a]);
+        assert_eq!(p.seats(&4), &[] as &[Seat]);
         // A new seat of the same relay is a new join.
         let d = seat(3, 2);
-        assert_eq!(
-            p.apply(5, Record::Join { room: 4, seat: d }),
-            vec![Outcome::Paired { room: 4, first: a, second: d }]
-        );
+        assert_eq!(p.apply(5, Record::Join { room: 4, seat: d }), vec![Outcome::Waiting { room: 4, seat: d }]);
     }
 
     /// Records as the broker might order them: joins, frames, leaves and heartbeats of a few

@@ -343,7 +343,10 @@ impl SeatTask {
                 tracing::debug!("the partner's relay lapsed in the log");
                 self.lost();
             }
-            Event::Lost(LostWhy::ThisRelay) => self.lost(),
+            Event::Lost(LostWhy::ThisRelay) => {
+                tracing::debug!("this relay lapsed in the log, or cannot read it");
+                self.lost();
+            }
             Event::Paired { .. } | Event::Waiting | Event::Full => {}
         }
     }
@@ -384,6 +387,7 @@ impl SeatTask {
             self.ended = true;
             self.inbox.peer_left();
         } else if self.inc.missing_after_departure() {
+            tracing::debug!("the partner left, and frames it announced are missing from the log");
             self.lost();
         }
     }
