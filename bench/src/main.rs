@@ -294,8 +294,8 @@ impl Drop for NatsServer {
 }
 
 /// A Kafka-protocol broker (noida-db, from the wheel `scripts/test.sh` installs into
-/// `target/kafka-tools`, or `$GHOSTWIRE_NOIDA_DB`) for the cross-relay scenario, pinned with the
-/// relays.
+/// `target/kafka-tools` beside the relay's build, or `$GHOSTWIRE_NOIDA_DB`) for the cross-relay
+/// scenario, pinned with the relays.
 struct KafkaBroker {
     child: Child,
     brokers: String,
@@ -304,9 +304,11 @@ struct KafkaBroker {
 
 impl KafkaBroker {
     /// `None` when noida-db is not installed (its row is then skipped, and says so).
-    fn start() -> Result<Option<KafkaBroker>> {
+    fn start(relay: &Path) -> Result<Option<KafkaBroker>> {
+        // `target/<profile>/ghostwire-relay` → `target/kafka-tools`.
+        let tools = relay.parent().and_then(Path::parent).unwrap_or(Path::new("target")).join("kafka-tools/lib");
         let found = std::env::var_os("GHOSTWIRE_NOIDA_DB").map(PathBuf::from).or_else(|| {
-            std::fs::read_dir("target/kafka-tools/lib")
+            std::fs::read_dir(&tools)
                 .ok()?
                 .flatten()
                 .map(|d| d.path().join("site-packages/noida_db/noida-db"))
@@ -669,7 +671,7 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
         println!("skipped: nats-server is not installed (scripts/test.sh installs it)");
         return Ok(None);
     };
-    let kafka = KafkaBroker::start()?;
+    let kafka = KafkaBroker::start(&args.relay)?;
     let (mut one, mut two, mut base, mut kaf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let split = |bin: &Path| {
         let started = Relay::nats(args, bin, &nats.url).and_then(|r1| Ok((r1, Relay::nats(args, bin, &nats.url)?)));
