@@ -148,7 +148,13 @@ pub struct Config {
 pub struct KafkaConfig {
     /// Kafka bootstrap brokers, comma-separated `host:port`. Kafka is the operator's (or a
     /// managed service): the relay never starts or embeds it.
-    #[arg(id = "kafka_brokers", long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        id = "kafka_brokers",
+        value_name = "HOST:PORT,...",
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
 
     /// Speak TLS to the brokers (implied by --kafka-ca). Without --kafka-ca the system's roots
@@ -157,12 +163,13 @@ pub struct KafkaConfig {
     pub tls: bool,
 
     /// PEM file of the CA that signed the brokers' certificates (a managed service's CA file).
-    #[arg(id = "kafka_ca", long = "kafka-ca", env = "KAFKA_CA")]
+    #[arg(id = "kafka_ca", value_name = "FILE", long = "kafka-ca", env = "KAFKA_CA")]
     pub ca: Option<PathBuf>,
 
     /// SASL mechanism to authenticate with (needs --kafka-user and a password).
     #[arg(
         id = "kafka_sasl_mechanism",
+        value_name = "MECHANISM",
         long = "kafka-sasl-mechanism",
         env = "KAFKA_SASL_MECHANISM",
         value_enum,
@@ -171,16 +178,29 @@ pub struct KafkaConfig {
     pub sasl_mechanism: Option<SaslMechanism>,
 
     /// SASL user name.
-    #[arg(id = "kafka_user", long = "kafka-user", env = "KAFKA_USER", requires = "kafka_sasl_mechanism")]
+    #[arg(
+        id = "kafka_user",
+        value_name = "NAME",
+        long = "kafka-user",
+        env = "KAFKA_USER",
+        requires = "kafka_sasl_mechanism"
+    )]
     pub user: Option<String>,
 
     /// SASL password. Prefer the environment variable or --kafka-password-file to the flag.
-    #[arg(id = "kafka_password", long = "kafka-password", env = "KAFKA_PASSWORD", hide_env_values = true)]
+    #[arg(
+        id = "kafka_password",
+        value_name = "PASSWORD",
+        long = "kafka-password",
+        env = "KAFKA_PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<Secret>,
 
     /// Read the SASL password from this file (one trailing newline is ignored).
     #[arg(
         id = "kafka_password_file",
+        value_name = "FILE",
         long = "kafka-password-file",
         env = "KAFKA_PASSWORD_FILE",
         conflicts_with = "kafka_password"
@@ -188,35 +208,35 @@ pub struct KafkaConfig {
     pub password_file: Option<PathBuf>,
 
     /// Prefix of the topic (`<prefix>.rooms`), so deployments can share one cluster.
-    #[arg(id = "kafka_topic_prefix", long = "kafka-topic-prefix", env = "GHOSTWIRE_KAFKA_TOPIC_PREFIX", default_value = "ghostwire", value_parser = parse_topic_prefix)]
+    #[arg(id = "kafka_topic_prefix", value_name = "PREFIX", long = "kafka-topic-prefix", env = "GHOSTWIRE_KAFKA_TOPIC_PREFIX", default_value = "ghostwire", value_parser = parse_topic_prefix)]
     pub topic_prefix: String,
 
     /// Partitions of the rooms topic when the relay creates it (a managed free tier allows 2).
-    #[arg(id = "kafka_partitions", long = "kafka-partitions", env = "GHOSTWIRE_KAFKA_PARTITIONS", default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64))]
+    #[arg(id = "kafka_partitions", value_name = "N", long = "kafka-partitions", env = "GHOSTWIRE_KAFKA_PARTITIONS", default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64))]
     pub partitions: i32,
 
     /// Replication factor when the relay creates the topic (-1: the cluster's default).
-    #[arg(id = "kafka_replication", long = "kafka-replication", env = "GHOSTWIRE_KAFKA_REPLICATION", default_value_t = -1, value_parser = clap::value_parser!(i32).range(-1..=16))]
+    #[arg(id = "kafka_replication", value_name = "N", long = "kafka-replication", env = "GHOSTWIRE_KAFKA_REPLICATION", default_value_t = -1, value_parser = clap::value_parser!(i32).range(-1..=16))]
     pub replication: i32,
 
     /// How long the brokers keep records (`retention.ms` of a topic the relay creates). A relay
     /// starting later rebuilds the rooms from the newest snapshot within it.
-    #[arg(id = "kafka_retention", long = "kafka-retention", env = "GHOSTWIRE_KAFKA_RETENTION", default_value = "1h", value_parser = parse_positive_duration)]
+    #[arg(id = "kafka_retention", value_name = "DURATION", long = "kafka-retention", env = "GHOSTWIRE_KAFKA_RETENTION", default_value = "1h", value_parser = parse_positive_duration)]
     pub retention: Duration,
 
     /// Every relay writes a snapshot of each partition's rooms this often, from which a relay
     /// that starts later rebuilds them. Keep it well under --kafka-retention.
-    #[arg(id = "kafka_snapshot_every", long = "kafka-snapshot-every", env = "GHOSTWIRE_KAFKA_SNAPSHOT_EVERY", default_value = "5m", value_parser = parse_positive_duration)]
+    #[arg(id = "kafka_snapshot_every", value_name = "DURATION", long = "kafka-snapshot-every", env = "GHOSTWIRE_KAFKA_SNAPSHOT_EVERY", default_value = "5m", value_parser = parse_positive_duration)]
     pub snapshot_every: Duration,
 
     /// Every relay writes a heartbeat record to every partition this often.
-    #[arg(id = "kafka_heartbeat", long = "kafka-heartbeat", env = "GHOSTWIRE_KAFKA_HEARTBEAT", default_value = "1s", value_parser = parse_positive_duration)]
+    #[arg(id = "kafka_heartbeat", value_name = "DURATION", long = "kafka-heartbeat", env = "GHOSTWIRE_KAFKA_HEARTBEAT", default_value = "1s", value_parser = parse_positive_duration)]
     pub heartbeat: Duration,
 
     /// A relay with no record in a partition for this long (by the log's own timestamps) has
     /// lapsed: its seats there are gone and their partners get 4011. Also how long a relay that
     /// cannot read its own heartbeats back keeps its rooms before ending them with 4011.
-    #[arg(id = "kafka_peer_timeout", long = "kafka-peer-timeout", env = "GHOSTWIRE_KAFKA_PEER_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(id = "kafka_peer_timeout", value_name = "DURATION", long = "kafka-peer-timeout", env = "GHOSTWIRE_KAFKA_PEER_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub peer_timeout: Duration,
 }
 
