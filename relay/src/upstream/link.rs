@@ -13,9 +13,11 @@
 //! stops taking frames from its connection, which stops reading its client. Nothing here does
 //! I/O or reads a clock of its own; the seat that uses it does both.
 
+use super::inbox::Inbox;
 use super::{BoxFuture, Frame, LinkError, PeerLink, SendError};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -225,6 +227,143 @@ impl Incoming {
         self.urgent = false;
         self.acked = self.expected;
         Some(self.expected)
+    }
+}
+
+/// The receiving side of a seat: the partner's numbered frames handed to the connection in
+/// order, held here while the connection has no room (the sender's window bounds them), and
+/// acknowledged only once handed over; then PEER_LEFT after exactly the frames announced.
+pub struct Handover {
+    inbox: Arc<Inbox>,
+    inc: Incoming,
+    /// Partner frames the connection had no room for yet.
+    pending: VecDeque<Frame>,
+    /// PEER_LEFT was told.
+    told: bool,
+}
+
+/// Frames that cannot be handed over as they came.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// A number is missing.
+    Gap,
+    /// A frame is not UTF-8 text.
+    NotText,
+}
+
+/// Where a departure stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Departure {
+    /// The partner has not left, or frames are still held here: nothing to do yet.
+    NotYet,
+    /// PEER_LEFT was told just now.
+    Told,
+    /// The partner left and frames it announced never came.
+    Missing,
+}
+
+impl Handover {
+    /// A handover into `inbox`.
+    pub fn new(inbox: Arc<Inbox>) -> Handover {
+        Handover { inbox, inc: Incoming::default(), pending: VecDeque::new(), told: false }
+    }
+
+    /// Whether frames wait for the connection to make room (take nothing more from the carrier
+    /// meanwhile: that keeps the order).
+    pub fn holding(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Resolves when the connection has room (or is gone). Cancel-safe.
+    pub async fn room(&self) {
+        let inbox = Arc::clone(&self.inbox);
+        let _ = std::future::poll_fn(|cx| inbox.poll_writable(cx)).await;
+    }
+
+    /// Hands over what was held, as far as there is room.
+    pub fn release(&mut self) {
+        while let Some(frame) = self.pending.pop_front() {
+            match self.inbox.push(frame) {
+                Ok(()) => {}
+                Err(SendError::Full(frame)) => {
+                    self.pending.push_front(frame);
+                    break;
+                }
+                Err(SendError::Gone) => self.pending.clear(),
+            }
+        }
+    }
+
+    /// Frames from the partner, numbered from `first`: duplicates dropped, the rest handed over
+    /// (or held) in order.
+    ///
+    /// # Errors
+    /// [`Broken`] when one is missing or not text; what came before it was handed over.
+    pub fn frames(&mut self, first: u64, frames: Vec<Bytes>) -> Result<(), Broken> {
+        for (i, bytes) in (first..).zip(frames) {
+            match self.inc.arrived(i) {
+                Arrival::Deliver => {}
+                Arrival::Duplicate => continue,
+                Arrival::Gap => return Err(Broken::Gap),
+            }
+            let frame = Frame::from_utf8(bytes).map_err(|_| Broken::NotText)?;
+            // Numbered as delivered once queued here; acknowledged only once handed over.
+            self.inc.delivered();
+            if !self.pending.is_empty() {
+                self.pending.push_back(frame);
+                continue;
+            }
+            match self.inbox.push(frame) {
+                Ok(()) => {}
+                Err(SendError::Full(frame)) => self.pending.push_back(frame),
+                Err(SendError::Gone) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The partner left after sending `sent` frames.
+    pub fn left(&mut self, sent: u64) {
+        self.inc.left(sent);
+    }
+
+    /// Tells the connection PEER_LEFT once every frame the partner announced was handed over.
+    pub fn departure(&mut self) -> Departure {
+        if !self.pending.is_empty() || self.told {
+            return Departure::NotYet;
+        }
+        if self.inc.finished() {
+            self.told = true;
+            self.inbox.peer_left();
+            Departure::Told
+        } else if self.inc.missing_after_departure() {
+            Departure::Missing
+        } else {
+            Departure::NotYet
+        }
+    }
+
+    /// Whether PEER_LEFT was told.
+    pub fn told(&self) -> bool {
+        self.told
+    }
+
+    /// Whether an acknowledgement is owed.
+    pub fn ack_pending(&self) -> bool {
+        self.inc.ack_pending()
+    }
+
+    /// The acknowledgement to send now (`all`: for everything handed over, else only when one is
+    /// due); none while frames are held, since they are not handed over yet.
+    pub fn ack(&mut self, all: bool) -> Option<u64> {
+        if !self.pending.is_empty() {
+            return None;
+        }
+        if all {
+            self.inc.flush()
+        } else {
+            self.inc.take_ack()
+        }
     }
 }
 

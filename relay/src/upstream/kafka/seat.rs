@@ -11,14 +11,13 @@ use super::log::Seat;
 use super::reader::Room;
 use super::{wire, Shared, OP_TIMEOUT};
 use crate::upstream::inbox::Inbox;
-use crate::upstream::link::{Arrival, Incoming, Outgoing, QueueLink};
-use crate::upstream::{Frame, JoinError, Joined, KillSwitch, Mailbox, Seat as SeatGuard, SendError};
+use crate::upstream::link::{Broken, Departure, Handover, Outgoing, QueueLink};
+use crate::upstream::{Frame, JoinError, Joined, KillSwitch, Mailbox, Seat as SeatGuard};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use ghostwire_shared::ErrorCode;
 use rdkafka::producer::DeliveryFuture;
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,13 +142,9 @@ struct SeatTask {
     outbox_tx: mpsc::Sender<Frame>,
     partner: Option<Seat>,
     out: Outgoing,
-    inc: Incoming,
+    recv: Handover,
     /// Records written and not yet taken by the log.
     deliveries: FuturesUnordered<DeliveryFuture>,
-    /// Partner frames the connection had no room for yet.
-    pending: VecDeque<Frame>,
-    /// The partner left and every frame it sent was handed over (PEER_LEFT told).
-    ended: bool,
     leave: CancellationToken,
     _count: SeatCount,
 }
@@ -164,6 +159,7 @@ impl SeatTask {
             seat: Seat { relay: shared.relay, n: 0 },
             shared,
             room,
+            recv: Handover::new(Arc::clone(&me.inbox)),
             inbox: me.inbox,
             kill: me.kill,
             events,
@@ -171,10 +167,7 @@ impl SeatTask {
             outbox_tx,
             partner: None,
             out,
-            inc: Incoming::default(),
             deliveries: FuturesUnordered::new(),
-            pending: VecDeque::new(),
-            ended: false,
             leave: CancellationToken::new(),
             _count: count,
         }
@@ -251,24 +244,16 @@ impl SeatTask {
         tokio::pin!(ack_timer);
         let mut ack_armed = false;
         loop {
-            if !ack_armed && self.inc.ack_pending() {
+            if !ack_armed && self.recv.ack_pending() {
                 ack_timer.as_mut().reset(Instant::now() + ACK_DELAY);
                 ack_armed = true;
             }
-            let inbox = Arc::clone(&self.inbox);
+            let holding = self.recv.holding();
             tokio::select! {
                 biased;
                 () = self.leave.cancelled() => return,
-                room = std::future::poll_fn(|cx| inbox.poll_writable(cx)), if !self.pending.is_empty() => {
-                    if room.is_err() {
-                        self.pending.clear();
-                    }
-                    while let Some(frame) = self.pending.pop_front() {
-                        if let Err(SendError::Full(frame)) = self.inbox.push(frame) {
-                            self.pending.push_front(frame);
-                            break;
-                        }
-                    }
+                () = self.recv.room(), if holding => {
+                    self.recv.release();
                     self.check_departure();
                     self.acknowledge(false);
                 }
@@ -277,7 +262,7 @@ impl SeatTask {
                 }
                 // The partner's frames wait while the connection has no room (the sender's window
                 // bounds them), and so does everything after them, which keeps the order.
-                event = self.events.recv(), if self.pending.is_empty() => match event {
+                event = self.events.recv(), if !holding => match event {
                     Some(event) => self.on_event(event),
                     None => self.kill.kill(ErrorCode::UpstreamUnavailable),
                 },
@@ -302,40 +287,22 @@ impl SeatTask {
                 self.partner = Some(partner);
                 self.inbox.peer_found(Box::new(QueueLink::new(self.outbox_tx.clone())));
             }
-            Event::Frames { first, frames } => {
-                for (i, bytes) in (first..).zip(frames) {
-                    match self.inc.arrived(i) {
-                        Arrival::Deliver => {}
-                        Arrival::Duplicate => continue,
-                        Arrival::Gap => {
-                            tracing::debug!("frames missing from the log: the pair is lost");
-                            return self.lost();
-                        }
-                    }
-                    let Ok(frame) = Frame::from_utf8(bytes) else {
-                        self.shared.metrics.upstream.foreign_messages.inc();
-                        return self.lost();
-                    };
-                    // Numbered as delivered once queued here; acknowledged only once handed over
-                    // (see `acknowledge`), so the sender's window bounds what waits.
-                    self.inc.delivered();
-                    if !self.pending.is_empty() {
-                        self.pending.push_back(frame);
-                        continue;
-                    }
-                    match self.inbox.push(frame) {
-                        Ok(()) => {}
-                        Err(SendError::Full(frame)) => self.pending.push_back(frame),
-                        Err(SendError::Gone) => return,
-                    }
+            Event::Frames { first, frames } => match self.recv.frames(first, frames) {
+                Ok(()) => self.acknowledge(false),
+                Err(Broken::Gap) => {
+                    tracing::debug!("frames missing from the log: the pair is lost");
+                    self.lost();
                 }
-                self.acknowledge(false);
-            }
+                Err(Broken::NotText) => {
+                    self.shared.metrics.upstream.foreign_messages.inc();
+                    self.lost();
+                }
+            },
             Event::Ack { next } => {
                 self.out.ack(next, Instant::now());
             }
             Event::Left { sent } => {
-                self.inc.left(sent);
+                self.recv.left(sent);
                 self.check_departure();
                 self.acknowledge(false);
             }
@@ -380,13 +347,7 @@ impl SeatTask {
     /// Tells the connection PEER_LEFT once every frame the partner announced was handed over;
     /// frames announced and never seen are lost (the log has them all before the departure).
     fn check_departure(&mut self) {
-        if !self.pending.is_empty() || self.ended {
-            return;
-        }
-        if self.inc.finished() {
-            self.ended = true;
-            self.inbox.peer_left();
-        } else if self.inc.missing_after_departure() {
+        if self.recv.departure() == Departure::Missing {
             tracing::debug!("the partner left, and frames it announced are missing from the log");
             self.lost();
         }
@@ -395,11 +356,7 @@ impl SeatTask {
     /// Writes the acknowledgement due now (`all`: everything delivered so far). Nothing while
     /// frames wait for the connection to make room: they are not handed over yet.
     fn acknowledge(&mut self, all: bool) {
-        if !self.pending.is_empty() {
-            return;
-        }
-        let next = if all { self.inc.flush() } else { self.inc.take_ack() };
-        if let (Some(next), Some(_)) = (next, self.partner) {
+        if let (Some(next), Some(_)) = (self.recv.ack(all), self.partner) {
             self.write(&wire::ack(self.seat, next));
         }
     }
