@@ -139,6 +139,101 @@ pub struct Config {
     /// The Kafka upstream's settings.
     #[command(flatten)]
     pub kafka: KafkaConfig,
+
+    /// The mesh upstream's settings.
+    #[command(flatten)]
+    pub mesh: MeshConfig,
+}
+
+/// The mesh upstream's addresses, introducers and timing (used with `--upstream mesh`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Mesh upstream (--upstream mesh)")]
+pub struct MeshConfig {
+    /// Address of this relay's mesh port: relay-to-relay links on TCP and membership gossip on
+    /// UDP, one port number for both. Port 0 picks a free one.
+    #[arg(
+        id = "mesh_listen",
+        value_name = "ADDR",
+        long = "mesh-listen",
+        env = "GHOSTWIRE_MESH_LISTEN",
+        default_value = "127.0.0.1:7946"
+    )]
+    pub listen: SocketAddr,
+
+    /// Where other relays reach this relay's mesh port (`host:port`), when not --mesh-listen
+    /// (behind NAT, or a pod's own IP when listening on 0.0.0.0).
+    #[arg(id = "mesh_advertise", value_name = "HOST:PORT", long = "mesh-advertise", env = "GHOSTWIRE_MESH_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Introducers to announce this relay to, comma-separated `host:port` (any one that answers
+    /// is enough; a Kubernetes headless Service name works).
+    #[arg(
+        id = "introducers",
+        value_name = "HOST:PORT,...",
+        long = "introducers",
+        env = "GHOSTWIRE_MESH_INTRODUCERS",
+        value_delimiter = ','
+    )]
+    pub introducers: Vec<String>,
+
+    /// Read more introducers from this file: one `host:port` per line, or a JSON list of them
+    /// (like the seed's introducers.json); `#` starts a comment.
+    #[arg(
+        id = "introducers_file",
+        value_name = "FILE",
+        long = "introducers-file",
+        env = "GHOSTWIRE_MESH_INTRODUCERS_FILE"
+    )]
+    pub introducers_file: Option<PathBuf>,
+
+    /// Run as an introducer: take part in the membership only, own no rooms, serve no clients
+    /// (every JOIN is refused with 4010).
+    #[arg(id = "mesh_introducer", long = "mesh-introducer", env = "GHOSTWIRE_MESH_INTRODUCER")]
+    pub introducer: bool,
+
+    /// Interval of the beats on every link between relays.
+    #[arg(id = "mesh_heartbeat", value_name = "DURATION", long = "mesh-heartbeat", env = "GHOSTWIRE_MESH_HEARTBEAT", default_value = "15s", value_parser = parse_positive_duration)]
+    pub heartbeat: Duration,
+
+    /// A relay whose link is down or silent this long is given up: its rooms' partners get 4011
+    /// and its rooms are free again. A link back within it loses nothing.
+    #[arg(id = "mesh_peer_timeout", value_name = "DURATION", long = "mesh-peer-timeout", env = "GHOSTWIRE_MESH_PEER_TIMEOUT", default_value = "45s", value_parser = parse_positive_duration)]
+    pub peer_timeout: Duration,
+
+    /// SWIM probe period of the membership (a member is probed about this often; one that does
+    /// not answer, directly or through others, is suspect, and down three periods later).
+    #[arg(id = "mesh_probe_period", value_name = "DURATION", long = "mesh-probe-period", env = "GHOSTWIRE_MESH_PROBE_PERIOD", default_value = "1s", value_parser = parse_positive_duration)]
+    pub probe_period: Duration,
+}
+
+impl MeshConfig {
+    /// The introducers from the flag and the file.
+    ///
+    /// # Errors
+    /// A message naming the file when it cannot be read or parsed.
+    pub fn introducer_list(&self) -> Result<Vec<String>, String> {
+        let mut all: Vec<String> =
+            self.introducers.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        if let Some(path) = &self.introducers_file {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("--introducers-file {path:?}: {e}"))?;
+            if text.trim_start().starts_with('[') {
+                let list: Vec<String> = serde_json::from_str(&text).map_err(|e| {
+                    format!("--introducers-file {path:?}: not a JSON list of \"host:port\" strings: {e}")
+                })?;
+                all.extend(list);
+            } else {
+                all.extend(
+                    text.lines().map(|l| l.split('#').next().unwrap_or("").trim().to_owned()).filter(|l| !l.is_empty()),
+                );
+            }
+        }
+        for a in &all {
+            if a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(format!("introducer {a:?}: use host:port"));
+            }
+        }
+        Ok(all)
+    }
 }
 
 /// The Kafka upstream's brokers, credentials, topic and timing (used with `--upstream kafka`).
@@ -514,6 +609,8 @@ pub enum UpstreamKind {
     Nats,
     /// Rooms are shared by every relay on one Kafka cluster (one topic, the log as sequencer).
     Kafka,
+    /// Relays link to each other directly, found through introducers (no broker).
+    Mesh,
 }
 
 impl UpstreamKind {
@@ -523,6 +620,7 @@ impl UpstreamKind {
             UpstreamKind::Local => "local",
             UpstreamKind::Nats => "nats",
             UpstreamKind::Kafka => "kafka",
+            UpstreamKind::Mesh => "mesh",
         }
     }
 }

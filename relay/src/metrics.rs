@@ -167,6 +167,18 @@ pub struct UpstreamMetrics {
     /// Times a partition had to be read from a new position: its offset was gone (retention or a
     /// broker that lost its log) or its snapshot was reloaded (Kafka).
     pub reassignments: IntCounter,
+    /// Links to other relays up now (mesh).
+    pub links_up: IntGauge,
+    /// Relays the membership says are up (mesh).
+    pub roster_size: IntGauge,
+    /// Links that went down, and members the membership declared down (mesh).
+    pub suspicions: IntCounter,
+    /// Relays given up: their partners got 4011 (mesh).
+    pub peer_deaths: IntCounter,
+    /// Link handshakes refused because the other side does not hold the cluster secret (mesh).
+    pub link_auth_failures: IntCounter,
+    /// Gossip datagrams dropped because they did not open under the cluster's key (mesh).
+    pub gossip_refused: IntCounter,
 }
 
 /// Registers metrics in one registry; a name registered twice is a programming error caught by
@@ -322,6 +334,24 @@ impl Metrics {
                 reassignments: b.counter(
                     "upstream_reassignments_total",
                     "Partitions read again from a new position: offset gone, or rebuilt from a snapshot (Kafka).",
+                ),
+                links_up: b.gauge("upstream_links_up", "Links to other relays up now (mesh)."),
+                roster_size: b.gauge("upstream_roster_size", "Relays the membership says are up (mesh)."),
+                suspicions: b.counter(
+                    "upstream_suspicions_total",
+                    "Links that went down and members declared down by the membership (mesh).",
+                ),
+                peer_deaths: b.counter(
+                    "upstream_peer_deaths_total",
+                    "Relays given up, whose partners were told 4011 (mesh).",
+                ),
+                link_auth_failures: b.counter(
+                    "upstream_link_auth_failures_total",
+                    "Link handshakes refused: the other side does not hold the cluster secret (mesh).",
+                ),
+                gossip_refused: b.counter(
+                    "upstream_gossip_refused_total",
+                    "Gossip datagrams dropped: they do not open under the cluster's key (mesh).",
                 ),
             },
             rooms_open: b.gauge(

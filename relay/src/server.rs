@@ -87,6 +87,10 @@ impl Relay {
             }
             #[cfg(not(feature = "kafka"))]
             UpstreamKind::Kafka => return Err(not_compiled_in(UpstreamKind::Kafka)),
+            #[cfg(feature = "mesh")]
+            UpstreamKind::Mesh => Arc::new(crate::upstream::mesh::Mesh::connect(&config, Arc::clone(&metrics)).await?),
+            #[cfg(not(feature = "mesh"))]
+            UpstreamKind::Mesh => return Err(not_compiled_in(UpstreamKind::Mesh)),
         };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer as usize)

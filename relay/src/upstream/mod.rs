@@ -52,6 +52,8 @@ pub mod inbox;
 pub mod kafka;
 pub mod link;
 pub mod local;
+#[cfg(feature = "mesh")]
+pub mod mesh;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod room_id;
@@ -240,7 +242,7 @@ impl JoinError {
 
 /// Resolves once `count` reads zero; `zero` must be notified (`notify_waiters`) each time it
 /// drops to zero. How a distributed upstream's `close` waits for its seats' departures.
-#[cfg(any(feature = "nats", feature = "kafka"))]
+#[cfg(any(feature = "nats", feature = "kafka", feature = "mesh"))]
 pub(crate) async fn until_zero(count: &std::sync::atomic::AtomicUsize, zero: &tokio::sync::Notify) {
     loop {
         let notified = zero.notified();

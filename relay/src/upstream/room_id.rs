@@ -59,21 +59,8 @@ impl RoomKeyer {
             rand_core::OsRng.fill_bytes(key.as_mut());
             return RoomKeyer::new(key.as_ref());
         }
-        let from_file = match &config.cluster_secret_file {
-            Some(path) => Some(
-                Secret::from_file(path).map_err(|e| Error::Config(format!("--cluster-secret-file {path:?}: {e}")))?,
-            ),
-            None => None,
-        };
-        let secret = from_file.as_ref().or(config.cluster_secret.as_ref()).map(|s| s.expose()).unwrap_or_default();
-        if secret.len() < MIN_SECRET {
-            return Err(Error::Config(format!(
-                "--upstream {} needs --cluster-secret (or GHOSTWIRE_CLUSTER_SECRET, or --cluster-secret-file) \
-                 of at least {MIN_SECRET} characters, the same on every relay",
-                config.upstream.as_str()
-            )));
-        }
-        RoomKeyer::new(secret.as_bytes())
+        let secret = cluster_secret(config)?;
+        RoomKeyer::new(secret.expose().as_bytes())
     }
 
     fn new(key: &[u8]) -> Result<RoomKeyer, Error> {
@@ -90,6 +77,28 @@ impl RoomKeyer {
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
         RoomId(id)
+    }
+}
+
+/// The cluster secret a distributed upstream shares (from the flag, the variable or the file).
+///
+/// # Errors
+/// [`Error::Config`] when there is none of at least [`MIN_SECRET`] characters, or its file
+/// cannot be read.
+pub fn cluster_secret(config: &Config) -> Result<Secret, Error> {
+    let from_file = match &config.cluster_secret_file {
+        Some(path) => {
+            Some(Secret::from_file(path).map_err(|e| Error::Config(format!("--cluster-secret-file {path:?}: {e}")))?)
+        }
+        None => None,
+    };
+    match from_file.or_else(|| config.cluster_secret.clone()) {
+        Some(secret) if secret.expose().len() >= MIN_SECRET => Ok(secret),
+        _ => Err(Error::Config(format!(
+            "--upstream {} needs --cluster-secret (or GHOSTWIRE_CLUSTER_SECRET, or --cluster-secret-file) \
+             of at least {MIN_SECRET} characters, the same on every relay",
+            config.upstream.as_str()
+        ))),
     }
 }
 

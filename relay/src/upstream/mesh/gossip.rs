@@ -1,0 +1,249 @@
+//! Membership: who is in the mesh, by SWIM (`foca`), every datagram sealed.
+//!
+//! foca does the protocol (probes, indirect probes, suspicion, dissemination piggybacked on
+//! probes) and leaves the transport to us, which is why it was chosen over chitchat, whose
+//! transport cannot see the bytes it sends: every datagram here is sealed with
+//! XChaCha20-Poly1305 under a key derived from the cluster secret (random 24-byte nonce ‖
+//! ciphertext), so without the secret nothing joins the membership, reads it or injects into it
+//! (the way Serf and Consul use their gossip key). A datagram that does not open is dropped and
+//! counted. Introducers are the seeds: every relay announces itself to them at start, every
+//! two probe periods (at most 2 s) while it knows no one, and every third such round after, so
+//! an introducer that restarted empty learns the mesh again. Between relays, foca's own
+//! dissemination keeps the roster whole, introducers or not.
+
+use super::links::Links;
+use crate::metrics::Metrics;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::XChaCha20Poly1305;
+use foca::{Config, Foca, Identity, PostcardCodec, Timer};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A member of the mesh as the membership knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Where it gossips, and (for a relay) where its link listener is: the same port.
+    pub addr: SocketAddr,
+    /// Its incarnation (random per start); 0 for a seed not met yet.
+    pub incarnation: u64,
+    /// When it started (milliseconds since the epoch): a restart at the same address wins.
+    pub started: u64,
+    /// A relay (owns rooms, takes links) or an introducer (membership only).
+    pub relay: bool,
+    /// Bumped when the node rejoins after being declared down.
+    pub renewal: u16,
+}
+
+impl Identity for Node {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Node { renewal: self.renewal.wrapping_add(1), ..self.clone() })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, other: &Self) -> bool {
+        (self.started, self.renewal) > (other.started, other.renewal)
+    }
+}
+
+/// The relays the membership says are up: incarnation → link address.
+pub type Roster = Arc<Mutex<HashMap<u64, SocketAddr>>>;
+
+/// Seals and opens datagrams.
+struct Seal(XChaCha20Poly1305);
+
+impl Seal {
+    fn seal(&self, data: &[u8]) -> Option<Vec<u8>> {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = self.0.encrypt(&nonce, data).ok()?;
+        let mut out = Vec::with_capacity(24 + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Some(out)
+    }
+
+    fn open(&self, datagram: &[u8]) -> Option<Vec<u8>> {
+        if datagram.len() < 24 + 16 {
+            return None;
+        }
+        let (nonce, sealed) = datagram.split_at(24);
+        self.0.decrypt(nonce.into(), sealed).ok()
+    }
+}
+
+/// What the membership task needs.
+pub struct Gossip {
+    /// This node.
+    pub me: Node,
+    /// The UDP socket, bound to the link listener's port.
+    pub socket: UdpSocket,
+    /// The sealing key.
+    pub key: [u8; 32],
+    /// The introducers, `host:port`.
+    pub seeds: Vec<String>,
+    /// Probe period (the interval between two probes of a member).
+    pub probe_period: Duration,
+}
+
+/// Runs the membership until `stop`; keeps `roster` and the links up to date.
+pub async fn run(
+    g: Gossip,
+    roster: Roster,
+    links: Option<Arc<Links>>,
+    active: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let seal = Seal(XChaCha20Poly1305::new(&g.key.into()));
+    let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer<Node>>();
+    let mut config = Config::new_lan(std::num::NonZeroU32::new(16).unwrap_or(std::num::NonZeroU32::MIN));
+    config.probe_period = g.probe_period;
+    config.probe_rtt = (g.probe_period / 3).max(Duration::from_millis(5));
+    config.suspect_to_down_after = g.probe_period * 3;
+    config.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: (g.probe_period / 5).max(Duration::from_millis(10)),
+        num_members: std::num::NonZeroUsize::MIN.saturating_add(2),
+    });
+    let rng: rand_foca::rngs::StdRng = rand_foca::make_rng();
+    let mut foca = Foca::new(g.me.clone(), config, rng, PostcardCodec);
+    let mut rt = foca::AccumulatingRuntime::new();
+    let mut buf = vec![0u8; 65_536];
+    // Alone (at start, after a partition): announce to the introducers often. Not alone: still
+    // now and then, so an introducer that restarted with an empty roster learns the mesh again
+    // and can introduce newcomers to it.
+    let alone_every = Duration::from_secs(2).min(g.probe_period * 2);
+    let mut announce = tokio::time::interval(alone_every);
+    let mut rounds = 0u32;
+    let out = Outlet { socket: &g.socket, seal: &seal, timers: timer_tx, roster, links, active, metrics: &metrics };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => {
+                let _ = foca.leave_cluster(&mut rt);
+                out.flush(&mut rt).await;
+                return;
+            }
+            got = g.socket.recv_from(&mut buf) => {
+                let Ok((n, _from)) = got else { continue };
+                match seal.open(&buf[..n]) {
+                    Some(data) => {
+                        let _ = foca.handle_data(&data, &mut rt);
+                    }
+                    None => out.metrics.upstream.gossip_refused.inc(),
+                }
+            }
+            Some(timer) = timers.recv() => {
+                let _ = foca.handle_timer(timer, &mut rt);
+            }
+            _ = announce.tick() => {
+                rounds = rounds.wrapping_add(1);
+                let alone = foca.iter_members().next().is_none();
+                if alone || rounds % 3 == 0 {
+                    for seed in &g.seeds {
+                        if let Ok(addrs) = tokio::net::lookup_host(seed.as_str()).await {
+                            for addr in addrs.filter(|a| *a != g.me.addr) {
+                                let stranger = Node { addr, incarnation: 0, started: 0, relay: false, renewal: 0 };
+                                let _ = foca.announce(stranger, &mut rt);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.flush(&mut rt).await;
+    }
+}
+
+/// Where what foca produces goes.
+struct Outlet<'a> {
+    socket: &'a UdpSocket,
+    seal: &'a Seal,
+    timers: mpsc::UnboundedSender<Timer<Node>>,
+    roster: Roster,
+    links: Option<Arc<Links>>,
+    active: Arc<AtomicBool>,
+    metrics: &'a Metrics,
+}
+
+impl Outlet<'_> {
+    /// Sends what foca wants sent, schedules its timers, applies its notifications.
+    async fn flush(&self, rt: &mut foca::AccumulatingRuntime<Node>) {
+        let (socket, seal, timers, roster, links, active, metrics) =
+            (self.socket, self.seal, &self.timers, &self.roster, self.links.as_ref(), &self.active, self.metrics);
+        while let Some((to, data)) = rt.to_send() {
+            if let Some(sealed) = seal.seal(&data) {
+                let _ = socket.send_to(&sealed, to.addr).await;
+            }
+        }
+        while let Some((after, timer)) = rt.to_schedule() {
+            let timers = timers.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = timers.send(timer);
+            });
+        }
+        while let Some(note) = rt.to_notify() {
+            // The roster's lock is never held while the links are called (they call back into it).
+            let lock = || roster.lock().unwrap_or_else(|p| p.into_inner());
+            match note {
+                foca::OwnedNotification::MemberUp(node) if node.relay => {
+                    lock().insert(node.incarnation, node.addr);
+                    if let Some(links) = links {
+                        links.ensure(node.incarnation, &node.addr.to_string());
+                    }
+                }
+                // Down in the membership: no longer a candidate owner for new rooms. Its links decide
+                // whether its rooms end (they are given up only after `--mesh-peer-timeout`), so a
+                // short cut loses nothing even when the membership is quicker to judge.
+                foca::OwnedNotification::MemberDown(node) if node.relay => {
+                    lock().remove(&node.incarnation);
+                    metrics.upstream.suspicions.inc();
+                }
+                foca::OwnedNotification::Active => active.store(true, Ordering::Release),
+                foca::OwnedNotification::Idle | foca::OwnedNotification::Defunct => {
+                    active.store(false, Ordering::Release)
+                }
+                foca::OwnedNotification::Rename(old, new) => {
+                    let mut roster = lock();
+                    if old.relay {
+                        roster.remove(&old.incarnation);
+                    }
+                    if new.relay {
+                        roster.insert(new.incarnation, new.addr);
+                    }
+                }
+                _ => {}
+            }
+            metrics.upstream.roster_size.set(lock().len() as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_datagram_sealed_under_another_key_does_not_open() {
+        let a = Seal(XChaCha20Poly1305::new(&[1u8; 32].into()));
+        let b = Seal(XChaCha20Poly1305::new(&[2u8; 32].into()));
+        let sealed = a.seal(b"probe").unwrap();
+        assert_eq!(a.open(&sealed).as_deref(), Some(&b"probe"[..]));
+        assert!(b.open(&sealed).is_none());
+        let mut flipped = sealed.clone();
+        flipped[30] ^= 1;
+        assert!(a.open(&flipped).is_none());
+        assert!(a.open(&sealed[..20]).is_none());
+    }
+}

@@ -1,0 +1,330 @@
+//! The mesh upstream: relays that share rooms by linking to each other directly, no broker.
+//!
+//! * **Membership** ([`gossip`]): SWIM through `foca`, every datagram sealed with a key derived
+//!   from the cluster secret. Introducers (`--mesh-introducer`) are relays that own no rooms and
+//!   serve no clients; they are the seeds every relay announces itself to (`--introducers`).
+//!   Once the relays know each other, the introducers can all be down: the roster keeps itself.
+//! * **Links** ([`links`]): each relay dials every relay on the roster; a Noise `XXpsk3`
+//!   handshake proves both hold the cluster secret, and the link then carries numbered messages
+//!   that a reconnect resumes without loss, duplication or reordering.
+//! * **Rooms** ([`rooms`]): a room's owner is the relay with the highest rendezvous score for its
+//!   keyed id over the live roster. Every join goes to the owner, which decides it under one lock:
+//!   at most two seats, however joins race through different relays. The owner only decides;
+//!   frames go straight between the two seats' relays ([`seat`]).
+//! * **Faults.** A relay given up by the links (silent or unreachable for `--mesh-peer-timeout`,
+//!   or answering as a new incarnation) or declared down by the membership: its partners end
+//!   with 4011, the rooms it held at owners are freed at once, and seats waiting at it as owner
+//!   wait at the new owner. A relay's incarnation is random per start, so nothing addressed to a
+//!   previous run reaches a new one.
+//!
+//! **What a roster change can do.** Two relays whose rosters differ for a moment (a relay just
+//! came or went) can pick different owners for one room: two joiners can then wait in two
+//! places until the rosters agree and a later joiner finds one of them; the room never holds
+//! three, since every room lives at exactly one owner and each owner admits two.
+
+mod gossip;
+mod links;
+pub mod rooms;
+mod seat;
+pub mod wire;
+
+use super::{BoxFuture, JoinError, Joined, Mailbox, RoomId, Upstream};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::Error;
+use links::{Handler, Links, Settings};
+use rooms::Rooms;
+use seat::Event;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wire::{Msg, SeatRef, Verdict};
+
+/// Rooms shared by linked relays.
+pub struct Mesh {
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    /// Where the links and the gossip listen (the bound address).
+    pub listen: SocketAddr,
+}
+
+/// What the seats, the links' handler and the membership share.
+struct Shared {
+    links: Arc<Links>,
+    roster: gossip::Roster,
+    rooms: Mutex<Rooms>,
+    seats: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
+    next_seat: AtomicU64,
+    open: AtomicUsize,
+    seats_gone: Notify,
+    max_rooms: usize,
+    peer_queue: usize,
+    max_batch_bytes: usize,
+    introducer: bool,
+    /// Known to at least one other member of the mesh.
+    active: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// The owner of `room` as this relay sees the roster (this relay included).
+    fn owner(&self, room: &RoomId) -> Option<u64> {
+        let me = self.links.me();
+        let roster: Vec<u64> = self.roster.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let relays = roster.into_iter().chain(std::iter::once(me)).filter(|r| *r == me || !self.links.is_lost(*r));
+        rooms::owner(&room.bytes(), relays)
+    }
+
+    fn seat(&self, n: u64) -> Option<mpsc::UnboundedSender<Event>> {
+        self.seats.lock().unwrap_or_else(|p| p.into_inner()).get(&n).cloned()
+    }
+
+    fn tell(&self, n: u64, event: Event) -> bool {
+        self.seat(n).is_some_and(|tx| tx.send(event).is_ok())
+    }
+}
+
+/// The links' handler: routes what arrives to the room table and the seats.
+struct Router(Weak<Shared>);
+
+impl Handler for Router {
+    fn deliver(&self, from: u64, msg: Msg) {
+        let Some(shared) = self.0.upgrade() else { return };
+        match msg {
+            Msg::Join { req, room, seat } => {
+                let joiner = SeatRef { relay: from, n: seat };
+                let verdict = shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).join(room, joiner);
+                if let Verdict::Paired(first) = verdict {
+                    shared.links.send(first.relay, Msg::Paired { to: first.n, partner: joiner });
+                }
+                shared.links.send(from, Msg::Verdict { req, verdict });
+            }
+            Msg::Verdict { req, verdict } => {
+                shared.tell(req, Event::Verdict { owner: from, verdict });
+            }
+            Msg::Paired { to, partner } => {
+                if !shared.tell(to, Event::Paired { partner }) {
+                    // The waiting seat left as its partner came: the partner hears PEER_LEFT.
+                    shared.links.send(partner.relay, Msg::Left { to: partner.n, from: to, sent: 0 });
+                }
+            }
+            Msg::Frames { to, from: seat, first, frames } => {
+                if !shared.tell(to, Event::Frames { from: SeatRef { relay: from, n: seat }, first, frames }) {
+                    shared.links.send(from, Msg::Gone { to: seat });
+                }
+            }
+            Msg::Ack { to, from: seat, next } => {
+                shared.tell(to, Event::Ack { from: SeatRef { relay: from, n: seat }, next });
+            }
+            Msg::Left { to, from: seat, sent } => {
+                shared.tell(to, Event::Left { from: SeatRef { relay: from, n: seat }, sent });
+            }
+            Msg::Leave { room, seat } => {
+                shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).leave(room, SeatRef { relay: from, n: seat });
+            }
+            Msg::Gone { to } => {
+                shared.tell(to, Event::Gone);
+            }
+        }
+    }
+
+    fn met(&self, id: u64, addr: &str) {
+        let Some(shared) = self.0.upgrade() else { return };
+        if let Ok(addr) = addr.parse::<SocketAddr>() {
+            let mut roster = shared.roster.lock().unwrap_or_else(|p| p.into_inner());
+            roster.insert(id, addr);
+            shared.metrics.upstream.roster_size.set(roster.len() as i64);
+        }
+    }
+
+    fn peer_lost(&self, id: u64) {
+        let Some(shared) = self.0.upgrade() else { return };
+        {
+            let mut roster = shared.roster.lock().unwrap_or_else(|p| p.into_inner());
+            roster.remove(&id);
+            shared.metrics.upstream.roster_size.set(roster.len() as i64);
+        }
+        shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).forget_relay(id);
+        let seats: Vec<_> = shared.seats.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for seat in seats {
+            let _ = seat.send(Event::RelayLost(id));
+        }
+    }
+}
+
+impl Mesh {
+    /// Binds the link listener and the gossip socket (one port, TCP and UDP), joins the mesh
+    /// through the introducers, and starts linking.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a missing cluster secret or no introducer; [`Error::Bind`] when the
+    /// port cannot be bound.
+    pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Mesh, Error> {
+        let mesh = &config.mesh;
+        let secret = super::room_id::cluster_secret(config)?;
+        let (psk, gossip_key) = links::keys(secret.expose().as_bytes());
+        let seeds = mesh.introducer_list().map_err(Error::Config)?;
+        if seeds.is_empty() && !mesh.introducer {
+            return Err(Error::Config(
+                "--upstream mesh needs --introducers host:port[,...] (or --introducers-file)".into(),
+            ));
+        }
+        let (listener, socket) = bind_pair(mesh.listen).await?;
+        let listen = listener.local_addr().map_err(|e| bind_error(mesh.listen, e))?;
+        let advertise = match &mesh.advertise {
+            Some(a) => a.clone(),
+            None => listen.to_string(),
+        };
+        let advertised: SocketAddr =
+            match tokio::net::lookup_host(advertise.as_str()).await.ok().and_then(|mut a| a.next()) {
+                Some(a) => a,
+                None => {
+                    return Err(Error::Config(format!("--mesh-advertise {advertise:?} does not resolve to an address")))
+                }
+            };
+        let incarnation = loop {
+            use rand_core::RngCore;
+            let n = rand_core::OsRng.next_u64();
+            if n != 0 {
+                break n;
+            }
+        };
+        let stop = CancellationToken::new();
+        let settings = Settings {
+            me: incarnation,
+            advertise: advertised.to_string(),
+            psk,
+            heartbeat: mesh.heartbeat,
+            peer_timeout: mesh.peer_timeout,
+        };
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
+            links: Links::new(settings, Arc::new(Router(weak.clone())), Arc::clone(&metrics), stop.child_token()),
+            roster: Arc::default(),
+            rooms: Mutex::new(Rooms::default()),
+            seats: Mutex::new(HashMap::new()),
+            next_seat: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            seats_gone: Notify::new(),
+            max_rooms: config.max_rooms,
+            peer_queue: config.peer_queue as usize,
+            max_batch_bytes: (256 * 1024).max(config.max_frame_bytes + 64),
+            introducer: mesh.introducer,
+            active: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::clone(&metrics),
+        });
+        if !mesh.introducer {
+            shared.links.listen(listener);
+        }
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let me = gossip::Node { addr: advertised, incarnation, started, relay: !mesh.introducer, renewal: 0 };
+        let g = gossip::Gossip { me, socket, key: gossip_key, seeds, probe_period: mesh.probe_period };
+        let tasks = TaskTracker::new();
+        let links = (!mesh.introducer).then(|| Arc::clone(&shared.links));
+        let active = Arc::clone(&shared.active);
+        tasks.spawn(gossip::run(g, Arc::clone(&shared.roster), links, active, Arc::clone(&metrics), stop.clone()));
+        // The roster is also walked now and then, so a relay given up earlier (a partition that
+        // healed) is linked again once its quarantine is over.
+        let weak = Arc::downgrade(&shared);
+        let every = mesh.peer_timeout;
+        let stop2 = stop.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    () = stop2.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(shared) = weak.upgrade() else { return };
+                let roster: Vec<(u64, SocketAddr)> =
+                    shared.roster.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, *v)).collect();
+                if !shared.introducer {
+                    for (id, addr) in roster {
+                        shared.links.ensure(id, &addr.to_string());
+                    }
+                }
+            }
+        });
+        tracing::info!(
+            listen = %listen,
+            advertise = %advertised,
+            introducer = mesh.introducer,
+            relay = %format_args!("{incarnation:016x}"),
+            "mesh upstream started"
+        );
+        Ok(Mesh { shared, tasks, stop, listen })
+    }
+}
+
+fn bind_error(addr: SocketAddr, source: std::io::Error) -> Error {
+    Error::Bind { addr, source }
+}
+
+/// Binds TCP and UDP on one port (the port of `addr`, or one free for both when it is 0).
+async fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::TcpListener, tokio::net::UdpSocket), Error> {
+    for _ in 0..20 {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| bind_error(addr, e))?;
+        let bound = listener.local_addr().map_err(|e| bind_error(addr, e))?;
+        match tokio::net::UdpSocket::bind(bound).await {
+            Ok(socket) => return Ok((listener, socket)),
+            Err(e) if addr.port() != 0 => return Err(bind_error(addr, e)),
+            Err(_) => continue,
+        }
+    }
+    Err(bind_error(addr, std::io::Error::other("no port free for both TCP and UDP")))
+}
+
+impl Upstream for Mesh {
+    fn join<'a>(&'a self, room: &'a RoomId, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
+        Box::pin(seat::join(Arc::clone(&self.shared), &self.tasks, *room, me))
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.shared.introducer {
+            return Ok(());
+        }
+        if !self.shared.active.load(Ordering::Acquire) {
+            return Err("not yet known to any member of the mesh (are the introducers up?)".into());
+        }
+        let roster = self.shared.roster.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let up = self.shared.links.up();
+        if up < roster {
+            return Err(format!("linked to {up} of the {roster} relays on the roster"));
+        }
+        Ok(())
+    }
+
+    fn open_rooms(&self) -> usize {
+        self.shared.open.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "mesh"
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let seats = super::until_zero(&self.shared.open, &self.shared.seats_gone);
+            let _ = tokio::time::timeout(Duration::from_secs(5), seats).await;
+            // The departures are on the links: give them a moment to be acknowledged.
+            let drained = async {
+                while !self.shared.links.drained() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+            self.stop.cancel();
+            self.shared.links.close().await;
+            self.tasks.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+        })
+    }
+}
