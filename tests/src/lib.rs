@@ -760,6 +760,115 @@ pub fn nats_config(url: &str) -> Config {
     c
 }
 
+/// Test defaults for a relay on the mesh upstream that announces itself to the introducer at
+/// `introducer` (`host:port`), its mesh port free on loopback. Link beats every 250 ms and a
+/// relay given up after 5 s: a loaded test machine must not make a live relay look dead, and a
+/// test that cuts a link for a moment must see it come back.
+pub fn mesh_config(introducer: &str) -> Config {
+    use ghostwire_relay::config::Secret;
+    let mut c = Config::for_tests();
+    c.upstream = ghostwire_relay::UpstreamKind::Mesh;
+    c.cluster_secret = Some(CLUSTER_SECRET.parse::<Secret>().unwrap());
+    c.mesh.listen = "127.0.0.1:0".parse().unwrap();
+    c.mesh.introducers = vec![introducer.to_owned()];
+    c.mesh.heartbeat = Duration::from_millis(250);
+    c.mesh.peer_timeout = Duration::from_secs(5);
+    c.mesh.probe_period = Duration::from_millis(500);
+    c
+}
+
+/// An in-process mesh introducer on a free loopback port; its `host:port` for `--introducers`.
+pub async fn mesh_introducer() -> (TestRelay, String) {
+    let port = free_port();
+    let mut c = mesh_config("127.0.0.1:1");
+    c.mesh.introducers.clear();
+    c.mesh.introducer = true;
+    c.mesh.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    (TestRelay::start(c).await, format!("127.0.0.1:{port}"))
+}
+
+/// Waits (bounded) until a mesh relay knows `others` relays and has a link up to each.
+pub async fn until_meshed(admin: std::net::SocketAddr, others: usize) {
+    until_metric(admin, &format!("ghostwire_upstream_roster_size {others}")).await;
+    until_metric(admin, &format!("ghostwire_upstream_links_up {others}")).await;
+    until_ready(admin, 10).await;
+}
+
+/// A cut in the network in front of one loopback port: what is sent to `front` (TCP
+/// connections and UDP datagrams) reaches `back` while the cut is closed ([`run`]); [`kill`]
+/// drops every connection through it and stops forwarding, as a failed switch would.
+pub struct Cut {
+    pub front: u16,
+    back: u16,
+    stop: Option<CancellationToken>,
+}
+
+impl Cut {
+    /// A cut in front of `back`, forwarding.
+    pub fn new(back: u16) -> Cut {
+        let mut cut = Cut { front: free_port(), back, stop: None };
+        cut.run();
+        cut
+    }
+
+    /// (Re)starts forwarding on `front`. Must be called inside a Tokio runtime.
+    pub fn run(&mut self) {
+        let stop = CancellationToken::new();
+        let front = std::net::SocketAddr::from(([127, 0, 0, 1], self.front));
+        let back = std::net::SocketAddr::from(([127, 0, 0, 1], self.back));
+        let tcp = std::net::TcpListener::bind(front).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let tcp = tokio::net::TcpListener::from_std(tcp).unwrap();
+        let udp = std::net::UdpSocket::bind(front).unwrap();
+        udp.set_nonblocking(true).unwrap();
+        let udp = tokio::net::UdpSocket::from_std(udp).unwrap();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    () = token.cancelled() => return,
+                    got = tcp.accept() => match got { Ok(c) => c, Err(_) => continue },
+                };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(back).await else { return };
+                    tokio::select! {
+                        () = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let out = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    got = udp.recv_from(&mut buf) => if let Ok((n, _)) = got {
+                        let _ = out.send_to(&buf[..n], back).await;
+                    },
+                }
+            }
+        });
+        self.stop = Some(stop);
+    }
+
+    /// Drops every connection through the cut and stops forwarding.
+    pub fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Shorter failure detection, for the tests that wait for it: heartbeats every 250 ms, a relay
 /// dead after 2 s of silence, slots renewed every second.
 pub fn fast_failures(mut c: Config) -> Config {
@@ -768,6 +877,8 @@ pub fn fast_failures(mut c: Config) -> Config {
     c.nats.slot_ttl = Duration::from_secs(3);
     c.kafka.heartbeat = Duration::from_millis(250);
     c.kafka.peer_timeout = Duration::from_secs(2);
+    c.mesh.heartbeat = Duration::from_millis(250);
+    c.mesh.peer_timeout = Duration::from_secs(2);
     c
 }
 

@@ -21,6 +21,7 @@ enum Kind {
     Local,
     Nats,
     Kafka,
+    Mesh,
 }
 
 /// Environment variables for a relay process.
@@ -39,6 +40,30 @@ impl Broker for NatsServer {
     fn run(&mut self) {
         NatsServer::run(self)
     }
+}
+
+/// The mesh has no broker: what the distributed cases break is the network in front of relay
+/// 1's mesh port (its links and its gossip), with the introducer kept alongside.
+struct MeshNet {
+    cut: Cut,
+    _introducer: Option<TestRelay>,
+}
+
+impl Broker for MeshNet {
+    fn kill(&mut self) {
+        self.cut.kill()
+    }
+    fn run(&mut self) {
+        self.cut.run()
+    }
+}
+
+/// An introducer process for relays run as processes (never cut: killing relays is the case).
+struct IntroducerProc(#[allow(dead_code)] RelayProc);
+
+impl Broker for IntroducerProc {
+    fn kill(&mut self) {}
+    fn run(&mut self) {}
 }
 
 impl Broker for KafkaBroker {
@@ -87,6 +112,31 @@ fn processes(kind: Kind) -> (Box<dyn Broker>, Vec<String>, Env) {
             .to_vec();
             (Box::new(kafka), args, vec![("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)])
         }
+        Kind::Mesh => {
+            let port = free_port();
+            let intro = format!("127.0.0.1:{port}");
+            let introducer = RelayProc::start(
+                &["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", &intro],
+                &[("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)],
+            );
+            let args = [
+                "--upstream",
+                "mesh",
+                "--introducers",
+                &intro,
+                "--mesh-listen",
+                "127.0.0.1:0",
+                "--mesh-heartbeat",
+                "250ms",
+                "--mesh-peer-timeout",
+                "2s",
+                "--mesh-probe-period",
+                "500ms",
+            ]
+            .map(String::from)
+            .to_vec();
+            (Box::new(IntroducerProc(introducer)), args, vec![("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)])
+        }
         Kind::Local => unreachable!("one process cannot lose a relay"),
     }
 }
@@ -111,6 +161,26 @@ impl World {
                 let kafka = KafkaBroker::start();
                 let relays = World::relays(|| kafka_config(&kafka.brokers(), "conformance"), tune).await;
                 World { relays, broker: Some(Box::new(kafka)) }
+            }
+            Kind::Mesh => {
+                let (introducer, intro) = mesh_introducer().await;
+                // Relay 1 listens behind a cut; the others reach it only through it.
+                let back = free_port();
+                let cut = Cut::new(back);
+                let mut relays = Vec::new();
+                for i in 0..3 {
+                    let mut c = mesh_config(&intro);
+                    if i == 1 {
+                        c.mesh.listen = format!("127.0.0.1:{back}").parse().unwrap();
+                        c.mesh.advertise = Some(format!("127.0.0.1:{}", cut.front));
+                    }
+                    tune(&mut c);
+                    relays.push(TestRelay::start(c).await);
+                }
+                for relay in &relays {
+                    until_meshed(relay.admin, 2).await;
+                }
+                World { relays, broker: Some(Box::new(MeshNet { cut, _introducer: Some(introducer) })) }
             }
         }
     }
@@ -397,4 +467,8 @@ mod nats_upstream {
 mod kafka_upstream {
     use super::*;
     suite!(kafka, Kind::Kafka, distributed);
+}
+mod mesh_upstream {
+    use super::*;
+    suite!(mesh, Kind::Mesh, distributed);
 }

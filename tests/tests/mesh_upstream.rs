@@ -1,0 +1,317 @@
+//! The mesh upstream as operators run it: an introducer and relays as separate processes on
+//! loopback, killed with real signals. (The upstream contract itself is checked by
+//! `conformance.rs`, as for every upstream.)
+
+#![allow(clippy::unwrap_used)]
+
+use futures_util::SinkExt;
+use ghostwire_tests::*;
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+const SECRET: [(&str, &str); 1] = [("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)];
+
+/// An introducer process on a free port; its `host:port`.
+fn introducer() -> (RelayProc, String) {
+    let intro = format!("127.0.0.1:{}", free_port());
+    let proc = RelayProc::start(&["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", &intro], &SECRET);
+    (proc, intro)
+}
+
+/// A relay process announcing itself to `intro`, with link beats every 250 ms and a relay given
+/// up after 2 s (so the tests that wait for it are short), and `secret` as its cluster secret.
+fn relay_with(intro: &str, secret: &str) -> RelayProc {
+    RelayProc::start(
+        &[
+            "--upstream",
+            "mesh",
+            "--introducers",
+            intro,
+            "--mesh-listen",
+            "127.0.0.1:0",
+            "--mesh-heartbeat",
+            "250ms",
+            "--mesh-peer-timeout",
+            "2s",
+            "--mesh-probe-period",
+            "500ms",
+        ],
+        &[("GHOSTWIRE_CLUSTER_SECRET", secret)],
+    )
+}
+
+fn relay(intro: &str) -> RelayProc {
+    relay_with(intro, CLUSTER_SECRET)
+}
+
+/// An introducer and `n` relays, each knowing and linked to all the others.
+async fn mesh(n: usize) -> (RelayProc, String, Vec<RelayProc>) {
+    let (intro_proc, intro) = introducer();
+    let relays: Vec<RelayProc> = (0..n).map(|_| relay(&intro)).collect();
+    for r in &relays {
+        until_meshed(r.admin, n - 1).await;
+    }
+    (intro_proc, intro, relays)
+}
+
+/// An introducer and three relays: a room split over two of them carries frames both ways, a
+/// third joiner on the third relay is refused, and the room is free again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_split_over_relays_chats() {
+    within(60, async {
+        let (_intro, _, r) = mesh(3).await;
+        room_contract(&r[0].url, &r[1].url).await;
+        room_contract(&r[2].url, &r[0].url).await;
+        let (_, metrics) = http_get(r[0].admin, "/metrics").await;
+        assert!(!metrics.contains("ghostwire_upstream_frames_out_total 0\n"), "{metrics}");
+    })
+    .await;
+}
+
+/// 20 clients join one room at once through three relay processes, 50 times over: exactly two
+/// are admitted each time, and every relay ends with no room open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_joiners_through_three_relay_processes_admit_exactly_two() {
+    within(240, async {
+        let (_intro, _, r) = mesh(3).await;
+        for round in 0..50 {
+            let code = room("race");
+            let mut conns = Vec::new();
+            for i in 0..20 {
+                conns.push(connect(&r[i % 3].url).await);
+            }
+            futures_util::future::join_all(conns.iter_mut().map(|ws| send(ws, join_frame(&code)))).await;
+            let outcomes = futures_util::future::join_all(conns.iter_mut().map(|ws| async move {
+                let text = expect_text(ws).await;
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                match v["type"].as_str() {
+                    Some("PEER_FOUND") => true,
+                    Some("ERROR") if v["code"] == 4002 => false,
+                    _ => panic!("unexpected answer to a racing JOIN: {text}"),
+                }
+            }))
+            .await;
+            let admitted = outcomes.iter().filter(|in_| **in_).count();
+            assert_eq!(admitted, 2, "round {round}: {outcomes:?}");
+            for ws in &mut conns {
+                let _ = ws.close(None).await;
+            }
+        }
+        for relay in &r {
+            until_metric(relay.admin, "ghostwire_rooms_open 0").await;
+        }
+    })
+    .await;
+}
+
+/// With the introducer killed (SIGKILL), the linked relays keep the room they have and open new
+/// ones across each other; a relay that starts while it is down finds the mesh once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_introducer_gone_linked_relays_keep_serving() {
+    within(60, async {
+        let (intro_proc, intro, r) = mesh(2).await;
+        let code = room("kept");
+        let mut c = join(&r[0].url, &code).await;
+        let mut d = join(&r[1].url, &code).await;
+        expect_peer_found(&mut c).await;
+        expect_peer_found(&mut d).await;
+        intro_proc.signal(Signal::SIGKILL);
+        drop(intro_proc);
+        send(&mut c, signal("MSG", "after the introducer died")).await;
+        assert_eq!(expect_text(&mut d).await, signal("MSG", "after the introducer died"));
+        // New rooms across the two relays, while the introducer is down.
+        for i in 0..5 {
+            let code = room(&format!("new{i}"));
+            let (x, y) = if i % 2 == 0 { (&r[0].url, &r[1].url) } else { (&r[1].url, &r[0].url) };
+            let mut e = join(x, &code).await;
+            let mut f = join(y, &code).await;
+            expect_peer_found(&mut e).await;
+            expect_peer_found(&mut f).await;
+            send(&mut f, signal("MSG", "new room")).await;
+            assert_eq!(expect_text(&mut e).await, signal("MSG", "new room"));
+        }
+        // A relay started now finds no one; once the introducer is back, it re-registers and joins.
+        let late = relay(&intro);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, why) = http_get(late.admin, "/readyz").await;
+        assert_eq!(status, 503, "a relay that reached no member of the mesh is not ready: {why}");
+        let port: u16 = intro.rsplit(':').next().unwrap().parse().unwrap();
+        let _back = RelayProc::start(
+            &["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", &format!("127.0.0.1:{port}")],
+            &SECRET,
+        );
+        until_meshed(late.admin, 2).await;
+        let code = room("late");
+        let mut g = join(&late.url, &code).await;
+        let mut h = join(&r[1].url, &code).await;
+        expect_peer_found(&mut g).await;
+        expect_peer_found(&mut h).await;
+        send(&mut g, signal("MSG", "via the late relay")).await;
+        assert_eq!(expect_text(&mut h).await, signal("MSG", "via the late relay"));
+    })
+    .await;
+}
+
+/// A relay with another cluster secret joins nothing: its gossip does not open, its link
+/// handshakes are refused (counted on the relays it tries), and a client on it never meets a
+/// client of the mesh in the same room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_the_wrong_secret_is_refused_and_pairs_nothing() {
+    within(60, async {
+        let (_intro, intro, r) = mesh(2).await;
+        let intruder = relay_with(&intro, "not-the-cluster-secret-at-all");
+        // Its announcements reach the introducer sealed under the wrong key: dropped and counted.
+        eventually(10, "the introducer refusing the intruder's gossip", || async {
+            let (_, m) = http_get(_intro.admin, "/metrics").await;
+            if m.lines().any(|l| l.starts_with("ghostwire_upstream_gossip_refused_total") && !l.ends_with(" 0")) {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        })
+        .await;
+        let (status, _) = http_get(intruder.admin, "/readyz").await;
+        assert_eq!(status, 503, "the intruder never becomes part of the mesh");
+        // Someone who knows a relay's mesh port, and the protocol, but not the secret: the relay
+        // refuses the handshake at its last message and closes; nothing of the mesh is read.
+        let mesh_port = mesh_port_of(&r[0]).await;
+        wrong_psk_handshake(mesh_port).await;
+        until_metric(r[0].admin, "ghostwire_upstream_link_auth_failures_total 1").await;
+        // Garbage on the port closes that connection only.
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", mesh_port)).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        raw.write_all(b"\x00\x20not a noise handshake at all.....").await.unwrap();
+        drop(raw);
+        let code = room("intrude");
+        let mut inside = join(&r[0].url, &code).await;
+        let mut outside = join(&intruder.url, &code).await;
+        // Neither is paired with the other: the mesh's client waits alone.
+        send(&mut outside, signal("MSG", "let me in")).await;
+        let mut other = join(&r[1].url, &code).await;
+        expect_peer_found(&mut inside).await;
+        expect_peer_found(&mut other).await;
+        send(&mut other, signal("MSG", "only for the mesh")).await;
+        assert_eq!(expect_text(&mut inside).await, signal("MSG", "only for the mesh"));
+        let _ = outside.send(tokio_tungstenite::tungstenite::Message::Close(None)).await;
+        let (_, m) = http_get(r[0].admin, "/metrics").await;
+        assert!(m.contains("ghostwire_upstream_roster_size 1\n"), "the intruder is on no roster: {m}");
+    })
+    .await;
+}
+
+/// Runs the mesh's Noise handshake (`XXpsk3`) against `port` with a key not derived from the
+/// cluster secret, then tries to talk: the relay must close without a word of the mesh.
+async fn wrong_psk_handshake(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let params: snow::params::NoiseParams = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s".parse().unwrap();
+    let key = snow::Builder::new(params.clone()).generate_keypair().unwrap();
+    let mut hs = snow::Builder::new(params)
+        .local_private_key(&key.private)
+        .unwrap()
+        .psk(3, &[0x42; 32])
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut buf = vec![0u8; 65_535];
+    async fn put(s: &mut tokio::net::TcpStream, m: &[u8]) {
+        s.write_all(&(m.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(m).await.unwrap();
+    }
+    let n = hs.write_message(&[], &mut buf).unwrap();
+    put(&mut s, &buf[..n]).await;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).await.unwrap();
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut msg).await.unwrap();
+    hs.read_message(&msg, &mut buf).unwrap();
+    let n = hs.write_message(&[], &mut buf).unwrap();
+    put(&mut s, &buf[..n]).await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the relay answered a wrong key: {read:?} {rest:?}");
+}
+
+/// The mesh port a relay process logged at start.
+async fn mesh_port_of(r: &RelayProc) -> u16 {
+    let line = r.startup.lines().find(|l| l.contains("mesh upstream started")).unwrap().to_owned();
+    let listen = line.split("listen=").nth(1).unwrap().split_whitespace().next().unwrap();
+    listen.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A relay that restarts on the same mesh port is a new incarnation: the partners of its old
+/// rooms are told 4011 at once (not after the timeout), and the new one serves rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_is_a_new_generation() {
+    within(60, async {
+        let (_intro, intro, mut r) = mesh(2).await;
+        let code = room("gen");
+        let mut a = join(&r[0].url, &code).await;
+        let mut b = join(&r[1].url, &code).await;
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        let port = mesh_port_of(&r[1]).await;
+        let old = r.pop().unwrap();
+        old.signal(Signal::SIGKILL);
+        let (_, _) = tokio::task::spawn_blocking(move || old.wait()).await.unwrap();
+        let restarted = RelayProc::start(
+            &[
+                "--upstream",
+                "mesh",
+                "--introducers",
+                &intro,
+                "--mesh-listen",
+                &format!("127.0.0.1:{port}"),
+                "--mesh-heartbeat",
+                "250ms",
+                "--mesh-peer-timeout",
+                "30s",
+                "--mesh-probe-period",
+                "500ms",
+            ],
+            &SECRET,
+        );
+        expect_error(&mut a, 4011).await;
+        until_meshed(restarted.admin, 1).await;
+        let (mut c, mut d) = (join(&r[0].url, &code).await, join(&restarted.url, &code).await);
+        expect_peer_found(&mut c).await;
+        expect_peer_found(&mut d).await;
+        send(&mut d, signal("MSG", "new generation")).await;
+        assert_eq!(expect_text(&mut c).await, signal("MSG", "new generation"));
+    })
+    .await;
+}
+
+/// Two `ghostwire` clients, each on its own relay of the mesh, chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_on_two_relays_chat() {
+    within(60, async {
+        let (_intro, _, r) = mesh(2).await;
+        let (mut a, mut b, ca, cb) = connected_pair_via(&r[0].url, &r[1].url, &room("chat"), &[]).await;
+        assert_eq!(ca, cb);
+        a.say("hello across the mesh").await;
+        assert_eq!(b.heard().await, "hello across the mesh");
+        b.say("and back").await;
+        assert_eq!(a.heard().await, "and back");
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}
+
+/// Without an introducer the relay says what is missing and exits 2.
+#[tokio::test]
+async fn a_relay_without_introducers_is_a_clear_configuration_error() {
+    within(20, async {
+        let out = tokio::process::Command::new(bin("ghostwire-relay"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", "mesh"])
+            .args(["--mesh-listen", "127.0.0.1:0"])
+            .env("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--introducers"), "{err}");
+    })
+    .await;
+}
