@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
-const OVERLAYS: [&str; 2] = ["single", "nats"];
+const OVERLAYS: [&str; 3] = ["single", "nats", "mesh"];
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -100,29 +100,36 @@ fn checkov_finds_no_failure_that_is_not_documented_as_deliberate() {
 fn the_relay_pods_are_locked_down_and_probed() {
     for overlay in OVERLAYS {
         let objs = objects(overlay);
-        let deployment = find(&objs, "Deployment")[0];
-        let pod = &deployment["spec"]["template"]["spec"];
-        assert_eq!(pod["automountServiceAccountToken"], false, "{overlay}");
-        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{overlay}");
-        let relay = &pod["containers"][0];
-        let sc = &relay["securityContext"];
-        assert_eq!(sc["readOnlyRootFilesystem"], true, "{overlay}");
-        assert_eq!(sc["allowPrivilegeEscalation"], false, "{overlay}");
-        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{overlay}");
-        for k in ["requests", "limits"] {
-            assert!(relay["resources"][k]["cpu"].is_string() && relay["resources"][k]["memory"].is_string());
-        }
-        assert_eq!(relay["livenessProbe"]["httpGet"]["path"], "/healthz");
-        assert_eq!(relay["readinessProbe"]["httpGet"]["path"], "/readyz");
-        // Room to drain: the preStop pause and the relay's drain fit in the grace period.
-        let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
-        assert!(relay["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap() + 10 < grace);
-        // No secret in a ConfigMap, no secret value in the pod's environment.
-        assert!(find(&objs, "ConfigMap").is_empty(), "{overlay}");
-        for env in relay["env"].as_array().unwrap() {
-            assert!(env["valueFrom"].is_null(), "{overlay}: {env}");
-            let name = env["name"].as_str().unwrap();
-            assert!(!name.ends_with("SECRET") && !name.ends_with("TOKEN") && !name.ends_with("PASSWORD"), "{name}");
+        // Every Deployment (the relays, and the mesh's introducers) is locked down alike.
+        for deployment in find(&objs, "Deployment") {
+            let pod = &deployment["spec"]["template"]["spec"];
+            assert_eq!(pod["automountServiceAccountToken"], false, "{overlay}");
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{overlay}");
+            let relay = &pod["containers"][0];
+            let sc = &relay["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{overlay}");
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{overlay}");
+            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{overlay}");
+            for k in ["requests", "limits"] {
+                assert!(relay["resources"][k]["cpu"].is_string() && relay["resources"][k]["memory"].is_string());
+            }
+            assert_eq!(relay["livenessProbe"]["httpGet"]["path"], "/healthz");
+            assert_eq!(relay["readinessProbe"]["httpGet"]["path"], "/readyz");
+            // Room to drain: the preStop pause and the relay's drain fit in the grace period
+            // (an introducer has no clients to drain).
+            let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+            if deployment["metadata"]["name"] == "ghostwire-relay" {
+                assert!(relay["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap() + 10 < grace);
+            }
+            // No secret in a ConfigMap, no secret value in the pod's environment.
+            assert!(find(&objs, "ConfigMap").is_empty(), "{overlay}");
+            for env in relay["env"].as_array().unwrap() {
+                // Values from the pod's own fields (its IP) only: never from a Secret or ConfigMap.
+                let from = &env["valueFrom"];
+                assert!(from.is_null() || from["fieldRef"].is_object(), "{overlay}: {env}");
+                let name = env["name"].as_str().unwrap();
+                assert!(!name.ends_with("SECRET") && !name.ends_with("TOKEN") && !name.ends_with("PASSWORD"), "{name}");
+            }
         }
         let ingress = find(&objs, "Ingress")[0];
         assert!(ingress["spec"]["tls"][0]["secretName"].is_string());
@@ -158,6 +165,48 @@ fn the_nats_overlay_runs_several_relays_and_reads_its_secrets_from_secret_volume
     assert_eq!(from["app.kubernetes.io/name"], "ghostwire-relay");
     let relay_policy = policies.iter().find(|p| p["metadata"]["name"] == "ghostwire-relay").unwrap();
     assert_eq!(relay_policy["spec"]["egress"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_mesh_overlay_runs_relays_and_introducers_found_through_a_headless_service() {
+    let objs = objects("mesh");
+    let deployments = find(&objs, "Deployment");
+    let named = |name: &str| *deployments.iter().find(|d| d["metadata"]["name"] == name).unwrap();
+    let env_of = |d: &Value| -> Vec<(String, String)> {
+        d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    };
+    let relays = named("ghostwire-relay");
+    assert!(relays["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let env = env_of(relays);
+    assert!(env.contains(&("GHOSTWIRE_UPSTREAM".into(), "mesh".into())));
+    assert!(env.contains(&("GHOSTWIRE_MESH_INTRODUCERS".into(), "ghostwire-introducer:7946".into())));
+    assert!(env.contains(&("GHOSTWIRE_MESH_ADVERTISE".into(), "$(POD_IP):7946".into())));
+    let introducers = named("ghostwire-introducer");
+    assert!(introducers["spec"]["replicas"].as_u64().unwrap() >= 2, "one introducer down must not stop newcomers");
+    assert!(env_of(introducers).contains(&("GHOSTWIRE_MESH_INTRODUCER".into(), "true".into())));
+    // Every one of them reads the cluster secret from its Secret, as a file.
+    for d in [relays, introducers] {
+        let volumes = d["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+        assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "ghostwire-cluster"));
+    }
+    // The introducers' Service is headless (its name resolves to every introducer) and carries
+    // the gossip's UDP port.
+    let service = find(&objs, "Service").into_iter().find(|s| s["metadata"]["name"] == "ghostwire-introducer").unwrap();
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    assert_eq!(service["spec"]["ports"][0]["protocol"], "UDP");
+    assert_eq!(service["spec"]["ports"][0]["port"], 7946);
+    // Relays take links and gossip only from relays and introducers.
+    let policies = find(&objs, "NetworkPolicy");
+    let relay_policy = policies.iter().find(|p| p["metadata"]["name"] == "ghostwire-relay").unwrap();
+    let mesh_in = relay_policy["spec"]["ingress"].as_array().unwrap().last().unwrap();
+    assert_eq!(mesh_in["ports"][0]["port"], 7946);
+    assert_eq!(relay_policy["spec"]["egress"].as_array().unwrap().len(), 2);
+    assert!(policies.iter().any(|p| p["metadata"]["name"] == "ghostwire-introducer"));
 }
 
 #[test]
