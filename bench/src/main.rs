@@ -165,6 +165,17 @@ impl Relay {
         Relay::start_bin("ghostwire", args, bin, &extra)
     }
 
+    /// The relay binary `bin` on the mesh upstream, announcing itself to the introducer at
+    /// `introducer`, or (`is_introducer`) that introducer itself.
+    fn mesh(args: &Args, bin: &Path, introducer: &str, is_introducer: bool) -> Result<Relay> {
+        let listen = if is_introducer { introducer.to_owned() } else { format!("127.0.0.1:{}", free_port()?) };
+        let mut extra =
+            vec!["--upstream", "mesh", "--mesh-listen", &listen, "--cluster-secret", "bench-cluster-secret-0123456789"];
+        extra.extend(if is_introducer { ["--mesh-introducer", ""] } else { ["--introducers", introducer] });
+        extra.retain(|a| !a.is_empty());
+        Relay::start_bin("ghostwire", args, bin, &extra)
+    }
+
     fn start_with(name: &'static str, args: &Args, extra: &[&str]) -> Result<Relay> {
         Relay::start_bin(name, args, &args.relay, extra)
     }
@@ -375,14 +386,21 @@ async fn cross_once(target: load::Target, plan: &Plan, rt_rate: f64) -> Result<C
 
 /// Waits until a NATS relay's /readyz answers 200 (it has connected and made its bucket).
 async fn until_ready(admin: SocketAddr) -> Result<()> {
+    until_answer(admin, "/readyz", "").await
+}
+
+/// Waits (bounded) until `path` on the admin listener answers 200 with a line starting `line`.
+async fn until_answer(admin: SocketAddr, path: &str, line: &str) -> Result<()> {
     let started = Instant::now();
     loop {
-        let answer = ghostwire_relay::probe::get(admin, "/readyz", Duration::from_secs(1)).await;
-        if matches!(answer, Ok((200, _))) {
-            return Ok(());
+        let answer = ghostwire_relay::probe::get(admin, path, Duration::from_secs(1)).await;
+        if let Ok((200, body)) = &answer {
+            if line.is_empty() || body.lines().any(|l| l.starts_with(line)) {
+                return Ok(());
+            }
         }
         if started.elapsed() > Duration::from_secs(20) {
-            bail!("relay on NATS not ready: {answer:?}");
+            bail!("relay at {admin} never answered {path} with {line:?}: {answer:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -666,13 +684,13 @@ async fn suite(args: Args) -> Result<()> {
 /// alternating; prints the table of medians.
 async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<(Cross, Cross)>> {
     let cross_rate = plan.rt_rate / 2.0;
-    println!("\n## Cross-relay (a room's two clients on two relays through NATS or Kafka, vs both on one relay)\n");
+    println!("\n## Cross-relay (a room's two clients on two relays through NATS, Kafka or a mesh link, vs both on one relay)\n");
     let Some(nats) = NatsServer::start()? else {
         println!("skipped: nats-server is not installed (scripts/test.sh installs it)");
         return Ok(None);
     };
     let kafka = KafkaBroker::start(&args.relay)?;
-    let (mut one, mut two, mut base, mut kaf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut one, mut two, mut base, mut kaf, mut mesh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let split = |bin: &Path| {
         let started = Relay::nats(args, bin, &nats.url).and_then(|r1| Ok((r1, Relay::nats(args, bin, &nats.url)?)));
         async move {
@@ -707,6 +725,23 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
                     .context("two relays through Kafka")?,
             );
         }
+        {
+            // Two relays linked directly, found through an introducer (a third process).
+            let intro = format!("127.0.0.1:{}", free_port()?);
+            let introducer = Relay::mesh(args, &args.relay, &intro, true)?;
+            until_ready(introducer.admin).await?;
+            let r1 = Relay::mesh(args, &args.relay, &intro, false)?;
+            let r2 = Relay::mesh(args, &args.relay, &intro, false)?;
+            for r in [&r1, &r2] {
+                until_answer(r.admin, "/metrics", "ghostwire_upstream_links_up 1").await?;
+                until_ready(r.admin).await?;
+            }
+            mesh.push(
+                cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate)
+                    .await
+                    .context("two relays linked in a mesh")?,
+            );
+        }
         if let Some(bin) = &args.baseline {
             let (r1, r2) = split(bin).await?;
             base.push(cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate).await.context("baseline")?);
@@ -730,6 +765,7 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
     if kafka.is_some() {
         rows.push(("two relays via Kafka (noida-db)".to_owned(), mid(&kaf)));
     }
+    rows.push(("two relays linked directly (mesh)".to_owned(), mid(&mesh)));
     for (label, c) in &rows {
         println!(
             "| {label} | {:.0} | {:.0} / {:.0} (achieved {:.0} rt/s) | {:.0}: {:.0} / {:.0} |",
