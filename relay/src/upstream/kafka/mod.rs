@@ -22,7 +22,7 @@
 //!   it had not. A frame the producer gives up on (after `--kafka-peer-timeout`) ends the pair
 //!   with 4011, on both sides: the partner sees the hole in the numbers.
 //! * **Outages.** A relay that cannot read its own heartbeat back for `--kafka-peer-timeout`
-//!   ends its rooms with 4011 and refuses joins (4010) until it can; on the other side of each
+//!   ends its rooms with 4011 and refuses joins (4007) until it can; on the other side of each
 //!   pair, the log lapses it at the same bound.
 //! * **A late relay** rebuilds the rooms from the log: from the newest snapshot of a
 //!   partition's state (each relay writes one every `--kafka-snapshot-every`), else from the

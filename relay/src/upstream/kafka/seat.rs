@@ -361,7 +361,7 @@ impl SeatTask {
         }
     }
 
-    /// Delivery can no longer be guaranteed: the connection ends with 4011 (or 4010 while no
+    /// Delivery can no longer be guaranteed: the connection ends with 4011 (or 4007 while no
     /// partner was found).
     fn lost(&mut self) {
         let code = if self.partner.is_some() { ErrorCode::PeerLost } else { ErrorCode::UpstreamUnavailable };
