@@ -117,7 +117,8 @@ pub struct Config {
 
     /// Key for the room ids the relays share through a distributed upstream (HMAC-SHA256 of the
     /// room code), so the broker never sees a room code. The same on every replica; at least 16
-    /// characters. Required by --upstream nats and kafka. Prefer the environment variable to the flag.
+    /// characters. Required by --upstream nats, kafka and mesh (where it also seals the gossip and
+    /// authenticates the links). Prefer the environment variable to the flag.
     #[arg(long, env = "GHOSTWIRE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<Secret>,
 
@@ -187,7 +188,7 @@ pub struct MeshConfig {
     pub introducers_file: Option<PathBuf>,
 
     /// Run as an introducer: take part in the membership only, own no rooms, serve no clients
-    /// (every JOIN is refused with 4010).
+    /// (every JOIN is refused with 4007).
     #[arg(id = "mesh_introducer", long = "mesh-introducer", env = "GHOSTWIRE_MESH_INTRODUCER")]
     pub introducer: bool,
 
@@ -735,5 +736,35 @@ mod tests {
     fn bad_flag_is_named() {
         let err = Config::try_parse_from(["ghostwire-relay", "--frame-rate", "fast"]).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("--frame-rate")));
+    }
+}
+
+#[cfg(test)]
+mod mesh_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The introducers of `--introducers a,b` and a file holding `text` (removed after).
+    fn list(text: &str) -> Result<Vec<String>, String> {
+        let path = std::env::temp_dir().join(format!("ghostwire-introducers-{}-{}", std::process::id(), text.len()));
+        std::fs::write(&path, text).unwrap();
+        let c = Config::parse_from(["ghostwire-relay", "--introducers", "a.example:7946,b.example:7946"]);
+        let got = MeshConfig { introducers_file: Some(path.clone()), ..c.mesh }.introducer_list();
+        std::fs::remove_file(&path).unwrap();
+        got
+    }
+
+    /// Introducers come from the flag and from a file of lines (comments allowed) or a JSON list.
+    #[test]
+    fn introducers_from_the_flag_and_a_file() {
+        assert_eq!(
+            list("# seeds\nc.example:7946\n\n  d.example:7946  # the second\n").unwrap(),
+            ["a.example:7946", "b.example:7946", "c.example:7946", "d.example:7946"]
+        );
+        assert_eq!(list(r#"["10.0.0.5:7946", "10.0.0.6:7946"]"#).unwrap()[2..], ["10.0.0.5:7946", "10.0.0.6:7946"]);
+        assert!(list("no-port-here\n").unwrap_err().contains("no-port-here"));
+        assert!(list("[\"unterminated\n").unwrap_err().contains("--introducers-file"));
+        let c = Config::parse_from(["ghostwire-relay", "--introducers-file", "/nonexistent/introducers"]);
+        assert!(c.mesh.introducer_list().unwrap_err().contains("/nonexistent/introducers"));
     }
 }

@@ -179,6 +179,8 @@ pub struct UpstreamMetrics {
     pub link_auth_failures: IntCounter,
     /// Gossip datagrams dropped because they did not open under the cluster's key (mesh).
     pub gossip_refused: IntCounter,
+    /// Seats held across the mesh, as each relay on the roster last published its load (mesh).
+    pub mesh_seats: IntGauge,
 }
 
 /// Registers metrics in one registry; a name registered twice is a programming error caught by
@@ -352,6 +354,10 @@ impl Metrics {
                 gossip_refused: b.counter(
                     "upstream_gossip_refused_total",
                     "Gossip datagrams dropped: they do not open under the cluster's key (mesh).",
+                ),
+                mesh_seats: b.gauge(
+                    "upstream_mesh_seats",
+                    "Seats held across the mesh, as each relay on the roster last published its load (mesh).",
                 ),
             },
             rooms_open: b.gauge(

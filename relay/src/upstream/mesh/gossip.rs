@@ -15,7 +15,7 @@ use super::links::Links;
 use crate::metrics::Metrics;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::XChaCha20Poly1305;
-use foca::{Config, Foca, Identity, PostcardCodec, Timer};
+use foca::{BroadcastHandler, Config, Foca, Identity, Invalidates, PostcardCodec, Timer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,6 +60,53 @@ impl Identity for Node {
 /// The relays the membership says are up: incarnation → link address.
 pub type Roster = Arc<Mutex<HashMap<u64, SocketAddr>>>;
 
+/// Each relay's load as it last published it: incarnation → (version, seats held).
+pub type Loads = Arc<Mutex<HashMap<u64, (u64, u32)>>>;
+
+/// A load broadcast's identity: a newer version from the same relay replaces an older one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadKey {
+    relay: u64,
+    version: u64,
+}
+
+impl Invalidates for LoadKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.relay == other.relay && self.version > other.version
+    }
+}
+
+/// Loads carried in the membership's own messages (foca's custom broadcasts): 20 bytes, the
+/// relay's incarnation, a version and the seats it holds.
+struct LoadBroadcasts(Loads);
+
+fn load_bytes(relay: u64, version: u64, seats: u32) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[..8].copy_from_slice(&relay.to_be_bytes());
+    b[8..16].copy_from_slice(&version.to_be_bytes());
+    b[16..].copy_from_slice(&seats.to_be_bytes());
+    b
+}
+
+impl BroadcastHandler<Node> for LoadBroadcasts {
+    type Key = LoadKey;
+    type Error = super::wire::Malformed;
+
+    fn receive_item(&mut self, data: &[u8], _sender: Option<&Node>) -> Result<Option<LoadKey>, Self::Error> {
+        let data: &[u8; 20] = data.try_into().map_err(|_| super::wire::Malformed)?;
+        let word = |r: std::ops::Range<usize>| data[r].iter().fold(0u64, |n, b| n << 8 | u64::from(*b));
+        let (relay, version, seats) = (word(0..8), word(8..16), word(16..20) as u32);
+        let mut loads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match loads.get(&relay) {
+            Some((known, _)) if *known >= version => Ok(None),
+            _ => {
+                loads.insert(relay, (version, seats));
+                Ok(Some(LoadKey { relay, version }))
+            }
+        }
+    }
+}
+
 /// Seals and opens datagrams.
 struct Seal(XChaCha20Poly1305);
 
@@ -94,6 +141,10 @@ pub struct Gossip {
     pub seeds: Vec<String>,
     /// Probe period (the interval between two probes of a member).
     pub probe_period: Duration,
+    /// Seats this relay holds now (published as its load).
+    pub seats: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every relay's published load.
+    pub loads: Loads,
 }
 
 /// Runs the membership until `stop`; keeps `roster` and the links up to date.
@@ -116,7 +167,9 @@ pub async fn run(
         num_members: std::num::NonZeroUsize::MIN.saturating_add(2),
     });
     let rng: rand_foca::rngs::StdRng = rand_foca::make_rng();
-    let mut foca = Foca::new(g.me.clone(), config, rng, PostcardCodec);
+    let mut foca =
+        Foca::with_custom_broadcast(g.me.clone(), config, rng, PostcardCodec, LoadBroadcasts(Arc::clone(&g.loads)));
+    let mut published: Option<(u64, u32)> = None;
     let mut rt = foca::AccumulatingRuntime::new();
     let mut buf = vec![0u8; 65_536];
     // Alone (at start, after a partition): announce to the introducers often. Not alone: still
@@ -147,6 +200,16 @@ pub async fn run(
             }
             _ = announce.tick() => {
                 rounds = rounds.wrapping_add(1);
+                // Publish this relay's load when it changed (a new version replaces the old).
+                if g.me.relay {
+                    let seats = u32::try_from(g.seats.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+                    if published.is_none_or(|(_, s)| s != seats) {
+                        let version = published.map_or(1, |(v, _)| v + 1);
+                        let _ = foca.add_broadcast(&load_bytes(g.me.incarnation, version, seats));
+                        published = Some((version, seats));
+                    }
+                }
+                out.metrics.upstream.mesh_seats.set(mesh_seats(&out.roster, &g.loads, g.me.incarnation) as i64);
                 let alone = foca.iter_members().next().is_none();
                 if alone || rounds % 3 == 0 {
                     for seed in &g.seeds {
@@ -162,6 +225,13 @@ pub async fn run(
         }
         out.flush(&mut rt).await;
     }
+}
+
+/// Seats held by the relays on the roster and this one, as last published.
+fn mesh_seats(roster: &Roster, loads: &Loads, me: u64) -> u64 {
+    let live: Vec<u64> = roster.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+    let loads = loads.lock().unwrap_or_else(|p| p.into_inner());
+    live.iter().chain(std::iter::once(&me)).filter_map(|r| loads.get(r)).map(|(_, s)| u64::from(*s)).sum()
 }
 
 /// Where what foca produces goes.

@@ -47,6 +47,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The listener acknowledges at the latest after this many messages, or this long.
 const ACK_EVERY: u64 = 64;
 const ACK_DELAY: Duration = Duration::from_millis(20);
+/// Inbound handshakes in progress at most: more connections are closed unanswered, so knocking
+/// without the secret cannot pile up tasks (each handshake is bounded by `CONNECT_TIMEOUT`).
+const HANDSHAKES: usize = 64;
 
 /// What the mesh does with what links bring.
 pub trait Handler: Send + Sync + 'static {
@@ -79,8 +82,8 @@ pub struct Links {
     handler: Arc<dyn Handler>,
     metrics: Arc<Metrics>,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
-    /// Sessions of the relays that dial us: the next message number expected from each.
-    inbound: Mutex<HashMap<u64, (u64, u64)>>,
+    /// The sessions of the relays that dial us.
+    inbound: Mutex<HashMap<u64, InState>>,
     /// Incarnations given up, and when.
     lost: Mutex<HashMap<u64, Instant>>,
     /// Messages to this relay itself, delivered in order by one task (which then answers the
@@ -104,6 +107,15 @@ struct Peer {
     /// Up at least once (a later connection is a reconnect).
     was_up: AtomicBool,
     gone: CancellationToken,
+}
+
+/// What a listener knows of a dialer's session.
+struct InState {
+    session: u64,
+    /// The next message number to hand on.
+    next: u64,
+    /// Bumped by each new connection of that dialer: only the newest one hands messages on.
+    epoch: u64,
 }
 
 /// The dialer's session: numbered messages kept until acknowledged.
@@ -182,11 +194,18 @@ impl Noise {
     }
 
     async fn send(&mut self, env: &Envelope) -> Result<(), LinkEnd> {
-        self.send_bytes(&env.encode()).await
+        self.feed(&env.encode()).await?;
+        self.flush().await
     }
 
-    /// Sends one record, in chunks of at most one Noise message each.
-    async fn send_bytes(&mut self, record: &[u8]) -> Result<(), LinkEnd> {
+    async fn flush(&mut self) -> Result<(), LinkEnd> {
+        SinkExt::<Bytes>::flush(&mut self.io).await?;
+        Ok(())
+    }
+
+    /// Queues one record, in chunks of at most one Noise message each (written out by `flush`,
+    /// or when the buffer fills).
+    async fn feed(&mut self, record: &[u8]) -> Result<(), LinkEnd> {
         let mut chunks = record.chunks(CHUNK).peekable();
         let mut plain = Vec::with_capacity(CHUNK + 1);
         let mut sealed = vec![0u8; NOISE_MAX];
@@ -199,11 +218,9 @@ impl Noise {
             let n = self.transport.write_message(&plain, &mut sealed)?;
             self.io.feed(Bytes::copy_from_slice(&sealed[..n])).await?;
             if last {
-                break;
+                return Ok(());
             }
         }
-        SinkExt::<Bytes>::flush(&mut self.io).await?;
-        Ok(())
     }
 
     /// The next whole record. Cancel-safe: chunks already read wait in `partial`.
@@ -265,6 +282,7 @@ impl Links {
     /// Serves the links other relays dial, until the mesh stops.
     pub fn listen(self: &Arc<Self>, listener: TcpListener) {
         let links = Arc::clone(self);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         self.tasks.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -275,12 +293,13 @@ impl Links {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else { continue };
                 let links2 = Arc::clone(&links);
                 links.tasks.spawn(async move {
                     let stop = links2.stop.clone();
                     tokio::select! {
                         () = stop.cancelled() => {}
-                        end = links2.serve_inbound(stream) => {
+                        end = links2.serve_inbound(stream, permit) => {
                             tracing::debug!(%end, "an inbound mesh link ended");
                         }
                     }
@@ -383,11 +402,6 @@ impl Links {
         Some((peer, seq))
     }
 
-    /// Whether every message queued for other relays was acknowledged.
-    pub fn drained(&self) -> bool {
-        lock(&self.peers).values().all(|p| lock(&p.out).unacked.is_empty())
-    }
-
     /// Links up now.
     pub fn up(&self) -> usize {
         lock(&self.peers).values().filter(|p| p.up.load(Ordering::Relaxed)).count()
@@ -398,7 +412,12 @@ impl Links {
         let Some(peer) = lock(&self.peers).remove(&id) else { return };
         peer.gone.cancel();
         lock(&self.inbound).remove(&id);
-        lock(&self.lost).insert(id, Instant::now());
+        {
+            let mut lost = lock(&self.lost);
+            let quarantine = 2 * self.settings.peer_timeout;
+            lost.retain(|_, at| at.elapsed() < quarantine);
+            lost.insert(id, Instant::now());
+        }
         self.metrics.upstream.peer_deaths.inc();
         tracing::info!(relay = %format_args!("{id:016x}"), why, "gave up a relay of the mesh");
         self.handler.peer_lost(id);
@@ -531,8 +550,9 @@ impl Links {
                     if *seq < next {
                         self.metrics.upstream.retransmits.inc();
                     }
-                    link.send_bytes(record).await?;
+                    link.feed(record).await?;
                 }
+                link.flush().await?;
                 sent_upto = last + 1;
                 beat.reset();
             }
@@ -553,8 +573,8 @@ impl Links {
     }
 
     /// One inbound connection: the dialer's session, in order, each message once.
-    async fn serve_inbound(self: &Arc<Self>, stream: TcpStream) -> LinkEnd {
-        match self.inbound(stream).await {
+    async fn serve_inbound(self: &Arc<Self>, stream: TcpStream, permit: tokio::sync::OwnedSemaphorePermit) -> LinkEnd {
+        match self.inbound(stream, permit).await {
             Ok(()) => LinkEnd::Closed,
             Err(e) => {
                 if let LinkEnd::Noise(_) = e {
@@ -566,19 +586,27 @@ impl Links {
         }
     }
 
-    async fn inbound(self: &Arc<Self>, stream: TcpStream) -> Result<(), LinkEnd> {
+    async fn inbound(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), LinkEnd> {
         let mut link = timeout(CONNECT_TIMEOUT, Noise::handshake(stream, &self.settings.psk, false)).await??;
         let (from, session, addr) = match timeout(CONNECT_TIMEOUT, link.recv()).await?? {
             Envelope::Hello { from, session, addr, .. } => (from, session, addr),
             _ => return Err(Malformed.into()),
         };
-        let mut next = {
+        // Authenticated: no longer a handshake in progress.
+        drop(permit);
+        let (mut next, epoch) = {
             let mut inbound = lock(&self.inbound);
-            let entry = inbound.entry(from).or_insert((session, 0));
-            if entry.0 != session {
-                *entry = (session, 0);
+            let entry = inbound.entry(from).or_insert(InState { session, next: 0, epoch: 0 });
+            if entry.session != session {
+                *entry = InState { session, next: 0, epoch: entry.epoch };
             }
-            entry.1
+            // This connection takes over from any earlier one of the same dialer still open.
+            entry.epoch += 1;
+            (entry.next, entry.epoch)
         };
         link.send(&Envelope::Welcome { me: self.settings.me, next }).await?;
         // Replies go on our own link to it: make sure there is one, and that the rooms count
@@ -603,20 +631,30 @@ impl Links {
                 got = link.recv() => {
                     heard(self);
                     match got? {
+                        Envelope::Data { seq, msg: Msg::Bye } => {
+                            // It shut down after its departures (acknowledged before this).
+                            let _ = link.send(&Envelope::Ack { next: seq + 1 }).await;
+                            self.give_up(from, "it shut down");
+                            return Ok(());
+                        }
                         Envelope::Data { seq, msg } => {
-                            if seq > next {
-                                return Err(LinkEnd::Order);
-                            }
-                            if seq == next {
-                                next += 1;
-                                if let Some(entry) = lock(&self.inbound).get_mut(&from) {
-                                    if entry.0 == session {
-                                        entry.1 = next;
+                            {
+                                // Checked, advanced and handed on under one lock: a connection
+                                // that took over can neither repeat nor overtake this message.
+                                let mut inbound = lock(&self.inbound);
+                                let Some(entry) = inbound.get_mut(&from).filter(|e| e.epoch == epoch) else {
+                                    return Err(LinkEnd::Closed);
+                                };
+                                if seq > entry.next {
+                                    return Err(LinkEnd::Order);
+                                }
+                                if seq == entry.next {
+                                    entry.next += 1;
+                                    if !self.is_lost(from) {
+                                        self.handler.deliver(from, msg);
                                     }
                                 }
-                                if !self.is_lost(from) {
-                                    self.handler.deliver(from, msg);
-                                }
+                                next = entry.next;
                             }
                             if next - acked >= ACK_EVERY {
                                 link.send(&Envelope::Ack { next }).await?;
@@ -636,6 +674,14 @@ impl Links {
                 _ = beat.tick() => link.send(&Envelope::Beat).await?,
             }
         }
+    }
+
+    /// Tells every linked relay this one is leaving (after its departures), so they give it up
+    /// at once rather than after the peer timeout; waits (bounded) until they have it.
+    pub async fn say_bye(&self, wait: Duration) {
+        let ids: Vec<u64> = lock(&self.peers).keys().copied().collect();
+        let byes = ids.into_iter().map(|id| self.send_handled(id, Msg::Bye, wait));
+        futures_util::future::join_all(byes).await;
     }
 
     /// Stops every link (after the mesh's departures were sent, see `Mesh::close`).

@@ -61,7 +61,8 @@ struct Shared {
     rooms: Mutex<Rooms>,
     seats: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
     next_seat: AtomicU64,
-    open: AtomicUsize,
+    /// Seats held (joins in progress included); published as this relay's load.
+    open: Arc<AtomicUsize>,
     seats_gone: Notify,
     max_rooms: usize,
     peer_queue: usize,
@@ -131,6 +132,8 @@ impl Handler for Router {
             Msg::Gone { to } => {
                 shared.tell(to, Event::Gone);
             }
+            // Handled by the links themselves (it ends the sender's session).
+            Msg::Bye => {}
         }
     }
 
@@ -209,7 +212,7 @@ impl Mesh {
             rooms: Mutex::new(Rooms::default()),
             seats: Mutex::new(HashMap::new()),
             next_seat: AtomicU64::new(1),
-            open: AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
             seats_gone: Notify::new(),
             max_rooms: config.max_rooms,
             peer_queue: config.peer_queue as usize,
@@ -226,7 +229,15 @@ impl Mesh {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let me = gossip::Node { addr: advertised, incarnation, started, relay: !mesh.introducer, renewal: 0 };
-        let g = gossip::Gossip { me, socket, key: gossip_key, seeds, probe_period: mesh.probe_period };
+        let g = gossip::Gossip {
+            me,
+            socket,
+            key: gossip_key,
+            seeds,
+            probe_period: mesh.probe_period,
+            seats: Arc::clone(&shared.open),
+            loads: Arc::default(),
+        };
         let tasks = TaskTracker::new();
         let links = (!mesh.introducer).then(|| Arc::clone(&shared.links));
         let active = Arc::clone(&shared.active);
@@ -314,13 +325,9 @@ impl Upstream for Mesh {
         Box::pin(async move {
             let seats = super::until_zero(&self.shared.open, &self.shared.seats_gone);
             let _ = tokio::time::timeout(Duration::from_secs(5), seats).await;
-            // The departures are on the links: give them a moment to be acknowledged.
-            let drained = async {
-                while !self.shared.links.drained() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+            // The departures are on the links, in order; after them, a goodbye, so the other
+            // relays give this one up now and its rooms there move on at once.
+            self.shared.links.say_bye(Duration::from_secs(2)).await;
             self.stop.cancel();
             self.shared.links.close().await;
             self.tasks.close();

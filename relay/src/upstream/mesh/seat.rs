@@ -369,7 +369,7 @@ impl SeatTask {
         }
     }
 
-    /// Delivery can no longer be guaranteed: 4011 (or 4010 while no partner was found).
+    /// Delivery can no longer be guaranteed: 4011 (or 4007 while no partner was found).
     fn lost(&mut self, why: &str) {
         tracing::debug!(why, "a mesh seat is lost");
         self.ended = true;

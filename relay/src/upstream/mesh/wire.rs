@@ -96,6 +96,8 @@ pub enum Msg {
         /// The seat on the receiver whose partner is gone.
         to: u64,
     },
+    /// The sender is shutting down, its departures sent: give it up now.
+    Bye,
 }
 
 /// The envelope of one link record (inside the Noise transport).
@@ -200,6 +202,7 @@ impl Msg {
                 b.put_u8(b'G');
                 b.put_u64(*to);
             }
+            Msg::Bye => b.put_u8(b'B'),
         }
     }
 
@@ -234,6 +237,7 @@ impl Msg {
             b'L' => Msg::Left { to: u64s(b)?, from: u64s(b)?, sent: u64s(b)? },
             b'X' => Msg::Leave { room: room(b)?, seat: u64s(b)? },
             b'G' => Msg::Gone { to: u64s(b)? },
+            b'B' => Msg::Bye,
             _ => return Err(Malformed),
         };
         Ok(msg)
@@ -341,6 +345,7 @@ mod tests {
             Msg::Left { to: 1, from: 2, sent: 3 },
             Msg::Leave { room: [9; 16], seat: 2 },
             Msg::Gone { to: 4 },
+            Msg::Bye,
         ];
         let mut all: Vec<Envelope> =
             msgs.into_iter().enumerate().map(|(i, msg)| Envelope::Data { seq: i as u64, msg }).collect();
