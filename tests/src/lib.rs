@@ -777,6 +777,27 @@ pub fn mesh_config(introducer: &str) -> Config {
     c
 }
 
+/// Arguments for a relay process on the mesh announcing itself to `introducer`, its mesh port
+/// at `listen`: link beats every 250 ms, a relay given up after `peer_timeout`.
+pub fn mesh_relay_args(introducer: &str, listen: &str, peer_timeout: &str) -> Vec<String> {
+    [
+        "--upstream",
+        "mesh",
+        "--introducers",
+        introducer,
+        "--mesh-listen",
+        listen,
+        "--mesh-heartbeat",
+        "250ms",
+        "--mesh-peer-timeout",
+        peer_timeout,
+        "--mesh-probe-period",
+        "500ms",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// An in-process mesh introducer on a free loopback port; its `host:port` for `--introducers`.
 pub async fn mesh_introducer() -> (TestRelay, String) {
     let port = free_port();

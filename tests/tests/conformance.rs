@@ -2,9 +2,11 @@
 //! checked through real WebSocket connections against each implementation, unchanged.
 //!
 //! A harness per upstream starts what it needs (nothing for `local`, a real nats-server for
-//! `nats`, a real Kafka-protocol broker for `kafka`) and three relay URLs that share one room space (for `local`, one relay three times).
-//! The cases every upstream passes run for each; the cases about relays and brokers failing
-//! (a relay killed, a broker blip, a lasting outage) run for the distributed ones. Adding an
+//! `nats`, a real Kafka-protocol broker for `kafka`, an introducer for `mesh`) and three relay
+//! URLs that share one room space (for `local`, one relay three times). The cases every upstream
+//! passes run for each; the cases about relays and brokers failing (a relay killed, a broker
+//! blip, a lasting outage) run for the distributed ones; for the mesh, which has no broker, what
+//! fails is the network in front of one relay's mesh port. Adding an
 //! upstream is one `Kind`, one arm in `World::start` and in `processes`, and one `suite!` line.
 
 #![allow(clippy::unwrap_used)]
@@ -119,22 +121,7 @@ fn processes(kind: Kind) -> (Box<dyn Broker>, Vec<String>, Env) {
                 &["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", &intro],
                 &[("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)],
             );
-            let args = [
-                "--upstream",
-                "mesh",
-                "--introducers",
-                &intro,
-                "--mesh-listen",
-                "127.0.0.1:0",
-                "--mesh-heartbeat",
-                "250ms",
-                "--mesh-peer-timeout",
-                "2s",
-                "--mesh-probe-period",
-                "500ms",
-            ]
-            .map(String::from)
-            .to_vec();
+            let args = mesh_relay_args(&intro, "127.0.0.1:0", "2s");
             (Box::new(IntroducerProc(introducer)), args, vec![("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)])
         }
         Kind::Local => unreachable!("one process cannot lose a relay"),

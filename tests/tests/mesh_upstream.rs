@@ -21,23 +21,13 @@ fn introducer() -> (RelayProc, String) {
 /// A relay process announcing itself to `intro`, with link beats every 250 ms and a relay given
 /// up after 2 s (so the tests that wait for it are short), and `secret` as its cluster secret.
 fn relay_with(intro: &str, secret: &str) -> RelayProc {
-    RelayProc::start(
-        &[
-            "--upstream",
-            "mesh",
-            "--introducers",
-            intro,
-            "--mesh-listen",
-            "127.0.0.1:0",
-            "--mesh-heartbeat",
-            "250ms",
-            "--mesh-peer-timeout",
-            "2s",
-            "--mesh-probe-period",
-            "500ms",
-        ],
-        &[("GHOSTWIRE_CLUSTER_SECRET", secret)],
-    )
+    let args = mesh_relay_args(intro, "127.0.0.1:0", "2s");
+    RelayProc::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[("GHOSTWIRE_CLUSTER_SECRET", secret)])
+}
+
+/// A relay process from `args`, in the test cluster.
+fn relay_from(args: &[String]) -> RelayProc {
+    RelayProc::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), &SECRET)
 }
 
 fn relay(intro: &str) -> RelayProc {
@@ -64,6 +54,15 @@ async fn a_room_split_over_relays_chats() {
         room_contract(&r[2].url, &r[0].url).await;
         let (_, metrics) = http_get(r[0].admin, "/metrics").await;
         assert!(!metrics.contains("ghostwire_upstream_frames_out_total 0\n"), "{metrics}");
+        // Each relay publishes its load in the membership: all three see the pair's two seats,
+        // the third relay (which holds neither) included.
+        let code = room("load");
+        let (mut a, mut b) = (join(&r[0].url, &code).await, join(&r[1].url, &code).await);
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        for relay in &r {
+            until_metric(relay.admin, "ghostwire_upstream_mesh_seats 2").await;
+        }
     })
     .await;
 }
@@ -254,23 +253,7 @@ async fn a_restarted_relay_is_a_new_generation() {
         let old = r.pop().unwrap();
         old.signal(Signal::SIGKILL);
         let (_, _) = tokio::task::spawn_blocking(move || old.wait()).await.unwrap();
-        let restarted = RelayProc::start(
-            &[
-                "--upstream",
-                "mesh",
-                "--introducers",
-                &intro,
-                "--mesh-listen",
-                &format!("127.0.0.1:{port}"),
-                "--mesh-heartbeat",
-                "250ms",
-                "--mesh-peer-timeout",
-                "30s",
-                "--mesh-probe-period",
-                "500ms",
-            ],
-            &SECRET,
-        );
+        let restarted = relay_from(&mesh_relay_args(&intro, &format!("127.0.0.1:{port}"), "30s"));
         expect_error(&mut a, 4011).await;
         until_meshed(restarted.admin, 1).await;
         let (mut c, mut d) = (join(&r[0].url, &code).await, join(&restarted.url, &code).await);
@@ -278,6 +261,35 @@ async fn a_restarted_relay_is_a_new_generation() {
         expect_peer_found(&mut d).await;
         send(&mut d, signal("MSG", "new generation")).await;
         assert_eq!(expect_text(&mut c).await, signal("MSG", "new generation"));
+    })
+    .await;
+}
+
+/// A relay stopped with SIGTERM ends its clients' rooms as departures (PEER_LEFT, not 4011)
+/// and says goodbye: the other relay gives it up at once, not after its (long) peer timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_shuts_down_says_goodbye() {
+    within(60, async {
+        let (_intro, intro) = introducer();
+        let leaving = relay_from(&mesh_relay_args(&intro, "127.0.0.1:0", "30s"));
+        let staying = relay_from(&mesh_relay_args(&intro, "127.0.0.1:0", "30s"));
+        until_meshed(leaving.admin, 1).await;
+        until_meshed(staying.admin, 1).await;
+        let code = room("bye");
+        let (mut a, mut b) = (join(&leaving.url, &code).await, join(&staying.url, &code).await);
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        leaving.signal(Signal::SIGTERM);
+        let stopped = tokio::time::Instant::now();
+        expect_peer_left(&mut b).await;
+        until_metric(staying.admin, "ghostwire_upstream_peer_deaths_total 1").await;
+        assert!(stopped.elapsed() < Duration::from_secs(15), "given up after {:?}", stopped.elapsed());
+        let (code_exit, log) = tokio::task::spawn_blocking(move || leaving.wait()).await.unwrap();
+        assert_eq!(code_exit, Some(0), "{log}");
+        // The code is free again, on the relay that stayed.
+        let (mut c, mut d) = (join(&staying.url, &code).await, join(&staying.url, &code).await);
+        expect_peer_found(&mut c).await;
+        expect_peer_found(&mut d).await;
     })
     .await;
 }
