@@ -163,6 +163,9 @@ struct Noise {
     transport: snow::TransportState,
     /// The chunks of the record being received (kept here, so `recv` is cancel-safe).
     partial: BytesMut,
+    /// Scratch for one Noise message, in and out (allocated once per link).
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -190,7 +193,13 @@ impl Noise {
                 hs.read_message(&msg, &mut buf)?;
             }
         }
-        Ok(Noise { io, transport: hs.into_transport_mode()?, partial: BytesMut::new() })
+        Ok(Noise {
+            io,
+            transport: hs.into_transport_mode()?,
+            partial: BytesMut::new(),
+            plain: Vec::with_capacity(NOISE_MAX),
+            sealed: vec![0u8; NOISE_MAX],
+        })
     }
 
     async fn send(&mut self, env: &Envelope) -> Result<(), LinkEnd> {
@@ -207,16 +216,14 @@ impl Noise {
     /// or when the buffer fills).
     async fn feed(&mut self, record: &[u8]) -> Result<(), LinkEnd> {
         let mut chunks = record.chunks(CHUNK).peekable();
-        let mut plain = Vec::with_capacity(CHUNK + 1);
-        let mut sealed = vec![0u8; NOISE_MAX];
         loop {
             let chunk = chunks.next().unwrap_or(&[]);
             let last = chunks.peek().is_none();
-            plain.clear();
-            plain.push(u8::from(last));
-            plain.extend_from_slice(chunk);
-            let n = self.transport.write_message(&plain, &mut sealed)?;
-            self.io.feed(Bytes::copy_from_slice(&sealed[..n])).await?;
+            self.plain.clear();
+            self.plain.push(u8::from(last));
+            self.plain.extend_from_slice(chunk);
+            let n = self.transport.write_message(&self.plain, &mut self.sealed)?;
+            self.io.feed(Bytes::copy_from_slice(&self.sealed[..n])).await?;
             if last {
                 return Ok(());
             }
@@ -225,11 +232,10 @@ impl Noise {
 
     /// The next whole record. Cancel-safe: chunks already read wait in `partial`.
     async fn recv(&mut self) -> Result<Envelope, LinkEnd> {
-        let mut plain = vec![0u8; NOISE_MAX];
         loop {
             let sealed = self.io.next().await.ok_or(LinkEnd::Closed)??;
-            let n = self.transport.read_message(&sealed, &mut plain)?;
-            let (&flag, data) = plain[..n].split_first().ok_or(Malformed)?;
+            let n = self.transport.read_message(&sealed, &mut self.sealed)?;
+            let (&flag, data) = self.sealed[..n].split_first().ok_or(Malformed)?;
             if self.partial.len() + data.len() > RECORD_MAX {
                 return Err(Malformed.into());
             }
