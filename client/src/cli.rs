@@ -8,9 +8,18 @@ use std::path::PathBuf;
 
 /// Ghostwire: end-to-end encrypted 1:1 chat in the terminal. Nothing is written to disk.
 ///
-/// Both people run `ghostwire ROOMCODE` with the same code (or one runs `ghostwire --new` and
-/// tells the other the command it prints). Compare the verification code shown to both of you,
-/// by voice or in person: if it differs, someone is in the middle; type /mismatch.
+/// One person runs `ghostwire --new`, which prints a code such as K7Q2M9XA-tulip-cider-lunar,
+/// and tells it to the other, who runs `ghostwire` and types it at the prompt (or sets
+/// GHOSTWIRE_CODE). The part before the first `-` is the room the relay sees; the words are a
+/// secret it never sees, which proves the key exchange: a relay in the middle is caught with
+/// nothing to compare ("verification failed", exit 5), and the code is then burnt. A code with
+/// words is refused on the command line (every user of the machine can read it). A bare room
+/// code (`ghostwire ROOMCODE` on both sides) still works: then compare the verification code
+/// shown to both of you, by voice or in person; if it differs, someone is in the middle: type
+/// /mismatch.
+///
+/// The words come from the EFF short word list #1 by the Electronic Frontier Foundation,
+/// licensed CC BY 4.0 (https://www.eff.org/dice).
 ///
 /// Commands while chatting: /help, /verify (show the verification code again), /mismatch
 /// (the codes differ: ends both sides as a security failure), /quit (so do Ctrl-C and Ctrl-D).
@@ -32,12 +41,15 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "ghostwire", version, about, long_about)]
 pub struct Args {
-    /// The room code: 8 to 16 characters, A-Z and 0-9 (lower case is accepted and upper-cased).
-    /// Prompted for when omitted.
+    /// A bare room code: 8 to 16 characters, A-Z and 0-9 (lower case is accepted and
+    /// upper-cased). A code with a secret part is refused here: type it at the prompt (shown when
+    /// this is omitted) or put it in GHOSTWIRE_CODE.
     #[arg(value_name = "ROOMCODE", conflicts_with = "new")]
     pub room: Option<String>,
 
-    /// Make up a fresh random room code (82 bits), print it, and wait in that room.
+    /// Make up a fresh code with a secret part (an 8-symbol room and 3 words, ~31 bits that a
+    /// relay gets one guess at), print it, and wait in that room. With --legacy-v1, a bare room
+    /// code of 16 symbols (82 bits).
     #[arg(long)]
     pub new: bool,
 
@@ -89,8 +101,9 @@ impl Args {
 /// The relay used when none is given.
 pub const DEFAULT_RELAY: &str = "ws://127.0.0.1:8765/";
 
-/// The command the other person must run to join `code` with the same relay settings.
-pub fn join_command(args: &Args, code: &RoomCode) -> String {
+/// The command the other person must run to join with the same relay settings: with `code`
+/// when it is a bare room code, without it for a code with a secret (typed at the prompt).
+pub fn join_command(args: &Args, code: Option<&RoomCode>) -> String {
     let mut words = vec!["ghostwire".to_owned()];
     if args.relay != DEFAULT_RELAY {
         words.extend(["--relay".to_owned(), shell_quote(&args.relay)]);
@@ -104,7 +117,9 @@ pub fn join_command(args: &Args, code: &RoomCode) -> String {
     if args.tor {
         words.push("--tor".to_owned());
     }
-    words.push(code.as_str().to_owned());
+    if let Some(code) = code {
+        words.push(code.as_str().to_owned());
+    }
     words.join(" ")
 }
 
@@ -122,21 +137,26 @@ fn shell_quote(s: &str) -> String {
 pub const NEW_CODE_LEN: usize = 16;
 const ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
-/// A fresh random room code from the OS CSPRNG (rejection sampling: no modulo bias).
+/// A fresh random room code from the OS CSPRNG.
 pub fn new_room_code() -> RoomCode {
-    let mut out = String::with_capacity(NEW_CODE_LEN);
-    while out.len() < NEW_CODE_LEN {
+    // Built from the alphabet at the validated length; parsing cannot fail, but never panic.
+    RoomCode::parse(&random_symbols(NEW_CODE_LEN)).unwrap_or_else(|_| new_room_code())
+}
+
+/// `len` random symbols of A-Z0-9 from the OS CSPRNG (rejection sampling: no modulo bias).
+pub fn random_symbols(len: usize) -> String {
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
         let mut b = [0u8; 32];
         OsRng.fill_bytes(&mut b);
         for x in b {
             // 252 = 7 * 36: bytes at or above it would favour the first symbols.
-            if x < 252 && out.len() < NEW_CODE_LEN {
+            if x < 252 && out.len() < len {
                 out.push(ALPHABET[(x % 36) as usize] as char);
             }
         }
     }
-    // Built from the alphabet at the validated length; parsing cannot fail, but never panic.
-    RoomCode::parse(&out).unwrap_or_else(|_| new_room_code())
+    out
 }
 
 /// Validates what a person typed: surrounding spaces trimmed, letters upper-cased, then the
@@ -165,9 +185,10 @@ mod tests {
     fn the_join_command_carries_what_the_other_side_needs() {
         let code = RoomCode::parse("ABCD1234").unwrap_or_else(|_| new_room_code());
         let args = |extra: &[&str]| Args::parse_from([&["ghostwire", "--new"], extra].concat());
-        assert_eq!(join_command(&args(&[]), &code), "ghostwire ABCD1234");
+        assert_eq!(join_command(&args(&[]), Some(&code)), "ghostwire ABCD1234");
+        assert_eq!(join_command(&args(&[]), None), "ghostwire");
         assert_eq!(
-            join_command(&args(&["--relay", "wss://relay.example/", "--ca", "my ca.pem", "--legacy-v1"]), &code),
+            join_command(&args(&["--relay", "wss://relay.example/", "--ca", "my ca.pem", "--legacy-v1"]), Some(&code)),
             "ghostwire --relay wss://relay.example/ --ca 'my ca.pem' --legacy-v1 ABCD1234"
         );
         assert_eq!(shell_quote("it's"), r"'it'\''s'");

@@ -63,6 +63,9 @@ pub enum End {
     VerificationMismatch,
     /// The peer reported that the verification codes differ.
     PeerMismatch,
+    /// The code's secret did not confirm the key exchange: the peer typed another code, or a
+    /// relay is in the middle. The code must not be used again.
+    VerificationFailed,
 }
 
 impl End {
@@ -74,7 +77,9 @@ impl End {
             End::Network(_) | End::Relay { .. } | End::PeerLost(_) => exit::NETWORK,
             End::Protocol(_) => exit::PROTOCOL,
             End::Security(e) if !e.is_security() => exit::PROTOCOL,
-            End::Security(_) | End::VerificationMismatch | End::PeerMismatch => exit::SECURITY,
+            End::Security(_) | End::VerificationMismatch | End::PeerMismatch | End::VerificationFailed => {
+                exit::SECURITY
+            }
         }
     }
 }
@@ -125,6 +130,11 @@ impl fmt::Display for End {
             End::VerificationMismatch => {
                 write!(f, "SECURITY: the verification codes differ: someone may be in the middle")
             }
+            End::VerificationFailed => write!(
+                f,
+                "verification failed: wrong code or a relay in the middle. This code is burnt: make a \
+                 new one with ghostwire --new and pass it on again"
+            ),
             End::PeerMismatch => write!(
                 f,
                 "SECURITY: your peer reported that the verification codes differ: someone may be in the middle"
@@ -168,6 +178,7 @@ mod tests {
             (End::Security(CryptoError::BadContent), 4),
             (End::Security(CryptoError::Replay), 5),
             (End::VerificationMismatch, 5),
+            (End::VerificationFailed, 5),
             (End::PeerMismatch, 5),
         ];
         for (end, code) in cases {

@@ -4,13 +4,16 @@
 //! verification code), [`proto`] (the SIGNAL kinds two clients exchange),
 //! [`session`] (the driver that runs a session), [`ui`] (interactive and piped
 //! front ends), [`net`] (ws/wss to the relay), [`harden`] (core dumps, memory
-//! locking), [`end`] (why a session ended, exit codes), [`cli`] (flags, room codes).
+//! locking), [`end`] (why a session ended, exit codes), [`cli`] (flags, room codes), [`code`]
+//! (codes with a secret part, the word list), [`pake`] (SPAKE2 and key confirmation).
 
 pub mod cli;
+pub mod code;
 pub mod crypto;
 pub mod end;
 pub mod harden;
 pub mod net;
+pub mod pake;
 pub mod proto;
 pub mod session;
 pub mod state;

@@ -36,25 +36,44 @@ fn main() -> ExitCode {
         }
         Some(Err(why)) => return refuse(&why),
     };
-    let room = match (&args.room, args.new) {
-        (Some(typed), _) => match cli::parse_room_code(typed) {
-            Ok(code) => Some(code),
+    // GHOSTWIRE_CODE is read once and removed from the environment.
+    let from_env = std::env::var("GHOSTWIRE_CODE").ok().map(zeroize::Zeroizing::new);
+    std::env::remove_var("GHOSTWIRE_CODE");
+    let code = match (&args.room, from_env, args.new) {
+        (Some(typed), _, _) if ghostwire::code::has_secret_part(typed) => {
+            return refuse(
+                "a code with a secret part must not be on the command line, where every user of this \
+                 machine can read it: type it at the prompt (run ghostwire without it) or put it in GHOSTWIRE_CODE",
+            );
+        }
+        (Some(typed), _, _) => match cli::parse_room_code(typed) {
+            Ok(code) => Some(zeroize::Zeroizing::new(code.as_str().to_owned())),
             Err(why) => return refuse(&why),
         },
-        (None, true) => {
+        (None, Some(code), _) => Some(code),
+        (None, None, true) if args.legacy_v1 => {
             let code = cli::new_room_code();
             eprintln!("room code: {}", code.as_str());
-            eprintln!("tell your peer to run: {}", cli::join_command(&args, &code));
+            eprintln!("tell your peer to run: {}", cli::join_command(&args, Some(&code)));
+            Some(zeroize::Zeroizing::new(code.as_str().to_owned()))
+        }
+        (None, None, true) => {
+            let code = ghostwire::code::generate();
+            eprintln!("code: {}", code.as_str());
+            eprintln!(
+                "tell your peer the code, and to run: {} (and type the code at its prompt)",
+                cli::join_command(&args, None)
+            );
             if args.ca.is_some() {
                 eprintln!("(they need the same CA file)");
             }
             Some(code)
         }
-        (None, false) => None,
+        (None, None, false) => None,
     };
-    let (ui, inputs, verdicts) = Ui::start(terminal, room.is_none(), &hardening.warnings);
+    let (ui, inputs, verdicts) = Ui::start(terminal, code.is_none(), &hardening.warnings);
     let settings =
-        Settings { relay, version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 }, room };
+        Settings { relay, version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 }, code };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

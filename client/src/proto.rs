@@ -8,6 +8,8 @@
 //! | `KEY_COMMIT` | `v`: 2, `commit`: base64 SHA-256 commitment | v2 only |
 //! | `KEY_EXCHANGE` | `key`: base64 32-byte X25519 public key; `v`: 2 (absent in v1) | both |
 //! | `MSG` | `payload`: base64 (24-byte nonce ‖ crypto_box) | both |
+//! | `PAKE` | `v`: 2, `msg`: base64 SPAKE2 message (33 bytes) | v2, codes with a secret |
+//! | `KEY_CONFIRM` | `v`: 2, `mac`: base64 HMAC-SHA256 over the exchange (32 bytes) | v2, codes with a secret |
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -37,6 +39,16 @@ pub enum PeerMsg {
     Msg {
         /// nonce ‖ box.
         payload: Vec<u8>,
+    },
+    /// The sender's SPAKE2 message (length checked by the PAKE).
+    Pake {
+        /// The message.
+        msg: Vec<u8>,
+    },
+    /// The sender's key confirmation MAC (checked by the PAKE).
+    Confirm {
+        /// The MAC.
+        mac: Vec<u8>,
     },
 }
 
@@ -96,6 +108,9 @@ pub fn decode(signal: &Signal) -> Result<PeerMsg, DecodeError> {
         }
         "KEY_EXCHANGE" => Ok(PeerMsg::Key { v2: version(f)? == Some(V2), key: b64(f, "key")? }),
         "MSG" => Ok(PeerMsg::Msg { payload: b64(f, "payload")? }),
+        "PAKE" | "KEY_CONFIRM" if version(f)? != Some(V2) => Err(DecodeError::BadField("v")),
+        "PAKE" => Ok(PeerMsg::Pake { msg: b64(f, "msg")? }),
+        "KEY_CONFIRM" => Ok(PeerMsg::Confirm { mac: b64(f, "mac")? }),
         _ => Err(DecodeError::UnknownKind),
     }
 }
@@ -118,6 +133,16 @@ pub fn key_frame(key: &[u8; 32], v2: bool) -> String {
     } else {
         frame("KEY_EXCHANGE", &[key])
     }
+}
+
+/// `{"type":"SIGNAL","kind":"PAKE","v":2,"msg":...}`
+pub fn pake_frame(msg: &[u8]) -> String {
+    frame("PAKE", &[("v", json!(V2)), ("msg", json!(B64.encode(msg)))])
+}
+
+/// `{"type":"SIGNAL","kind":"KEY_CONFIRM","v":2,"mac":...}`
+pub fn confirm_frame(mac: &[u8; 32]) -> String {
+    frame("KEY_CONFIRM", &[("v", json!(V2)), ("mac", json!(B64.encode(mac)))])
 }
 
 /// `{"type":"SIGNAL","kind":"MSG","payload":...}`
@@ -146,6 +171,8 @@ mod tests {
         assert_eq!(decode(&signal_of(&key_frame(&k, true))), Ok(PeerMsg::Key { key: k.to_vec(), v2: true }));
         assert_eq!(decode(&signal_of(&key_frame(&k, false))), Ok(PeerMsg::Key { key: k.to_vec(), v2: false }));
         assert_eq!(decode(&signal_of(&msg_frame(b"abc"))), Ok(PeerMsg::Msg { payload: b"abc".to_vec() }));
+        assert_eq!(decode(&signal_of(&pake_frame(b"spake"))), Ok(PeerMsg::Pake { msg: b"spake".to_vec() }));
+        assert_eq!(decode(&signal_of(&confirm_frame(&k))), Ok(PeerMsg::Confirm { mac: k.to_vec() }));
         assert_eq!(
             key_frame(&k, false),
             r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="}"#
@@ -163,6 +190,8 @@ mod tests {
             (r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","v":3,"key":"AA=="}"#, DecodeError::UnknownVersion(3)),
             (r#"{"type":"SIGNAL","kind":"KEY_COMMIT","commit":"AA=="}"#, DecodeError::BadField("v")),
             (r#"{"type":"SIGNAL","kind":"KEY_COMMIT","v":2,"commit":"AA=="}"#, DecodeError::BadCommitLength),
+            (r#"{"type":"SIGNAL","kind":"PAKE","msg":"AA=="}"#, DecodeError::BadField("v")),
+            (r#"{"type":"SIGNAL","kind":"KEY_CONFIRM","v":2}"#, DecodeError::BadField("mac")),
         ];
         for (text, err) in cases {
             assert_eq!(decode(&signal_of(text)), Err(err), "{text}");

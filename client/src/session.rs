@@ -57,8 +57,9 @@ pub struct Settings {
     pub relay: Target,
     /// Which protocol to speak.
     pub version: Version,
-    /// The room code, if given on the command line.
-    pub room: Option<RoomCode>,
+    /// The code (a bare room code, or one with a secret part), if given before the session (the
+    /// command line, GHOSTWIRE_CODE, --new); parsed by the state machine like a typed one.
+    pub code: Option<Zeroizing<String>>,
 }
 
 /// How a session ended: the reason, and how many lines the user gave that were not sent.
@@ -122,7 +123,7 @@ pub async fn run(
         recv_limit: limiter(RECV_RATE),
         pace_at: None,
     };
-    driver.run(settings.room).await
+    driver.run(settings.code).await
 }
 
 async fn next_frame(ws: &mut Option<Socket>) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
@@ -147,7 +148,7 @@ async fn at(when: Option<Instant>) {
 }
 
 impl Driver {
-    async fn run(mut self, room: Option<RoomCode>) -> Outcome {
+    async fn run(mut self, code: Option<Zeroizing<String>>) -> Outcome {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
             (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
@@ -155,8 +156,8 @@ impl Driver {
             return Outcome { end: End::Network("cannot install signal handlers".into()), unsent: 0 };
         };
         self.handle(Event::Start).await;
-        if let Some(code) = room {
-            self.handle(Event::CodeTyped(Zeroizing::new(code.as_str().to_owned()))).await;
+        if let Some(code) = code {
+            self.handle(Event::CodeTyped(code)).await;
         }
         while self.machine.end().is_none() {
             let reading = self.inputs_open && self.outbox.len() < MAX_QUEUED;
@@ -374,6 +375,8 @@ impl Driver {
                     Ok(PeerMsg::Commit { commit }) => Event::PeerCommit(commit),
                     Ok(PeerMsg::Key { key, v2 }) => Event::PeerKey { key, v2 },
                     Ok(PeerMsg::Msg { payload }) => Event::PeerRecord(payload),
+                    Ok(PeerMsg::Pake { msg }) => Event::PeerPake(msg),
+                    Ok(PeerMsg::Confirm { mac }) => Event::PeerConfirm(mac),
                     Err(e) => Event::Deviation(End::Protocol(format!("the peer sent a bad message: {e}"))),
                 }
             }

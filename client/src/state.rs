@@ -16,7 +16,19 @@
 //! | INIT | Start | INPUT_VALIDATION | prompt for the room code |
 //! | INPUT_VALIDATION | CodeTyped (invalid) | INPUT_VALIDATION | say why, prompt again |
 //! | INPUT_VALIDATION | CodeTyped (valid) | SEARCHING | connect to the relay, JOIN |
-//! | SEARCHING | PeerFound | KEY_SETUP | (USER_FOUND:) generate keys; send the commitment (v2) or the key (v1) |
+//! | INPUT_VALIDATION | CodeTyped (with a secret, v1) | DISCONNECTED | bad input |
+//! | SEARCHING | PeerFound (bare code) | KEY_SETUP | (USER_FOUND:) generate keys; send the commitment (v2) or the key (v1) |
+//! | SEARCHING | PeerFound (code with a secret) | PAKE_EXCHANGE | send our SPAKE2 message |
+//! | PAKE_EXCHANGE | PeerPake | KEY_SETUP | finish SPAKE2; generate keys; send the commitment |
+//! | PAKE_EXCHANGE | PeerCommit, PeerKey (the peer has no secret, or a relay stripped it) | DISCONNECTED | verification failed |
+//! | KEY_SETUP (bare code) | PeerPake | DISCONNECTED | verification failed (the peer's code has a secret) |
+//! | KEY_SETUP (after the PAKE) | PeerKey | KEY_CONFIRMATION | checks as below; send our confirmation MAC |
+//! | KEY_SETUP (after the PAKE) | PeerConfirm (before the key it covers) | DISCONNECTED | verification failed |
+//! | KEY_CONFIRMATION | PeerConfirm (valid) | CONNECTED | say the code's secret verified the exchange |
+//! | KEY_CONFIRMATION | PeerConfirm (invalid) | DISCONNECTED | verification failed: the code is burnt |
+//! | PAKE_EXCHANGE | PeerLeft | DISCONNECTED | the peer left early |
+//! | KEY_SETUP (after the PAKE), KEY_CONFIRMATION | PeerLeft | DISCONNECTED | verification failed (fail closed: a peer that failed its check leaves) |
+//! | PAKE_EXCHANGE, KEY_CONFIRMATION | Deadline (past it) | DISCONNECTED | protocol: the exchange took too long |
 //! | KEY_SETUP | PeerCommit (v2, first) | KEY_SETUP | record it, reveal our key |
 //! | KEY_SETUP | PeerCommit (second, or v1) | DISCONNECTED | protocol |
 //! | KEY_SETUP | PeerKey | CONNECTED | check version, commitment and key; show the verification code |
@@ -30,7 +42,7 @@
 //! | CONNECTED | InputDone | CONNECTED (v2: send Done), DISCONNECTED if the peer is done too or v1 | |
 //! | CONNECTED | Quit | DISCONNECTED | send Bye (v2) |
 //! | CONNECTED | Mismatch | DISCONNECTED | send Mismatch (v2) |
-//! | SEARCHING, KEY_SETUP | Mismatch | same | say there is nothing to compare yet |
+//! | SEARCHING … KEY_CONFIRMATION | Mismatch | same | say there is nothing to compare yet |
 //! | KEY_SETUP | PeerLeft | DISCONNECTED | the peer left early |
 //! | CONNECTED | PeerLeft | DISCONNECTED | peer left if it said Done (or v1), else peer lost |
 //! | SEARCHING … CONNECTED | Relay, NetworkError, Deviation | DISCONNECTED | |
@@ -41,9 +53,10 @@
 //! | DISCONNECTED | anything else | DISCONNECTED | — (the first reason stands) |
 //! | SESSION_DESTROYED | anything | SESSION_DESTROYED | — (nothing revives it) |
 
-use crate::cli::parse_room_code;
+use crate::code::{self, Secret};
 use crate::crypto::{self, Channel, CryptoError, KeyPair, Notice, Record, Version};
 use crate::end::End;
+use crate::pake;
 use crate::proto;
 use crate::ui::Tone;
 use ghostwire_shared::RoomCode;
@@ -54,10 +67,38 @@ use zeroize::Zeroizing;
 /// Time the peer has to complete the key exchange after PEER_FOUND.
 pub const KEY_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// KEY_SETUP's data: our key pair, and the peer's commitment once it arrives.
+/// KEY_SETUP's data: our key pair, the peer's commitment once it arrives, and what the PAKE
+/// agreed (with a code that has a secret).
 pub struct KeySetup {
     keys: KeyPair,
     peer_commit: Option<[u8; 32]>,
+    deadline: Instant,
+    pake: Option<Agreed>,
+}
+
+/// SEARCHING's data: the room, and the secret (wiped once the PAKE starts).
+pub struct Searching {
+    room: String,
+    secret: Option<Secret>,
+}
+
+/// PAKE_EXCHANGE's data: our half of SPAKE2.
+pub struct PakeExchange {
+    room: String,
+    start: pake::Start,
+    deadline: Instant,
+}
+
+/// SPAKE2 done: the shared key, and the room it was for.
+pub struct Agreed {
+    room: String,
+    shared: pake::Shared,
+}
+
+/// KEY_CONFIRMATION's data: the channel, held back until the peer's MAC proves the exchange.
+pub struct Confirming {
+    connected: Connected,
+    confirm: pake::Confirm,
     deadline: Instant,
 }
 
@@ -76,9 +117,13 @@ pub enum State {
     /// Waiting for a valid room code.
     InputValidation,
     /// Connecting to the relay and waiting there for the peer.
-    Searching,
+    Searching(Box<Searching>),
+    /// Our SPAKE2 message sent; waiting for the peer's.
+    PakeExchange(Box<PakeExchange>),
     /// Keys generated and our first key frame sent; waiting for the peer's.
     KeySetup(Box<KeySetup>),
+    /// Keys agreed and our confirmation MAC sent; waiting for the peer's.
+    KeyConfirmation(Box<Confirming>),
     /// Keys agreed: messages flow.
     Connected(Box<Connected>),
     /// Tearing down for this reason: socket closing, secrets being wiped.
@@ -106,6 +151,10 @@ pub enum Event {
     },
     /// The peer's MSG arrived: nonce ‖ box.
     PeerRecord(Vec<u8>),
+    /// The peer's PAKE message arrived.
+    PeerPake(Vec<u8>),
+    /// The peer's KEY_CONFIRM arrived.
+    PeerConfirm(Vec<u8>),
     /// The user's next line is due to be sent (the driver paces and queues them).
     Send(Zeroizing<String>),
     /// The user has nothing more to say (end of input; everything queued was sent).
@@ -162,8 +211,10 @@ impl State {
         match self {
             State::Init => "INIT",
             State::InputValidation => "INPUT_VALIDATION",
-            State::Searching => "SEARCHING",
+            State::Searching(_) => "SEARCHING",
+            State::PakeExchange(_) => "PAKE_EXCHANGE",
             State::KeySetup(_) => "KEY_SETUP",
+            State::KeyConfirmation(_) => "KEY_CONFIRMATION",
             State::Connected(_) => "CONNECTED",
             State::Disconnected(_) => "DISCONNECTED",
             State::SessionDestroyed => "SESSION_DESTROYED",
@@ -181,6 +232,8 @@ impl Event {
             Event::PeerCommit(_) => "PeerCommit",
             Event::PeerKey { .. } => "PeerKey",
             Event::PeerRecord(_) => "PeerRecord",
+            Event::PeerPake(_) => "PeerPake",
+            Event::PeerConfirm(_) => "PeerConfirm",
             Event::Send(_) => "Send",
             Event::InputDone => "InputDone",
             Event::Quit => "Quit",
@@ -219,7 +272,9 @@ impl Machine {
     /// When the driver must send [`Event::Deadline`] next, if ever.
     pub fn deadline(&self) -> Option<Instant> {
         match &self.state {
+            State::PakeExchange(p) => Some(p.deadline),
             State::KeySetup(ks) => Some(ks.deadline),
+            State::KeyConfirmation(c) => Some(c.deadline),
             _ => None,
         }
     }
@@ -231,7 +286,14 @@ impl Machine {
 
     /// Whether the relay or the peer is involved yet (there is a socket to watch).
     pub fn online(&self) -> bool {
-        matches!(self.state, State::Searching | State::KeySetup(_) | State::Connected(_))
+        matches!(
+            self.state,
+            State::Searching(_)
+                | State::PakeExchange(_)
+                | State::KeySetup(_)
+                | State::KeyConfirmation(_)
+                | State::Connected(_)
+        )
     }
 
     /// The verification code, once the keys are exchanged (v2).
@@ -264,20 +326,69 @@ impl Machine {
         let v2 = self.version == Version::Hardened2;
         match (state, event) {
             (S::Init, E::Start) => (S::InputValidation, vec![Action::PromptCode]),
-            (S::InputValidation, E::CodeTyped(typed)) => match parse_room_code(&typed) {
-                Ok(code) => (S::Searching, vec![Action::Connect(code)]),
+            (S::InputValidation, E::CodeTyped(typed)) => match code::parse(&typed) {
+                Ok(code) if code.secret.is_some() && !v2 => end(End::BadInput(
+                    "--legacy-v1 cannot use a code with a secret part (v1 has no PAKE): use a bare room code".into(),
+                )),
+                Ok(code) => {
+                    let searching = Searching { room: code.room.as_str().to_owned(), secret: code.secret };
+                    (S::Searching(Box::new(searching)), vec![Action::Connect(code.room)])
+                }
                 Err(why) => (S::InputValidation, vec![Action::Reprompt(why)]),
             },
             (S::InputValidation, E::InputDone) => end(End::BadInput("no valid room code was given".into())),
-            (S::Searching, E::PeerFound) => {
-                let keys = KeyPair::generate();
-                let frame =
-                    if v2 { proto::commit_frame(&keys.commitment()) } else { proto::key_frame(keys.public(), false) };
-                let deadline = Instant::now() + KEY_SETUP_TIMEOUT;
-                let ks = KeySetup { keys, peer_commit: None, deadline };
-                let say = Action::Say(Tone::Info, "peer found: exchanging keys".into());
-                (S::KeySetup(Box::new(ks)), vec![say, Action::Send(frame)])
+            (S::Searching(s), E::PeerFound) => match s.secret {
+                Some(secret) => {
+                    // The secret is wiped here: SPAKE2 keeps only what it derived from it.
+                    let start = pake::Start::new(&s.room, secret.as_bytes());
+                    drop(secret);
+                    let frame = proto::pake_frame(start.message());
+                    let deadline = Instant::now() + KEY_SETUP_TIMEOUT;
+                    let px = PakeExchange { room: s.room, start, deadline };
+                    let say = Action::Say(Tone::Info, "peer found: proving we both hold the code's secret".into());
+                    (S::PakeExchange(Box::new(px)), vec![say, Action::Send(frame)])
+                }
+                None => {
+                    let say = Action::Say(Tone::Info, "peer found: exchanging keys".into());
+                    let (ks, frame) = self.key_setup(None);
+                    (S::KeySetup(Box::new(ks)), vec![say, Action::Send(frame)])
+                }
+            },
+            (S::PakeExchange(px), E::PeerPake(msg)) => match px.start.finish(&msg) {
+                Ok(shared) => {
+                    let (ks, frame) = self.key_setup(Some(Agreed { room: px.room, shared }));
+                    (S::KeySetup(Box::new(ks)), vec![Action::Send(frame)])
+                }
+                Err(_) => end(End::VerificationFailed),
+            },
+            // A key exchange without the PAKE, from a peer whose code has no secret or through a
+            // relay that removed it: never accepted in its place.
+            (S::PakeExchange(_), E::PeerCommit(_) | E::PeerKey { .. }) => end(End::VerificationFailed),
+            (S::KeySetup(ks), E::PeerPake(_)) if ks.pake.is_none() => end(End::VerificationFailed),
+            // A MAC before the keys it covers: the exchange was tampered with.
+            (S::KeySetup(ks), E::PeerConfirm(_)) if ks.pake.is_some() => end(End::VerificationFailed),
+            (S::KeyConfirmation(c), E::PeerConfirm(mac)) => {
+                if c.confirm.check(&mac) {
+                    let actions = vec![
+                        Action::Say(Tone::Good, "keys exchanged: end-to-end encrypted".into()),
+                        Action::Say(Tone::Good, "verified by the code's secret: no relay can be in the middle".into()),
+                    ];
+                    (S::Connected(Box::new(c.connected)), actions)
+                } else {
+                    end(End::VerificationFailed)
+                }
             }
+            (S::PakeExchange(p), E::Deadline(now)) if now >= p.deadline => {
+                end(End::Protocol("the peer did not complete the key exchange in time".into()))
+            }
+            (S::KeyConfirmation(c), E::Deadline(now)) if now >= c.deadline => {
+                end(End::Protocol("the peer did not confirm the key exchange in time".into()))
+            }
+            (S::PakeExchange(_), E::PeerLeft) => end(End::PeerLeftEarly),
+            // After the PAKE, a peer gone before it confirmed cannot be told from a peer that
+            // failed the check (or a relay that cut it off): fail closed, the code is burnt.
+            (S::KeyConfirmation(_), E::PeerLeft) => end(End::VerificationFailed),
+            (S::KeySetup(ks), E::PeerLeft) if ks.pake.is_some() => end(End::VerificationFailed),
             (S::KeySetup(_), E::PeerCommit(_)) if !v2 => end(End::Protocol(V2_ONLY.into())),
             (S::KeySetup(ks), E::PeerCommit(_)) if ks.peer_commit.is_some() => {
                 end(End::Protocol("the peer committed to a key twice".into()))
@@ -288,10 +399,23 @@ impl Machine {
                 let reveal = proto::key_frame(ks.keys.public(), true);
                 (S::KeySetup(ks), vec![Action::Send(reveal)])
             }
-            (S::KeySetup(ks), E::PeerKey { key, v2: marked }) => match self.establish(*ks, &key, marked) {
-                Ok((connected, actions)) => (S::Connected(Box::new(connected)), actions),
-                Err(why) => end(why),
-            },
+            (S::KeySetup(mut ks), E::PeerKey { key, v2: marked }) => {
+                let agreed = ks.pake.take();
+                let mine = *ks.keys.public();
+                match (self.establish(*ks, &key, marked), agreed) {
+                    (Ok((connected, actions)), None) => (S::Connected(Box::new(connected)), actions),
+                    (Ok((connected, _)), Some(agreed)) => {
+                        // Nothing is sent before the peer proves the same exchange.
+                        let peer: crypto::PublicBytes = key.as_slice().try_into().unwrap_or([0; 32]);
+                        let confirm = agreed.shared.confirm(&agreed.room, &mine, &peer);
+                        let frame = proto::confirm_frame(&confirm.mine);
+                        let deadline = Instant::now() + KEY_SETUP_TIMEOUT;
+                        let c = Confirming { connected, confirm, deadline };
+                        (S::KeyConfirmation(Box::new(c)), vec![Action::Send(frame)])
+                    }
+                    (Err(why), _) => end(why),
+                }
+            }
             (S::KeySetup(ks), E::Deadline(now)) if now >= ks.deadline => {
                 end(End::Protocol("the peer did not complete the key exchange in time".into()))
             }
@@ -319,26 +443,54 @@ impl Machine {
             },
             (S::Connected(mut c), E::Quit) => leave(&mut c, Notice::Bye, End::Quit),
             (S::Connected(mut c), E::Mismatch) => leave(&mut c, Notice::Mismatch, End::VerificationMismatch),
-            (state @ (S::Searching | S::KeySetup(_)), E::Mismatch) => {
+            (state @ (S::Searching(_) | S::PakeExchange(_) | S::KeySetup(_) | S::KeyConfirmation(_)), E::Mismatch) => {
                 (state, vec![Action::Say(Tone::Info, "nothing to compare yet: keys are not exchanged".into())])
             }
             (S::Connected(c), E::PeerLeft) if c.peer_done || !v2 => end(End::PeerLeft),
             (S::Connected(_), E::PeerLeft) => {
                 end(End::PeerLost("it left without saying goodbye (its connection to the relay broke)".into()))
             }
-            (state @ (S::Searching | S::KeySetup(_) | S::Connected(_)), E::Relay { code, reason }) => {
-                let paired = !matches!(state, S::Searching);
+            (
+                state @ (S::Searching(_)
+                | S::PakeExchange(_)
+                | S::KeySetup(_)
+                | S::KeyConfirmation(_)
+                | S::Connected(_)),
+                E::Relay { code, reason },
+            ) => {
+                let paired = !matches!(state, S::Searching(_));
                 end(End::Relay { code, reason, paired })
             }
-            (S::Searching | S::KeySetup(_) | S::Connected(_), E::NetworkError(why)) => end(End::Network(why)),
-            (S::Searching | S::KeySetup(_) | S::Connected(_), E::Deviation(why)) => end(why),
-            (S::InputValidation | S::Searching | S::KeySetup(_), E::Quit) => end(End::Quit),
+            (
+                S::Searching(_) | S::PakeExchange(_) | S::KeySetup(_) | S::KeyConfirmation(_) | S::Connected(_),
+                E::NetworkError(why),
+            ) => end(End::Network(why)),
+            (
+                S::Searching(_) | S::PakeExchange(_) | S::KeySetup(_) | S::KeyConfirmation(_) | S::Connected(_),
+                E::Deviation(why),
+            ) => end(why),
+            (
+                S::InputValidation | S::Searching(_) | S::PakeExchange(_) | S::KeySetup(_) | S::KeyConfirmation(_),
+                E::Quit,
+            ) => end(End::Quit),
             (S::Disconnected(_), E::Wiped) => (S::SessionDestroyed, vec![Action::Exit]),
             (state @ S::Disconnected(_), _) => (state, vec![]),
             (S::SessionDestroyed, _) => (S::SessionDestroyed, vec![]),
             (state, E::Deadline(_)) => (state, vec![]),
             (state, event) => end(End::Protocol(format!("unexpected {} in state {}", event.name(), state.name()))),
         }
+    }
+
+    /// KEY_SETUP's data and the first key frame: the commitment (v2) or the key (v1).
+    fn key_setup(&self, pake: Option<Agreed>) -> (KeySetup, String) {
+        let keys = KeyPair::generate();
+        let frame = if self.version == Version::Hardened2 {
+            proto::commit_frame(&keys.commitment())
+        } else {
+            proto::key_frame(keys.public(), false)
+        };
+        let deadline = Instant::now() + KEY_SETUP_TIMEOUT;
+        (KeySetup { keys, peer_commit: None, deadline, pake }, frame)
     }
 
     /// KEY_SETUP → CONNECTED: every check on the peer's key, then the channel.

@@ -50,6 +50,77 @@ fn key_setup() -> (Machine, [u8; 32]) {
     (m, commit)
 }
 
+/// A code with a secret part, for the PAKE states.
+const SECRET_CODE: &str = "abcd1234-tulip-cider-lunar";
+
+/// A machine in PAKE_EXCHANGE with `code`, and the SPAKE2 message it sent.
+fn pake_exchange(code: &str) -> (Machine, Vec<u8>) {
+    let mut m = Machine::new(Version::Hardened2);
+    m.handle(Event::Start);
+    assert!(matches!(m.handle(typed(code))[..], [Action::Connect(_)]));
+    let out = sent(&m.handle(Event::PeerFound));
+    let [PeerMsg::Pake { ref msg }] = out[..] else { panic!("{out:?}") };
+    (m, msg.clone())
+}
+
+/// A machine in KEY_CONFIRMATION after a PAKE with a peer that holds the same secret; returns
+/// it, the MAC it sent, and the MAC the peer would send.
+fn key_confirmation() -> (Machine, Vec<u8>, [u8; 32]) {
+    let (mut m, my_pake) = pake_exchange(SECRET_CODE);
+    let peer = pake::Start::new("ABCD1234", b"tulip-cider-lunar");
+    let peer_msg = peer.message().to_vec();
+    let peer_shared = peer.finish(&my_pake).unwrap();
+    let out = sent(&m.handle(Event::PeerPake(peer_msg)));
+    let [PeerMsg::Commit { .. }] = out[..] else { panic!("{out:?}") };
+    let keys = KeyPair::generate();
+    let out = sent(&m.handle(Event::PeerCommit(keys.commitment())));
+    let [PeerMsg::Key { ref key, .. }] = out[..] else { panic!("{out:?}") };
+    let mine: [u8; 32] = key.as_slice().try_into().unwrap();
+    let out = sent(&m.handle(Event::PeerKey { key: keys.public().to_vec(), v2: true }));
+    let [PeerMsg::Confirm { ref mac }] = out[..] else { panic!("{out:?}") };
+    let theirs = peer_shared.confirm("ABCD1234", keys.public(), &mine);
+    assert!(theirs.check(mac), "the machine's MAC is the one the peer expects");
+    (m, mac.clone(), theirs.mine)
+}
+
+#[test]
+fn the_codes_secret_confirms_the_exchange_before_anything_is_sent() {
+    let (mut m, _, theirs) = key_confirmation();
+    assert!(!m.can_send(), "nothing is sent before the peer's MAC");
+    let actions = m.handle(Event::PeerConfirm(theirs.to_vec()));
+    assert_eq!(m.state().name(), "CONNECTED");
+    assert!(actions.iter().any(|a| matches!(a, Action::Say(_, t) if t.contains("verified by the code's secret"))));
+    assert!(m.can_send());
+}
+
+#[test]
+fn a_wrong_mac_a_downgrade_or_an_early_departure_fails_the_verification() {
+    let (mut m, mine, _) = key_confirmation();
+    m.handle(Event::PeerConfirm(mine));
+    assert_eq!(ended(&m), &End::VerificationFailed, "our own MAC reflected");
+    let (mut m, _) = pake_exchange(SECRET_CODE);
+    m.handle(Event::PeerCommit([0; 32]));
+    assert_eq!(ended(&m), &End::VerificationFailed, "a commitment where the PAKE must be");
+    let (mut m, _) = key_setup();
+    m.handle(Event::PeerPake(vec![0; 33]));
+    assert_eq!(ended(&m), &End::VerificationFailed, "a PAKE to a bare code");
+    let (mut m, _, _) = key_confirmation();
+    m.handle(Event::PeerLeft);
+    assert_eq!(ended(&m), &End::VerificationFailed, "gone before confirming: fail closed");
+    let (mut m, _) = pake_exchange(SECRET_CODE);
+    m.handle(Event::PeerPake(vec![1, 2, 3]));
+    assert_eq!(ended(&m), &End::VerificationFailed, "a malformed PAKE message");
+    assert_eq!(End::VerificationFailed.exit_code(), 5);
+}
+
+#[test]
+fn legacy_v1_refuses_a_code_with_a_secret() {
+    let mut m = Machine::new(Version::Legacy1);
+    m.handle(Event::Start);
+    m.handle(typed(SECRET_CODE));
+    assert!(matches!(ended(&m), End::BadInput(why) if why.contains("--legacy-v1")));
+}
+
 /// A machine in CONNECTED (v2), and the peer it is connected to.
 fn connected() -> (Machine, FakePeer) {
     let (mut m, their_commit) = key_setup();
@@ -97,7 +168,9 @@ fn in_state(name: &str) -> (Machine, Option<FakePeer>) {
             (m, None)
         }
         "SEARCHING" => (searching(Version::Hardened2), None),
+        "PAKE_EXCHANGE" => (pake_exchange(SECRET_CODE).0, None),
         "KEY_SETUP" => (key_setup().0, None),
+        "KEY_CONFIRMATION" => (key_confirmation().0, None),
         "CONNECTED" => {
             let (m, p) = connected();
             (m, Some(p))
@@ -117,9 +190,20 @@ fn in_state(name: &str) -> (Machine, Option<FakePeer>) {
     }
 }
 
-const STATES: [&str; 7] =
-    ["INIT", "INPUT_VALIDATION", "SEARCHING", "KEY_SETUP", "CONNECTED", "DISCONNECTED", "SESSION_DESTROYED"];
-const EVENTS: [&str; 16] = [
+const STATES: [&str; 9] = [
+    "INIT",
+    "INPUT_VALIDATION",
+    "SEARCHING",
+    "PAKE_EXCHANGE",
+    "KEY_SETUP",
+    "KEY_CONFIRMATION",
+    "CONNECTED",
+    "DISCONNECTED",
+    "SESSION_DESTROYED",
+];
+const EVENTS: [&str; 18] = [
+    "PeerPake",
+    "PeerConfirm",
     "Start",
     "CodeTyped",
     "PeerFound",
@@ -143,6 +227,8 @@ fn event(name: &str, peer: Option<&mut FakePeer>) -> Event {
     let other = KeyPair::generate();
     match name {
         "Start" => Event::Start,
+        "PeerPake" => Event::PeerPake(pake::Start::new("ABCD1234", b"tulip-cider-lunar").message().to_vec()),
+        "PeerConfirm" => Event::PeerConfirm(vec![0; 32]),
         "CodeTyped" => typed("ABCD1234"),
         "PeerFound" => Event::PeerFound,
         "PeerCommit" => Event::PeerCommit(other.commitment()),
@@ -179,20 +265,31 @@ fn table() -> HashMap<(&'static str, &'static str), &'static str> {
     t.insert(("KEY_SETUP", "PeerKey"), "DISCONNECTED");
     t.insert(("KEY_SETUP", "Mismatch"), "KEY_SETUP");
     t.insert(("KEY_SETUP", "PeerLeft"), "DISCONNECTED");
+    t.insert(("PAKE_EXCHANGE", "PeerPake"), "KEY_SETUP");
+    // A key exchange in place of the PAKE (a downgrade): verification failed.
+    t.insert(("PAKE_EXCHANGE", "PeerCommit"), "DISCONNECTED");
+    t.insert(("PAKE_EXCHANGE", "PeerKey"), "DISCONNECTED");
+    t.insert(("PAKE_EXCHANGE", "Mismatch"), "PAKE_EXCHANGE");
+    t.insert(("PAKE_EXCHANGE", "PeerLeft"), "DISCONNECTED");
+    // A PAKE message to a bare code: the peer's code has a secret this one lacks.
+    t.insert(("KEY_SETUP", "PeerPake"), "DISCONNECTED");
+    t.insert(("KEY_CONFIRMATION", "PeerConfirm"), "DISCONNECTED");
+    t.insert(("KEY_CONFIRMATION", "Mismatch"), "KEY_CONFIRMATION");
+    t.insert(("KEY_CONFIRMATION", "PeerLeft"), "DISCONNECTED");
     t.insert(("CONNECTED", "PeerRecord"), "CONNECTED");
     t.insert(("CONNECTED", "Send"), "CONNECTED");
     t.insert(("CONNECTED", "InputDone"), "CONNECTED");
     t.insert(("CONNECTED", "Mismatch"), "DISCONNECTED");
     t.insert(("CONNECTED", "PeerLeft"), "DISCONNECTED");
-    for s in ["SEARCHING", "KEY_SETUP", "CONNECTED"] {
-        for e in ["Relay", "NetworkError", "Deviation"] {
+    let online = ["SEARCHING", "PAKE_EXCHANGE", "KEY_SETUP", "KEY_CONFIRMATION", "CONNECTED"];
+    for s in online {
+        for e in ["Relay", "NetworkError", "Deviation", "Quit"] {
             t.insert((s, e), "DISCONNECTED");
         }
+        t.insert((s, "Deadline"), s);
     }
-    for s in ["INPUT_VALIDATION", "SEARCHING", "KEY_SETUP", "CONNECTED"] {
-        t.insert((s, "Quit"), "DISCONNECTED");
-    }
-    for s in ["INIT", "INPUT_VALIDATION", "SEARCHING", "KEY_SETUP", "CONNECTED"] {
+    t.insert(("INPUT_VALIDATION", "Quit"), "DISCONNECTED");
+    for s in ["INIT", "INPUT_VALIDATION"] {
         t.insert((s, "Deadline"), s);
     }
     for e in EVENTS {
