@@ -16,8 +16,14 @@ use tokio_tungstenite::tungstenite::Message;
 type Rule = Box<dyn FnMut(usize, &str) -> Vec<(usize, String)> + Send>;
 
 /// Accepts two clients, answers their JOINs with PEER_FOUND (or lets `before_found` speak first),
-/// then routes every frame through `rule`. Returns the URL.
-async fn hostile(mut rule: Rule, before_found: Option<String>) -> String {
+/// then routes every frame through `rule`, and drops both as soon as one leaves. Returns the URL.
+async fn hostile(rule: Rule, before_found: Option<String>) -> String {
+    hostile_with(rule, before_found, false).await
+}
+
+/// Like [`hostile`]; with `graceful`, when one client leaves the other is told PEER_LEFT and
+/// served until it leaves too, as a relay does (so what was already sent to it arrives).
+async fn hostile_with(mut rule: Rule, before_found: Option<String>, graceful: bool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -36,13 +42,25 @@ async fn hostile(mut rule: Rule, before_found: Option<String>) -> String {
             ws.send(Message::text(r#"{"type":"PEER_FOUND"}"#)).await.unwrap();
         }
         let (mut s1, mut s0) = (socks.pop().unwrap(), socks.pop().unwrap());
-        loop {
+        let mut open = [true, true];
+        while open[0] || open[1] {
             let (from, msg) = tokio::select! {
-                m = s0.next() => (0, m),
-                m = s1.next() => (1, m),
+                m = s0.next(), if open[0] => (0, m),
+                m = s1.next(), if open[1] => (1, m),
             };
-            let Some(Ok(Message::Text(text))) = msg else { break };
+            let Some(Ok(Message::Text(text))) = msg else {
+                if !graceful {
+                    break;
+                }
+                open[from] = false;
+                let other = if from == 0 { &mut s1 } else { &mut s0 };
+                let _ = other.send(Message::text(r#"{"type":"PEER_LEFT"}"#)).await;
+                continue;
+            };
             for (to, out) in rule(from, text.as_str()) {
+                if !open[to] {
+                    continue;
+                }
                 let sock = if to == 0 { &mut s0 } else { &mut s1 };
                 let _ = sock.send(Message::text(out)).await;
             }
@@ -324,6 +342,45 @@ async fn a_flood_of_valid_messages_is_a_violation() {
         assert!(line.contains("flood"), "{line}");
         assert_eq!(b.exit().await.0, 4);
         drop(a);
+    })
+    .await;
+}
+
+/// With a code that has a secret part, the same full key substitution is caught with nothing to
+/// compare: the relay can forward the PAKE messages and MACs but cannot make them match its
+/// keys. Both clients end with "verification failed" (exit 5) before any message is sent: the
+/// relay, holding a key with each, never sees a MSG.
+#[tokio::test]
+async fn a_relay_in_the_middle_is_caught_by_the_codes_secret() {
+    within(60, async {
+        let msgs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut substitute = man_in_the_middle(0);
+        let seen = std::sync::Arc::clone(&msgs);
+        let rule: Rule = Box::new(move |from, frame| match kind(frame).as_str() {
+            "PAKE" | "KEY_CONFIRM" => forward(from, frame),
+            "MSG" => {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                vec![]
+            }
+            _ => substitute(from, frame),
+        });
+        let url = hostile_with(rule, None, true).await;
+        let start = |url: &str| {
+            let mut cmd = tokio::process::Command::new(bin("ghostwire"));
+            cmd.env("GHOSTWIRE_CODE", "ROOM0001-tulip-cider-lunar");
+            Peer::start_with(cmd, &["--relay", url])
+        };
+        let mut a = start(&url);
+        a.status("searching").await;
+        let mut b = start(&url);
+        a.say("a secret the relay must not read").await;
+        b.say("nor this").await;
+        for p in [a, b] {
+            let (code, log) = p.exit().await;
+            assert_eq!(code, 5, "{log}");
+            assert!(log.contains("verification failed: wrong code or a relay in the middle"), "{log}");
+        }
+        assert_eq!(msgs.load(std::sync::atomic::Ordering::SeqCst), 0, "no message reached the relay");
     })
     .await;
 }

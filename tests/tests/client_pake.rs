@@ -1,0 +1,118 @@
+//! Codes with a secret part, end to end: two real `ghostwire` clients through a real relay, and
+//! through the tests' hostile relay doing a full key substitution. The secret is passed the way
+//! people are told to (GHOSTWIRE_CODE, or typed at the prompt), never on the command line.
+
+#![allow(clippy::unwrap_used)]
+
+use ghostwire_tests::*;
+
+/// A client in the room of `code` through `url`, the code in GHOSTWIRE_CODE.
+fn with_code(url: &str, code: &str, extra: &[&str]) -> Peer {
+    let mut cmd = tokio::process::Command::new(bin("ghostwire"));
+    cmd.env("GHOSTWIRE_CODE", code);
+    Peer::start_with(cmd, &[&["--relay", url], extra].concat())
+}
+
+/// A fresh room part for each test, so tests sharing a relay never meet.
+fn code(words: &str) -> String {
+    let room: String = room("pake").chars().filter(|c| c.is_ascii_alphanumeric()).take(16).collect();
+    format!("{room}-{words}")
+}
+
+#[tokio::test]
+async fn two_clients_with_the_same_full_code_chat_verified_by_its_secret() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = code("tulip-cider-lunar");
+        let mut a = with_code(&relay.url(), &code, &[]);
+        a.status("searching").await;
+        // Typed forgivingly on the other side: case, spaces, a unique prefix.
+        let mut b = with_code(&relay.url(), &code.replace("tulip-cider", "TULIP  cide").replace('-', " "), &[]);
+        for p in [&mut a, &mut b] {
+            p.status("verified by the code's secret").await;
+        }
+        a.say("hello, verified").await;
+        assert_eq!(b.heard().await, "hello, verified");
+        b.say("and back").await;
+        assert_eq!(a.heard().await, "and back");
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_word_ends_both_before_any_message() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let right = code("tulip-cider-lunar");
+        let wrong = right.replace("lunar", "lunch");
+        let mut a = with_code(&relay.url(), &right, &[]);
+        a.status("searching").await;
+        // B types ahead: its line must never be sent.
+        let mut b = with_code(&relay.url(), &wrong, &[]);
+        b.say("this must never be sent").await;
+        for p in [a, b] {
+            let (status, log) = p.exit().await;
+            assert_eq!(status, 5, "{log}");
+            assert!(log.contains("verification failed: wrong code or a relay in the middle"), "{log}");
+            assert!(log.contains("This code is burnt"), "{log}");
+            assert!(!log.contains("verified by the code's secret"), "{log}");
+        }
+        // PAKE, commitment, key and MAC each way, and nothing more: no message crossed.
+        assert_eq!(relay.metrics.frames_forwarded.get(), 8);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_code_with_a_secret_on_the_command_line_is_refused() {
+    within(30, async {
+        let (status, log) = Peer::start(&["--relay", "ws://127.0.0.1:9/", "K7Q2M9XA-tulip-cider-lunar"]).exit().await;
+        assert_eq!(status, 2, "{log}");
+        assert!(log.contains("must not be on the command line") && log.contains("GHOSTWIRE_CODE"), "{log}");
+        assert!(!log.contains("tulip"), "the secret is not repeated: {log}");
+        // --legacy-v1 has no PAKE: a secret code is a clear error, not silently dropped.
+        let (status, log) = with_code("ws://127.0.0.1:9/", "K7Q2M9XA-tulip-cider-lunar", &["--legacy-v1"]).exit().await;
+        assert_eq!(status, 2, "{log}");
+        assert!(log.contains("--legacy-v1 cannot use a code with a secret part"), "{log}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_word_not_in_the_list_is_rejected_at_input_with_a_suggestion() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let good = code("tulip-cider-lunar");
+        // Piped: the first line is the code; a bad one is refused and the next line tried.
+        let mut a = Peer::start(&["--relay", &relay.url()]);
+        a.say(&good.replace("cider", "cidre")).await;
+        let refused = a.status("is not in the word list").await;
+        assert!(refused.contains("did you mean cider"), "{refused}");
+        a.say(&good).await;
+        a.status("searching").await;
+        let mut b = with_code(&relay.url(), &good, &[]);
+        b.status("verified by the code's secret").await;
+        a.status("verified by the code's secret").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn new_prints_a_code_with_a_secret_and_the_other_side_joins_with_it() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let mut a = Peer::start(&["--relay", &relay.url(), "--new"]);
+        let line = a.status("code: ").await;
+        let code = line.trim_start_matches("code: ").to_owned();
+        let parts: Vec<&str> = code.split('-').collect();
+        assert_eq!(parts.len(), 4, "{code}");
+        assert_eq!(parts[0].len(), 8);
+        let told = a.status("tell your peer").await;
+        assert!(!told.contains(&code), "the command to pass on carries no secret: {told}");
+        let mut b = with_code(&relay.url(), &code, &[]);
+        b.status("verified by the code's secret").await;
+        a.status("verified by the code's secret").await;
+    })
+    .await;
+}
