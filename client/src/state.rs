@@ -521,7 +521,9 @@ impl Machine {
                     Action::ShowCode(code.to_string()),
                     Action::Say(
                         Tone::Info,
-                        "compare this code with your peer (by voice or in person); if it differs, type /mismatch"
+                        "compare this code with your peer (by voice or in person); if it differs, type /mismatch. \
+                         With a bare room code this is the only way to catch a relay in the middle \
+                         (ghostwire --new makes codes whose secret checks it for you)"
                             .into(),
                     ),
                 ];
