@@ -49,9 +49,17 @@ struct Args {
 
 /// `--only`: one scenario, ours only, medians of `--runs`.
 async fn only(args: &Args, plan: &Plan, which: &str) -> Result<()> {
+    for name in ["ghostwire", "bare"] {
+        println!("{name}:");
+        only_one(args, plan, which, name).await?;
+    }
+    Ok(())
+}
+
+async fn only_one(args: &Args, plan: &Plan, which: &str, name: &'static str) -> Result<()> {
     let mut rows = Vec::new();
     for _ in 0..args.runs.max(1) {
-        let relay = Relay::start("ghostwire", args)?;
+        let relay = Relay::start(name, args)?;
         match which {
             "throughput" => {
                 let mut cpu = Vec::new();
@@ -209,6 +217,11 @@ impl Relay {
             }
             "python" | "node" => {
                 cmd.arg(args.peers.join("run_peer.sh")).args([name, &port.to_string()]);
+            }
+            "bare" => {
+                // Built beside the relay by `cargo build -p ghostwire-bench` (scripts/bench.sh).
+                let bare = bin.parent().unwrap_or(Path::new(".")).join("bare-relay");
+                cmd.arg(bare).arg(port.to_string());
             }
             _ => bail!("unknown relay {name}"),
         }
@@ -501,7 +514,10 @@ async fn suite(args: Args) -> Result<()> {
         }
         return only(&args, &plan, which).await;
     }
-    let names: Vec<&'static str> = if args.compare { vec!["ghostwire", "node", "python"] } else { vec!["ghostwire"] };
+    // "bare", a forwarding relay with no limits or checks (bench/src/bin/bare-relay.rs), is the
+    // calibration row: what our frame path and idle connections cost above the floor.
+    let names: Vec<&'static str> =
+        if args.compare { vec!["ghostwire", "bare", "node", "python"] } else { vec!["ghostwire", "bare"] };
     let runs = if args.smoke { 1 } else { args.runs.max(1) };
     let mut per: Vec<(&str, Vec<Figures>)> = Vec::new();
     for &name in &names {
@@ -630,6 +646,11 @@ async fn suite(args: Args) -> Result<()> {
     println!("\n## Against the targets (this run)\n");
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     println!("- throughput: {:.0} frames/s (target ≥ 1,000,000)", sat);
+    println!(
+        "- frame path ours/bare: {:.2}× the frames/s, {:.2}× the CPU per frame (target ≥ 0.80× the frames/s)",
+        ratio(sat, med("bare", &|f| f.fps)),
+        ratio(med("ghostwire", &|f| f.relay_us_per_frame), med("bare", &|f| f.relay_us_per_frame))
+    );
     if args.compare {
         println!(
             "- throughput ratio ours/node: {:.2}× (target ≥ 7×); ours/python: {:.2}×",
@@ -668,6 +689,12 @@ async fn suite(args: Args) -> Result<()> {
     if let Some((_, cap)) = caps.iter().find(|(n, _)| *n == "ghostwire") {
         if let Some((conns, kib)) = cap.steps.last() {
             println!("- {conns} idle connections at {kib:.1} KiB each (target ≤ 8 KiB at 19,600)");
+            let per = |name: &str| caps.iter().find(|(n, _)| *n == name).and_then(|(_, c)| c.steps.last()).map(|s| s.1);
+            for other in ["bare", "node"] {
+                if let Some(theirs) = per(other) {
+                    println!("- idle KiB per connection ours/{other}: {:.2} ({kib:.1} / {theirs:.1})", kib / theirs);
+                }
+            }
         }
         if let Some((_, node)) = caps.iter().find(|(n, _)| *n == "node") {
             println!(
