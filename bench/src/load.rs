@@ -97,6 +97,14 @@ pub fn room(tag: u32, i: usize) -> String {
     format!("B{tag:05}R{i:07}")
 }
 
+/// A tag no earlier scenario of this process used: a scenario run twice on one relay (the cost
+/// curve) must not join rooms whose previous clients the relay may still be closing.
+fn next_tag() -> u32 {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (std::process::id().wrapping_mul(97).wrapping_add(run)) % 100_000
+}
+
 async fn pairs(to: Target, n: usize, tag: u32, buffer: usize) -> io::Result<Vec<(Conn, Conn)>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -127,7 +135,7 @@ pub async fn throughput(
     measure: Duration,
     mut probe: impl FnMut(),
 ) -> io::Result<Window> {
-    let tag = std::process::id() % 100_000;
+    let tag = next_tag();
     let conns = pairs(to.into(), rooms, tag, 64 * 1024).await?;
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -214,7 +222,7 @@ pub async fn latency(
     warmup: Duration,
     measure: Duration,
 ) -> io::Result<Latencies> {
-    let tag = (std::process::id() + 7) % 100_000;
+    let tag = next_tag();
     let conns = pairs(to.into(), rooms, tag, 16 * 1024).await?;
     let epoch = Instant::now();
     let record_from = epoch + warmup;
@@ -380,7 +388,7 @@ pub async fn capacity(
     sources: &[IpAddr],
     concurrency: usize,
 ) -> io::Result<(Vec<(Conn, Conn)>, Duration)> {
-    let tag = (std::process::id() + 13) % 100_000;
+    let tag = next_tag();
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
@@ -403,7 +411,7 @@ pub async fn capacity(
 /// `duration` while B never reads. Returns how many frames A wrote, and whether the relay ended
 /// the room (B dropped, A told).
 pub async fn slow_reader(addr: SocketAddr, payload: usize, duration: Duration) -> io::Result<(u64, bool)> {
-    let tag = (std::process::id() + 17) % 100_000;
+    let tag = next_tag();
     let (mut a, b) = pair(addr, None, &room(tag, 0), 4096).await?;
     let frame = text_frame(&signal_text(payload, "S"));
     let mut burst = Vec::new();
