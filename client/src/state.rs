@@ -405,8 +405,11 @@ impl Machine {
                 match (self.establish(*ks, &key, marked), agreed) {
                     (Ok((connected, actions)), None) => (S::Connected(Box::new(connected)), actions),
                     (Ok((connected, _)), Some(agreed)) => {
-                        // Nothing is sent before the peer proves the same exchange.
-                        let peer: crypto::PublicBytes = key.as_slice().try_into().unwrap_or([0; 32]);
+                        // Nothing is sent before the peer proves the same exchange. (`establish`
+                        // accepted the key, so it is 32 bytes.)
+                        let Ok(peer) = crypto::PublicBytes::try_from(key.as_slice()) else {
+                            return end(End::Security(CryptoError::BadKeyLength));
+                        };
                         let confirm = agreed.shared.confirm(&agreed.room, &mine, &peer);
                         let frame = proto::confirm_frame(&confirm.mine);
                         let deadline = Instant::now() + KEY_SETUP_TIMEOUT;

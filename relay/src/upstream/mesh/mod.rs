@@ -50,8 +50,6 @@ pub struct Mesh {
     shared: Arc<Shared>,
     tasks: TaskTracker,
     stop: CancellationToken,
-    /// Where the links and the gossip listen (the bound address).
-    pub listen: SocketAddr,
 }
 
 /// What the seats, the links' handler and the membership share.
@@ -98,16 +96,16 @@ impl Handler for Router {
     fn deliver(&self, from: u64, msg: Msg) {
         let Some(shared) = self.0.upgrade() else { return };
         match msg {
-            Msg::Join { req, room, seat } => {
+            Msg::Join { room, seat } => {
                 let joiner = SeatRef { relay: from, n: seat };
                 let verdict = shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).join(room, joiner);
                 if let Verdict::Paired(first) = verdict {
                     shared.links.send(first.relay, Msg::Paired { to: first.n, partner: joiner });
                 }
-                shared.links.send(from, Msg::Verdict { req, verdict });
+                shared.links.send(from, Msg::Verdict { seat, verdict });
             }
-            Msg::Verdict { req, verdict } => {
-                shared.tell(req, Event::Verdict { owner: from, verdict });
+            Msg::Verdict { seat, verdict } => {
+                shared.tell(seat, Event::Verdict { owner: from, verdict });
             }
             Msg::Paired { to, partner } => {
                 if !shared.tell(to, Event::Paired { partner }) {
@@ -271,7 +269,7 @@ impl Mesh {
             relay = %format_args!("{incarnation:016x}"),
             "mesh upstream started"
         );
-        Ok(Mesh { shared, tasks, stop, listen })
+        Ok(Mesh { shared, tasks, stop })
     }
 }
 

@@ -37,7 +37,7 @@ const VERDICT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) enum Event {
     /// The owner `owner` decided the join.
     Verdict { owner: u64, verdict: Verdict },
-    /// The partner is `partner` (told by relay `from`).
+    /// The partner is `partner` (told by the owner or by the partner's relay).
     Paired { partner: SeatRef },
     /// Frames from seat `from`, numbered from `first`.
     Frames { from: SeatRef, first: u64, frames: Vec<Bytes> },
@@ -156,7 +156,7 @@ impl SeatTask {
     fn ask_owner(&mut self) -> bool {
         let Some(owner) = self.shared.owner(&self.room) else { return false };
         self.owner = Some(owner);
-        self.shared.links.send(owner, Msg::Join { req: self.me.n, room: self.room.bytes(), seat: self.me.n })
+        self.shared.links.send(owner, Msg::Join { room: self.room.bytes(), seat: self.me.n })
     }
 
     /// Asks the owner and answers the join with its verdict. `false` when the seat ends here.

@@ -34,17 +34,15 @@ pub enum Verdict {
 pub enum Msg {
     /// To the room's owner: seat `seat` of the sender asks for a place in `room`.
     Join {
-        /// Matches the verdict to the request.
-        req: u64,
         /// The keyed room id.
         room: [u8; 16],
         /// The joining seat on the sender.
         seat: u64,
     },
-    /// The owner's answer to `Join` number `req`.
+    /// The owner's answer to the `Join` of seat `seat` (on the receiver).
     Verdict {
-        /// The request answered.
-        req: u64,
+        /// The seat that asked.
+        seat: u64,
         /// The outcome.
         verdict: Verdict,
     },
@@ -145,15 +143,14 @@ pub struct Malformed;
 impl Msg {
     fn put(&self, b: &mut BytesMut) {
         match self {
-            Msg::Join { req, room, seat } => {
+            Msg::Join { room, seat } => {
                 b.put_u8(b'J');
-                b.put_u64(*req);
                 b.put_slice(room);
                 b.put_u64(*seat);
             }
-            Msg::Verdict { req, verdict } => {
+            Msg::Verdict { seat, verdict } => {
                 b.put_u8(b'V');
-                b.put_u64(*req);
+                b.put_u64(*seat);
                 match verdict {
                     Verdict::Waiting => b.put_u8(b'w'),
                     Verdict::Full => b.put_u8(b'f'),
@@ -208,16 +205,16 @@ impl Msg {
 
     fn take(b: &mut Bytes) -> Result<Msg, Malformed> {
         let msg = match u8s(b)? {
-            b'J' => Msg::Join { req: u64s(b)?, room: room(b)?, seat: u64s(b)? },
+            b'J' => Msg::Join { room: room(b)?, seat: u64s(b)? },
             b'V' => {
-                let req = u64s(b)?;
+                let seat = u64s(b)?;
                 let verdict = match u8s(b)? {
                     b'w' => Verdict::Waiting,
                     b'f' => Verdict::Full,
                     b'p' => Verdict::Paired(SeatRef { relay: u64s(b)?, n: u64s(b)? }),
                     _ => return Err(Malformed),
                 };
-                Msg::Verdict { req, verdict }
+                Msg::Verdict { seat, verdict }
             }
             b'P' => Msg::Paired { to: u64s(b)?, partner: SeatRef { relay: u64s(b)?, n: u64s(b)? } },
             b'F' => {
@@ -335,10 +332,10 @@ mod tests {
     fn every_kind() -> Vec<Envelope> {
         let s = SeatRef { relay: 7, n: 9 };
         let msgs = vec![
-            Msg::Join { req: 1, room: [3; 16], seat: 4 },
-            Msg::Verdict { req: 1, verdict: Verdict::Waiting },
-            Msg::Verdict { req: 2, verdict: Verdict::Full },
-            Msg::Verdict { req: 3, verdict: Verdict::Paired(s) },
+            Msg::Join { room: [3; 16], seat: 4 },
+            Msg::Verdict { seat: 1, verdict: Verdict::Waiting },
+            Msg::Verdict { seat: 2, verdict: Verdict::Full },
+            Msg::Verdict { seat: 3, verdict: Verdict::Paired(s) },
             Msg::Paired { to: 5, partner: s },
             Msg::Frames { to: 1, from: 2, first: 3, frames: vec![Bytes::from_static(b"{\"a\":1}"), Bytes::new()] },
             Msg::Ack { to: 1, from: 2, next: 3 },
