@@ -35,9 +35,10 @@ use std::path::PathBuf;
 ///
 /// Exit codes: 0 the conversation ended normally (/quit, Ctrl-C, both finished, the peer left)
 /// and everything was sent; 1 as 0, but some lines were not sent (each is shown); 2 bad input
-/// (room code, URL, CA file, flag); 3 network or relay error, or the connection to the peer
+/// (room code, a secret code on the command line, --legacy-v1 with one, URL, CA file, flag); 3 network or relay error, or the connection to the peer
 /// was lost; 4 protocol violation; 5 security failure (tampering, replay, reflection,
-/// reordering, a weak or swapped key, codes differ on either side).
+/// reordering, a weak or swapped key, codes differ on either side, a code's secret did not
+/// verify: wrong code or a relay in the middle).
 #[derive(Debug, Parser)]
 #[command(name = "ghostwire", version, about, long_about)]
 pub struct Args {
