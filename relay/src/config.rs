@@ -83,10 +83,10 @@ pub struct Config {
     #[arg(long, env = "GHOSTWIRE_PEER_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub peer_queue: u32,
 
-    /// Bytes read from a client socket per syscall; allocated for every connection, idle or not.
-    /// Larger reads take more frames per syscall (throughput) at the cost of idle memory; the
-    /// README's performance section has the measured trade-off.
-    #[arg(long, env = "GHOSTWIRE_READ_BUFFER", default_value_t = 3 * 1024, value_parser = clap::value_parser!(u32).range(512..=1_048_576))]
+    /// Bytes read from a client socket per syscall, into a buffer borrowed for that read and freed
+    /// once its bytes are taken: idle connections hold none. Larger reads take more frames per
+    /// syscall; the README's performance section has the measured figures.
+    #[arg(long, env = "GHOSTWIRE_READ_BUFFER", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(512..=1_048_576))]
     pub read_buffer: u32,
 
     /// On SIGTERM/SIGINT: time given to clients to take the close (1001) before the relay exits.

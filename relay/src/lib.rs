@@ -9,9 +9,11 @@
 //! Module map: [`config`] (flags), [`server`] (accept loop, TLS, handshake,
 //! limits), `conn` (one task per connection), [`upstream`] (the room space
 //! behind one trait), [`metrics`], `admin` (health and metrics listener),
-//! [`client_ip`] (trusted proxies).
+//! [`client_ip`] (trusted proxies), [`borrowed`] (read buffers held only
+//! while data moves).
 
 mod admin;
+pub mod borrowed;
 pub mod client_ip;
 pub mod config;
 mod conn;

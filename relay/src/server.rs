@@ -7,6 +7,7 @@
 //! answered with plain HTTP statuses: 503 when the relay holds `--max-conns`,
 //! 429 when the client IP holds `--max-conns-per-ip`, 404 for another path.
 
+use crate::borrowed::Borrowed;
 use crate::client_ip;
 use crate::config::{Config, UpstreamKind};
 use crate::conn::{self, Ctx};
@@ -34,7 +35,7 @@ use tracing::Instrument;
 
 /// Bytes tungstenite gathers before writing to the socket. Only the flush after each batch writes,
 /// so one batch is one `sendto`; the buffer grows only as large as the batches a connection gets.
-/// (The read buffer, `--read-buffer`, is allocated for every connection, so it is kept small.)
+/// (Reads go through a buffer of `--read-buffer` bytes borrowed per read: [`crate::borrowed`].)
 const WRITE_BUFFER: usize = 64 * 1024;
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -93,7 +94,7 @@ impl Relay {
             UpstreamKind::Mesh => return Err(not_compiled_in(UpstreamKind::Mesh)),
         };
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(config.read_buffer as usize)
+            .read_buffer_size(crate::borrowed::FRAME_BUFFER)
             .write_buffer_size(WRITE_BUFFER)
             .max_write_buffer_size(WRITE_BUFFER + 2 * config.max_frame_bytes + 64)
             .max_message_size(Some(config.max_frame_bytes))
@@ -233,10 +234,14 @@ impl Accept {
                 }
             }
             let slot = early_slot;
+            let chunk = self.ctx.config.read_buffer as usize;
             match &self.tls {
-                None => self.upgrade(sock, ip, trusted, slot).await.map(|(ws, slot)| self.serve(ws, slot)),
+                None => self.upgrade(Borrowed::new(sock, chunk), ip, trusted, slot).await.map(|(ws, slot)| self.serve(ws, slot)),
                 Some(tls) => match tls.accept(sock).await {
-                    Ok(stream) => self.upgrade(stream, ip, trusted, slot).await.map(|(ws, slot)| self.serve(ws, slot)),
+                    Ok(stream) => self
+                        .upgrade(Borrowed::new(stream, chunk), ip, trusted, slot)
+                        .await
+                        .map(|(ws, slot)| self.serve(ws, slot)),
                     Err(e) => {
                         let why = TlsFailure::of(&e);
                         // The first failure of each kind is worth an operator's look (a client
