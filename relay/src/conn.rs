@@ -1,8 +1,11 @@
 //! One task per client connection, from the first frame to the close.
 //!
-//! The task owns its WebSocket outright (no split, no lock) and waits on three
+//! The task owns its WebSocket outright (no split, no lock) and waits on four
 //! things at once: its kill switch (shutdown, slow consumer), its inbox (what
-//! the partner sent, PEER_FOUND, PEER_LEFT) and the socket. The phases are an
+//! the partner sent, PEER_FOUND, PEER_LEFT), the socket, and one timer (the
+//! join or wait deadline, and the next ping). Every connection holds this
+//! task's future for its whole life, so what is rare (closing, the stall
+//! timer of a write) is boxed when it happens rather than sized into it. The phases are an
 //! enum: `AwaitJoin` → `Waiting` → `Paired`; any frame that does not fit the
 //! phase ends the connection with its code, and only this connection.
 //!
@@ -26,13 +29,14 @@ use ghostwire_shared::frame::{inspect, Inbound, PEER_FOUND_JSON, PEER_LEFT_JSON}
 use ghostwire_shared::{ErrorCode, RelayFrame};
 use governor::{Quota, RateLimiter};
 use std::collections::VecDeque;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
+use tokio::time::{sleep, sleep_until, timeout, Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -99,10 +103,12 @@ where
             .allow_burst(NonZeroU32::new(cfg.frame_burst).unwrap_or(NonZeroU32::MIN)),
     );
     let stall = cfg.ping_timeout;
-    let deadline = sleep(cfg.join_timeout);
-    tokio::pin!(deadline);
-    let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // One timer for both clocks (a second costs every connection its size and a boxed sleep):
+    // the join or wait deadline (none once paired) and the next ping.
+    let mut deadline = Some(Instant::now() + cfg.join_timeout);
+    let mut next_ping = Instant::now() + cfg.ping_interval;
+    let timer = sleep_until(wake_at(deadline, next_ping));
+    tokio::pin!(timer);
     // Liveness without a clock read per frame: any frame sets `seen`; each ping tick turns it
     // into `alive_at` (so silence is detected to within one ping interval).
     let mut seen = false;
@@ -125,6 +131,7 @@ where
                         break Exit::Error(ErrorCode::OutOfOrder);
                     };
                     phase = Phase::Paired(seat, link);
+                    deadline = None;
                     if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), stall).await {
                         break stop.exit(&kill);
                     }
@@ -196,11 +203,13 @@ where
                             match joined {
                                 Ok(crate::upstream::Joined::Waiting(seat)) => {
                                     phase = Phase::Waiting(seat);
-                                    deadline.as_mut().reset(Instant::now() + cfg.wait_timeout);
+                                    deadline = Some(Instant::now() + cfg.wait_timeout);
+                                    timer.as_mut().reset(wake_at(deadline, next_ping));
                                 }
                                 Ok(crate::upstream::Joined::Paired(seat, link)) => {
                                     metrics.rooms_paired_total.inc();
                                     phase = Phase::Paired(seat, link);
+                                    deadline = None;
                                     if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), stall).await {
                                         break 'conn stop.exit(&kill);
                                     }
@@ -213,29 +222,35 @@ where
                     next = more(&mut ws, &mut budget, &phase, &blocked);
                 }
             }
-            () = &mut deadline, if !matches!(phase, Phase::Paired(..)) => {
-                break Exit::Error(match phase {
-                    Phase::Waiting(_) => ErrorCode::WaitTimeout,
-                    _ => ErrorCode::JoinTimeout,
-                });
-            }
-            _ = ping.tick() => {
-                if std::mem::take(&mut seen) {
-                    alive_at = Instant::now();
-                } else if alive_at.elapsed() >= cfg.ping_interval + cfg.ping_timeout {
-                    metrics.ping_timeouts.inc();
-                    break Exit::Gone;
+            () = &mut timer => {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    break Exit::Error(match phase {
+                        Phase::Waiting(_) => ErrorCode::WaitTimeout,
+                        _ => ErrorCode::JoinTimeout,
+                    });
                 }
-                if let Err(stop) = bounded(ws.send(Message::Ping(Default::default())), killed.as_mut(), stall).await {
-                    break stop.exit(&kill);
+                if now >= next_ping {
+                    // A late tick delays the ones after it rather than bunching them up.
+                    next_ping = now + cfg.ping_interval;
+                    if std::mem::take(&mut seen) {
+                        alive_at = now;
+                    } else if now.duration_since(alive_at) >= cfg.ping_interval + cfg.ping_timeout {
+                        metrics.ping_timeouts.inc();
+                        break Exit::Gone;
+                    }
+                    if let Err(stop) = bounded(ws.send(Message::Ping(Default::default())), killed.as_mut(), stall).await {
+                        break stop.exit(&kill);
+                    }
                 }
+                timer.as_mut().reset(wake_at(deadline, next_ping));
             }
         }
     };
 
     // Leave the room before anything else, so the partner hears of it at once.
     drop(phase);
-    goodbye(&mut ws, exit, metrics).await;
+    Box::pin(goodbye(&mut ws, exit, metrics)).await;
 }
 
 /// Ends the connection the way `exit` says, within [`CLOSE_GRACE`].
@@ -306,41 +321,71 @@ impl Stop {
     }
 }
 
+/// When the connection's timer must next wake: its deadline, if it has one, or its next ping.
+fn wake_at(deadline: Option<Instant>, next_ping: Instant) -> Instant {
+    deadline.map_or(next_ping, |d| d.min(next_ping))
+}
+
 /// Runs a write, giving up if the connection is killed or the client does not take the data in `stall`.
-async fn bounded<T>(
-    write: impl Future<Output = Result<T, WsError>>,
-    killed: Pin<&mut impl Future<Output = ()>>,
+///
+/// Written out rather than as a `select!`: this future lives inside every connection's, so its
+/// size is paid per connection; the stall timer is boxed and made only if the write did not
+/// finish on its first poll (the fast path has none).
+fn bounded<'k, T, W, K>(
+    mut write: W,
+    mut killed: Pin<&'k mut K>,
     stall: Duration,
-) -> Result<T, Stop> {
-    tokio::select! {
-        biased;
-        r = write => r.map_err(|_| Stop::Io),
-        () = killed => Err(Stop::Killed),
-        // Created only if the write did not finish on its first poll: no timer on the fast path.
-        () = async { sleep(stall).await } => Err(Stop::Stalled),
-    }
+) -> impl Future<Output = Result<T, Stop>> + 'k
+where
+    W: Future<Output = Result<T, WsError>> + Unpin + 'k,
+    K: Future<Output = ()>,
+{
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    poll_fn(move |cx| {
+        if let Poll::Ready(r) = Pin::new(&mut write).poll(cx) {
+            return Poll::Ready(r.map_err(|_| Stop::Io));
+        }
+        if killed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Stop::Killed));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(sleep(stall)));
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Err(Stop::Stalled))
+    })
 }
 
-async fn send_text<S>(ws: &mut WebSocketStream<S>, text: &'static str) -> Result<(), WsError>
+fn send_text<'a, S>(
+    ws: &'a mut WebSocketStream<S>,
+    text: &'static str,
+) -> impl Future<Output = Result<(), WsError>> + Unpin + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ws.send(Message::Text(Utf8Bytes::from_static(text))).await
+    ws.send(Message::Text(Utf8Bytes::from_static(text)))
 }
 
-/// Writes every frame in `batch` (at most `--peer-queue` of them), then flushes once.
-async fn write_batch<S>(ws: &mut WebSocketStream<S>, batch: &mut VecDeque<Frame>) -> Result<(u64, u64), WsError>
+/// Writes every frame in `batch` (at most `--peer-queue` of them), then flushes once; resolves
+/// to the frames and bytes written. (A `feed` loop and a `flush`, polled by hand: as an `async
+/// fn` it would hold its argument and its awaitee side by side, in every connection's future.)
+fn write_batch<'a, S>(
+    ws: &'a mut WebSocketStream<S>,
+    batch: &'a mut VecDeque<Frame>,
+) -> impl Future<Output = Result<(u64, u64), WsError>> + Unpin + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut frames, mut bytes) = (0u64, 0u64);
-    while let Some(frame) = batch.pop_front() {
-        frames += 1;
-        bytes += frame.len() as u64;
-        ws.feed(Message::Text(frame.into())).await?;
-    }
-    ws.flush().await?;
-    Ok((frames, bytes))
+    let mut sent = (0u64, 0u64);
+    poll_fn(move |cx| {
+        while !batch.is_empty() {
+            ready!(ws.poll_ready_unpin(cx))?;
+            let Some(frame) = batch.pop_front() else { break };
+            sent.0 += 1;
+            sent.1 += frame.len() as u64;
+            ws.start_send_unpin(Message::Text(frame.into()))?;
+        }
+        ready!(ws.poll_flush_unpin(cx))?;
+        Poll::Ready(Ok(sent))
+    })
 }
 
 /// Sends a close frame and waits for the client's answer (the caller bounds the time).
@@ -351,4 +396,22 @@ where
     ws.close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })).await?;
     while let Some(Ok(_)) = ws.next().await {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::borrowed::Borrowed;
+    use tokio::net::TcpStream;
+
+    /// Every connection, idle or not, holds this future for its whole life: what it grows by,
+    /// each of them pays (the README's per-connection budget counts it).
+    #[test]
+    fn the_connection_future_stays_within_its_budget() {
+        fn future_size<A, B, F: Future, G: Fn(A, B) -> F>(_: &G) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = future_size(&|ws: WebSocketStream<Borrowed<TcpStream>>, ctx: Arc<Ctx>| serve(ws, ctx));
+        assert!(size <= 2048, "the connection future is {size} bytes, over its 2 KiB budget");
+    }
 }
