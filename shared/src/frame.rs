@@ -12,6 +12,7 @@
 //!   besides `type` and `kind` as opaque JSON.
 
 use crate::code::ErrorCode;
+use crate::json::{self, JsonError};
 use crate::room::{RoomCode, RoomCodeError};
 use crate::MAX_KIND_BYTES;
 use serde::{Deserialize, Serialize};
@@ -83,43 +84,41 @@ impl FrameError {
     }
 }
 
-/// The fields the relay looks at; serde skips every other field unread.
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    room: Option<Cow<'a, str>>,
-}
-
 /// Reads a client frame the way the relay does: validates that it is one JSON
 /// object and extracts its `type`, plus `room` (JOIN) or `kind` (SIGNAL).
+///
+/// The reading is [`crate::json`]'s, one pass and no allocation for the frames
+/// clients send; it decides exactly as serde_json would (the tests compare them).
 ///
 /// # Errors
 /// A [`FrameError`] naming the first rule the frame breaks.
 pub fn inspect(text: &str) -> Result<Inbound<'_>, FrameError> {
-    // serde's derived struct visitor also accepts a JSON array; the protocol does not.
-    if !text.trim_start().starts_with('{') {
-        return Err(FrameError::NotAnObject);
-    }
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => FrameError::BadField(strip_position(&e)),
-        _ => FrameError::NotAnObject,
-    })?;
-    match env.ty.as_deref() {
+    let fields = json::read_object(text)?;
+    let ty = fields.ty.string("type")?;
+    let kind = fields.kind.string("kind")?;
+    let room = fields.room.string("room")?;
+    match ty.as_deref() {
         None => Err(FrameError::MissingType),
         Some("JOIN") => {
-            let room = env.room.ok_or(FrameError::BadField("JOIN needs \"room\"".into()))?;
+            let room = room.ok_or(FrameError::BadField("JOIN needs \"room\"".into()))?;
             Ok(Inbound::Join(RoomCode::parse(&room)?))
         }
-        Some("SIGNAL") => match env.kind {
+        Some("SIGNAL") => match kind {
             Some(kind) if !kind.is_empty() && kind.len() <= MAX_KIND_BYTES => Ok(Inbound::Signal { kind }),
             _ => Err(FrameError::BadKind),
         },
         Some("PEER_FOUND" | "PEER_LEFT" | "ERROR") => Err(FrameError::RelayOnlyType),
         Some(_) => Err(FrameError::UnknownType),
+    }
+}
+
+impl From<JsonError> for FrameError {
+    fn from(e: JsonError) -> FrameError {
+        match e {
+            JsonError::Syntax => FrameError::NotAnObject,
+            JsonError::Duplicate(name) => FrameError::BadField(format!("duplicate field `{name}`")),
+            JsonError::NotAString(name) => FrameError::BadField(format!("\"{name}\" must be a string")),
+        }
     }
 }
 
@@ -291,6 +290,176 @@ mod tests {
         assert_eq!(inspect(&long_kind).err(), Some(FrameError::BadKind));
     }
 
+    /// The relay's reading as it was before `crate::json`, through serde_json's derive: the oracle
+    /// that `inspect` must agree with, decision for decision.
+    fn serde_inspect(text: &str) -> Result<Inbound<'_>, ErrorCode> {
+        #[derive(Deserialize)]
+        struct Envelope<'a> {
+            #[serde(rename = "type", borrow)]
+            ty: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            kind: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            room: Option<Cow<'a, str>>,
+        }
+        if !text.trim_start().starts_with('{') {
+            return Err(ErrorCode::Malformed);
+        }
+        let env: Envelope<'_> = serde_json::from_str(text).map_err(|_| ErrorCode::Malformed)?;
+        match env.ty.as_deref() {
+            None => Err(ErrorCode::Malformed),
+            Some("JOIN") => {
+                let room = env.room.ok_or(ErrorCode::Malformed)?;
+                RoomCode::parse(&room).map(Inbound::Join).map_err(|_| ErrorCode::BadRoomCode)
+            }
+            Some("SIGNAL") => match env.kind {
+                Some(kind) if !kind.is_empty() && kind.len() <= MAX_KIND_BYTES => Ok(Inbound::Signal { kind }),
+                _ => Err(ErrorCode::Malformed),
+            },
+            Some("PEER_FOUND" | "PEER_LEFT" | "ERROR") => Err(ErrorCode::OutOfOrder),
+            Some(_) => Err(ErrorCode::Malformed),
+        }
+    }
+
+    fn agrees_with_serde(text: &str) -> Result<(), TestCaseError> {
+        prop_assert_eq!(inspect(text).map_err(|e| e.code()), serde_inspect(text), "{:?}", text);
+        Ok(())
+    }
+
+    fn assert_agrees_with_serde(text: &str) {
+        assert_eq!(inspect(text).map_err(|e| e.code()), serde_inspect(text), "{text:?}");
+    }
+
+    #[test]
+    fn inspect_agrees_with_serde_json_on_the_edges_of_the_grammar() {
+        let values = [
+            "0",
+            "-0",
+            "01",
+            "-",
+            "1.",
+            "1.5",
+            ".5",
+            "1e",
+            "1e+",
+            "1E-7",
+            "1e5x",
+            "-01",
+            "2.0e+10",
+            "1x",
+            "true",
+            "tru",
+            "truex",
+            "false",
+            "null",
+            "nul",
+            "None",
+            "[]",
+            "[ ]",
+            "[1,]",
+            "[,1]",
+            "[1 2]",
+            "{}",
+            "{ }",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "{\"a\":}",
+            "[[[[[]]]]]",
+            "[[[[[]]]]",
+            "\"\"",
+            "\"\\u00e9\"",
+            "\"\\u00G9\"",
+            "\"\\u12\"",
+            "\"\\x\"",
+            "\"\\ud800\"",
+            "\"\\udc00\"",
+            "\"\\ud83d\\ude00\"",
+            "\"\\ud83d\\n\"",
+            "\"\\ud83d\\u0041\"",
+            "\"a\tb\"",
+            "\"a\u{1}b\"",
+            "\"\u{7f}\"",
+            "\"\\/\"",
+            "\"é漢😀\"",
+            "'x'",
+            "\"unterminated",
+        ];
+        let keys = ["type", "kind", "room", "payload", "t\\u0079pe", "k\\u0069nd", "\\ud800", "p\\u0061yload"];
+        for v in values {
+            for key in keys {
+                assert_agrees_with_serde(&format!("{{\"{key}\":{v}}}"));
+                assert_agrees_with_serde(&format!("{{\"type\":\"SIGNAL\",\"kind\":\"MSG\",\"{key}\":{v}}}"));
+                assert_agrees_with_serde(&format!("{{\"type\":\"JOIN\",\"room\":\"ALPHA123\",\"{key}\":{v}}}"));
+            }
+            assert_agrees_with_serde(v);
+        }
+        for ws in [" ", "\t", "\n", "\r", "\u{c}", "\u{a0}", "\u{feff}", "\u{2028}", ""] {
+            assert_agrees_with_serde(&format!(
+                "{ws}{{{ws}\"type\"{ws}:{ws}\"SIGNAL\"{ws},{ws}\"kind\":\"M\"{ws}}}{ws}"
+            ));
+        }
+        let deep = format!("{{\"type\":\"SIGNAL\",\"kind\":\"MSG\",\"p\":{}{}}}", "[".repeat(5000), "]".repeat(5000));
+        assert_agrees_with_serde(&deep);
+        assert!(inspect(&deep).is_ok(), "skipped values nest to any depth, as with serde_json");
+    }
+
+    /// JSON text with the relay's three fields among others, escapes, surrogates and nesting.
+    fn json_value() -> impl Strategy<Value = String> {
+        let string = "\"([a-zA-Z0-9 é漢]|\\\\[\"\\\\/bfnrtx]|\\\\u[0-9a-fA-F]{4}|\\\\ud83d\\\\ude00|\\\\ud800)*\"";
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            "-?(0|[1-9][0-9]{0,3})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
+            string,
+            prop::sample::select(vec!["\"JOIN\"", "\"SIGNAL\"", "\"MSG\"", "\"ALPHA123\"", "\"PEER_LEFT\"", "\"\""])
+                .prop_map(str::to_owned),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((json_key(), inner), 0..4).prop_map(|m| {
+                    format!("{{{}}}", m.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(","))
+                }),
+            ]
+        })
+    }
+
+    fn json_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "\"type\"",
+                "\"kind\"",
+                "\"room\"",
+                "\"t\\u0079pe\"",
+                "\"payload\"",
+                "\"\\ud800\""
+            ])
+            .prop_map(str::to_owned),
+            "\"[a-z]{1,4}\"",
+        ]
+    }
+
+    /// Mostly frames the relay accepts (a SIGNAL or a JOIN, with other members around its own in
+    /// any order), so that a wrong decision shows as a different outcome, not one more refusal.
+    fn json_frame() -> impl Strategy<Value = String> {
+        let own = prop::sample::select(vec![
+            vec!["\"type\":\"SIGNAL\"", "\"kind\":\"MSG\""],
+            vec!["\"type\":\"JOIN\"", "\"room\":\"ALPHA123\""],
+            vec!["\"t\\u0079pe\":\"SIGNAL\"", "\"kind\":\"K\\u00e9\""],
+            vec!["\"type\":\"PEER_FOUND\""],
+        ]);
+        let others = prop::collection::vec((json_key(), json_value()).prop_map(|(k, v)| format!("{k}:{v}")), 0..4);
+        (own, others, any::<u64>()).prop_map(|(own, mut members, seed)| {
+            for (n, m) in own.into_iter().enumerate() {
+                let at = (seed >> (8 * n)) as usize % (members.len() + 1);
+                members.insert(at, m.to_owned());
+            }
+            format!("{{{}}}", members.join(","))
+        })
+    }
+
     proptest! {
         #[test]
         fn inspect_never_panics(s in ".{0,200}") {
@@ -307,6 +476,26 @@ mod tests {
             let text = format!("{{\"type\":\"{ty}\",\"{key}\":{val}}}");
             let _ = inspect(&text);
             let _ = RelayFrame::parse(&text, 1 << 16);
+        }
+
+        #[test]
+        fn inspect_agrees_with_serde_json_on_any_text(s in "\\PC{0,120}") {
+            agrees_with_serde(&s)?;
+        }
+
+        #[test]
+        fn inspect_agrees_with_serde_json_on_json_and_its_near_misses(
+            frame in json_frame(),
+            at in any::<prop::sample::Index>(),
+            c in prop::sample::select(vec!['"', '\\', ',', ':', '{', '}', '[', ']', ' ', 'a', '0', '\u{1}']),
+        ) {
+            agrees_with_serde(&frame)?;
+            let cut = frame.char_indices().map(|(i, _)| i).nth(at.index(frame.chars().count().max(1))).unwrap_or(0);
+            agrees_with_serde(&frame[..cut])?;
+            agrees_with_serde(&format!("{}{c}{}", &frame[..cut], &frame[cut..]))?;
+            let mut rest = frame[cut..].chars();
+            rest.next();
+            agrees_with_serde(&format!("{}{}", &frame[..cut], rest.as_str()))?;
         }
 
         #[test]

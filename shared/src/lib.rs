@@ -9,6 +9,7 @@
 
 pub mod code;
 pub mod frame;
+mod json;
 pub mod room;
 
 pub use code::ErrorCode;
