@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, default_value_t = 19_600)]
     capacity: usize,
     /// Run one scenario against our relay and stop (for quick before/after comparisons).
-    #[arg(long, value_parser = ["throughput", "capacity", "cross"])]
+    #[arg(long, value_parser = ["throughput", "curve", "capacity", "cross"])]
     only: Option<String>,
     /// Another relay binary (e.g. an earlier commit's) to run the cross-relay scenario with too,
     /// alternating with --relay in every run, so the two compare within one run.
@@ -77,6 +77,32 @@ async fn only_one(args: &Args, plan: &Plan, which: &str, name: &'static str) -> 
                 let us = (cpu[1] - cpu[0]) * 1e6 / w.frames.max(1) as f64;
                 println!("throughput: {fps:.0} frames/s, relay {us:.3} µs/frame, generator {:.0}%", w.gen_cpu * 100.0);
                 rows.push(fps);
+            }
+            "curve" => {
+                // Relay CPU per frame at each room count; the row is its spread (max / min).
+                let mut per_frame = Vec::new();
+                for &rooms in &plan.curve {
+                    let mut cpu = Vec::new();
+                    let w = load::throughput(
+                        relay.addr,
+                        rooms,
+                        plan.window,
+                        plan.payload,
+                        plan.warmup,
+                        plan.measure,
+                        || cpu.push(relay.cpu()),
+                    )
+                    .await?;
+                    let us = (cpu[1] - cpu[0]) * 1e6 / w.frames.max(1) as f64;
+                    println!(
+                        "curve: {rooms} rooms, {:.0} frames/s, relay {us:.3} µs/frame, generator {:.0}%",
+                        w.frames as f64 / w.secs,
+                        w.gen_cpu * 100.0
+                    );
+                    per_frame.push(us);
+                }
+                let (lo, hi) = per_frame.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &u| (lo.min(u), hi.max(u)));
+                rows.push(hi / lo.max(f64::MIN_POSITIVE));
             }
             _ => {
                 let cap = capacity(&relay, &plan.capacity_steps).await?;
