@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, default_value_t = 19_600)]
     capacity: usize,
     /// Run one scenario against our relay and stop (for quick before/after comparisons).
-    #[arg(long, value_parser = ["throughput", "curve", "capacity", "cross"])]
+    #[arg(long, value_parser = ["throughput", "curve", "half", "capacity", "cross"])]
     only: Option<String>,
     /// Another relay binary (e.g. an earlier commit's) to run the cross-relay scenario with too,
     /// alternating with --relay in every run, so the two compare within one run.
@@ -77,6 +77,32 @@ async fn only_one(args: &Args, plan: &Plan, which: &str, name: &'static str) -> 
                 let us = (cpu[1] - cpu[0]) * 1e6 / w.frames.max(1) as f64;
                 println!("throughput: {fps:.0} frames/s, relay {us:.3} µs/frame, generator {:.0}%", w.gen_cpu * 100.0);
                 rows.push(fps);
+            }
+            "half" => {
+                // Saturation with the throughput load, then latency at half of it (as in the full run).
+                let w = load::throughput(
+                    relay.addr,
+                    plan.rooms,
+                    plan.window,
+                    plan.payload,
+                    plan.warmup,
+                    plan.measure,
+                    || {},
+                )
+                .await?;
+                let rate = (w.frames as f64 / w.secs / 4.0).max(1.0);
+                let half =
+                    load::latency(relay.addr, plan.half_rooms, rate, plan.payload, plan.warmup, plan.measure).await?;
+                println!(
+                    "half: {rate:.0} rt/s over {} rooms, achieved {:.0}, p50 {} p99 {} p99.9 {} µs, generator {:.0}%",
+                    plan.half_rooms,
+                    half.rate,
+                    half.quantile(0.5),
+                    half.quantile(0.99),
+                    half.quantile(0.999),
+                    half.gen_cpu * 100.0
+                );
+                rows.push(f64::from(half.quantile(0.99)));
             }
             "curve" => {
                 // Relay CPU per frame at each room count; the row is its spread (max / min).
