@@ -34,3 +34,23 @@ async fn every_benchmark_scenario_runs() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_quick_comparisons_run_for_ours_and_the_bare_relay() {
+    within(120, async {
+        for (only, line) in [("throughput", "throughput: "), ("curve", "curve: 8 rooms"), ("half", "half: ")] {
+            let out = tokio::process::Command::new(bin("ghostwire-bench"))
+                .args(["--smoke", "--runs", "1", "--only", only, "--relay"])
+                .arg(bin("ghostwire-relay"))
+                .output()
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "--only {only}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+            let (ours, bare) =
+                text.split_once("bare:").unwrap_or_else(|| panic!("--only {only}: no bare run:\n{text}"));
+            assert!(ours.contains(line) && bare.contains(line), "--only {only}: a relay without {line:?}:\n{text}");
+        }
+    })
+    .await;
+}
