@@ -196,7 +196,7 @@ impl Accept {
                 None => {
                     metrics.refused(Refusal::PerIpLimit);
                     if self.tls.is_none() {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(HTTP_429)).await;
+                        refuse(&mut sock, HTTP_429).await;
                     }
                     return;
                 }
@@ -205,7 +205,7 @@ impl Accept {
         let Ok(_permit) = Arc::clone(&self.conns).try_acquire_owned() else {
             metrics.refused(Refusal::Capacity);
             if self.tls.is_none() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(HTTP_503)).await;
+                refuse(&mut sock, HTTP_503).await;
             }
             return;
         };
@@ -334,6 +334,14 @@ impl Accept {
 const HTTP_429: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 39\r\nConnection: close\r\n\r\ntoo many connections from this address\n";
 const HTTP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nrelay at capacity\n";
 
+/// Answers a refused plain-TCP client with `response`, for at most a second. Boxed: it is rare,
+/// and as an await in the connection's future its timer would be sized into every connection.
+fn refuse<'a>(sock: &'a mut TcpStream, response: &'static [u8]) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(response)).await;
+    })
+}
+
 fn refusal(status: StatusCode, why: &str) -> ErrorResponse {
     let mut resp = ErrorResponse::new(Some(format!("{why}\n")));
     *resp.status_mut() = status;
@@ -363,5 +371,21 @@ mod tests {
         config.cluster_secret = Some("test-cluster-secret-0123456789".parse().unwrap());
         let err = Relay::bind(config, CancellationToken::new()).await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("built without the `nats` feature"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// The accept side's future lives in every connection's task cell for the connection's life,
+    /// beside the boxed connection future: its rare paths (the handshake, refusals) are boxed.
+    #[test]
+    fn the_accept_side_future_stays_small() {
+        fn future_size<A, B, C, F: Future, G: Fn(A, B, C) -> F>(_: &G) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = future_size(&|accept: Arc<Accept>, sock: TcpStream, peer: SocketAddr| accept.connection(sock, peer));
+        assert!(size <= 320, "the accept-side future is {size} bytes, over its 320-byte budget");
     }
 }
