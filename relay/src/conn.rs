@@ -5,9 +5,10 @@
 //! the partner sent, PEER_FOUND, PEER_LEFT), the socket, and one timer (the
 //! join or wait deadline, and the next ping). Every connection holds this
 //! task's future for its whole life, so what is rare (closing, the stall
-//! timer of a write) is boxed when it happens rather than sized into it. The phases are an
-//! enum: `AwaitJoin` → `Waiting` → `Paired`; any frame that does not fit the
-//! phase ends the connection with its code, and only this connection.
+//! timer of a write, a frame held back by a full partner) is boxed when it
+//! happens rather than sized into it. The phases are an enum: `AwaitJoin` →
+//! `Waiting` → `Paired`; any frame that does not fit the phase ends the
+//! connection with its code, and only this connection.
 //!
 //! Frames from the partner are written in batches: everything queued is taken
 //! at once, fed, and flushed once, so a busy pair costs one syscall per
@@ -68,6 +69,10 @@ enum Phase {
     Paired(#[allow(dead_code)] Seat, Box<dyn PeerLink>),
 }
 
+/// A frame the partner had no room for, and the wait for room. Boxed: it is there only under
+/// backpressure, and unboxed it would take its size in every connection's future.
+type Blocked = Option<Box<(Frame, BoxFuture<'static, Result<(), LinkError>>)>>;
+
 /// How the loop ended.
 enum Exit {
     /// End with an ERROR frame and this close code.
@@ -102,7 +107,6 @@ where
         Quota::per_second(NonZeroU32::new(cfg.frame_rate).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.frame_burst).unwrap_or(NonZeroU32::MIN)),
     );
-    let stall = cfg.ping_timeout;
     // One timer for both clocks (a second costs every connection its size and a boxed sleep):
     // the join or wait deadline (none once paired) and the next ping.
     let mut deadline = Some(Instant::now() + cfg.join_timeout);
@@ -117,7 +121,7 @@ where
     let killed = kill.fired();
     tokio::pin!(killed);
     // A frame the partner had no room for, and the wait for that room.
-    let mut blocked: Option<(Frame, BoxFuture<'static, Result<(), LinkError>>)> = None;
+    let mut blocked: Blocked = None;
 
     let exit = 'conn: loop {
         tokio::select! {
@@ -132,11 +136,11 @@ where
                     };
                     phase = Phase::Paired(seat, link);
                     deadline = None;
-                    if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), stall).await {
+                    if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), cfg.ping_timeout).await {
                         break stop.exit(&kill);
                     }
                 }
-                Delivery::Frames => match bounded(write_batch(&mut ws, &mut batch), killed.as_mut(), stall).await {
+                Delivery::Frames => match bounded(write_batch(&mut ws, &mut batch), killed.as_mut(), cfg.ping_timeout).await {
                     Ok((frames, bytes)) => {
                         metrics.frames_forwarded.inc_by(frames);
                         metrics.bytes_forwarded.inc_by(bytes);
@@ -145,10 +149,11 @@ where
                 },
                 Delivery::PeerLeft => break Exit::PeerLeft,
             },
-            room = async { match blocked.as_mut() { Some((_, wait)) => wait.await, None => std::future::pending().await } },
+            room = async { match blocked.as_mut() { Some(held) => (&mut held.1).await, None => std::future::pending().await } },
                 if blocked.is_some() =>
             {
-                let Some((frame, _)) = blocked.take() else { continue };
+                let Some(held) = blocked.take() else { continue };
+                let (frame, _) = *held;
                 if let (Ok(()), Phase::Paired(_, link)) = (room, &mut phase) {
                     blocked = forward(link.as_mut(), frame);
                 }
@@ -210,7 +215,7 @@ where
                                     metrics.rooms_paired_total.inc();
                                     phase = Phase::Paired(seat, link);
                                     deadline = None;
-                                    if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), stall).await {
+                                    if let Err(stop) = bounded(send_text(&mut ws, PEER_FOUND_JSON), killed.as_mut(), cfg.ping_timeout).await {
                                         break 'conn stop.exit(&kill);
                                     }
                                 }
@@ -239,7 +244,7 @@ where
                         metrics.ping_timeouts.inc();
                         break Exit::Gone;
                     }
-                    if let Err(stop) = bounded(ws.send(Message::Ping(Default::default())), killed.as_mut(), stall).await {
+                    if let Err(stop) = bounded(ws.send(Message::Ping(Default::default())), killed.as_mut(), cfg.ping_timeout).await {
                         break stop.exit(&kill);
                     }
                 }
@@ -290,7 +295,7 @@ fn more<S>(
     ws: &mut WebSocketStream<S>,
     budget: &mut usize,
     phase: &Phase,
-    blocked: &Option<(Frame, BoxFuture<'static, Result<(), LinkError>>)>,
+    blocked: &Blocked,
 ) -> Option<Option<Result<Message, WsError>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -304,10 +309,10 @@ where
 
 /// Hands `frame` to the partner; if its queue is full, returns the frame and the wait for room.
 /// A partner that is gone or dropped drops the frame: its `PeerLeft` is on the way.
-fn forward(link: &mut dyn PeerLink, frame: Frame) -> Option<(Frame, BoxFuture<'static, Result<(), LinkError>>)> {
+fn forward(link: &mut dyn PeerLink, frame: Frame) -> Blocked {
     match link.send(frame) {
         Ok(()) | Err(SendError::Gone) => None,
-        Err(SendError::Full(frame)) => Some((frame, link.writable())),
+        Err(SendError::Full(frame)) => Some(Box::new((frame, link.writable()))),
     }
 }
 

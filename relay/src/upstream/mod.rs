@@ -144,9 +144,10 @@ impl KillSwitch {
         self.token.cancel();
     }
 
-    /// Resolves once the switch fires.
-    pub async fn fired(&self) {
-        self.token.cancelled().await
+    /// Resolves once the switch fires. (The token's own future, not an `async fn` around it:
+    /// every connection holds one, so the wrapper's size would be paid per connection.)
+    pub fn fired(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
     }
 
     /// Why the switch fired: the code given to [`kill`](Self::kill), or 1001 when the parent did.
