@@ -62,35 +62,18 @@ async fn only_one(args: &Args, plan: &Plan, which: &str, name: &'static str) -> 
         let relay = Relay::start(name, args)?;
         match which {
             "throughput" => {
-                let mut cpu = Vec::new();
-                let w = load::throughput(
-                    relay.addr,
-                    plan.rooms,
-                    plan.window,
-                    plan.payload,
-                    plan.warmup,
-                    plan.measure,
-                    || cpu.push(relay.cpu()),
-                )
-                .await?;
-                let fps = w.frames as f64 / w.secs;
-                let us = (cpu[1] - cpu[0]) * 1e6 / w.frames.max(1) as f64;
-                println!("throughput: {fps:.0} frames/s, relay {us:.3} µs/frame, generator {:.0}%", w.gen_cpu * 100.0);
-                rows.push(fps);
+                let m = measured_throughput(&relay, plan.rooms, plan).await?;
+                println!(
+                    "throughput: {:.0} frames/s, relay {:.3} µs/frame, generator {:.0}%",
+                    m.fps,
+                    m.relay_us,
+                    m.gen_cpu * 100.0
+                );
+                rows.push(m.fps);
             }
             "half" => {
                 // Saturation with the throughput load, then latency at half of it (as in the full run).
-                let w = load::throughput(
-                    relay.addr,
-                    plan.rooms,
-                    plan.window,
-                    plan.payload,
-                    plan.warmup,
-                    plan.measure,
-                    || {},
-                )
-                .await?;
-                let rate = (w.frames as f64 / w.secs / 4.0).max(1.0);
+                let rate = (measured_throughput(&relay, plan.rooms, plan).await?.fps / 4.0).max(1.0);
                 let half =
                     load::latency(relay.addr, plan.half_rooms, rate, plan.payload, plan.warmup, plan.measure).await?;
                 println!(
@@ -108,24 +91,14 @@ async fn only_one(args: &Args, plan: &Plan, which: &str, name: &'static str) -> 
                 // Relay CPU per frame at each room count; the row is its spread (max / min).
                 let mut per_frame = Vec::new();
                 for &rooms in &plan.curve {
-                    let mut cpu = Vec::new();
-                    let w = load::throughput(
-                        relay.addr,
-                        rooms,
-                        plan.window,
-                        plan.payload,
-                        plan.warmup,
-                        plan.measure,
-                        || cpu.push(relay.cpu()),
-                    )
-                    .await?;
-                    let us = (cpu[1] - cpu[0]) * 1e6 / w.frames.max(1) as f64;
+                    let m = measured_throughput(&relay, rooms, plan).await?;
                     println!(
-                        "curve: {rooms} rooms, {:.0} frames/s, relay {us:.3} µs/frame, generator {:.0}%",
-                        w.frames as f64 / w.secs,
-                        w.gen_cpu * 100.0
+                        "curve: {rooms} rooms, {:.0} frames/s, relay {:.3} µs/frame, generator {:.0}%",
+                        m.fps,
+                        m.relay_us,
+                        m.gen_cpu * 100.0
                     );
-                    per_frame.push(us);
+                    per_frame.push(m.relay_us);
                 }
                 let (lo, hi) = per_frame.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &u| (lo.min(u), hi.max(u)));
                 rows.push(hi / lo.max(f64::MIN_POSITIVE));
@@ -496,20 +469,36 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One throughput window: frames per second, the relay's CPU per frame over it, the generator's share.
+struct Measured {
+    fps: f64,
+    relay_us: f64,
+    gen_cpu: f64,
+}
+
+/// The throughput load at `rooms` rooms on `relay`, with the relay's CPU read around the window.
+async fn measured_throughput(relay: &Relay, rooms: usize, plan: &Plan) -> Result<Measured> {
+    let mut cpu = Vec::new();
+    let w = load::throughput(relay.addr, rooms, plan.window, plan.payload, plan.warmup, plan.measure, || {
+        cpu.push(relay.cpu())
+    })
+    .await?;
+    let relay_us = match cpu[..] {
+        [before, after] => (after - before) * 1e6 / w.frames.max(1) as f64,
+        _ => f64::NAN,
+    };
+    Ok(Measured { fps: w.frames as f64 / w.secs, relay_us, gen_cpu: w.gen_cpu })
+}
+
 fn quantiles(l: &load::Latencies) -> [f64; 4] {
     [0.5, 0.9, 0.99, 0.999].map(|q| l.quantile(q) as f64)
 }
 
 async fn run_once(relay: &mut Relay, plan: &Plan) -> Result<Figures> {
     let mut f = Figures::default();
-    let mut cpu = Vec::new();
-    let tp = load::throughput(relay.addr, plan.rooms, plan.window, plan.payload, plan.warmup, plan.measure, || {
-        cpu.push(relay.cpu())
-    })
-    .await
-    .context("throughput")?;
-    f.fps = tp.frames as f64 / tp.secs;
-    f.relay_us_per_frame = (cpu[1] - cpu[0]) * 1e6 / tp.frames.max(1) as f64;
+    let tp = measured_throughput(relay, plan.rooms, plan).await.context("throughput")?;
+    f.fps = tp.fps;
+    f.relay_us_per_frame = tp.relay_us;
     f.gen_cpu_tp = tp.gen_cpu;
     let lat = load::latency(relay.addr, plan.rooms, plan.rt_rate, plan.payload, plan.warmup, plan.measure).await?;
     f.lat = quantiles(&lat);
@@ -647,15 +636,9 @@ async fn suite(args: Args) -> Result<()> {
     println!("|---:|---:|---:|---:|");
     let mut curve = Vec::new();
     for &rooms in &plan.curve {
-        let mut cpu = Vec::new();
-        let w = load::throughput(relay.addr, rooms, plan.window, plan.payload, plan.warmup, plan.measure, || {
-            cpu.push(relay.cpu())
-        })
-        .await
-        .context("cost curve")?;
-        let us = (cpu[1] - cpu[0]) * 1e6 / w.frames.max(1) as f64;
-        curve.push(us);
-        println!("| {rooms} | {:.0} | {us:.2} | {:.0}% |", w.frames as f64 / w.secs, w.gen_cpu * 100.0);
+        let m = measured_throughput(&relay, rooms, &plan).await.context("cost curve")?;
+        curve.push(m.relay_us);
+        println!("| {rooms} | {:.0} | {:.2} | {:.0}% |", m.fps, m.relay_us, m.gen_cpu * 100.0);
     }
     drop(relay);
 

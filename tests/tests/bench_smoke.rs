@@ -5,17 +5,26 @@
 
 use ghostwire_tests::*;
 
+/// Runs the benchmark in its smoke configuration against the debug relay with `args`; its
+/// stdout, after checking that it succeeded.
+async fn smoke(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(bin("ghostwire-bench"))
+        .arg("--smoke")
+        .args(args)
+        .arg("--relay")
+        .arg(bin("ghostwire-relay"))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
 #[tokio::test]
 async fn every_benchmark_scenario_runs() {
     within(120, async {
-        let out = tokio::process::Command::new(bin("ghostwire-bench"))
-            .args(["--smoke", "--relay"])
-            .arg(bin("ghostwire-relay"))
-            .output()
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        let text = smoke(&[]).await;
         for section in [
             "## Throughput",
             "## Latency",
@@ -39,14 +48,7 @@ async fn every_benchmark_scenario_runs() {
 async fn the_quick_comparisons_run_for_ours_and_the_bare_relay() {
     within(120, async {
         for (only, line) in [("throughput", "throughput: "), ("curve", "curve: 8 rooms"), ("half", "half: ")] {
-            let out = tokio::process::Command::new(bin("ghostwire-bench"))
-                .args(["--smoke", "--runs", "1", "--only", only, "--relay"])
-                .arg(bin("ghostwire-relay"))
-                .output()
-                .await
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "--only {only}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+            let text = smoke(&["--runs", "1", "--only", only]).await;
             let (ours, bare) =
                 text.split_once("bare:").unwrap_or_else(|| panic!("--only {only}: no bare run:\n{text}"));
             assert!(ours.contains(line) && bare.contains(line), "--only {only}: a relay without {line:?}:\n{text}");
