@@ -80,6 +80,26 @@ impl Inbox {
         Ok(())
     }
 
+    /// Moves frames from the front of `frames` into the queue, as many as fit, under one lock
+    /// (how a seat hands over a batch that arrived from another relay).
+    ///
+    /// # Errors
+    /// [`LinkError::Gone`] when the receiving connection has ended (`frames` is left as it was).
+    pub fn push_from(&self, frames: &mut VecDeque<Frame>) -> Result<(), LinkError> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(LinkError::Gone);
+        }
+        let n = self.cap.saturating_sub(s.frames.len()).min(frames.len());
+        let first = s.frames.is_empty() && n > 0;
+        s.frames.extend(frames.drain(..n));
+        drop(s);
+        if first {
+            self.reader.wake();
+        }
+        Ok(())
+    }
+
     /// Tells the receiver its partner arrived.
     pub fn peer_found(&self, link: Box<dyn PeerLink>) {
         self.lock().found = Some(link);
@@ -194,5 +214,26 @@ mod tests {
         drop(rx);
         assert!(matches!(inbox.push(frame("d")), Err(SendError::Gone)));
         assert!(matches!(inbox.poll_writable(&mut cx), Poll::Ready(Err(LinkError::Gone))));
+    }
+
+    #[test]
+    fn a_batch_moves_in_as_far_as_it_fits_and_the_rest_keeps_its_order() {
+        let inbox = Inbox::new(3);
+        let rx = Receiver::new(Arc::clone(&inbox));
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(inbox.push(frame("a")).is_ok());
+        let mut more: VecDeque<Frame> = ["b", "c", "d", "e"].into_iter().map(frame).collect();
+        inbox.push_from(&mut more).unwrap();
+        assert_eq!(more.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["d", "e"], "only two fitted");
+        let mut batch = VecDeque::new();
+        assert!(matches!(inbox.poll_recv(&mut cx, &mut batch), Poll::Ready(Delivery::Frames)));
+        inbox.push_from(&mut more).unwrap();
+        assert!(more.is_empty());
+        assert!(matches!(inbox.poll_recv(&mut cx, &mut batch), Poll::Ready(Delivery::Frames)));
+        assert_eq!(batch.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["a", "b", "c", "d", "e"]);
+        drop(rx);
+        let mut late: VecDeque<Frame> = [frame("f")].into();
+        assert_eq!(inbox.push_from(&mut late), Err(LinkError::Gone));
+        assert_eq!(late.len(), 1, "nothing taken from a closed inbox");
     }
 }

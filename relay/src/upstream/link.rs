@@ -280,17 +280,11 @@ impl Handover {
         let _ = std::future::poll_fn(|cx| inbox.poll_writable(cx)).await;
     }
 
-    /// Hands over what was held, as far as there is room.
+    /// Hands over what was held, as far as there is room (one lock for all of it).
     pub fn release(&mut self) {
-        while let Some(frame) = self.pending.pop_front() {
-            match self.inbox.push(frame) {
-                Ok(()) => {}
-                Err(SendError::Full(frame)) => {
-                    self.pending.push_front(frame);
-                    break;
-                }
-                Err(SendError::Gone) => self.pending.clear(),
-            }
+        if self.inbox.push_from(&mut self.pending).is_err() {
+            // The connection has ended: nothing held can reach it now.
+            self.pending.clear();
         }
     }
 
@@ -300,26 +294,27 @@ impl Handover {
     /// # Errors
     /// [`Broken`] when one is missing or not text; what came before it was handed over.
     pub fn frames(&mut self, first: u64, frames: Vec<Bytes>) -> Result<(), Broken> {
+        let mut outcome = Ok(());
         for (i, bytes) in (first..).zip(frames) {
             match self.inc.arrived(i) {
                 Arrival::Deliver => {}
                 Arrival::Duplicate => continue,
-                Arrival::Gap => return Err(Broken::Gap),
+                Arrival::Gap => {
+                    outcome = Err(Broken::Gap);
+                    break;
+                }
             }
-            let frame = Frame::from_utf8(bytes).map_err(|_| Broken::NotText)?;
+            let Ok(frame) = Frame::from_utf8(bytes) else {
+                outcome = Err(Broken::NotText);
+                break;
+            };
             // Numbered as delivered once queued here; acknowledged only once handed over.
             self.inc.delivered();
-            if !self.pending.is_empty() {
-                self.pending.push_back(frame);
-                continue;
-            }
-            match self.inbox.push(frame) {
-                Ok(()) => {}
-                Err(SendError::Full(frame)) => self.pending.push_back(frame),
-                Err(SendError::Gone) => return Ok(()),
-            }
+            self.pending.push_back(frame);
         }
-        Ok(())
+        // The whole batch under one lock; what does not fit waits here, in order.
+        self.release();
+        outcome
     }
 
     /// The partner left after sending `sent` frames.
@@ -329,18 +324,29 @@ impl Handover {
 
     /// Tells the connection PEER_LEFT once every frame the partner announced was handed over.
     pub fn departure(&mut self) -> Departure {
-        if !self.pending.is_empty() || self.told {
+        if self.told {
             return Departure::NotYet;
         }
-        if self.inc.finished() {
+        if self.finished() {
             self.told = true;
             self.inbox.peer_left();
             Departure::Told
-        } else if self.inc.missing_after_departure() {
+        } else if self.missing() {
             Departure::Missing
         } else {
             Departure::NotYet
         }
+    }
+
+    /// Whether the partner left and every frame it announced was handed over: PEER_LEFT is due
+    /// (for a seat that must do something first, then tell it itself).
+    pub fn finished(&self) -> bool {
+        self.pending.is_empty() && self.inc.finished()
+    }
+
+    /// Whether the partner left and frames it announced have not arrived.
+    pub fn missing(&self) -> bool {
+        self.pending.is_empty() && self.inc.missing_after_departure()
     }
 
     /// Whether PEER_LEFT was told.
@@ -423,6 +429,50 @@ mod tests {
         assert_eq!(inc.take_ack(), Some(2 * ACK_EVERY - 1));
         assert_eq!(inc.arrived(0), Arrival::Duplicate);
         assert_eq!(inc.take_ack(), Some(2 * ACK_EVERY - 1), "a duplicate is answered at once");
+    }
+
+    fn texts(batch: &VecDeque<Frame>) -> Vec<&str> {
+        batch.iter().map(Frame::as_str).collect()
+    }
+
+    /// What the connection would read from its inbox now.
+    fn read(inbox: &Inbox) -> VecDeque<Frame> {
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut batch = VecDeque::new();
+        let _ = inbox.poll_recv(&mut cx, &mut batch);
+        batch
+    }
+
+    #[test]
+    fn a_handover_holds_what_does_not_fit_and_acknowledges_only_what_was_handed_over() {
+        let inbox = Inbox::new(2);
+        let _rx = super::super::inbox::Receiver::new(Arc::clone(&inbox));
+        let mut h = Handover::new(Arc::clone(&inbox));
+        let batch = |from: u8, to: u8| (from..to).map(|i| Bytes::from(format!("f{i}"))).collect::<Vec<_>>();
+        assert_eq!(h.frames(0, batch(0, 3)), Ok(()));
+        assert!(h.holding(), "two fit, one is held");
+        assert_eq!(h.ack(true), None, "nothing acknowledged while a frame is held");
+        assert_eq!(texts(&read(&inbox)), ["f0", "f1"]);
+        h.release();
+        assert!(!h.holding());
+        assert_eq!(h.ack(true), Some(3));
+        // A resend of what was handed over is dropped; a gap is reported after what came before.
+        assert_eq!(h.frames(1, batch(1, 5)), Ok(()));
+        assert_eq!(h.frames(9, batch(9, 10)), Err(Broken::Gap));
+        assert_eq!(texts(&read(&inbox)), ["f2", "f3"]);
+        h.release();
+        assert_eq!(texts(&read(&inbox)), ["f4"]);
+        // Not text: what came before it is handed over.
+        let bad = vec![Bytes::from_static(b"f5"), Bytes::from_static(b"\xff")];
+        assert_eq!(h.frames(5, bad), Err(Broken::NotText));
+        assert_eq!(texts(&read(&inbox)), ["f5"]);
+        // PEER_LEFT after exactly the frames announced.
+        h.left(7);
+        assert!(h.missing() && !h.finished());
+        assert_eq!(h.frames(6, batch(6, 7)), Ok(()));
+        assert!(h.finished());
+        assert_eq!(h.departure(), Departure::Told);
+        assert_eq!(h.departure(), Departure::NotYet, "told once");
     }
 
     proptest! {

@@ -104,10 +104,9 @@ impl Frame {
     /// A frame from bytes that arrived from elsewhere (a broker, a link).
     ///
     /// # Errors
-    /// The bytes back when they are not UTF-8.
-    pub fn from_utf8(bytes: bytes::Bytes) -> Result<Frame, bytes::Bytes> {
-        let copy = bytes.clone();
-        Utf8Bytes::try_from(bytes).map(Frame).map_err(|_| copy)
+    /// Where the bytes are not UTF-8.
+    pub fn from_utf8(bytes: bytes::Bytes) -> Result<Frame, std::str::Utf8Error> {
+        Utf8Bytes::try_from(bytes).map(Frame)
     }
 }
 
