@@ -37,15 +37,14 @@
 
 use super::{Shared, OP_TIMEOUT};
 use crate::upstream::inbox::Inbox;
-use crate::upstream::link::{Acked, Arrival, Incoming, Outgoing, QueueLink};
-use crate::upstream::{BoxFuture, Frame, JoinError, Joined, KillSwitch, Mailbox, Seat, SendError};
+use crate::upstream::link::{Acked, Broken, Handover, Outgoing, QueueLink};
+use crate::upstream::{BoxFuture, Frame, JoinError, Joined, KillSwitch, Mailbox, Seat};
 use async_nats::client::RequestErrorKind;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use async_nats::{Message, Subscriber};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use ghostwire_shared::ErrorCode;
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -358,7 +357,8 @@ struct SeatTask {
     phase: Phase,
     partner: Option<Partner>,
     out: Outgoing,
-    inc: Incoming,
+    /// The partner's frames, handed to the connection in order and acknowledged once handed over.
+    recv: Handover,
     /// When the partner's departure arrived with frames still missing.
     missing_since: Option<Instant>,
     generation: watch::Receiver<u64>,
@@ -391,6 +391,7 @@ impl SeatTask {
             revision,
             renewing: None,
             sub,
+            recv: Handover::new(Arc::clone(&me.inbox)),
             inbox: me.inbox,
             kill: me.kill,
             outbox,
@@ -398,7 +399,6 @@ impl SeatTask {
             phase: Phase::Waiting,
             partner: None,
             out: Outgoing::new(shared.peer_queue),
-            inc: Incoming::default(),
             missing_since: None,
             generation,
             leave: CancellationToken::new(),
@@ -428,15 +428,12 @@ impl SeatTask {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resend = tokio::time::interval(RESEND_AFTER);
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A partner frame the connection had no room for yet (the connection's own write bound
-        // drops it as a slow consumer if it never makes room).
-        let mut pending: VecDeque<Frame> = VecDeque::new();
         let mut sub_open = true;
         let ack_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(ack_timer);
         let mut ack_armed = false;
         loop {
-            if !ack_armed && self.inc.ack_pending() {
+            if !ack_armed && self.recv.ack_pending() {
                 ack_timer.as_mut().reset(Instant::now() + ACK_DELAY);
                 ack_armed = true;
             }
@@ -445,24 +442,19 @@ impl SeatTask {
                 Phase::Reserved(_, until) => Some(*until),
                 _ => None,
             };
-            let inbox = &self.inbox;
+            // Partner frames the connection had no room for yet wait in the handover, and so does
+            // everything after them (the broker is not read meanwhile), which keeps the order.
+            // The connection's own write bound drops it as a slow consumer if it never makes room.
+            let holding = self.recv.holding();
             tokio::select! {
                 biased;
                 () = self.leave.cancelled() => break,
                 () = async { match dead { Some(d) => d.cancelled_owned().await, None => std::future::pending().await } } => {
                     self.lost("relay not heard within --nats-peer-timeout").await;
                 }
-                room = std::future::poll_fn(|cx| inbox.poll_writable(cx)), if !pending.is_empty() => {
-                    if room.is_err() {
-                        pending.clear();
-                    }
-                    while let Some(frame) = pending.pop_front() {
-                        if let Err(SendError::Full(frame)) = self.inbox.push(frame) {
-                            pending.push_front(frame);
-                            break;
-                        }
-                    }
-                    self.check_departure(&pending).await;
+                () = self.recv.room(), if holding => {
+                    self.recv.release();
+                    self.check_departure().await;
                     self.acknowledge().await;
                 }
                 Some(frame) = self.outbox.recv(), if self.out.has_room() => {
@@ -475,15 +467,15 @@ impl SeatTask {
                     }
                     self.publish_new(batch).await;
                 }
-                msg = self.sub.next(), if sub_open && pending.is_empty() => match msg {
+                msg = self.sub.next(), if sub_open && !holding => match msg {
                     Some(msg) => {
-                        self.on_message(msg, &mut pending).await;
+                        self.on_message(msg).await;
                         for _ in 1..BATCH {
-                            if !pending.is_empty() {
+                            if self.recv.holding() {
                                 break;
                             }
                             let Some(Some(msg)) = self.sub.next().now_or_never() else { break };
-                            self.on_message(msg, &mut pending).await;
+                            self.on_message(msg).await;
                         }
                         self.acknowledge().await;
                     }
@@ -583,13 +575,13 @@ impl SeatTask {
 
     /// Sends the acknowledgement that is due now (urgent, or a batch is full), if any.
     async fn acknowledge(&mut self) {
-        let next = self.inc.take_ack();
+        let next = self.recv.ack(false);
         self.send_ack(next).await;
     }
 
-    /// Acknowledges everything delivered so far.
+    /// Acknowledges everything handed over so far.
     async fn acknowledge_all(&mut self) {
-        let next = self.inc.flush();
+        let next = self.recv.ack(true);
         self.send_ack(next).await;
     }
 
@@ -599,7 +591,7 @@ impl SeatTask {
         self.publish(&to, "k", Bytes::from(next.to_string())).await;
     }
 
-    async fn on_message(&mut self, msg: Message, pending: &mut VecDeque<Frame>) {
+    async fn on_message(&mut self, msg: Message) {
         let Some(rest) = msg.subject.as_str().strip_prefix(self.base.as_str()) else { return };
         let Some(m) = addressed(rest) else {
             self.shared.metrics.upstream.foreign_messages.inc();
@@ -639,24 +631,14 @@ impl SeatTask {
                     tracing::warn!("dropped a malformed frame message from NATS");
                     return;
                 };
-                for (seq, frame) in (first..).zip(frames) {
-                    match self.inc.arrived(seq) {
-                        Arrival::Deliver => {}
-                        Arrival::Duplicate => continue,
-                        Arrival::Gap => break,
-                    }
-                    match Frame::from_utf8(frame) {
-                        Ok(frame) => {
-                            self.shared.metrics.upstream.frames_in.inc();
-                            self.deliver(frame, pending);
-                        }
-                        Err(_) => {
-                            tracing::warn!("dropped a frame from NATS that is not UTF-8");
-                            break;
-                        }
-                    }
+                self.shared.metrics.upstream.frames_in.inc_by(frames.len() as u64);
+                match self.recv.frames(first, frames) {
+                    // Messages lost across a reconnect: the acknowledgement (sent at once) has
+                    // the partner send the rest again.
+                    Ok(()) | Err(Broken::Gap) => {}
+                    Err(Broken::NotText) => tracing::warn!("dropped a frame from NATS that is not UTF-8"),
                 }
-                self.check_departure(pending).await;
+                self.check_departure().await;
                 return;
             }
             "k" => {
@@ -670,8 +652,8 @@ impl SeatTask {
                 let Some(total) = std::str::from_utf8(&msg.payload).ok().and_then(|n| n.parse().ok()) else {
                     return;
                 };
-                self.inc.left(total);
-                return self.check_departure(pending).await;
+                self.recv.left(total);
+                return self.check_departure().await;
             }
             _ => return,
         }
@@ -686,27 +668,15 @@ impl SeatTask {
         }
     }
 
-    /// Takes the next partner frame: into the connection's queue, or, while that is full, held
-    /// here in order (reading from the broker stops until they are in).
-    fn deliver(&mut self, frame: Frame, pending: &mut VecDeque<Frame>) {
-        self.inc.delivered();
-        if !pending.is_empty() {
-            return pending.push_back(frame);
-        }
-        if let Err(SendError::Full(frame)) = self.inbox.push(frame) {
-            pending.push_back(frame);
-        }
-    }
-
-    /// After a departure or a delivery: the pair ends once every announced frame was delivered.
-    async fn check_departure(&mut self, pending: &VecDeque<Frame>) {
+    /// After a departure or a delivery: the pair ends once every announced frame was handed over.
+    async fn check_departure(&mut self) {
         if self.phase != Phase::Paired {
             return;
         }
-        if pending.is_empty() && self.inc.finished() {
+        if self.recv.finished() {
             self.acknowledge_all().await;
             self.end_pair().await;
-        } else if self.inc.missing_after_departure() && self.missing_since.is_none() {
+        } else if self.recv.missing() && self.missing_since.is_none() {
             self.missing_since = Some(Instant::now());
         }
     }
@@ -822,8 +792,7 @@ impl SeatTask {
                 msg = self.sub.next() => match msg {
                     Some(msg) => {
                         // Only acknowledgements and the partner's own departure matter now.
-                        let mut none = VecDeque::new();
-                        self.on_message(msg, &mut none).await;
+                        self.on_message(msg).await;
                         self.acknowledge_all().await;
                     }
                     None => break,
