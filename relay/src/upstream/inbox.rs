@@ -152,6 +152,33 @@ impl Inbox {
         Poll::Pending
     }
 
+    /// Takes up to `max` queued frames, oldest first, into `batch` under one lock (waking a
+    /// sender that waited for room); how many it took. How a seat takes what its connection
+    /// queued for the partner's relay: a bounded number, so the seat's window is never passed.
+    pub fn take(&self, batch: &mut VecDeque<Frame>, max: usize) -> usize {
+        let mut s = self.lock();
+        let n = max.min(s.frames.len());
+        if n == 0 {
+            return 0;
+        }
+        let was_full = s.frames.len() >= self.cap;
+        batch.extend(s.frames.drain(..n));
+        drop(s);
+        if was_full {
+            self.writer.wake();
+        }
+        n
+    }
+
+    /// [`take`](Self::take), ready once it took at least one frame (`max` ≥ 1).
+    pub fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Frame>, max: usize) -> Poll<usize> {
+        self.reader.register(cx.waker());
+        match self.take(batch, max) {
+            0 => Poll::Pending,
+            n => Poll::Ready(n),
+        }
+    }
+
     /// The receiver is gone: later pushes fail, a waiting sender is released.
     fn close(&self) {
         let mut s = self.lock();

@@ -13,38 +13,71 @@
 //! stops taking frames from its connection, which stops reading its client. Nothing here does
 //! I/O or reads a clock of its own; the seat that uses it does both.
 
-use super::inbox::Inbox;
+use super::inbox::{Inbox, Receiver};
 use super::{BoxFuture, Frame, LinkError, PeerLink, SendError};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// A connection's link to a partner on another relay: a bounded queue to the task that carries
-/// the seat's traffic (which numbers the frames and keeps them until acknowledged).
-pub struct QueueLink {
-    tx: mpsc::Sender<Frame>,
-}
-
-impl QueueLink {
-    /// A link feeding the seat task's queue `tx`.
-    pub fn new(tx: mpsc::Sender<Frame>) -> QueueLink {
-        QueueLink { tx }
-    }
-}
+/// the seat's traffic (which numbers the frames and keeps them until acknowledged). The queue is
+/// an [`Inbox`]: a send is one short lock, and the seat takes a batch under one lock, where a
+/// channel pays atomics on both sides for every frame.
+pub struct QueueLink(Arc<Inbox>);
 
 impl PeerLink for QueueLink {
     fn send(&mut self, frame: Frame) -> Result<(), SendError> {
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(frame) => SendError::Full(frame),
-            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
-        })
+        self.0.push(frame)
     }
 
     fn writable(&self) -> BoxFuture<'static, Result<(), LinkError>> {
-        let tx = self.tx.clone();
-        Box::pin(async move { tx.reserve().await.map(|_permit| ()).map_err(|_| LinkError::Gone) })
+        let queue = Arc::clone(&self.0);
+        Box::pin(std::future::poll_fn(move |cx| queue.poll_writable(cx)))
+    }
+}
+
+/// The seat's end of its connection's [`QueueLink`]s: the frames queued for the partner, oldest
+/// first. Dropping it (the seat's task ended) makes later sends fail with `Gone`.
+pub struct Outbox {
+    queue: Arc<Inbox>,
+    /// Closes the queue on drop.
+    _end: Receiver,
+    /// Frames taken from the queue and not given out yet: never more than the `max` they were
+    /// taken under, so a seat that takes within its window stays within it.
+    taken: VecDeque<Frame>,
+}
+
+impl Outbox {
+    /// A queue of at most `cap` frames.
+    pub fn new(cap: usize) -> Outbox {
+        let queue = Inbox::new(cap);
+        Outbox { _end: Receiver::new(Arc::clone(&queue)), queue, taken: VecDeque::new() }
+    }
+
+    /// A link for the connection, to send into this queue.
+    pub fn link(&self) -> QueueLink {
+        QueueLink(Arc::clone(&self.queue))
+    }
+
+    /// The next frame, once there is one. When none is left from the last take, takes up to
+    /// `max` (at least one) of what is queued. Cancel-safe.
+    pub async fn recv(&mut self, max: usize) -> Frame {
+        loop {
+            if let Some(frame) = self.taken.pop_front() {
+                return frame;
+            }
+            let (queue, taken) = (&self.queue, &mut self.taken);
+            std::future::poll_fn(|cx| queue.poll_take(cx, taken, max.max(1))).await;
+        }
+    }
+
+    /// The next frame if one is queued; when none is left from the last take, takes up to `max`.
+    pub fn try_recv(&mut self, max: usize) -> Option<Frame> {
+        if self.taken.is_empty() {
+            self.queue.take(&mut self.taken, max);
+        }
+        self.taken.pop_front()
     }
 }
 
@@ -78,12 +111,12 @@ impl Outgoing {
 
     /// Whether another frame may be sent now.
     pub fn has_room(&self) -> bool {
-        self.has_room_for(1)
+        self.room() > 0
     }
 
-    /// Whether `n` more frames may be sent now.
-    pub fn has_room_for(&self, n: usize) -> bool {
-        self.unacked.len() + n <= self.window
+    /// How many more frames may be sent now.
+    pub fn room(&self) -> usize {
+        self.window.saturating_sub(self.unacked.len())
     }
 
     /// The number the next frame will get.
@@ -441,6 +474,29 @@ mod tests {
         let mut batch = VecDeque::new();
         let _ = inbox.poll_recv(&mut cx, &mut batch);
         batch
+    }
+
+    #[tokio::test]
+    async fn an_outbox_hands_out_no_more_than_it_may_take_and_backpressures_its_link() {
+        let mut outbox = Outbox::new(3);
+        let mut link = outbox.link();
+        for text in ["a", "b", "c"] {
+            assert!(link.send(Frame::from_static(text)).is_ok());
+        }
+        assert!(matches!(link.send(Frame::from_static("d")), Err(SendError::Full(_))), "bounded at 3");
+        let writable = link.writable();
+        // A window with room for two: two taken, the third stays queued.
+        assert_eq!(outbox.recv(2).await.as_str(), "a");
+        assert_eq!(outbox.try_recv(0).map(|f| f.as_str().to_owned()).as_deref(), Some("b"), "already taken");
+        assert!(outbox.try_recv(0).is_none(), "nothing more may be taken");
+        assert!(writable.await.is_ok(), "taking made room");
+        assert!(link.send(Frame::from_static("d")).is_ok());
+        let rest: Vec<String> =
+            std::iter::from_fn(|| outbox.try_recv(usize::MAX)).map(|f| f.as_str().to_owned()).collect();
+        assert_eq!(rest, ["c", "d"]);
+        drop(outbox);
+        assert!(matches!(link.send(Frame::from_static("e")), Err(SendError::Gone)));
+        assert_eq!(link.writable().await, Err(LinkError::Gone));
     }
 
     #[test]

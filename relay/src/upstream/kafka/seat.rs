@@ -11,7 +11,7 @@ use super::log::Seat;
 use super::reader::Room;
 use super::{wire, Shared, OP_TIMEOUT};
 use crate::upstream::inbox::Inbox;
-use crate::upstream::link::{Broken, Departure, Handover, Outgoing, QueueLink};
+use crate::upstream::link::{Broken, Departure, Handover, Outbox, Outgoing, QueueLink};
 use crate::upstream::{Frame, JoinError, Joined, KillSwitch, Mailbox, Seat as SeatGuard};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
@@ -137,9 +137,8 @@ struct SeatTask {
     inbox: Arc<Inbox>,
     kill: KillSwitch,
     events: mpsc::UnboundedReceiver<Event>,
-    outbox: mpsc::Receiver<Frame>,
-    /// The sending half of `outbox`, cloned into the connection's link at pairing.
-    outbox_tx: mpsc::Sender<Frame>,
+    /// What the connection queued for the partner.
+    outbox: Outbox,
     partner: Option<Seat>,
     out: Outgoing,
     recv: Handover,
@@ -151,7 +150,7 @@ struct SeatTask {
 
 impl SeatTask {
     fn new(shared: Arc<Shared>, room: Room, me: Mailbox, count: SeatCount) -> SeatTask {
-        let (outbox_tx, outbox) = mpsc::channel(shared.peer_queue.max(1));
+        let outbox = Outbox::new(shared.peer_queue);
         let out = Outgoing::new(shared.peer_queue);
         // Numbered when its join is written (see `verdict`); until then it hears nothing.
         let (_, events) = mpsc::unbounded_channel();
@@ -164,7 +163,6 @@ impl SeatTask {
             kill: me.kill,
             events,
             outbox,
-            outbox_tx,
             partner: None,
             out,
             deliveries: FuturesUnordered::new(),
@@ -216,7 +214,7 @@ impl SeatTask {
                     Some(Event::Waiting) => break Ok((guard(), None)),
                     Some(Event::Paired { partner }) => {
                         self.partner = Some(partner);
-                        break Ok((guard(), Some(QueueLink::new(self.outbox_tx.clone()))));
+                        break Ok((guard(), Some(self.outbox.link())));
                     }
                     Some(Event::Full) => break Err(JoinError::RoomFull),
                     Some(Event::Lost(_)) | None => break unavailable("lost the connection to Kafka"),
@@ -257,7 +255,7 @@ impl SeatTask {
                     self.check_departure();
                     self.acknowledge(false);
                 }
-                Some(frame) = self.outbox.recv(), if self.partner.is_some() && self.out.has_room() => {
+                frame = self.outbox.recv(self.out.room()), if self.partner.is_some() && self.out.has_room() => {
                     self.write_frames(frame, true);
                 }
                 // The partner's frames wait while the connection has no room (the sender's window
@@ -285,7 +283,7 @@ impl SeatTask {
         match event {
             Event::Paired { partner } if self.partner.is_none() => {
                 self.partner = Some(partner);
-                self.inbox.peer_found(Box::new(QueueLink::new(self.outbox_tx.clone())));
+                self.inbox.peer_found(Box::new(self.outbox.link()));
             }
             Event::Frames { first, frames } => match self.recv.frames(first, frames) {
                 Ok(()) => self.acknowledge(false),
@@ -324,10 +322,8 @@ impl SeatTask {
         let mut frames = vec![first.into_bytes()];
         let mut bytes = frames[0].len();
         while frames.len() < BATCH && bytes < self.shared.max_batch_bytes {
-            if windowed && !self.out.has_room_for(frames.len() + 1) {
-                break;
-            }
-            let Ok(frame) = self.outbox.try_recv() else { break };
+            let max = if windowed { self.out.room().saturating_sub(frames.len()) } else { usize::MAX };
+            let Some(frame) = self.outbox.try_recv(max) else { break };
             bytes += frame.len();
             frames.push(frame.into_bytes());
         }
@@ -372,7 +368,7 @@ impl SeatTask {
     /// for the log to take them.
     async fn depart(&mut self) {
         if self.partner.is_some() {
-            while let Ok(frame) = self.outbox.try_recv() {
+            while let Some(frame) = self.outbox.try_recv(usize::MAX) {
                 self.write_frames(frame, false);
             }
         }

@@ -12,7 +12,7 @@
 use super::wire::{Msg, SeatRef, Verdict};
 use super::Shared;
 use crate::upstream::inbox::Inbox;
-use crate::upstream::link::{Broken, Handover, Outgoing, QueueLink};
+use crate::upstream::link::{Broken, Handover, Outbox, Outgoing, QueueLink};
 use crate::upstream::{Frame, JoinError, Joined, KillSwitch, Mailbox, RoomId, Seat as SeatGuard};
 use bytes::Bytes;
 use ghostwire_shared::ErrorCode;
@@ -104,8 +104,8 @@ struct SeatTask {
     events: mpsc::UnboundedReceiver<Event>,
     /// Events that came before the verdict, replayed after it in order.
     early: VecDeque<Event>,
-    outbox: mpsc::Receiver<Frame>,
-    outbox_tx: mpsc::Sender<Frame>,
+    /// What the connection queued for the partner.
+    outbox: Outbox,
     partner: Option<SeatRef>,
     out: Outgoing,
     recv: Handover,
@@ -121,7 +121,7 @@ impl SeatTask {
         let (tx, events) = mpsc::unbounded_channel();
         shared.seats.lock().unwrap_or_else(|p| p.into_inner()).insert(n, tx);
         count.1 = Some(n);
-        let (outbox_tx, outbox) = mpsc::channel(shared.peer_queue.max(1));
+        let outbox = Outbox::new(shared.peer_queue);
         SeatTask {
             me: SeatRef { relay: shared.links.me(), n },
             out: Outgoing::new(shared.peer_queue),
@@ -134,7 +134,6 @@ impl SeatTask {
             events,
             early: VecDeque::new(),
             outbox,
-            outbox_tx,
             partner: None,
             ended: false,
             leave: CancellationToken::new(),
@@ -184,7 +183,7 @@ impl SeatTask {
                         Verdict::Waiting => break Ok((self.leave.clone().drop_guard(), None)),
                         Verdict::Paired(first) => {
                             self.paired_with(first);
-                            break Ok((self.leave.clone().drop_guard(), Some(QueueLink::new(self.outbox_tx.clone()))));
+                            break Ok((self.leave.clone().drop_guard(), Some(self.outbox.link())));
                         }
                         Verdict::Full => {
                             self.shared.metrics.upstream.slot_conflicts.inc();
@@ -238,7 +237,7 @@ impl SeatTask {
                     self.check_departure();
                     self.acknowledge(false);
                 }
-                Some(frame) = self.outbox.recv(), if self.partner.is_some() && self.out.has_room() => {
+                frame = self.outbox.recv(self.out.room()), if self.partner.is_some() && self.out.has_room() => {
                     self.send_frames(frame, true);
                 }
                 // The partner's frames wait while the connection has no room (the sender's window
@@ -268,7 +267,7 @@ impl SeatTask {
             Event::Paired { partner } => match self.partner {
                 None => {
                     self.partner = Some(partner);
-                    self.inbox.peer_found(Box::new(QueueLink::new(self.outbox_tx.clone())));
+                    self.inbox.peer_found(Box::new(self.outbox.link()));
                 }
                 Some(known) if known == partner => {}
                 Some(_) => self.shared.metrics.upstream.foreign_messages.inc(),
@@ -319,7 +318,7 @@ impl SeatTask {
                 Verdict::Waiting => {}
                 Verdict::Paired(first) => {
                     self.paired_with(first);
-                    self.inbox.peer_found(Box::new(QueueLink::new(self.outbox_tx.clone())));
+                    self.inbox.peer_found(Box::new(self.outbox.link()));
                 }
                 Verdict::Full => self.lost("the room filled while its owner changed"),
             },
@@ -333,10 +332,8 @@ impl SeatTask {
         let mut frames = vec![first.into_bytes()];
         let mut bytes = frames[0].len();
         while frames.len() < BATCH && bytes < self.shared.max_batch_bytes {
-            if windowed && !self.out.has_room_for(frames.len() + 1) {
-                break;
-            }
-            let Ok(frame) = self.outbox.try_recv() else { break };
+            let max = if windowed { self.out.room().saturating_sub(frames.len()) } else { usize::MAX };
+            let Some(frame) = self.outbox.try_recv(max) else { break };
             bytes += frame.len();
             frames.push(frame.into_bytes());
         }
@@ -385,7 +382,7 @@ impl SeatTask {
     /// reports empty is free to join again at once.
     async fn depart(&mut self) {
         if let Some(partner) = self.partner {
-            while let Ok(frame) = self.outbox.try_recv() {
+            while let Some(frame) = self.outbox.try_recv(usize::MAX) {
                 self.send_frames(frame, false);
             }
             self.shared.links.send(partner.relay, Msg::Left { to: partner.n, from: self.me.n, sent: self.out.sent() });

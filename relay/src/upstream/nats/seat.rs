@@ -37,7 +37,7 @@
 
 use super::{Shared, OP_TIMEOUT};
 use crate::upstream::inbox::Inbox;
-use crate::upstream::link::{Acked, Broken, Handover, Outgoing, QueueLink};
+use crate::upstream::link::{Acked, Broken, Handover, Outbox, Outgoing, QueueLink};
 use crate::upstream::{BoxFuture, Frame, JoinError, Joined, KillSwitch, Mailbox, Seat};
 use async_nats::client::RequestErrorKind;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
@@ -48,7 +48,7 @@ use ghostwire_shared::ErrorCode;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{error::Elapsed, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -350,10 +350,9 @@ struct SeatTask {
     sub: Subscriber,
     inbox: Arc<Inbox>,
     kill: KillSwitch,
-    outbox: mpsc::Receiver<Frame>,
-    /// The sending half of `outbox`, cloned into the connection's link at pairing. Held here, so
-    /// `outbox` never closes while the task runs (the departure is `leave`, not a closed queue).
-    outbox_tx: mpsc::Sender<Frame>,
+    /// What the connection queued for the partner (open while the task runs: the departure is
+    /// `leave`, not a closed queue).
+    outbox: Outbox,
     phase: Phase,
     partner: Option<Partner>,
     out: Outgoing,
@@ -378,7 +377,6 @@ impl SeatTask {
         me: Mailbox,
         count: SeatCount,
     ) -> SeatTask {
-        let (tx, outbox) = mpsc::channel(shared.peer_queue);
         shared.hold_slot(&key, Some(&id));
         let mut generation = shared.generation.subscribe();
         generation.mark_unchanged();
@@ -394,8 +392,7 @@ impl SeatTask {
             recv: Handover::new(Arc::clone(&me.inbox)),
             inbox: me.inbox,
             kill: me.kill,
-            outbox,
-            outbox_tx: tx,
+            outbox: Outbox::new(shared.peer_queue),
             phase: Phase::Waiting,
             partner: None,
             out: Outgoing::new(shared.peer_queue),
@@ -419,7 +416,7 @@ impl SeatTask {
         let frames = async_nats::Subject::from(self.shared.names.to(partner, "f", &self.id));
         self.partner = Some(Partner { id: partner.to_owned(), frames, dead });
         self.phase = Phase::Paired;
-        QueueLink::new(self.outbox_tx.clone())
+        self.outbox.link()
     }
 
     async fn run(mut self) {
@@ -457,12 +454,15 @@ impl SeatTask {
                     self.check_departure().await;
                     self.acknowledge().await;
                 }
-                Some(frame) = self.outbox.recv(), if self.out.has_room() => {
-                    // What else is queued goes in the same message (bounded, so the other
-                    // direction is not starved and a message stays well under NATS's limit).
+                frame = self.outbox.recv(self.out.room()), if self.out.has_room() => {
+                    // What else is queued goes in the same message (within the window, and
+                    // bounded, so the other direction is not starved and a message stays well
+                    // under NATS's limit).
                     let mut batch = vec![frame];
-                    while batch.len() < BATCH && self.out.has_room_for(batch.len() + 1) {
-                        let Ok(frame) = self.outbox.try_recv() else { break };
+                    while batch.len() < BATCH {
+                        let Some(frame) = self.outbox.try_recv(self.out.room().saturating_sub(batch.len())) else {
+                            break;
+                        };
                         batch.push(frame);
                     }
                     self.publish_new(batch).await;
@@ -765,7 +765,7 @@ impl SeatTask {
     async fn depart(mut self) {
         // Past the window if need be: the outbox is bounded too, and these are the last frames.
         let mut last = Vec::new();
-        while let Ok(frame) = self.outbox.try_recv() {
+        while let Some(frame) = self.outbox.try_recv(usize::MAX) {
             last.push(frame);
             if last.len() == BATCH {
                 self.publish_new(std::mem::take(&mut last)).await;
