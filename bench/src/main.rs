@@ -262,16 +262,9 @@ impl Relay {
         Ok(Relay { name, child, addr, admin })
     }
 
-    /// CPU seconds the relay has used (all threads), from /proc/PID/stat.
+    /// CPU seconds the relay has used (all threads).
     fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-        (ticks(11) + ticks(12)) / hz
+        cpu_seconds(&self.child)
     }
 
     /// (VmRSS, VmHWM) in KiB.
@@ -298,6 +291,18 @@ impl Drop for Relay {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU seconds a process has used (all threads), from /proc/PID/stat.
+fn cpu_seconds(child: &Child) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    (ticks(11) + ticks(12)) / hz
 }
 
 /// A `nats-server` with JetStream for the cross-relay scenario, pinned with the relays.
@@ -400,21 +405,41 @@ impl Drop for KafkaBroker {
 #[derive(Default, Clone, Copy)]
 struct Cross {
     fps: f64,
+    /// CPU per frame at saturation, µs: the relays together, and the broker.
+    relays_us: f64,
+    broker_us: f64,
     open: [f64; 4],
     open_rate: f64,
     closed: [f64; 4],
     closed_rate: f64,
 }
 
-/// The same load on one relay (in-process upstream) and split over two relays through NATS.
-async fn cross_once(target: load::Target, plan: &Plan, rt_rate: f64) -> Result<Cross> {
-    let tp = load::throughput(target, plan.rooms, plan.window, plan.payload, plan.warmup, plan.measure, || {})
-        .await
-        .context("throughput")?;
+/// The same load on one relay (in-process upstream) and split over two relays through a broker
+/// or a link. `relays` and `broker` are the processes on core 0 whose CPU is read around the
+/// throughput window.
+async fn cross_once(
+    target: load::Target,
+    plan: &Plan,
+    rt_rate: f64,
+    relays: &[&Relay],
+    broker: Option<&Child>,
+) -> Result<Cross> {
+    let mut cpu = Vec::new();
+    let tp = load::throughput(target, plan.rooms, plan.window, plan.payload, plan.warmup, plan.measure, || {
+        cpu.push([relays.iter().map(|r| r.cpu()).sum::<f64>(), broker.map_or(0.0, cpu_seconds)])
+    })
+    .await
+    .context("throughput")?;
+    let per_frame = |i: usize| match cpu[..] {
+        [before, after] => (after[i] - before[i]) * 1e6 / tp.frames.max(1) as f64,
+        _ => f64::NAN,
+    };
     let open = load::latency(target, plan.rooms, rt_rate, plan.payload, plan.warmup, plan.measure).await?;
     let closed = load::latency(target, 1, 0.0, plan.payload, plan.warmup, plan.measure).await?;
     Ok(Cross {
         fps: tp.frames as f64 / tp.secs,
+        relays_us: per_frame(0),
+        broker_us: per_frame(1),
         open: quantiles(&open),
         open_rate: open.rate,
         closed: quantiles(&closed),
@@ -751,7 +776,9 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
         println!("skipped: nats-server is not installed (scripts/test.sh installs it)");
         return Ok(None);
     };
-    let kafka = KafkaBroker::start(&args.relay)?;
+    // A broker runs only for its own row: noida-db keeps writing its log out for seconds after a
+    // load (its autosave thread), which would otherwise take core 0 from the rows after it.
+    let mut kafka_found = true;
     let (mut one, mut two, mut base, mut kaf, mut mesh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let split = |bin: &Path| {
         let started = Relay::nats(args, bin, &nats.url).and_then(|r1| Ok((r1, Relay::nats(args, bin, &nats.url)?)));
@@ -765,27 +792,19 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
     for run in 1..=runs {
         eprintln!("cross-relay: run {run}/{runs}");
         let single = Relay::start("ghostwire", args)?;
-        one.push(cross_once(single.addr.into(), plan, cross_rate).await.context("one relay")?);
+        one.push(cross_once(single.addr.into(), plan, cross_rate, &[&single], None).await.context("one relay")?);
         drop(single);
         let (r1, r2) = split(&args.relay).await?;
         two.push(
-            cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate)
+            cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate, &[&r1, &r2], Some(&nats.child))
                 .await
                 .context("two relays through NATS")?,
         );
         drop((r1, r2));
-        if let Some(kafka) = &kafka {
-            // A topic per run: every run starts from an empty log, as the NATS runs do.
-            let prefix = format!("bench{run}");
-            let r1 = Relay::kafka(args, &args.relay, &kafka.brokers, &prefix)?;
-            let r2 = Relay::kafka(args, &args.relay, &kafka.brokers, &prefix)?;
-            until_ready(r1.admin).await?;
-            until_ready(r2.admin).await?;
-            kaf.push(
-                cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate)
-                    .await
-                    .context("two relays through Kafka")?,
-            );
+        if let Some(bin) = &args.baseline {
+            let (r1, r2) = split(bin).await?;
+            let target = load::Target { a: r1.addr, b: r2.addr };
+            base.push(cross_once(target, plan, cross_rate, &[&r1, &r2], Some(&nats.child)).await.context("baseline")?);
         }
         {
             // Two relays linked directly, found through an introducer (a third process).
@@ -799,45 +818,68 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
                 until_ready(r.admin).await?;
             }
             mesh.push(
-                cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate)
+                cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate, &[&r1, &r2], None)
                     .await
                     .context("two relays linked in a mesh")?,
             );
         }
-        if let Some(bin) = &args.baseline {
-            let (r1, r2) = split(bin).await?;
-            base.push(cross_once(load::Target { a: r1.addr, b: r2.addr }, plan, cross_rate).await.context("baseline")?);
+        // Last, and a new broker each run (so every run starts from an empty log, as the NATS
+        // runs do), stopped with its relays before the next run.
+        match KafkaBroker::start(&args.relay)? {
+            Some(kafka) => {
+                let r1 = Relay::kafka(args, &args.relay, &kafka.brokers, "bench")?;
+                let r2 = Relay::kafka(args, &args.relay, &kafka.brokers, "bench")?;
+                until_ready(r1.admin).await?;
+                until_ready(r2.admin).await?;
+                kaf.push(
+                    cross_once(
+                        load::Target { a: r1.addr, b: r2.addr },
+                        plan,
+                        cross_rate,
+                        &[&r1, &r2],
+                        Some(&kafka.child),
+                    )
+                    .await
+                    .context("two relays through Kafka")?,
+                );
+            }
+            None => kafka_found = false,
         }
     }
     let pick = |v: &[Cross], f: &dyn Fn(&Cross) -> f64| median(v.iter().map(f).collect());
     let mid = |v: &[Cross]| Cross {
         fps: pick(v, &|c| c.fps),
+        relays_us: pick(v, &|c| c.relays_us),
+        broker_us: pick(v, &|c| c.broker_us),
         open: [0, 1, 2, 3].map(|i| pick(v, &|c| c.open[i])),
         open_rate: pick(v, &|c| c.open_rate),
         closed: [0, 1, 2, 3].map(|i| pick(v, &|c| c.closed[i])),
         closed_rate: pick(v, &|c| c.closed_rate),
     };
     let (one, two) = (mid(&one), mid(&two));
-    println!("| setup | frames/s | {cross_rate} rt/s over {} rooms: p50 / p99 µs | closed loop, 1 room: rt/s, p50 / p99 µs |", plan.rooms);
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| setup | frames/s | CPU µs/frame: relays + broker | {cross_rate} rt/s over {} rooms: p50 / p99 µs | closed loop, 1 room: rt/s, p50 / p99 µs |",
+        plan.rooms
+    );
+    println!("|---|---:|---:|---:|---:|");
     let mut rows = vec![("one relay (in-process)".to_owned(), one), ("two relays via NATS".to_owned(), two)];
     if let Some(bin) = &args.baseline {
         rows.push((format!("two relays via NATS, baseline `{}`", bin.display()), mid(&base)));
     }
-    if kafka.is_some() {
+    if kafka_found {
         rows.push(("two relays via Kafka (noida-db)".to_owned(), mid(&kaf)));
     }
     rows.push(("two relays linked directly (mesh)".to_owned(), mid(&mesh)));
     for (label, c) in &rows {
         println!(
-            "| {label} | {:.0} | {:.0} / {:.0} (achieved {:.0} rt/s) | {:.0}: {:.0} / {:.0} |",
-            c.fps, c.open[0], c.open[2], c.open_rate, c.closed_rate, c.closed[0], c.closed[2]
+            "| {label} | {:.0} | {:.2} + {:.2} | {:.0} / {:.0} (achieved {:.0} rt/s) | {:.0}: {:.0} / {:.0} |",
+            c.fps, c.relays_us, c.broker_us, c.open[0], c.open[2], c.open_rate, c.closed_rate, c.closed[0], c.closed[2]
         );
     }
     if let (Some(_), Some((_, b))) = (&args.baseline, rows.get(2)) {
         println!("\n- this relay / baseline through NATS: {:.2}× the frames/s", two.fps / b.fps.max(1.0));
     }
-    if kafka.is_none() {
+    if !kafka_found {
         println!("\n- Kafka row skipped: noida-db is not installed (scripts/test.sh installs it)");
     }
     Ok(Some((one, two)))
