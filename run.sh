@@ -21,7 +21,10 @@ admin_port=${GHOSTWIRE_ADMIN_PORT:-$((port + 1000))}
 relay_url="ws://127.0.0.1:${port}/"
 
 echo "building (release)..." >&2
-cargo build --release --quiet -p ghostwire -p ghostwire-relay
+# One package at a time: built together, cargo would unify their dependencies' features into
+# variants of its own, which scripts/test.sh and scripts/build-release.sh (the image) do not build.
+cargo build --release --quiet -p ghostwire
+cargo build --release --quiet -p ghostwire-relay
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
