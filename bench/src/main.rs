@@ -845,6 +845,16 @@ async fn cross_scenario(args: &Args, plan: &Plan, runs: usize) -> Result<Option<
             }
             None => kafka_found = false,
         }
+        // Each run's frames/s, so a median can be told from a spread.
+        let last = |v: &[Cross]| v.last().map_or(String::from("-"), |c| format!("{:.0}", c.fps));
+        eprintln!(
+            "cross-relay: run {run}/{runs} frames/s: one {}, NATS {}, baseline {}, mesh {}, Kafka {}",
+            last(&one),
+            last(&two),
+            last(&base),
+            last(&mesh),
+            last(&kaf)
+        );
     }
     let pick = |v: &[Cross], f: &dyn Fn(&Cross) -> f64| median(v.iter().map(f).collect());
     let mid = |v: &[Cross]| Cross {
