@@ -9,6 +9,11 @@
 //! Order: PEER_FOUND is seen before any frame (the partner can only send after
 //! its join returned, and the notice is set before that); PEER_LEFT is seen
 //! after every frame queued before it.
+//!
+//! The same queue, without its notices, carries a connection's frames the
+//! other way to its seat on a distributed upstream
+//! ([`link::Outbox`](super::link::Outbox)), where the seat takes a bounded
+//! batch at a time ([`Inbox::take`]).
 
 use super::{Frame, LinkError, PeerLink, SendError};
 use futures_util::task::AtomicWaker;
