@@ -40,6 +40,14 @@ async fn every_benchmark_scenario_runs() {
         }
         // Each table has a ghostwire row with figures.
         assert!(text.lines().filter(|l| l.starts_with("| ghostwire | ")).count() >= 5, "{text}");
+        // The cross-relay rows split the CPU per frame between the relays and the broker (read
+        // from /proc around the throughput window: the busy relays always show a figure; the
+        // broker may use less than a clock tick in a smoke run, but is read, so never NaN).
+        let nats = text.lines().find(|l| l.starts_with("| two relays via NATS | ")).unwrap_or_default();
+        let cpu = nats.split('|').nth(3).unwrap_or_default();
+        let (relays, broker) = cpu.split_once(" + ").unwrap_or_else(|| panic!("no relays + broker CPU: {nats}"));
+        let us = |figure: &str| figure.trim().parse::<f64>().unwrap_or(f64::NAN);
+        assert!(us(relays) > 0.0 && us(broker) >= 0.0, "CPU per frame in {nats}");
     })
     .await;
 }
