@@ -139,16 +139,8 @@ impl Inbox {
             return Poll::Ready(Delivery::PeerFound(link));
         }
         if !s.frames.is_empty() {
-            let was_full = s.frames.len() >= self.cap;
-            if batch.is_empty() {
-                std::mem::swap(batch, &mut s.frames);
-            } else {
-                batch.append(&mut s.frames);
-            }
-            drop(s);
-            if was_full {
-                self.writer.wake();
-            }
+            let all = s.frames.len();
+            self.move_frames(s, batch, all);
             return Poll::Ready(Delivery::Frames);
         }
         if s.left {
@@ -161,18 +153,28 @@ impl Inbox {
     /// sender that waited for room); how many it took. How a seat takes what its connection
     /// queued for the partner's relay: a bounded number, so the seat's window is never passed.
     pub fn take(&self, batch: &mut VecDeque<Frame>, max: usize) -> usize {
-        let mut s = self.lock();
+        let s = self.lock();
         let n = max.min(s.frames.len());
-        if n == 0 {
-            return 0;
+        if n > 0 {
+            self.move_frames(s, batch, n);
         }
+        n
+    }
+
+    /// Moves the first `n` queued frames to `batch` (all of them into an empty batch by a swap,
+    /// so steady state allocates nothing), then lets go of the lock and wakes a sender that
+    /// waited for room.
+    fn move_frames(&self, mut s: MutexGuard<'_, State>, batch: &mut VecDeque<Frame>, n: usize) {
         let was_full = s.frames.len() >= self.cap;
-        batch.extend(s.frames.drain(..n));
+        if n == s.frames.len() && batch.is_empty() {
+            std::mem::swap(batch, &mut s.frames);
+        } else {
+            batch.extend(s.frames.drain(..n));
+        }
         drop(s);
         if was_full {
             self.writer.wake();
         }
-        n
     }
 
     /// [`take`](Self::take), ready once it took at least one frame (`max` ≥ 1).
