@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -220,20 +220,37 @@ impl Accept {
             // header names a client, that client's own X-Forwarded-For counts only if the named
             // address is a trusted proxy too.
             let mut trusted = peer_trusted;
+            let mut slot = early_slot;
             if trusted && self.ctx.config.proxy_protocol {
                 match client_ip::read_proxy_header(&mut sock).await {
                     Ok(Some(named)) => {
                         ip = named;
                         trusted = self.ctx.config.is_trusted_proxy(named);
                     }
-                    Ok(None) => {}
+                    // UNKNOWN or LOCAL: the proxy speaks for itself. The connection counts against
+                    // the proxy's own address, and nothing the client sends later (its
+                    // X-Forwarded-For) may name another.
+                    Ok(None) => trusted = false,
                     Err(e) => {
                         tracing::debug!(error = %e, "bad PROXY header");
                         return Err(Refusal::ProxyHeader);
                     }
                 }
+                // Once the header has named the client, its slot is taken at once, before TLS and
+                // the upgrade, as for a direct client: half-open connections named for one
+                // address hold at most --max-conns-per-ip.
+                if !trusted {
+                    match self.per_ip.acquire(ip) {
+                        Some(taken) => slot = Some(taken),
+                        None => {
+                            if self.tls.is_none() {
+                                refuse(&mut sock, HTTP_429).await;
+                            }
+                            return Err(Refusal::PerIpLimit);
+                        }
+                    }
+                }
             }
-            let slot = early_slot;
             let chunk = self.ctx.config.read_buffer as usize;
             match &self.tls {
                 None => self.upgrade(Borrowed::new(sock, chunk), ip, trusted, slot).await.map(|(ws, slot)| self.serve(ws, slot)),
@@ -338,7 +355,17 @@ const HTTP_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text
 /// and as an await in the connection's future its timer would be sized into every connection.
 fn refuse<'a>(sock: &'a mut TcpStream, response: &'static [u8]) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     Box::pin(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(response)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            sock.write_all(response).await?;
+            sock.shutdown().await?;
+            // A lingering close: what the client (or its proxy) already sent is read and
+            // dropped, so that closing does not reset the connection and destroy the answer
+            // before the client has read it.
+            let mut sink = [0u8; 512];
+            while sock.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
     })
 }
 

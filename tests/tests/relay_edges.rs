@@ -305,3 +305,87 @@ async fn a_client_that_vanishes_without_a_close_is_gone_not_malformed() {
     .await;
     assert_eq!(relay.metrics.errors(ghostwire_shared::ErrorCode::Malformed), 0);
 }
+
+/// A relay behind a PROXY-protocol balancer (127.0.0.1 trusted), with `per_ip` per address.
+async fn behind_proxy(per_ip: usize, max_conns: usize) -> TestRelay {
+    TestRelay::with(|c| {
+        c.max_conns = max_conns;
+        c.max_conns_per_ip = per_ip;
+        c.proxy_protocol = true;
+        c.trusted_proxy = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await
+}
+
+/// Sends `header` then an upgrade request carrying `xff`; the upgraded socket or the refusal.
+async fn upgrade_behind_proxy(addr: std::net::SocketAddr, header: &[u8], xff: &str) -> Result<Ws, String> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+    req.headers_mut().insert("x-forwarded-for", xff.parse().unwrap());
+    tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+/// Half-open connections that a PROXY header names for one client (headers never finished)
+/// take that client's --max-conns-per-ip from the moment the header names it, so they cannot
+/// fill the relay: the fourth is refused with 429 at once, and another client still gets in.
+#[tokio::test]
+async fn half_open_connections_named_by_a_proxy_header_hold_only_their_clients_slots() {
+    within(30, async {
+        let relay = behind_proxy(3, 60).await;
+        let header = format!("PROXY TCP4 9.9.9.30 127.0.0.1 40000 {}\r\n", relay.addr.port());
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..60 {
+            let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+            tcp.write_all(header.as_bytes()).await.unwrap();
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\n").await.unwrap(); // never finished
+            held.push(tcp);
+        }
+        // Every connection past the third is answered 429 and closed; the first three wait.
+        for tcp in held.iter_mut().skip(3) {
+            let mut answer = String::new();
+            tokio::time::timeout(FRAME_WAIT, tcp.read_to_string(&mut answer)).await.unwrap().unwrap();
+            assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+            refused += 1;
+        }
+        assert_eq!(refused, 57);
+        held.truncate(3); // the refused hang up; the three the relay still waits on stay open
+        let other = format!("PROXY TCP4 203.0.113.5 127.0.0.1 40001 {}\r\n", relay.addr.port());
+        let ws = upgrade_behind_proxy(relay.addr, other.as_bytes(), "203.0.113.5").await;
+        assert!(ws.is_ok(), "another client was starved: {:?}", ws.err());
+        drop(held);
+    })
+    .await;
+}
+
+/// A PROXY header that names nobody (v1 UNKNOWN, v2 LOCAL) counts the connection against the
+/// proxy's own address; the client's X-Forwarded-For, which it writes itself, is not believed.
+#[tokio::test]
+async fn unknown_and_local_proxy_headers_count_as_the_proxy_never_as_the_clients_claim() {
+    within(30, async {
+        let mut v2_local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        v2_local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]); // v2, LOCAL, unspecified, no addresses
+        for header in [b"PROXY UNKNOWN\r\n".to_vec(), v2_local] {
+            let relay = behind_proxy(2, 60).await;
+            let mut outcomes = Vec::new();
+            let mut held = Vec::new();
+            for i in 0..5 {
+                match upgrade_behind_proxy(relay.addr, &header, &format!("198.51.100.{i}")).await {
+                    Ok(ws) => {
+                        held.push(ws);
+                        outcomes.push("upgraded".to_owned());
+                    }
+                    Err(e) => outcomes.push(e),
+                }
+            }
+            let upgraded = outcomes.iter().filter(|o| *o == "upgraded").count();
+            assert_eq!(upgraded, 2, "{:?}: five claimed addresses, one proxy: {outcomes:?}", header);
+            assert_eq!(outcomes.iter().filter(|o| o.contains("429")).count(), 3, "{outcomes:?}");
+        }
+    })
+    .await;
+}
