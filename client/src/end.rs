@@ -66,6 +66,10 @@ pub enum End {
     /// The code's secret did not confirm the key exchange: the peer typed another code, or a
     /// relay is in the middle. The code must not be used again.
     VerificationFailed,
+    /// The session ended for this reason after our key-confirmation MAC was sent and before the
+    /// peer's verified: whoever holds our MAC (a relay in the middle) can test guesses of the
+    /// code offline, so this counts as a failed verification and the code is burnt.
+    Unconfirmed(Box<End>),
 }
 
 impl End {
@@ -77,9 +81,26 @@ impl End {
             End::Network(_) | End::Relay { .. } | End::PeerLost(_) => exit::NETWORK,
             End::Protocol(_) => exit::PROTOCOL,
             End::Security(e) if !e.is_security() => exit::PROTOCOL,
-            End::Security(_) | End::VerificationMismatch | End::PeerMismatch | End::VerificationFailed => {
-                exit::SECURITY
-            }
+            End::Security(_)
+            | End::VerificationMismatch
+            | End::PeerMismatch
+            | End::VerificationFailed
+            | End::Unconfirmed(_) => exit::SECURITY,
+        }
+    }
+}
+
+impl End {
+    /// What happened, without the advice that goes with it alone ("run ghostwire again"): for
+    /// an ending that is folded into another, as [`End::Unconfirmed`] folds its cause.
+    pub fn cause(&self) -> String {
+        match self {
+            End::Quit => "you ended it".into(),
+            End::Relay { code, .. } => match ErrorCode::from_u16(*code) {
+                Some(known) => format!("the relay ended it: {} (error {code})", known.reason()),
+                None => format!("the relay ended it (error {code})"),
+            },
+            other => other.to_string(),
         }
     }
 }
@@ -135,6 +156,13 @@ impl fmt::Display for End {
                 "verification failed: wrong code or a relay in the middle. This code is burnt: make a \
                  new one with ghostwire --new and pass it on again"
             ),
+            End::Unconfirmed(why) => write!(
+                f,
+                "verification failed: the session ended ({}) after this side sent its proof of the code \
+                 and before your peer's proof arrived. A relay in the middle could now test guesses of the \
+                 code, so it is burnt: make a new one with ghostwire --new and pass it on again",
+                why.cause()
+            ),
             End::PeerMismatch => write!(
                 f,
                 "SECURITY: your peer reported that the verification codes differ: someone may be in the middle"
@@ -180,6 +208,8 @@ mod tests {
             (End::VerificationMismatch, 5),
             (End::VerificationFailed, 5),
             (End::PeerMismatch, 5),
+            (End::Unconfirmed(Box::new(relay(1001))), 5),
+            (End::Unconfirmed(Box::new(End::Quit)), 5),
         ];
         for (end, code) in cases {
             assert_eq!(end.exit_code(), code, "{end}");

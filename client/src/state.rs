@@ -28,7 +28,8 @@
 //! | KEY_CONFIRMATION | PeerConfirm (invalid) | DISCONNECTED | verification failed: the code is burnt |
 //! | PAKE_EXCHANGE | PeerLeft | DISCONNECTED | the peer left early |
 //! | KEY_SETUP (after the PAKE), KEY_CONFIRMATION | PeerLeft | DISCONNECTED | verification failed (fail closed: a peer that failed its check leaves) |
-//! | PAKE_EXCHANGE, KEY_CONFIRMATION | Deadline (past it) | DISCONNECTED | protocol: the exchange took too long |
+//! | PAKE_EXCHANGE | Deadline (past it) | DISCONNECTED | protocol: the exchange took too long |
+//! | KEY_CONFIRMATION | any ending but a security one (Relay, NetworkError, Deviation, Quit, Deadline past it) | DISCONNECTED | unconfirmed: exit 5, the code is burnt (our MAC is out) |
 //! | KEY_SETUP | PeerCommit (v2, first) | KEY_SETUP | record it, reveal our key |
 //! | KEY_SETUP | PeerCommit (second, or v1) | DISCONNECTED | protocol |
 //! | KEY_SETUP | PeerKey | CONNECTED | check version, commitment and key; show the verification code |
@@ -315,7 +316,16 @@ impl Machine {
     /// The one transition function: applies `event` and says what to do.
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
         let state = std::mem::replace(&mut self.state, State::SessionDestroyed);
-        let (next, actions) = self.transition(state, event);
+        let proof_out = matches!(state, State::KeyConfirmation(_));
+        let (mut next, actions) = self.transition(state, event);
+        // Our MAC is out and the peer's has not verified: whoever holds our MAC can test guesses
+        // of the code offline, so however the session ends now, the code is burnt. A relay that
+        // says "going away" (or cuts the line, or stalls) cannot turn a failed guess into a retry.
+        if let (true, State::Disconnected(why)) = (proof_out, &mut next) {
+            if why.exit_code() != crate::end::exit::SECURITY {
+                *why = End::Unconfirmed(Box::new(std::mem::replace(why, End::Quit)));
+            }
+        }
         self.state = next;
         actions
     }

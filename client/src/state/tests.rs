@@ -113,6 +113,40 @@ fn a_wrong_mac_a_downgrade_or_an_early_departure_fails_the_verification() {
     assert_eq!(End::VerificationFailed.exit_code(), 5);
 }
 
+/// Once our MAC is out, no ending lets the code be used again: a relay that has our MAC and
+/// then says it is going away, loses the peer, cuts the line or stalls has spent its guess.
+#[test]
+fn every_ending_after_our_mac_is_out_burns_the_code() {
+    let endings = [
+        Event::Relay { code: 1001, reason: "going away".into() },
+        Event::Relay { code: 4011, reason: String::new() },
+        Event::NetworkError("lost the connection to the relay".into()),
+        Event::Deviation(End::Protocol("the relay sent an invalid frame".into())),
+        Event::Quit,
+    ];
+    for event in endings {
+        let name = event.name();
+        let (mut m, _, _) = key_confirmation();
+        m.handle(event);
+        let end = ended(&m);
+        assert!(matches!(end, End::Unconfirmed(_)), "{name}: {end:?}");
+        assert_eq!(end.exit_code(), 5, "{name}");
+        assert!(end.to_string().contains("burnt"), "{name}: {end}");
+    }
+    let (mut m, _, _) = key_confirmation();
+    let deadline = m.deadline().unwrap();
+    m.handle(Event::Deadline(deadline));
+    assert!(matches!(ended(&m), End::Unconfirmed(why) if why.to_string().contains("in time")));
+    // Before our MAC is out, the same endings are what they say (nothing to guess against).
+    let (mut m, _) = pake_exchange(SECRET_CODE);
+    m.handle(Event::Relay { code: 1001, reason: String::new() });
+    assert_eq!(ended(&m).exit_code(), 3);
+    // A security ending stays itself.
+    let (mut m, mine, _) = key_confirmation();
+    m.handle(Event::PeerConfirm(mine));
+    assert_eq!(ended(&m), &End::VerificationFailed);
+}
+
 #[test]
 fn legacy_v1_refuses_a_code_with_a_secret() {
     let mut m = Machine::new(Version::Legacy1);
@@ -321,8 +355,10 @@ fn every_state_event_pair() {
                     }
                 }
                 None => {
-                    let want = format!("unexpected {e} in state {s}");
-                    assert_eq!(m.end(), Some(&End::Protocol(want)), "{s} + {e}");
+                    let want = End::Protocol(format!("unexpected {e} in state {s}"));
+                    // With our MAC out, every ending burns the code (and says why underneath).
+                    let want = if s == "KEY_CONFIRMATION" { End::Unconfirmed(Box::new(want)) } else { want };
+                    assert_eq!(m.end(), Some(&want), "{s} + {e}");
                 }
             }
         }
