@@ -83,6 +83,21 @@ pub struct Args {
     /// Clear the screen and the terminal's scrollback when the session ends.
     #[arg(long)]
     pub wipe_screen: bool,
+
+    /// How long reaching the relay may take: TCP, the SOCKS5 proxy, TLS and the WebSocket upgrade
+    /// together (e.g. 10s, 500ms, 1m). A relay that accepts and never answers ends the session
+    /// after this, as a network error (exit 3).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = connect_timeout)]
+    pub connect_timeout: std::time::Duration,
+}
+
+/// `--connect-timeout`: a human duration, above zero.
+fn connect_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("it must be above zero (e.g. 10s)".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (write it as e.g. 10s, 500ms or 1m)")),
+    }
 }
 
 /// Tor's default SOCKS port, for --tor.

@@ -36,9 +36,8 @@ fn main() -> ExitCode {
         }
         Some(Err(why)) => return refuse(&why),
     };
-    // GHOSTWIRE_CODE is read once and removed from the environment.
-    let from_env = std::env::var("GHOSTWIRE_CODE").ok().map(zeroize::Zeroizing::new);
-    std::env::remove_var("GHOSTWIRE_CODE");
+    // GHOSTWIRE_CODE is read once, removed from the environment and wiped from its block.
+    let from_env = ghostwire::harden::take_env("GHOSTWIRE_CODE");
     let code = match (&args.room, from_env, args.new) {
         (Some(typed), _, _) if ghostwire::code::has_secret_part(typed) => {
             return refuse(
@@ -72,8 +71,12 @@ fn main() -> ExitCode {
         (None, None, false) => None,
     };
     let (ui, inputs, verdicts) = Ui::start(terminal, code.is_none(), &hardening.warnings);
-    let settings =
-        Settings { relay, version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 }, code };
+    let settings = Settings {
+        relay,
+        version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 },
+        code,
+        connect_timeout: args.connect_timeout,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -133,7 +136,9 @@ fn report(outcome: &Outcome, code: u8) {
         1 => "; 1 line was not sent".to_owned(),
         n => format!("; {n} lines were not sent"),
     };
-    let line = format!("session destroyed: {end}{unsent} (exit {code})");
+    // The reason may quote the network (a relay's frame, a peer's): through the one filter.
+    let line = ghostwire::ui::sanitize(&format!("session destroyed: {end}{unsent} (exit {code})"));
+    let line = line.as_str();
     if code == exit::OK {
         eprintln!("{}", line.if_supports_color(Stream::Stderr, |t| t.green()));
     } else {

@@ -60,6 +60,8 @@ pub struct Settings {
     /// The code (a bare room code, or one with a secret part), if given before the session (the
     /// command line, GHOSTWIRE_CODE, --new); parsed by the state machine like a typed one.
     pub code: Option<Zeroizing<String>>,
+    /// How long reaching the relay may take, from TCP to the WebSocket upgrade.
+    pub connect_timeout: Duration,
 }
 
 /// How a session ended: the reason, and how many lines the user gave that were not sent.
@@ -74,6 +76,7 @@ type Connecting = Pin<Box<dyn Future<Output = Result<Socket, String>>>>;
 
 struct Driver {
     relay: Target,
+    connect_timeout: Duration,
     machine: Machine,
     ui: Ui,
     inputs: mpsc::Receiver<Input>,
@@ -106,6 +109,7 @@ pub async fn run(
 ) -> Outcome {
     let driver = Driver {
         relay: settings.relay,
+        connect_timeout: settings.connect_timeout,
         machine: Machine::new(settings.version),
         ui,
         inputs,
@@ -218,7 +222,18 @@ impl Driver {
                 };
                 self.ui.status(Tone::Info, &format!("connecting to {}{how}", self.relay.url()));
                 self.joining = Some(code);
-                self.connecting = Some(Box::pin(net::connect(self.relay.clone())));
+                let (relay, limit) = (self.relay.clone(), self.connect_timeout);
+                self.connecting = Some(Box::pin(async move {
+                    let url = relay.url().to_owned();
+                    tokio::time::timeout(limit, net::connect(relay)).await.unwrap_or_else(|_| {
+                        Err(format!(
+                            "the relay at {url} did not answer within {} (--connect-timeout): it accepted \
+                             or ignored the connection but did not complete TCP, TLS and the WebSocket \
+                             upgrade; is the URL a Ghostwire relay, and is it up?",
+                            humantime::format_duration(limit)
+                        ))
+                    })
+                }));
             }
             Action::Send(frame) => return self.send(frame).await,
             Action::Show(text) => self.ui.incoming(&text),

@@ -121,11 +121,28 @@ fn classify(line: Zeroizing<String>) -> Input {
     })
 }
 
-/// Replaces control characters (but tab) so a peer cannot drive the terminal with escape sequences.
+/// The one filter for text that came from the network (a peer's message, a relay's reason, an
+/// error that quotes a frame) or from a user, before it reaches the terminal: every character
+/// that could drive the terminal or hide what a line says becomes U+FFFD.
+///
+/// That is every control character but tab (C0, DEL and C1: escape sequences, OSC 52, title
+/// changes), the bidirectional controls (U+061C, U+200E/F, U+202A–202E, U+2066–2069), which can
+/// make a line read as something it is not, and the invisible ones (U+200B–200D, U+2028/2029,
+/// U+FEFF). Every status line and the final report pass through it ([`Ui::status`], `main`).
 pub fn sanitize(text: &str) -> Zeroizing<String> {
     let mut out = Zeroizing::new(String::with_capacity(text.len()));
-    out.extend(text.chars().map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c }));
+    out.extend(text.chars().map(|c| if hidden(c) { '\u{FFFD}' } else { c }));
     out
+}
+
+/// Whether `c` must not reach the terminal as it is (see [`sanitize`]).
+fn hidden(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}'
+                | '\u{2029}' | '\u{FEFF}'
+        )
 }
 
 /// Why a line is too long to send, if it is.
@@ -197,6 +214,8 @@ impl Ui {
 
     /// A status line (stderr unless the editor shows it).
     pub fn status(&self, tone: Tone, text: &str) {
+        let text = sanitize(text);
+        let text = text.as_str();
         let line = match tone {
             Tone::Info => format!("{}", format!("· {text}").if_supports_color(Stream::Stderr, |t| t.cyan())),
             Tone::Good => format!("{}", format!("✓ {text}").if_supports_color(Stream::Stderr, |t| t.green())),
@@ -261,7 +280,7 @@ fn submit_code(
     match verdicts.recv().ok()? {
         Verdict::Accepted => Some(true),
         Verdict::Rejected(why) => {
-            eprintln!("{why}");
+            eprintln!("{}", sanitize(&why).as_str());
             Some(false)
         }
     }
@@ -424,7 +443,7 @@ fn read_lines(mode: Mode, need_code: bool, tx: mpsc::Sender<Input>, verdicts: st
             let line = match reader.next() {
                 Some(Line::Text(line)) => line,
                 Some(Line::Bad(why)) => {
-                    eprintln!("{why}");
+                    eprintln!("{}", sanitize(&why).as_str());
                     continue;
                 }
                 None => {
@@ -482,5 +501,19 @@ mod tests {
     #[test]
     fn peers_cannot_send_terminal_controls() {
         assert_eq!(sanitize("a\x1b[2Jb\tc\u{7}").as_str(), "a\u{FFFD}[2Jb\tc\u{FFFD}");
+        // Every class the filter names, one character each: C0, DEL, C1 (CSI, OSC), bidi
+        // embeddings and isolates, marks, invisible spaces and separators.
+        let hostile = [
+            '\u{0}', '\u{1b}', '\r', '\n', '\u{7f}', '\u{9b}', '\u{9d}', '\u{061C}', '\u{200B}', '\u{200C}',
+            '\u{200D}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}',
+            '\u{2067}', '\u{2068}', '\u{2069}', '\u{2028}', '\u{2029}', '\u{FEFF}',
+        ];
+        for c in hostile {
+            assert_eq!(sanitize(&format!("x{c}y")).as_str(), "x\u{FFFD}y", "U+{:04X} got through", u32::from(c));
+        }
+        // What people write stays as it is: accents, CJK, right-to-left scripts, emoji.
+        for fine in ["café", "日本語", "שלום עולם", "مرحبا", "🙂👍", "a\tb"] {
+            assert_eq!(sanitize(fine).as_str(), fine);
+        }
     }
 }

@@ -119,3 +119,24 @@ async fn core_dumps_are_off_and_memory_is_locked() {
     })
     .await;
 }
+
+/// GHOSTWIRE_CODE is not left in the environment block the kernel shows in /proc/PID/environ
+/// (readable by root, or anyone while the process is dumpable): its bytes are overwritten.
+#[tokio::test]
+async fn the_code_from_the_environment_is_wiped_from_proc_environ() {
+    within(30, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let mut cmd = tokio::process::Command::new(bin("ghostwire"));
+        cmd.env("GHOSTWIRE_CODE", "ENVWIPE1-tulip-cider-lunar");
+        let mut a = Peer::start_with(cmd, &["--relay", &relay.url()]);
+        a.status("searching").await;
+        let pid = a.child.id().unwrap();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let text = String::from_utf8_lossy(&environ);
+        assert!(text.contains("NO_COLOR=1"), "the environment block was read: {text:?}");
+        assert!(!text.contains("tulip") && !text.contains("ENVWIPE1"), "the code is still there: {text:?}");
+        a.say("/quit").await;
+        assert_eq!(a.exit().await.0, 0);
+    })
+    .await;
+}

@@ -12,7 +12,11 @@ use ghostwire_tests::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Decides what becomes of a frame from client `from` (0 or 1): a list of (to, text) to send.
+/// A destination in a rule's answer that drops both connections at once (no close frame).
+const CUT: usize = usize::MAX;
+
+/// Decides what becomes of a frame from client `from` (0 or 1): a list of (to, text) to send
+/// (to [`CUT`]: drop both sockets instead).
 type Rule = Box<dyn FnMut(usize, &str) -> Vec<(usize, String)> + Send>;
 
 /// Accepts two clients, answers their JOINs with PEER_FOUND (or lets `before_found` speak first),
@@ -57,7 +61,11 @@ async fn hostile_with(mut rule: Rule, before_found: Option<String>, graceful: bo
                 let _ = other.send(Message::text(r#"{"type":"PEER_LEFT"}"#)).await;
                 continue;
             };
-            for (to, out) in rule(from, text.as_str()) {
+            let out = rule(from, text.as_str());
+            if out.iter().any(|(to, _)| *to == CUT) {
+                break;
+            }
+            for (to, out) in out {
                 if !open[to] {
                     continue;
                 }
@@ -381,6 +389,123 @@ async fn a_relay_in_the_middle_is_caught_by_the_codes_secret() {
             assert!(log.contains("verification failed: wrong code or a relay in the middle"), "{log}");
         }
         assert_eq!(msgs.load(std::sync::atomic::Ordering::SeqCst), 0, "no message reached the relay");
+    })
+    .await;
+}
+
+/// A relay in the middle that has received A's key-confirmation MAC (all it needs to test a
+/// guess of the code offline) and then ends A's session in a way that reads as harmless: going
+/// away (1001), a lost peer (4011), or a dropped connection. Each must still burn the code:
+/// "verification failed", exit 5, never "run ghostwire again".
+#[tokio::test]
+async fn a_relay_that_leaves_after_taking_the_mac_cannot_dodge_the_burn() {
+    within(60, async {
+        let error = |code: u16| format!(r#"{{"type":"ERROR","code":{code},"reason":"maintenance"}}"#);
+        let endings: [(&str, Option<String>); 3] =
+            [("going away", Some(error(1001))), ("peer lost", Some(error(4011))), ("cut", None)];
+        for (what, frame) in endings {
+            let rule: Rule = Box::new(move |from, f| match (from, kind(f).as_str(), &frame) {
+                (0, "KEY_CONFIRM", Some(frame)) => vec![(0, frame.clone())],
+                (0, "KEY_CONFIRM", None) => vec![(CUT, String::new())],
+                (1, "KEY_CONFIRM", _) => vec![],
+                _ => forward(from, f),
+            });
+            let url = hostile(rule, None).await;
+            let start = |url: &str| {
+                let mut cmd = tokio::process::Command::new(bin("ghostwire"));
+                cmd.env("GHOSTWIRE_CODE", "ROOM0001-tulip-cider-lunar");
+                Peer::start_with(cmd, &["--relay", url])
+            };
+            let mut a = start(&url);
+            a.status("searching").await;
+            let _b = start(&url);
+            let (code, log) = a.exit().await;
+            assert_eq!(code, 5, "{what}: {log}");
+            assert!(log.contains("verification failed") && log.contains("burnt"), "{what}: {log}");
+            assert!(!log.contains("run ghostwire again"), "{what}: {log}");
+        }
+    })
+    .await;
+}
+
+/// Every hostile character class a relay or peer can put in text this client prints.
+const HOSTILE_TEXT: &str =
+    "\u{1b}]52;c;cHduZWQ=\u{7}\u{1b}[2J\u{1b}]0;title\u{7}\u{9b}31m\u{202e}exe.txt\u{2066}\u{200b}\u{2028}\u{feff}\r";
+
+/// Whether `text` still holds a character from [`HOSTILE_TEXT`] that must not reach a terminal.
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| {
+            (c.is_control() && *c != '\n' && *c != '\t')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200b}'..='\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{feff}')
+        })
+        .collect()
+}
+
+/// A relay that answers the JOIN with `reply` and then waits for the client to go.
+async fn one_reply(reply: Message) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let _join = ws.next().await;
+        let _ = ws.send(reply).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    url
+}
+
+/// Each path by which text from the network is printed, fed every hostile class: an unknown
+/// frame type (quoted in a decoding error), an ERROR reason, a close reason, and a peer's
+/// message. Nothing raw reaches stderr or stdout; the replacement character shows where.
+#[tokio::test]
+async fn nothing_from_the_network_reaches_the_terminal_raw() {
+    within(60, async {
+        use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+        let unknown_type = json!({ "type": HOSTILE_TEXT }).to_string();
+        let error_reason = json!({"type": "ERROR", "code": 4999, "reason": HOSTILE_TEXT}).to_string();
+        let close = CloseFrame { code: CloseCode::from(4998), reason: HOSTILE_TEXT.into() };
+        for reply in [Message::text(unknown_type), Message::text(error_reason), Message::Close(Some(close))] {
+            let url = one_reply(reply.clone()).await;
+            let (code, log) = Peer::start(&["--relay", &url, "ROOM0001"]).exit().await;
+            assert_ne!(code, 0, "{log}");
+            assert!(raw_controls(&log).is_empty(), "raw {:?} in {log:?}", raw_controls(&log));
+            assert!(log.contains('\u{fffd}'), "the hostile text was shown, replaced: {log:?}");
+        }
+        // A peer's message, to a piped peer (stdout) and in its status lines.
+        let relay = TestRelay::with(|_| {}).await;
+        let (mut a, mut b, _, _) = connected_pair(&relay.url(), &room("ctl"), &[]).await;
+        a.say(&format!("hello {}", HOSTILE_TEXT.replace(['\r'], ""))).await;
+        let heard = b.heard().await;
+        assert!(heard.starts_with("hello "), "{heard:?}");
+        assert!(raw_controls(&heard).is_empty(), "raw {:?} in {heard:?}", raw_controls(&heard));
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}
+
+/// A relay that accepts the TCP connection and never answers: the client gives up after
+/// --connect-timeout with a sentence that says so (exit 3), instead of hanging.
+#[tokio::test]
+async fn a_silent_relay_is_given_up_after_the_connect_timeout() {
+    within(30, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let (code, log) = Peer::start(&["--relay", &url, "--connect-timeout", "1s", "ROOM0001"]).exit().await;
+        assert_eq!(code, 3, "{log}");
+        assert!(log.contains("did not answer within 1s (--connect-timeout)"), "{log}");
+        // A bad value names the flag.
+        let (code, log) = Peer::start(&["--relay", &url, "--connect-timeout", "0s", "ROOM0001"]).exit().await;
+        assert_eq!(code, 2, "{log}");
+        assert!(log.contains("--connect-timeout"), "{log}");
+        held.abort();
     })
     .await;
 }
