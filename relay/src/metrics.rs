@@ -177,6 +177,9 @@ pub struct UpstreamMetrics {
     pub peer_deaths: IntCounter,
     /// Link handshakes refused because the other side does not hold the cluster secret (mesh).
     pub link_auth_failures: IntCounter,
+    /// Inbound link connections closed unanswered: the handshake permits, shared or for their
+    /// source address, were all taken (mesh).
+    pub handshakes_refused: IntCounter,
     /// Gossip datagrams dropped because they did not open under the cluster's key (mesh).
     pub gossip_refused: IntCounter,
     /// Seats held across the mesh, as each relay on the roster last published its load (mesh).
@@ -350,6 +353,10 @@ impl Metrics {
                 link_auth_failures: b.counter(
                     "upstream_link_auth_failures_total",
                     "Link handshakes refused: the other side does not hold the cluster secret (mesh).",
+                ),
+                handshakes_refused: b.counter(
+                    "upstream_link_handshakes_refused_total",
+                    "Inbound link connections closed unanswered: too many handshakes at once, in all or from their source (mesh).",
                 ),
                 gossip_refused: b.counter(
                     "upstream_gossip_refused_total",

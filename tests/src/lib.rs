@@ -818,67 +818,86 @@ pub async fn until_meshed(admin: std::net::SocketAddr, others: usize) {
 /// A cut in the network in front of one loopback port: what is sent to `front` (TCP
 /// connections and UDP datagrams) reaches `back` while the cut is closed ([`run`]); [`kill`]
 /// drops every connection through it and stops forwarding, as a failed switch would.
+/// [`kill_tcp`] and [`kill_udp`] cut one protocol only.
 pub struct Cut {
     pub front: u16,
     back: u16,
-    stop: Option<CancellationToken>,
+    tcp: Option<CancellationToken>,
+    udp: Option<CancellationToken>,
 }
 
 impl Cut {
     /// A cut in front of `back`, forwarding.
     pub fn new(back: u16) -> Cut {
-        let mut cut = Cut { front: free_port(), back, stop: None };
+        let mut cut = Cut { front: free_port(), back, tcp: None, udp: None };
         cut.run();
         cut
     }
 
-    /// (Re)starts forwarding on `front`. Must be called inside a Tokio runtime.
+    /// (Re)starts forwarding on `front`, both protocols. Must be called inside a Tokio runtime.
     pub fn run(&mut self) {
-        let stop = CancellationToken::new();
         let front = std::net::SocketAddr::from(([127, 0, 0, 1], self.front));
         let back = std::net::SocketAddr::from(([127, 0, 0, 1], self.back));
-        let tcp = std::net::TcpListener::bind(front).unwrap();
-        tcp.set_nonblocking(true).unwrap();
-        let tcp = tokio::net::TcpListener::from_std(tcp).unwrap();
-        let udp = std::net::UdpSocket::bind(front).unwrap();
-        udp.set_nonblocking(true).unwrap();
-        let udp = tokio::net::UdpSocket::from_std(udp).unwrap();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut inbound, _) = tokio::select! {
-                    () = token.cancelled() => return,
-                    got = tcp.accept() => match got { Ok(c) => c, Err(_) => continue },
-                };
-                let token = token.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(back).await else { return };
-                    tokio::select! {
-                        () = token.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    }
-                });
-            }
-        });
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let out = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let mut buf = vec![0u8; 65_536];
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    got = udp.recv_from(&mut buf) => if let Ok((n, _)) = got {
-                        let _ = out.send_to(&buf[..n], back).await;
-                    },
+        if self.tcp.is_none() {
+            let token = CancellationToken::new();
+            self.tcp = Some(token.clone());
+            let tcp = std::net::TcpListener::bind(front).unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            let tcp = tokio::net::TcpListener::from_std(tcp).unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let (mut inbound, _) = tokio::select! {
+                        () = token.cancelled() => return,
+                        got = tcp.accept() => match got { Ok(c) => c, Err(_) => continue },
+                    };
+                    let token = token.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(back).await else { return };
+                        tokio::select! {
+                            () = token.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        }
+                    });
                 }
-            }
-        });
-        self.stop = Some(stop);
+            });
+        }
+        if self.udp.is_none() {
+            let token = CancellationToken::new();
+            self.udp = Some(token.clone());
+            let udp = std::net::UdpSocket::bind(front).unwrap();
+            udp.set_nonblocking(true).unwrap();
+            let udp = tokio::net::UdpSocket::from_std(udp).unwrap();
+            tokio::spawn(async move {
+                let out = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let mut buf = vec![0u8; 65_536];
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        got = udp.recv_from(&mut buf) => if let Ok((n, _)) = got {
+                            let _ = out.send_to(&buf[..n], back).await;
+                        },
+                    }
+                }
+            });
+        }
     }
 
     /// Drops every connection through the cut and stops forwarding.
     pub fn kill(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        self.kill_tcp();
+        self.kill_udp();
+    }
+
+    /// Drops every TCP connection through the cut and refuses new ones; datagrams still pass.
+    pub fn kill_tcp(&mut self) {
+        if let Some(stop) = self.tcp.take() {
+            stop.cancel();
+        }
+    }
+
+    /// Stops forwarding datagrams; TCP still passes.
+    pub fn kill_udp(&mut self) {
+        if let Some(stop) = self.udp.take() {
             stop.cancel();
         }
     }

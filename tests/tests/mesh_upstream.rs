@@ -256,6 +256,8 @@ async fn a_restarted_relay_is_a_new_generation() {
         let restarted = relay_from(&mesh_relay_args(&intro, &format!("127.0.0.1:{port}"), "30s"));
         expect_error(&mut a, 4011).await;
         until_meshed(restarted.admin, 1).await;
+        // The survivor admits new rooms once it is linked to the new incarnation too.
+        until_meshed(r[0].admin, 1).await;
         let (mut c, mut d) = (join(&r[0].url, &code).await, join(&restarted.url, &code).await);
         expect_peer_found(&mut c).await;
         expect_peer_found(&mut d).await;

@@ -210,6 +210,7 @@ pub async fn run(
                     }
                 }
                 out.metrics.upstream.mesh_seats.set(mesh_seats(&out.roster, &g.loads, g.me.incarnation) as i64);
+                out.reconcile(foca.iter_members().map(|m| m.id()));
                 let alone = foca.iter_members().next().is_none();
                 if alone || rounds % 3 == 0 {
                     for seed in &g.seeds {
@@ -246,6 +247,33 @@ struct Outlet<'a> {
 }
 
 impl Outlet<'_> {
+    /// Makes the roster what it means: every relay the membership says is alive, and every
+    /// relay whose link to us is up; and links again the live ones whose quarantine is over.
+    ///
+    /// A link-level give-up (a TCP-only outage, a one-way cut, a stranger holding the handshake
+    /// slots) leaves the membership unchanged, so no MemberUp would ever bring that relay back:
+    /// without this walk, two live relays that gave each other up stayed apart for good, each
+    /// owning the other's rooms. A live relay whose link is down stays on the roster, so this
+    /// relay is not ready, and refuses new rooms (4007), until the link is back or the
+    /// membership declares it down.
+    fn reconcile<'n>(&self, members: impl Iterator<Item = &'n Node>) {
+        let Some(links) = &self.links else { return };
+        let alive: HashMap<u64, SocketAddr> =
+            members.filter(|n| n.relay && !links.is_dead(n.incarnation)).map(|n| (n.incarnation, n.addr)).collect();
+        {
+            let mut roster = self.roster.lock().unwrap_or_else(|p| p.into_inner());
+            roster.retain(|id, _| alive.contains_key(id) || links.is_up(*id));
+            roster.extend(alive.iter().map(|(id, addr)| (*id, *addr)));
+            self.metrics.upstream.roster_size.set(roster.len() as i64);
+        }
+        // The roster's lock is never held while the links are called (they call back into it).
+        for (id, addr) in alive {
+            if !links.is_lost(id) {
+                links.ensure(id, &addr.to_string());
+            }
+        }
+    }
+
     /// Sends what foca wants sent, schedules its timers, applies its notifications.
     async fn flush(&self, rt: &mut foca::AccumulatingRuntime<Node>) {
         let (socket, seal, timers, roster, links, active, metrics) =
@@ -275,8 +303,12 @@ impl Outlet<'_> {
                 // Down in the membership: no longer a candidate owner for new rooms. Its links decide
                 // whether its rooms end (they are given up only after `--mesh-peer-timeout`), so a
                 // short cut loses nothing even when the membership is quicker to judge.
+                // A relay whose link to us is up is alive whatever the datagrams say (a UDP-only
+                // cut): it stays on the roster, so both sides keep computing the same owners.
                 foca::OwnedNotification::MemberDown(node) if node.relay => {
-                    lock().remove(&node.incarnation);
+                    if !links.is_some_and(|l| l.is_up(node.incarnation)) {
+                        lock().remove(&node.incarnation);
+                    }
                     metrics.upstream.suspicions.inc();
                 }
                 foca::OwnedNotification::Active => active.store(true, Ordering::Release),

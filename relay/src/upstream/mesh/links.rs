@@ -16,8 +16,14 @@
 //! **Liveness.** Both sides beat every `--mesh-heartbeat`. A peer is given up (and every seat
 //! that depends on it ends, see the module above) when its own link to us has been silent, or
 //! ours to it down or unacknowledged, for `--mesh-peer-timeout`; or at once when its address
-//! answers with another incarnation (it restarted). A given-up incarnation is quarantined for two
-//! timeouts, after which a new session may start with it (a healed partition).
+//! answers with another incarnation (it restarted). A given-up incarnation is quarantined for one
+//! timeout, after which a new session may start with it (a healed partition: the membership's
+//! walk links it again, see `gossip`).
+//!
+//! **Knocking costs little.** An inbound connection holds a handshake permit only while it
+//! handshakes: at most 64 at once, at most 4 from one source address, and a connection that
+//! has not sent its first message within a second is closed. A stranger without the secret
+//! cannot keep a relay from linking to the others.
 
 use super::wire::{Envelope, Malformed, Msg};
 use crate::metrics::Metrics;
@@ -50,6 +56,12 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 /// Inbound handshakes in progress at most: more connections are closed unanswered, so knocking
 /// without the secret cannot pile up tasks (each handshake is bounded by `CONNECT_TIMEOUT`).
 const HANDSHAKES: usize = 64;
+/// Inbound handshakes in progress from one source address at most: a stranger who opens many
+/// connections holds only these, and relays at other addresses still get in.
+const HANDSHAKES_PER_SOURCE: usize = 4;
+/// The dialer speaks first (Noise's `-> e`): a connection silent for this long is closed, so a
+/// socket that sends nothing holds a handshake permit for this, not for `CONNECT_TIMEOUT`.
+const FIRST_MESSAGE: Duration = Duration::from_secs(1);
 
 /// What the mesh does with what links bring.
 pub trait Handler: Send + Sync + 'static {
@@ -84,8 +96,8 @@ pub struct Links {
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
     /// The sessions of the relays that dial us.
     inbound: Mutex<HashMap<u64, InState>>,
-    /// Incarnations given up, and when.
-    lost: Mutex<HashMap<u64, Instant>>,
+    /// Incarnations given up, when, and how surely they are gone.
+    lost: Mutex<HashMap<u64, (Instant, Gone)>>,
     /// Messages to this relay itself, delivered in order by one task (which then answers the
     /// sender, if it waits for the delivery).
     to_self: mpsc::UnboundedSender<(Msg, Option<oneshot::Sender<()>>)>,
@@ -107,6 +119,21 @@ struct Peer {
     /// Up at least once (a later connection is a reconnect).
     was_up: AtomicBool,
     gone: CancellationToken,
+}
+
+/// Why a relay was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// It said goodbye, or a new incarnation answers at its address: it will not come back.
+    Certainly,
+    /// Its link was down, silent or unacknowledged for the peer timeout: dead, or cut off.
+    Silent,
+}
+
+/// An inbound handshake in progress: one of the shared permits and one of its source's.
+struct Permit {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    _source: crate::limits::IpSlot,
 }
 
 /// What a listener knows of a dialer's session.
@@ -289,17 +316,27 @@ impl Links {
     pub fn listen(self: &Arc<Self>, listener: TcpListener) {
         let links = Arc::clone(self);
         let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+        let per_source = crate::limits::PerIp::new(HANDSHAKES_PER_SOURCE);
         self.tasks.spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     () = links.stop.cancelled() => return,
                     accepted = listener.accept() => accepted,
                 };
-                let Ok((stream, _)) = accepted else {
+                let Ok((stream, from)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else { continue };
+                // The source's own share first, so one address cannot take the shared permits.
+                let Some(source) = per_source.acquire(from.ip()) else {
+                    links.metrics.upstream.handshakes_refused.inc();
+                    continue;
+                };
+                let Ok(global) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    links.metrics.upstream.handshakes_refused.inc();
+                    continue;
+                };
+                let permit = Permit { _global: global, _source: source };
                 let links2 = Arc::clone(&links);
                 links.tasks.spawn(async move {
                     let stop = links2.stop.clone();
@@ -320,10 +357,8 @@ impl Links {
         if id == self.settings.me || self.stop.is_cancelled() {
             return;
         }
-        if let Some(at) = lock(&self.lost).get(&id) {
-            if at.elapsed() < 2 * self.settings.peer_timeout {
-                return;
-            }
+        if self.is_lost(id) {
+            return;
         }
         let mut peers = lock(&self.peers);
         if let Some(peer) = peers.get(&id) {
@@ -357,7 +392,25 @@ impl Links {
 
     /// Whether `id` was given up and is still in quarantine.
     pub fn is_lost(&self, id: u64) -> bool {
-        lock(&self.lost).get(&id).is_some_and(|at| at.elapsed() < 2 * self.settings.peer_timeout)
+        lock(&self.lost).get(&id).is_some_and(|(at, _)| at.elapsed() < self.quarantine())
+    }
+
+    /// Whether `id` is known to be gone for good (it said goodbye, or its address answers as a
+    /// new incarnation), not only silent.
+    pub fn is_dead(&self, id: u64) -> bool {
+        lock(&self.lost).get(&id).is_some_and(|(_, gone)| *gone == Gone::Certainly)
+    }
+
+    /// How long a given-up incarnation is refused: one peer timeout, by which time the other
+    /// side has given this relay up too (both judge the same silence), so the sessions that
+    /// start after it start clean on both sides.
+    fn quarantine(&self) -> Duration {
+        self.settings.peer_timeout
+    }
+
+    /// Whether the link to `id` is up now.
+    pub fn is_up(&self, id: u64) -> bool {
+        lock(&self.peers).get(&id).is_some_and(|p| p.up.load(Ordering::Relaxed))
     }
 
     /// Queues `msg` for relay `to`; `false` if that relay is not (or no longer) linked.
@@ -414,15 +467,15 @@ impl Links {
     }
 
     /// Gives up relay `id`: forgets its sessions and tells the handler.
-    pub fn give_up(&self, id: u64, why: &str) {
+    pub fn give_up(&self, id: u64, why: &str, gone: Gone) {
         let Some(peer) = lock(&self.peers).remove(&id) else { return };
         peer.gone.cancel();
         lock(&self.inbound).remove(&id);
         {
             let mut lost = lock(&self.lost);
-            let quarantine = 2 * self.settings.peer_timeout;
-            lost.retain(|_, at| at.elapsed() < quarantine);
-            lost.insert(id, Instant::now());
+            let quarantine = self.quarantine();
+            lost.retain(|_, (at, _)| at.elapsed() < quarantine);
+            lost.insert(id, (Instant::now(), gone));
         }
         self.metrics.upstream.peer_deaths.inc();
         tracing::info!(relay = %format_args!("{id:016x}"), why, "gave up a relay of the mesh");
@@ -462,7 +515,7 @@ impl Links {
                 backoff = Duration::from_millis(50);
             }
             if let LinkEnd::Replaced = end {
-                self.give_up(peer.id, "its address answers as another relay (it restarted)");
+                self.give_up(peer.id, "its address answers as another relay (it restarted)", Gone::Certainly);
                 break;
             }
             if let LinkEnd::Noise(_) = end {
@@ -504,7 +557,7 @@ impl Links {
             } else {
                 continue;
             };
-            self.give_up(peer.id, why);
+            self.give_up(peer.id, why, Gone::Silent);
             return;
         }
     }
@@ -579,7 +632,7 @@ impl Links {
     }
 
     /// One inbound connection: the dialer's session, in order, each message once.
-    async fn serve_inbound(self: &Arc<Self>, stream: TcpStream, permit: tokio::sync::OwnedSemaphorePermit) -> LinkEnd {
+    async fn serve_inbound(self: &Arc<Self>, stream: TcpStream, permit: Permit) -> LinkEnd {
         match self.inbound(stream, permit).await {
             Ok(()) => LinkEnd::Closed,
             Err(e) => {
@@ -592,11 +645,9 @@ impl Links {
         }
     }
 
-    async fn inbound(
-        self: &Arc<Self>,
-        stream: TcpStream,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<(), LinkEnd> {
+    async fn inbound(self: &Arc<Self>, stream: TcpStream, permit: Permit) -> Result<(), LinkEnd> {
+        // A dialer speaks at once: silence past FIRST_MESSAGE gives the permit back.
+        timeout(FIRST_MESSAGE, stream.readable()).await??;
         let mut link = timeout(CONNECT_TIMEOUT, Noise::handshake(stream, &self.settings.psk, false)).await??;
         let (from, session, addr) = match timeout(CONNECT_TIMEOUT, link.recv()).await?? {
             Envelope::Hello { from, session, addr, .. } => (from, session, addr),
@@ -640,7 +691,7 @@ impl Links {
                         Envelope::Data { seq, msg: Msg::Bye } => {
                             // It shut down after its departures (acknowledged before this).
                             let _ = link.send(&Envelope::Ack { next: seq + 1 }).await;
-                            self.give_up(from, "it shut down");
+                            self.give_up(from, "it shut down", Gone::Certainly);
                             return Ok(());
                         }
                         Envelope::Data { seq, msg } => {

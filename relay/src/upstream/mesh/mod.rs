@@ -21,6 +21,14 @@
 //! came or went) can pick different owners for one room: two joiners can then wait in two
 //! places until the rosters agree and a later joiner finds one of them; the room never holds
 //! three, since every room lives at exactly one owner and each owner admits two.
+//!
+//! **Partitions.** A relay admits new rooms only while ready: known to the membership and
+//! linked to every relay on its roster. A relay the links gave up for silence stays on the
+//! roster while the membership says it is alive, so a cut that the membership does not see
+//! (TCP only, one way, a stranger holding handshake slots) makes the relays on both sides
+//! refuse new rooms (4007) rather than each own the other's; the membership's walk relinks
+//! them when the cut heals. A full two-way partition whose sides both keep a live member is
+//! not covered (docs/PROTOCOL.md, section 26).
 
 mod gossip;
 mod links;
@@ -146,7 +154,11 @@ impl Handler for Router {
 
     fn peer_lost(&self, id: u64) {
         let Some(shared) = self.0.upgrade() else { return };
-        {
+        // Known dead (it said goodbye, or restarted): off the roster now. Only silent: it stays
+        // while the membership says it is alive (see `gossip::Outlet::reconcile`), and, not
+        // linked, keeps this relay from admitting new rooms that the two could otherwise each
+        // claim to own.
+        if shared.links.is_dead(id) {
             let mut roster = shared.roster.lock().unwrap_or_else(|p| p.into_inner());
             roster.remove(&id);
             shared.metrics.upstream.roster_size.set(roster.len() as i64);
@@ -240,28 +252,6 @@ impl Mesh {
         let links = (!mesh.introducer).then(|| Arc::clone(&shared.links));
         let active = Arc::clone(&shared.active);
         tasks.spawn(gossip::run(g, Arc::clone(&shared.roster), links, active, Arc::clone(&metrics), stop.clone()));
-        // The roster is also walked now and then, so a relay given up earlier (a partition that
-        // healed) is linked again once its quarantine is over.
-        let weak = Arc::downgrade(&shared);
-        let every = mesh.peer_timeout;
-        let stop2 = stop.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    () = stop2.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let Some(shared) = weak.upgrade() else { return };
-                let roster: Vec<(u64, SocketAddr)> =
-                    shared.roster.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, *v)).collect();
-                if !shared.introducer {
-                    for (id, addr) in roster {
-                        shared.links.ensure(id, &addr.to_string());
-                    }
-                }
-            }
-        });
         tracing::info!(
             listen = %listen,
             advertise = %advertised,
@@ -293,6 +283,11 @@ async fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::TcpListener, tokio::
 
 impl Upstream for Mesh {
     fn join<'a>(&'a self, room: &'a RoomId, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
+        // Not linked to every relay on the roster: another relay may be deciding this room's
+        // owner from another roster, so no new room is admitted here (4007) until it is.
+        if let Err(why) = self.ready() {
+            return Box::pin(std::future::ready(Err(JoinError::Unavailable(why))));
+        }
         Box::pin(seat::join(Arc::clone(&self.shared), &self.tasks, *room, me))
     }
 
