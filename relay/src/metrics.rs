@@ -162,6 +162,10 @@ pub struct UpstreamMetrics {
     pub retransmits: IntCounter,
     /// Messages dropped because they did not come from the seat they claim (a stale or confused relay).
     pub foreign_messages: IntCounter,
+    /// Broker messages, records and slot values dropped because their tag did not verify under
+    /// the cluster secret: forged, replayed elsewhere, or from a relay with another secret
+    /// (NATS, Kafka).
+    pub forged: IntCounter,
     /// Records behind the end of the log, summed over partitions, as of the last read (Kafka).
     pub consumer_lag: IntGauge,
     /// Times a partition had to be read from a new position: its offset was gone (retention or a
@@ -331,6 +335,10 @@ impl Metrics {
                 foreign_messages: b.counter(
                     "upstream_foreign_messages_total",
                     "Messages dropped because they did not come from the partner seat they name.",
+                ),
+                forged: b.counter(
+                    "upstream_forged_total",
+                    "Broker messages, records and slot values dropped: their tag does not verify under the cluster secret (NATS, Kafka).",
                 ),
                 consumer_lag: b.gauge(
                     "upstream_consumer_lag",

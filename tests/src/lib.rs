@@ -163,8 +163,13 @@ pub async fn finish_close(ws: &mut Ws) {
 
 /// Two clients joined to `room`, both past PEER_FOUND.
 pub async fn pair(url: &str, room: &str) -> (Ws, Ws) {
-    let mut a = join(url, room).await;
-    let mut b = join(url, room).await;
+    pair_via(url, url, room).await
+}
+
+/// Two clients in `room`, through `url_a` and `url_b`, both told PEER_FOUND.
+pub async fn pair_via(url_a: &str, url_b: &str, room: &str) -> (Ws, Ws) {
+    let mut a = join(url_a, room).await;
+    let mut b = join(url_b, room).await;
     expect_peer_found(&mut a).await;
     expect_peer_found(&mut b).await;
     (a, b)

@@ -414,15 +414,6 @@ impl World {
     }
 }
 
-/// Two clients in `code`, through `url_a` and `url_b`, both told PEER_FOUND.
-async fn pair_via(url_a: &str, url_b: &str, code: &str) -> (Ws, Ws) {
-    let mut a = join(url_a, code).await;
-    let mut b = join(url_b, code).await;
-    expect_peer_found(&mut a).await;
-    expect_peer_found(&mut b).await;
-    (a, b)
-}
-
 macro_rules! case {
     ($kind:expr, $secs:expr, $($case:ident),+) => {
         $(

@@ -91,44 +91,145 @@ async fn a_restarted_nats_server_refuses_joins_meanwhile_and_a_waiting_peer_is_s
 /// What a confused or stale relay might send, sent by hand on the broker: a reservation given up
 /// (`x`) frees the waiting seat at once; a commit from a seat that did not reserve is refused;
 /// frames that name a sender other than the partner are dropped and counted, never delivered.
+/// The seat id in a slot's value: the id, then its 16-byte tag.
+fn seat_in(value: &[u8]) -> String {
+    String::from_utf8(value[..value.len() - 16].to_vec()).unwrap()
+}
+
+/// A frame message as relays send them (first number, then length and frame), untagged.
+fn frame_message(text: &str) -> Vec<u8> {
+    let mut m = 0u64.to_be_bytes().to_vec();
+    m.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    m.extend_from_slice(text.as_bytes());
+    m
+}
+
+/// A forger with full access to the NATS server but not the cluster secret: it reads the slots
+/// and every subject, and publishes and requests anything. Each attack of the red-team pass is
+/// performed: pairing a waiting client with a seat of its own, injecting a frame, announcing a
+/// departure, planting a slot, and replaying or splicing a real relay's message. None is acted
+/// on; each is counted in `upstream_forged_total`; the clients see only each other.
 #[tokio::test]
-async fn pairing_is_two_phase_and_messages_from_other_seats_are_refused() {
+async fn a_forger_on_the_broker_cannot_pair_inject_evict_or_plant() {
     let nats = NatsServer::start();
     within(60, async {
         let r = relays(&nats, 2).await;
-        let monitor = async_nats::connect(nats.url()).await.unwrap();
-        let mut slots = monitor.subscribe("$KV.ghostwire-rooms.>").await.unwrap();
-        monitor.flush().await.unwrap();
-        let code = room("phases");
+        let forged = |i: usize| r[i].metrics.upstream.forged.get();
+        let forger = async_nats::connect(nats.url()).await.unwrap();
+        let mut slots = forger.subscribe("$KV.ghostwire-rooms.>").await.unwrap();
+        let mut wire = forger.subscribe("ghostwire.seat.>").await.unwrap();
+        forger.flush().await.unwrap();
+        let code = room("forge");
         let mut a = join(&r[0].url(), &code).await;
         let slot = tokio::time::timeout(FRAME_WAIT, slots.next()).await.unwrap().unwrap();
-        let seat_a = String::from_utf8(slot.payload.to_vec()).unwrap();
+        let seat_a = seat_in(&slot.payload);
         let to_a = |kind: &str, from: &str| format!("ghostwire.seat.{seat_a}.{kind}.{from}");
-        let (stale, other) = ("0123456789abcdef.1", "fedcba9876543210.2");
+        let mine = "0123456789abcdef.1";
 
-        // Phase one from a joiner that then gives up: reserved, then free again.
-        let reply = monitor.request(to_a("j", stale), "".into()).await.unwrap();
-        assert_eq!(reply.payload.as_ref(), b"ok");
-        let reply = monitor.request(to_a("c", other), "".into()).await.unwrap();
-        assert_eq!(reply.payload.as_ref(), b"no", "only the seat that reserved may commit");
-        monitor.publish(to_a("x", stale), "".into()).await.unwrap();
+        // Pairing A with the forger's seat: phase one and two, unanswered and not acted on.
+        let before = forged(0);
+        let j = tokio::time::timeout(Duration::from_millis(500), forger.request(to_a("j", mine), "".into())).await;
+        assert!(!matches!(j, Ok(Ok(_))), "a forged pairing request was answered");
+        let c = tokio::time::timeout(Duration::from_millis(500), forger.request(to_a("c", mine), "".into())).await;
+        assert!(!matches!(c, Ok(Ok(_))), "a forged commit was answered");
+        assert!(forged(0) >= before + 2, "the forgeries were counted");
 
-        // A real joiner pairs with A (the reservation is gone).
+        // A real joiner still finds A waiting.
         let mut b = join(&r[1].url(), &code).await;
         expect_peer_found(&mut a).await;
         expect_peer_found(&mut b).await;
+        let slot_b = tokio::time::timeout(FRAME_WAIT, slots.next()).await.unwrap().unwrap();
+        let seat_b = seat_in(&slot_b.payload);
 
-        // A frame that names a seat other than A's partner is not A's partner's frame.
-        // A well-formed frame message (first number, then length and frame), from the wrong seat.
-        let text = signal("MSG", "forged");
-        let mut forged = 0u64.to_be_bytes().to_vec();
-        forged.extend_from_slice(&(text.len() as u32).to_be_bytes());
-        forged.extend_from_slice(text.as_bytes());
-        monitor.publish(to_a("f", stale), forged.into()).await.unwrap();
-        monitor.flush().await.unwrap();
-        until_metric(r[0].admin, "ghostwire_upstream_foreign_messages_total 1").await;
+        // As B's own seat: a frame, then a departure. Neither reaches A.
+        let before = forged(0);
+        forger.publish(to_a("f", &seat_b), frame_message(&signal("MSG", "injected")).into()).await.unwrap();
+        forger.publish(to_a("l", &seat_b), "0".into()).await.unwrap();
+        forger.flush().await.unwrap();
+        eventually(10, "the forged frame and departure counted", || async {
+            if forged(0) >= before + 2 {
+                Ok(())
+            } else {
+                Err(format!("forged {}", forged(0)))
+            }
+        })
+        .await;
         send(&mut b, signal("MSG", "real")).await;
-        assert_eq!(expect_text(&mut a).await, signal("MSG", "real"), "the forged frame must not arrive");
+        assert_eq!(expect_text(&mut a).await, signal("MSG", "real"), "only B's frame arrives");
+
+        // A real, tagged message of B's, replayed on its subject and spliced onto another:
+        // the replay is a duplicate the pair's numbering drops, the splice does not verify.
+        let captured = loop {
+            let m = tokio::time::timeout(FRAME_WAIT, wire.next()).await.unwrap().unwrap();
+            if m.subject.as_str() == to_a("f", &seat_b) {
+                break m;
+            }
+        };
+        let before = forged(0);
+        forger.publish(captured.subject.clone(), captured.payload.clone()).await.unwrap();
+        forger.publish(to_a("l", &seat_b), captured.payload.clone()).await.unwrap();
+        forger.flush().await.unwrap();
+        eventually(10, "the spliced message counted", || async {
+            if forged(0) > before {
+                Ok(())
+            } else {
+                Err(format!("forged {}", forged(0)))
+            }
+        })
+        .await;
+        send(&mut b, signal("MSG", "after the replay")).await;
+        assert_eq!(expect_text(&mut a).await, signal("MSG", "after the replay"), "the replay was not delivered again");
+
+        // A planted slot: the forger writes a waiting seat of its own into a fresh room. The
+        // relays do not believe it; two real joiners find each other.
+        let planted = room("plant");
+        let js = async_nats::jetstream::new(forger.clone());
+        let kv = js.get_key_value("ghostwire-rooms").await.unwrap();
+        // Where the room's first slot is (the test knows the secret; a forger would have to
+        // find a live room's key by watching, which only makes this attack harder).
+        let keyer = ghostwire_relay::upstream::room_id::RoomKeyer::for_config(&nats_config(&nats.url())).unwrap();
+        let key_a = format!("{}.a", keyer.id(&ghostwire_shared::RoomCode::parse(&planted).unwrap()).hex());
+        let mut fake = forger.subscribe(format!("ghostwire.seat.{mine}.>")).await.unwrap();
+        let mut plant = mine.as_bytes().to_vec();
+        plant.extend_from_slice(&[0u8; 16]);
+        kv.put(&key_a, plant.into()).await.unwrap();
+        let before = forged(1);
+        let (mut d, mut e) = (join(&r[1].url(), &planted).await, join(&r[0].url(), &planted).await);
+        tokio::join!(expect_peer_found(&mut d), expect_peer_found(&mut e));
+        assert!(forged(1) + forged(0) > before, "the planted slot was counted");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), fake.next()).await.is_err(),
+            "a relay asked the planted seat to pair"
+        );
+    })
+    .await;
+}
+
+/// What a broker that deletes slots can do, and its bound: it can let a second pair into a
+/// room whose slots it deleted (no single arbiter can stop that), and the pair it displaced
+/// ends with 4007 at its next slot renewal, a third of `--nats-slot-ttl` (1 s here).
+#[tokio::test]
+async fn a_pair_whose_slots_the_broker_deleted_ends_at_its_next_renewal() {
+    let nats = NatsServer::start();
+    within(60, async {
+        let r = relays_with(&nats, 2, fast_failures).await;
+        let code = room("delete");
+        let (mut a, mut b) = pair_via(&r[0].url(), &r[1].url(), &code).await;
+        let forger = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(forger.clone());
+        let kv = js.get_key_value("ghostwire-rooms").await.unwrap();
+        let mut keys = kv.keys().await.unwrap();
+        while let Some(Ok(key)) = keys.next().await {
+            kv.purge(&key).await.unwrap();
+        }
+        let (mut c, mut d) = pair_via(&r[0].url(), &r[1].url(), &code).await;
+        // Each displaced seat ends: by its own renewal (4007), or by its partner's departure.
+        for ws in [&mut a, &mut b] {
+            let said = expect_text(ws).await;
+            assert!(said.contains("4007") || said.contains("PEER_LEFT"), "{said}");
+        }
+        send(&mut c, signal("MSG", "the pair that stays")).await;
+        assert_eq!(expect_text(&mut d).await, signal("MSG", "the pair that stays"));
     })
     .await;
 }

@@ -47,6 +47,8 @@
 //! * **Shutdown.** [`Upstream::close`] runs after the last connection ended and
 //!   returns once departures have reached the partners (bounded).
 
+#[cfg(any(feature = "nats", feature = "kafka"))]
+pub mod broker_auth;
 pub mod inbox;
 #[cfg(feature = "kafka")]
 pub mod kafka;

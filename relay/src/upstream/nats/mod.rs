@@ -24,12 +24,18 @@
 //!   that time plus one heartbeat. A relay that loses NATS stops hearing
 //!   everyone, so its cross-NATS rooms end the same way on both sides.
 //!
-//! Module map: this file (connection, readiness, join entry), `seat` (the join
+//! * **Tags.** The broker is not trusted: every message, request answer and slot
+//!   value carries a tag under the cluster secret ([`broker_auth`](super::broker_auth)),
+//!   checked before anything else is read. A forger on the broker can delay, drop
+//!   and delete slots; it cannot pair, inject or announce a departure.
+//!
+//! Module map: this file (connection, readiness, join entry, tags), `seat` (the join
 //! protocol and the task that runs one seat), `liveness` (who is still heard).
 
 mod liveness;
 mod seat;
 
+use super::broker_auth::BrokerKey;
 use super::{BoxFuture, JoinError, Joined, Mailbox, RoomId, Upstream};
 use crate::config::{shown_url, Config, NatsConfig};
 use crate::metrics::Metrics;
@@ -80,6 +86,8 @@ struct Shared {
     peer_queue: usize,
     slot_ttl: Duration,
     liveness: Liveness,
+    /// Tags every message and slot value this relay writes, and checks those it reads.
+    key: BrokerKey,
     metrics: Arc<Metrics>,
 }
 
@@ -134,6 +142,7 @@ impl Nats {
             peer_queue: config.peer_queue as usize,
             slot_ttl: nc.slot_ttl.max(Duration::from_secs(1)),
             liveness: Liveness::new(nc.peer_timeout),
+            key: BrokerKey::derive(super::room_id::cluster_secret(config)?.expose().as_bytes(), "nats"),
             metrics,
         });
         let nats = Nats { shared, tasks: TaskTracker::new(), stop: CancellationToken::new() };
@@ -220,8 +229,54 @@ impl Shared {
         let slots: Vec<(String, String)> =
             self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (key, id) in slots {
-            let _ = tokio::time::timeout(OP_TIMEOUT, store.create(&key, bytes::Bytes::from(id))).await;
+            let _ = tokio::time::timeout(OP_TIMEOUT, store.create(&key, self.slot_value(&key, &id))).await;
         }
+    }
+
+    /// `payload` tagged for `subject` (see [`broker_auth`](crate::upstream::broker_auth)).
+    fn seal(&self, subject: &str, payload: &[u8]) -> bytes::Bytes {
+        bytes::Bytes::from(self.key.seal(&[b"msg", subject.as_bytes()], payload))
+    }
+
+    /// The payload of a message on `subject` if its tag verifies; a forgery is counted.
+    fn open(&self, subject: &str, payload: bytes::Bytes) -> Option<bytes::Bytes> {
+        let opened = self.key.open_bytes(&[b"msg", subject.as_bytes()], payload);
+        if opened.is_none() {
+            self.metrics.upstream.forged.inc();
+        }
+        opened
+    }
+
+    /// The answer to a request made on `request`, tagged for it and for the reply subject (unique
+    /// per request), so an answer can be neither forged nor moved to another request.
+    fn seal_reply(&self, request: &str, reply: &str, answer: &[u8]) -> bytes::Bytes {
+        bytes::Bytes::from(self.key.seal(&[b"reply", request.as_bytes(), reply.as_bytes()], answer))
+    }
+
+    /// A tagged request on `subject`: the verified answer, or `None` for an answer that does not
+    /// verify (counted; to the caller, as good as no answer).
+    async fn request(&self, subject: String) -> Result<Option<bytes::Bytes>, async_nats::RequestError> {
+        let sealed = self.seal(&subject, b"");
+        let reply = self.client.request(subject.clone(), sealed).await?;
+        let opened = self.key.open_bytes(&[b"reply", subject.as_bytes(), reply.subject.as_bytes()], reply.payload);
+        if opened.is_none() {
+            self.metrics.upstream.forged.inc();
+        }
+        Ok(opened)
+    }
+
+    /// The value of slot `key` held by seat `id`: the id and its tag for that key.
+    fn slot_value(&self, key: &str, id: &str) -> bytes::Bytes {
+        bytes::Bytes::from(self.key.seal(&[b"slot", self.names.bucket.as_bytes(), key.as_bytes()], id.as_bytes()))
+    }
+
+    /// The seat a slot's value names, if a relay of this cluster wrote it for this key.
+    fn slot_holder<'v>(&self, key: &str, value: &'v [u8]) -> Option<&'v str> {
+        let id = self.key.open(&[b"slot", self.names.bucket.as_bytes(), key.as_bytes()], value);
+        if id.is_none() {
+            self.metrics.upstream.forged.inc();
+        }
+        id.and_then(|id| std::str::from_utf8(id).ok()).filter(|id| seat::is_seat_id(id))
     }
 
     /// Records (or, with `None`, forgets) the slot `key` held by seat `id`.
@@ -341,7 +396,8 @@ async fn heartbeats(shared: Arc<Shared>, every: Duration, stop: CancellationToke
             _ = tick.tick() => {
                 // Bounded: while NATS is away the client's buffer may be full, and the sweep
                 // below must still run.
-                let sent = tokio::time::timeout(every, shared.client.publish(subject.clone(), Default::default())).await;
+                let beat = shared.seal(&subject, b"");
+                let sent = tokio::time::timeout(every, shared.client.publish(subject.clone(), beat)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     shared.metrics.upstream.publish_errors.inc();
                 }
@@ -351,6 +407,10 @@ async fn heartbeats(shared: Arc<Shared>, every: Duration, stop: CancellationToke
                 }
             }
             Some(msg) = futures_util::StreamExt::next(&mut sub) => {
+                // A heartbeat keeps a relay's pairs alive: only a tagged one counts.
+                if shared.open(&msg.subject, msg.payload).is_none() {
+                    continue;
+                }
                 if let Some(relay) = msg.subject.as_str().rsplit('.').next() {
                     shared.liveness.heard(relay);
                 }

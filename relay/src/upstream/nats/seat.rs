@@ -87,10 +87,9 @@ pub(super) async fn join(
     // partner that reads the slot can always reach it ("no responders" then means gone).
     timeout(OP_TIMEOUT, shared.client.flush()).await.map_err(unavailable)?.map_err(unavailable)?;
     let (a, b) = (format!("{room}.a"), format!("{room}.b"));
-    let value = Bytes::from(id.clone());
 
     for round in 0..ATTEMPTS {
-        match timeout(OP_TIMEOUT, kv.create(&a, value.clone())).await.map_err(unavailable)? {
+        match timeout(OP_TIMEOUT, kv.create(&a, shared.slot_value(&a, &id))).await.map_err(unavailable)? {
             Ok(revision) => {
                 let seat = SeatTask::new(&shared, kv, id, a, revision, sub, me, count);
                 return Ok(Joined::Waiting(seat.spawn(&tasks)));
@@ -98,24 +97,25 @@ pub(super) async fn join(
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(unavailable(e)),
         }
-        let revision = match timeout(OP_TIMEOUT, kv.create(&b, value.clone())).await.map_err(unavailable)? {
-            Ok(revision) => revision,
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                // Full only if two different live seats hold the slots. A holder whose relay died
-                // is reclaimed here; one seat seen in both slots is a seat between rounds of its
-                // own join (reads are snapshots). Either way, another round decides.
-                let holder_b = check_holder(&shared, &kv, &b, &id).await;
-                let holder_a = check_holder(&shared, &kv, &a, &id).await;
-                match (holder_a, holder_b) {
-                    (Holder::Freed, _) | (_, Holder::Freed) => continue,
-                    (Holder::Live(x), Holder::Live(y)) if x == y => continue,
-                    _ => {}
+        let revision =
+            match timeout(OP_TIMEOUT, kv.create(&b, shared.slot_value(&b, &id))).await.map_err(unavailable)? {
+                Ok(revision) => revision,
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                    // Full only if two different live seats hold the slots. A holder whose relay died
+                    // is reclaimed here; one seat seen in both slots is a seat between rounds of its
+                    // own join (reads are snapshots). Either way, another round decides.
+                    let holder_b = check_holder(&shared, &kv, &b, &id).await;
+                    let holder_a = check_holder(&shared, &kv, &a, &id).await;
+                    match (holder_a, holder_b) {
+                        (Holder::Freed, _) | (_, Holder::Freed) => continue,
+                        (Holder::Live(x), Holder::Live(y)) if x == y => continue,
+                        _ => {}
+                    }
+                    shared.metrics.upstream.slot_conflicts.inc();
+                    return Err(JoinError::RoomFull);
                 }
-                shared.metrics.upstream.slot_conflicts.inc();
-                return Err(JoinError::RoomFull);
-            }
-            Err(e) => return Err(unavailable(e)),
-        };
+                Err(e) => return Err(unavailable(e)),
+            };
         let first = match timeout(OP_TIMEOUT, kv.entry(&a)).await {
             Ok(Ok(Some(entry))) if entry.operation == Operation::Put => Some(entry),
             Ok(Ok(_)) => None,
@@ -127,14 +127,14 @@ pub(super) async fn join(
             release(&kv, &b, revision).await;
             continue;
         };
-        let Some(partner) = std::str::from_utf8(&first.value).ok().filter(|p| is_seat_id(p)).map(str::to_owned) else {
+        let Some(partner) = shared.slot_holder(&a, &first.value).map(str::to_owned) else {
             release(&kv, &a, first.revision).await;
             release(&kv, &b, revision).await;
             continue;
         };
         let names = &shared.names;
-        match shared.client.request(names.to(&partner, "j", &id), Bytes::new()).await {
-            Ok(reply) if reply.payload.as_ref() == PAIRED => {}
+        match shared.request(names.to(&partner, "j", &id)).await {
+            Ok(Some(answer)) if answer.as_ref() == PAIRED => {}
             Ok(_) => {
                 // The holder of `.a` is leaving, or reserved by another joiner for a moment.
                 release(&kv, &b, revision).await;
@@ -156,14 +156,15 @@ pub(super) async fn join(
         }
         // Phase two. Only an answer commits this side; without one, the holder is told to forget
         // the reservation (it also drops it by itself when no commit comes).
-        match shared.client.request(names.to(&partner, "c", &id), Bytes::new()).await {
-            Ok(reply) if reply.payload.as_ref() == PAIRED => {
+        match shared.request(names.to(&partner, "c", &id)).await {
+            Ok(Some(answer)) if answer.as_ref() == PAIRED => {
                 let mut seat = SeatTask::new(&shared, kv, id, b, revision, sub, me, count);
                 let link = seat.pair(&partner);
                 return Ok(Joined::Paired(seat.spawn(&tasks), Box::new(link)));
             }
             outcome => {
-                let _ = shared.client.publish(names.to(&partner, "x", &id), Bytes::new()).await;
+                let x = names.to(&partner, "x", &id);
+                let _ = shared.client.publish(x.clone(), shared.seal(&x, b"")).await;
                 release(&kv, &b, revision).await;
                 if let Err(e) = outcome {
                     if e.kind() != RequestErrorKind::NoResponders {
@@ -194,12 +195,14 @@ async fn check_holder(shared: &Shared, kv: &kv::Store, key: &str, me: &str) -> H
         Ok(Ok(_)) => return Holder::Freed,
         _ => return Holder::Unknown,
     };
-    let Some(seat) = std::str::from_utf8(&entry.value).ok().filter(|s| is_seat_id(s)) else {
+    // A value without this cluster's tag was not written by a relay: it holds nothing.
+    let Some(seat) = shared.slot_holder(key, &entry.value) else {
         release(kv, key, entry.revision).await;
         return Holder::Freed;
     };
-    match shared.client.request(shared.names.to(seat, "p", me), Bytes::new()).await {
-        Ok(_) => Holder::Live(seat.to_owned()),
+    match shared.request(shared.names.to(seat, "p", me)).await {
+        Ok(Some(_)) => Holder::Live(seat.to_owned()),
+        Ok(None) => Holder::Unknown,
         // Dead only if its relay is not heard either (a reconnecting relay's seats answer soon).
         Err(e) if e.kind() == RequestErrorKind::NoResponders && !shared.liveness.alive(relay_of(seat)) => {
             release(kv, key, entry.revision).await;
@@ -226,7 +229,7 @@ async fn give_back(kv: &kv::Store, key: &str, revision: u64, why: JoinError) -> 
 }
 
 /// `<16 hex>.<number>`: what this relay writes into a slot; anything else in a slot is refused.
-fn is_seat_id(s: &str) -> bool {
+pub(super) fn is_seat_id(s: &str) -> bool {
     match s.split_once('.') {
         Some((relay, n)) => {
             relay.len() == 16
@@ -523,14 +526,15 @@ impl SeatTask {
 
     /// Publishes a message of `kind` to seat `to`.
     async fn publish(&mut self, to: &str, kind: &str, payload: Bytes) -> bool {
-        let subject = self.shared.names.to(to, kind, &self.id);
+        let subject = async_nats::Subject::from(self.shared.names.to(to, kind, &self.id));
         self.publish_to(subject, payload).await
     }
 
-    /// Publishes to `subject`; a publish the client library does not take in time is counted, and
-    /// left to the resend where it matters.
-    async fn publish_to(&mut self, subject: impl async_nats::subject::ToSubject, payload: Bytes) -> bool {
-        let sent = timeout(PUBLISH_WAIT, self.shared.client.publish(subject, payload)).await;
+    /// Publishes `payload` to `subject`, tagged; a publish the client library does not take in
+    /// time is counted, and left to the resend where it matters.
+    async fn publish_to(&mut self, subject: async_nats::Subject, payload: Bytes) -> bool {
+        let sealed = self.shared.seal(&subject, &payload);
+        let sent = timeout(PUBLISH_WAIT, self.shared.client.publish(subject, sealed)).await;
         let ok = matches!(sent, Ok(Ok(())));
         if !ok {
             self.shared.metrics.upstream.publish_errors.inc();
@@ -597,10 +601,12 @@ impl SeatTask {
             self.shared.metrics.upstream.foreign_messages.inc();
             return;
         };
+        // Nothing a relay of this cluster did not write is looked at (see `broker_auth`).
+        let Some(payload) = self.shared.open(&msg.subject, msg.payload) else { return };
         let from_partner = self.partner.as_ref().is_some_and(|p| p.id == m.from);
         let from_reserver = matches!(&self.phase, Phase::Reserved(j, _) if j == m.from);
         match m.kind {
-            "p" => return self.answer(msg.reply, b"").await,
+            "p" => return self.answer(&msg.subject, msg.reply, b"").await,
             "j" => {
                 let answer = if self.phase == Phase::Waiting
                     || matches!(&self.phase, Phase::Reserved(_, until) if *until <= Instant::now())
@@ -610,16 +616,16 @@ impl SeatTask {
                 } else {
                     b"no"
                 };
-                return self.answer(msg.reply, answer).await;
+                return self.answer(&msg.subject, msg.reply, answer).await;
             }
             "c" if from_reserver => {
                 let partner = m.from.to_owned();
                 let link = self.pair(&partner);
                 // Told before the answer goes out, so PEER_FOUND precedes the partner's frames.
                 self.inbox.peer_found(Box::new(link));
-                return self.answer(msg.reply, PAIRED).await;
+                return self.answer(&msg.subject, msg.reply, PAIRED).await;
             }
-            "c" => return self.answer(msg.reply, b"no").await,
+            "c" => return self.answer(&msg.subject, msg.reply, b"no").await,
             "x" if from_reserver => {
                 self.phase = Phase::Waiting;
                 return;
@@ -627,7 +633,7 @@ impl SeatTask {
             _ if !from_partner => {}
             "x" => return self.end_pair().await,
             "f" if self.phase == Phase::Paired => {
-                let Some((first, frames)) = decode_batch(msg.payload) else {
+                let Some((first, frames)) = decode_batch(payload) else {
                     tracing::warn!("dropped a malformed frame message from NATS");
                     return;
                 };
@@ -642,14 +648,14 @@ impl SeatTask {
                 return;
             }
             "k" => {
-                let Some(next) = std::str::from_utf8(&msg.payload).ok().and_then(|n| n.parse().ok()) else { return };
+                let Some(next) = std::str::from_utf8(&payload).ok().and_then(|n| n.parse().ok()) else { return };
                 if self.out.ack(next, Instant::now()) == Acked::Gap {
                     self.resend().await;
                 }
                 return;
             }
             "l" if self.phase == Phase::Paired => {
-                let Some(total) = std::str::from_utf8(&msg.payload).ok().and_then(|n| n.parse().ok()) else {
+                let Some(total) = std::str::from_utf8(&payload).ok().and_then(|n| n.parse().ok()) else {
                     return;
                 };
                 self.recv.left(total);
@@ -660,9 +666,11 @@ impl SeatTask {
         self.shared.metrics.upstream.foreign_messages.inc();
     }
 
-    async fn answer(&mut self, reply: Option<async_nats::Subject>, answer: &'static [u8]) {
+    /// Answers the request made on `request`, tagged for it and its reply subject.
+    async fn answer(&mut self, request: &str, reply: Option<async_nats::Subject>, answer: &'static [u8]) {
         if let Some(reply) = reply {
-            if self.shared.client.publish(reply, Bytes::from_static(answer)).await.is_err() {
+            let sealed = self.shared.seal_reply(request, &reply, answer);
+            if self.shared.client.publish(reply, sealed).await.is_err() {
                 self.shared.metrics.upstream.publish_errors.inc();
             }
         }
@@ -712,9 +720,9 @@ impl SeatTask {
     }
 
     fn start_renewal(&mut self) {
-        let (kv, key, id, revision) = (self.kv.clone(), self.key.clone(), self.id.clone(), self.revision);
-        self.renewing =
-            Some(Box::pin(async move { timeout(OP_TIMEOUT, kv.update(&key, Bytes::from(id), revision)).await }));
+        let (kv, key, revision) = (self.kv.clone(), self.key.clone(), self.revision);
+        let value = self.shared.slot_value(&key, &self.id);
+        self.renewing = Some(Box::pin(async move { timeout(OP_TIMEOUT, kv.update(&key, value, revision)).await }));
     }
 
     /// The outcome of a renewal. A slot that still holds this seat's id is kept (a restarted
@@ -728,12 +736,15 @@ impl SeatTask {
                 let entry = timeout(OP_TIMEOUT, self.kv.entry(&self.key)).await;
                 let still_ours = match entry {
                     Ok(Ok(Some(entry))) if entry.operation == Operation::Put => {
-                        (entry.value == self.id.as_bytes()).then_some(entry.revision)
+                        (self.shared.slot_holder(&self.key, &entry.value) == Some(self.id.as_str()))
+                            .then_some(entry.revision)
                     }
-                    Ok(Ok(_)) => timeout(OP_TIMEOUT, self.kv.create(&self.key, Bytes::from(self.id.clone())))
-                        .await
-                        .ok()
-                        .and_then(Result::ok),
+                    Ok(Ok(_)) => {
+                        timeout(OP_TIMEOUT, self.kv.create(&self.key, self.shared.slot_value(&self.key, &self.id)))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
                     Ok(Err(_)) | Err(_) => return,
                 };
                 match still_ours {
