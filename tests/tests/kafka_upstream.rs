@@ -280,3 +280,110 @@ async fn sasl_plain_with_the_password_from_a_file() {
     })
     .await;
 }
+
+/// Produces `value` with `key` to `partition` of `topic`, as anyone with access to the broker can.
+fn produce(kafka: &KafkaBroker, topic: &str, partition: i32, key: &[u8], value: &[u8]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().unwrap();
+    let mut record = BaseRecord::to(topic).partition(partition).payload(value);
+    if !key.is_empty() {
+        record = record.key(key);
+    }
+    producer.send(record).map_err(|(e, _)| e).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// A record as relays write it (kind, relay, seat, number, body), without a valid tag.
+fn record(kind: u8, relay: u64, seat: u64, number: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind];
+    for n in [relay, seat, number] {
+        v.extend_from_slice(&n.to_be_bytes());
+    }
+    v.extend_from_slice(body);
+    v.extend_from_slice(&[0x5a; 16]); // where a tag would be
+    v
+}
+
+/// A forger with full access to the Kafka broker but not the cluster secret: it produces joins,
+/// frames and departures for a live room (forged seats and the real seats' names), and replays
+/// and splices a real relay's records. None is acted on; each forgery is counted on every relay;
+/// the clients see only each other.
+#[tokio::test]
+async fn a_forger_on_the_log_cannot_pair_inject_evict_or_splice() {
+    let kafka = KafkaBroker::start();
+    within(90, async {
+        let r = relays(&kafka, "forge", 2).await;
+        let topic = "forge.rooms";
+        let forged = |i: usize| r[i].metrics.upstream.forged.get();
+        let code = room("kforge");
+        let keyer = ghostwire_relay::upstream::room_id::RoomKeyer::for_config(&kafka_config(&kafka.brokers(), "forge"))
+            .unwrap();
+        let id = keyer.id(&ghostwire_shared::RoomCode::parse(&code).unwrap()).bytes();
+        let partition = (u32::from_be_bytes([id[0], id[1], id[2], id[3]]) % 2) as i32;
+        let mut a = join(&r[0].url(), &code).await;
+        until_metric(r[0].admin, "ghostwire_rooms_open 1").await;
+
+        // A forged seat joins the waiting client's room: not a join any relay applies.
+        let before = (forged(0), forged(1));
+        produce(&kafka, topic, partition, &id, &record(b'j', 0xfeed, 1, 0, &[]));
+        eventually(20, "the forged join counted on both relays", || async {
+            if forged(0) > before.0 && forged(1) > before.1 {
+                Ok(())
+            } else {
+                Err(format!("forged {} {}", forged(0), forged(1)))
+            }
+        })
+        .await;
+        let mut b = join(&r[1].url(), &code).await;
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+
+        // B's seat, as the log names it (its join, the second in this room).
+        let records = {
+            let (brokers, topic) = (kafka.brokers(), topic.to_owned());
+            tokio::task::spawn_blocking(move || every_record(&brokers, &topic)).await.unwrap()
+        };
+        let joins: Vec<&Vec<u8>> =
+            records.iter().filter(|(k, v)| k.as_slice() == id && v.first() == Some(&b'j')).map(|(_, v)| v).collect();
+        let real_b = joins.iter().rev().find(|v| v.len() == 1 + 24 + 16).unwrap().to_vec();
+        let relay_b = u64::from_be_bytes(real_b[1..9].try_into().unwrap());
+        let seat_b = u64::from_be_bytes(real_b[9..17].try_into().unwrap());
+
+        // As B's own seat: a frame, then a departure. Neither reaches A.
+        let text = signal("MSG", "injected");
+        let mut frame = (text.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(text.as_bytes());
+        let before = forged(0);
+        produce(&kafka, topic, partition, &id, &record(b'f', relay_b, seat_b, 0, &frame));
+        produce(&kafka, topic, partition, &id, &record(b'l', relay_b, seat_b, 0, &[]));
+        // A real record of B's, spliced into the other partition: its tag names this one.
+        produce(&kafka, topic, 1 - partition, &id, &real_b);
+        eventually(20, "the forged frame, departure and splice counted", || async {
+            if forged(0) >= before + 3 {
+                Ok(())
+            } else {
+                Err(format!("forged {}", forged(0)))
+            }
+        })
+        .await;
+        send(&mut b, signal("MSG", "real")).await;
+        assert_eq!(expect_text(&mut a).await, signal("MSG", "real"), "only B's frame arrives");
+
+        // B's real frame record, replayed where it was: a duplicate the numbering drops.
+        let records = {
+            let (brokers, topic) = (kafka.brokers(), topic.to_owned());
+            tokio::task::spawn_blocking(move || every_record(&brokers, &topic)).await.unwrap()
+        };
+        let real_frame = records
+            .iter()
+            .rev()
+            .find(|(k, v)| k.as_slice() == id && v.first() == Some(&b'f') && v[1..9] == relay_b.to_be_bytes())
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        produce(&kafka, topic, partition, &id, &real_frame);
+        send(&mut b, signal("MSG", "after the replay")).await;
+        assert_eq!(expect_text(&mut a).await, signal("MSG", "after the replay"), "the replay was not delivered again");
+    })
+    .await;
+}

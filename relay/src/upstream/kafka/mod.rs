@@ -37,6 +37,7 @@ mod reader;
 mod seat;
 pub mod wire;
 
+use super::broker_auth::BrokerKey;
 use super::{BoxFuture, JoinError, Joined, Mailbox, RoomId, Upstream};
 use crate::config::{Config, KafkaConfig};
 use crate::metrics::Metrics;
@@ -87,6 +88,8 @@ struct Shared {
     heartbeat: Duration,
     snapshot_every: Duration,
     peer_timeout: Duration,
+    /// Tags every record this relay writes, and checks those it reads.
+    key: BrokerKey,
     metrics: Arc<Metrics>,
 }
 
@@ -262,6 +265,7 @@ impl Kafka {
             heartbeat: kc.heartbeat,
             snapshot_every: kc.snapshot_every,
             peer_timeout: kc.peer_timeout,
+            key: BrokerKey::derive(super::room_id::cluster_secret(config)?.expose().as_bytes(), "kafka"),
             metrics,
         });
         let admin: AdminClient<Ctx> = base
@@ -422,9 +426,34 @@ impl Shared {
         i32::try_from(head % n.unsigned_abs()).unwrap_or(0)
     }
 
+    /// `value` with its tag for `partition` and `key` (see
+    /// [`broker_auth`](crate::upstream::broker_auth)): bound to the topic, the partition and the
+    /// room, so a record moved anywhere else does not verify.
+    fn seal(&self, partition: i32, key: Option<&[u8]>, value: &[u8]) -> Vec<u8> {
+        let p = partition.to_be_bytes();
+        self.key.seal(&self.place(&p, key), value)
+    }
+
+    /// The value of a record read at `partition` with `key`, if its tag verifies; a forgery is
+    /// counted. Every relay drops the same records, so the logs stay alike.
+    fn open(&self, partition: i32, key: Option<&[u8]>, value: bytes::Bytes) -> Option<bytes::Bytes> {
+        let p = partition.to_be_bytes();
+        let opened = self.key.open_bytes(&self.place(&p, key), value);
+        if opened.is_none() {
+            self.metrics.upstream.forged.inc();
+        }
+        opened
+    }
+
+    fn place<'a>(&'a self, partition: &'a [u8; 4], key: Option<&'a [u8]>) -> [&'a [u8]; 4] {
+        [b"rec", self.topic.as_bytes(), partition, key.unwrap_or(b"")]
+    }
+
     /// Queues a record for `room`'s partition; the future says whether the log took it.
     fn produce(&self, room: &[u8; 16], value: &[u8]) -> Option<rdkafka::producer::DeliveryFuture> {
-        let record = FutureRecord::to(&self.topic).partition(self.partition_of(room)).key(&room[..]).payload(value);
+        let partition = self.partition_of(room);
+        let sealed = self.seal(partition, Some(&room[..]), value);
+        let record = FutureRecord::to(&self.topic).partition(partition).key(&room[..]).payload(&sealed);
         match self.producer.send_result(record) {
             Ok(delivery) => Some(delivery),
             Err((e, _)) => {
@@ -476,7 +505,8 @@ async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {
                 for p in 0..shared.partitions.load(Ordering::Acquire) {
-                    let record = FutureRecord::<[u8], _>::to(&shared.topic).partition(p).payload(&value[..]);
+                    let sealed = shared.seal(p, None, &value);
+                    let record = FutureRecord::<[u8], _>::to(&shared.topic).partition(p).payload(&sealed);
                     match shared.producer.send_result(record) {
                         Ok(delivery) => in_flight.push(delivery),
                         Err(_) => shared.metrics.upstream.publish_errors.inc(),

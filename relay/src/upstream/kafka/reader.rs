@@ -99,8 +99,12 @@ impl Reader {
                 }
                 continue;
             }
-            let value = wire::snapshot(self.shared.relay, self.next[p].unsigned_abs(), &state);
             let Ok(partition) = i32::try_from(p) else { continue };
+            let value = self.shared.seal(
+                partition,
+                None,
+                &wire::snapshot(self.shared.relay, self.next[p].unsigned_abs(), &state),
+            );
             let record = rdkafka::producer::FutureRecord::<[u8], _>::to(&self.shared.topic)
                 .partition(partition)
                 .payload(&value[..]);
@@ -167,7 +171,10 @@ impl Reader {
         }
         self.next[p] = offset + 1;
         let log = &mut self.logs[p];
-        let Some(value) = value.and_then(wire::decode) else {
+        // A record without this cluster's tag for this partition and key is not a relay's: every
+        // relay drops it alike (and counts it), so the logs stay the same everywhere.
+        let Some(value) = value.and_then(|v| self.shared.open(partition, key.as_deref(), v)) else { return };
+        let Some(value) = wire::decode(value) else {
             self.shared.metrics.upstream.foreign_messages.inc();
             return;
         };
@@ -314,7 +321,7 @@ fn rebuild(shared: &Shared, config: &ClientConfig, p: i32, ttl: i64) -> (Partiti
                 continue;
             }
             if let Some(Value { body: Body::Snapshot { next, state }, .. }) =
-                m.payload().map(Bytes::copy_from_slice).and_then(wire::decode)
+                m.payload().map(Bytes::copy_from_slice).and_then(|v| shared.open(p, None, v)).and_then(wire::decode)
             {
                 newest = Some((next, state));
             }

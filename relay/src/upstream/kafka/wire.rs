@@ -11,6 +11,10 @@
 //! | 8 | `f`: the first frame's number; `k`: every frame below it was delivered; `l`: frames sent; `s`: the first offset the state does not include |
 //! | … | `f`: each frame as a 4-byte big-endian length and its bytes; `s`: the partition's state ([`Partition::snapshot`](super::log::Partition::snapshot)) |
 //!
+//! and then, last, a 16-byte tag under the cluster secret over the topic, the partition, the key
+//! and these bytes ([`broker_auth`](crate::upstream::broker_auth)), added on produce and checked
+//! (and removed) before a record is decoded; a record that fails is dropped by every relay alike.
+//!
 //! Nothing else travels: no room code, no client address, only frames that are already
 //! end-to-end encrypted by the clients.
 
