@@ -23,13 +23,15 @@ use std::path::PathBuf;
 ///
 /// Commands while chatting: /help, /verify (show the verification code again), /mismatch
 /// (the codes differ: ends both sides as a security failure), /quit (so do Ctrl-C and Ctrl-D).
-/// To send a line that starts with /, type it as //.
+/// To send a line that starts with /, type it as //. Commands are only typed: a pasted block
+/// of lines, and every line from a pipe, is sent as it is.
 ///
 /// Typing or pasting faster than 20 messages a second is fine: lines are queued (up to 1000)
 /// and sent in order, paced.
 ///
-/// With standard input or output not a terminal, each stdin line is a message (held until the
-/// session is connected), received messages go to stdout one per line, status lines to
+/// With standard input or output not a terminal, each stdin line is a message, whatever it
+/// starts with (held until the session is connected; the code must then come from ROOMCODE,
+/// GHOSTWIRE_CODE or --new), received messages go to stdout one per line, status lines to
 /// stderr. End of input means "nothing more to say": everything queued is sent, the peer is
 /// told, and messages are still received until the peer finishes or leaves.
 ///

@@ -45,11 +45,29 @@ fn main() -> ExitCode {
                  machine can read it: type it at the prompt (run ghostwire without it) or put it in GHOSTWIRE_CODE",
             );
         }
-        (Some(typed), _, _) => match cli::parse_room_code(typed) {
+        // Two codes given: which one the user meant cannot be guessed (and taking the bare one
+        // would silently drop the secret check the other asked for).
+        (Some(_), Some(_), _) => {
+            return refuse(
+                "two codes were given, ROOMCODE on the command line and GHOSTWIRE_CODE in the environment: \
+                 give one (unset GHOSTWIRE_CODE, or leave out ROOMCODE)",
+            )
+        }
+        (None, Some(_), true) => {
+            return refuse(
+                "--new makes a fresh code, but GHOSTWIRE_CODE already holds one: give one (unset \
+                 GHOSTWIRE_CODE, or leave out --new)",
+            )
+        }
+        (Some(typed), None, _) => match cli::parse_room_code(typed) {
             Ok(code) => Some(zeroize::Zeroizing::new(code.as_str().to_owned())),
             Err(why) => return refuse(&why),
         },
-        (None, Some(code), _) => Some(code),
+        // Checked here, with the same suggestions the prompt gives for a mistyped word.
+        (None, Some(code), false) => match ghostwire::code::parse(&code) {
+            Ok(_) => Some(code),
+            Err(why) => return refuse(&format!("GHOSTWIRE_CODE: {why}")),
+        },
         (None, None, true) if args.legacy_v1 => {
             let code = cli::new_room_code();
             eprintln!("room code: {}", code.as_str());
@@ -67,6 +85,13 @@ fn main() -> ExitCode {
                 eprintln!("(they need the same CA file)");
             }
             Some(code)
+        }
+        // Nobody to ask: a pipe's lines are messages, never the code.
+        (None, None, false) if !std::io::stdin().is_terminal() => {
+            return refuse(
+                "no code was given, and standard input is not a terminal to ask at (its lines are \
+                 messages): give a bare room code as ROOMCODE, or any code in GHOSTWIRE_CODE, or use --new",
+            )
         }
         (None, None, false) => None,
     };

@@ -313,10 +313,16 @@ impl Driver {
                 }
                 None => self.ui.status(Tone::Info, "no verification code yet: keys are not exchanged"),
             },
-            Command::Unknown(name) => self.ui.status(
-                Tone::Warn,
-                &format!("unknown command {name} (try /help; to send a line starting with /, type //)"),
-            ),
+            Command::Unknown(name) => {
+                // Not a command, and not sent: counted like any line that did not go out.
+                self.unsent += 1;
+                self.ui.status(
+                    Tone::Warn,
+                    &format!(
+                        "not sent: {name} is not a command (/help lists them; to send a line starting with /, type //)"
+                    ),
+                );
+            }
         }
     }
 

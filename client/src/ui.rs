@@ -11,9 +11,14 @@
 //!   limit goes back into the editor to be shortened.
 //! * **plain** (a terminal the editor cannot drive, e.g. `TERM=dumb`): the terminal's own line
 //!   input; the same commands; output as plain lines.
-//! * **piped** (stdin or stdout is not a terminal): each stdin line is a message; received
+//! * **piped** (stdin or stdout is not a terminal): each stdin line is a message, sent as it
+//!   is, whatever it starts with (no commands: a script's data is never obeyed); received
 //!   messages go to stdout one per line, status lines to stderr; end of input means "nothing
 //!   more to say", not "hang up" (see `session`).
+//!
+//! Commands come only from a person typing at a terminal: a bracketed paste of several lines
+//! is data in the editor too. (A terminal without bracketed paste, or `TERM=dumb`, cannot tell
+//! a paste from typing; there a line starting with `/` is a command, `//` escapes it.)
 //!
 //! Lines read by the plain and piped front ends go through one fixed-size buffer that is wiped
 //! when the reader ends, and each line is a `Zeroizing` string. rustyline keeps no history here
@@ -25,7 +30,7 @@ use crate::session::MAX_MESSAGE_CHARS;
 use owo_colors::{OwoColorize, Stream};
 use rustyline::error::ReadlineError;
 use rustyline::ExternalPrinter;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::{mpsc as std_mpsc, Mutex};
 use tokio::sync::mpsc;
@@ -71,7 +76,7 @@ pub enum Verdict {
 /// The help text for `/help`.
 pub const HELP: &str = "commands: /verify shows the verification code again · /mismatch ends the session if the \
 codes differ (someone may be in the middle) · /quit ends the session (so does Ctrl-C or Ctrl-D) · \
-anything else is sent to your peer; to send a line that starts with /, type it as //";
+anything else is sent to your peer; to send a line that starts with /, type it as // (a pasted block is sent as it is)";
 
 /// How a status line looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,7 +325,10 @@ fn read_editor(mut editor: Editor, need_code: bool, tx: mpsc::Sender<Input>, ver
                 return;
             }
         };
-        // A bracketed paste arrives as one "line" holding newlines: one message per line.
+        // A bracketed paste arrives as one "line" holding newlines: one message per line, and
+        // every one of them data. Commands come only from a person typing: a pasted `/quit` is
+        // sent, not obeyed.
+        let pasted = text.contains(['\n', '\r']);
         let mut rest = text.as_str();
         while !rest.is_empty() {
             let (line, after) = rest.split_once(['\n', '\r']).unwrap_or((rest, ""));
@@ -335,7 +343,8 @@ fn read_editor(mut editor: Editor, need_code: bool, tx: mpsc::Sender<Input>, ver
             if line.is_empty() {
                 continue;
             }
-            let input = classify(Zeroizing::new(line.to_owned()));
+            let line = Zeroizing::new(line.to_owned());
+            let input = if pasted { Input::Line(line) } else { classify(line) };
             let quit = matches!(input, Input::Command(Command::Quit));
             if tx.blocking_send(input).is_err() || quit {
                 return;
@@ -435,6 +444,8 @@ fn read_lines(mode: Mode, need_code: bool, tx: mpsc::Sender<Input>, verdicts: st
         let _ = tx.blocking_send(Input::Eof);
         return;
     };
+    // A person at a terminal (even with stdout piped on) may type commands; a pipe may not.
+    let typing = std::io::stdin().is_terminal();
     if need_code {
         loop {
             if mode == Mode::Plain {
@@ -467,6 +478,9 @@ fn read_lines(mode: Mode, need_code: bool, tx: mpsc::Sender<Input>, verdicts: st
                     "line {} not sent: {chars} characters, the limit is {MAX_MESSAGE_CHARS}",
                     reader.number - 1
                 )),
+                // From a pipe every line is data, sent as it is; at a plain terminal a person
+                // types, and a line starting with `/` is a command.
+                None if !typing => Input::Line(text),
                 None => classify(text),
             },
         };

@@ -314,6 +314,13 @@ impl Peer {
         self.stdin = None;
     }
 
+    /// Sends SIGINT, as Ctrl-C at a terminal would: a script ends a session this way (its
+    /// lines are data, never commands).
+    pub fn interrupt(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    }
+
     /// The next message received (a stdout line).
     pub async fn heard(&mut self) -> String {
         match tokio::time::timeout(FRAME_WAIT, self.stdout.recv()).await {

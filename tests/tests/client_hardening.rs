@@ -114,7 +114,7 @@ async fn core_dumps_are_off_and_memory_is_locked() {
             // Where it cannot lock everything, it must say so.
             a.status("may be swapped").await;
         }
-        a.say("/quit").await;
+        a.interrupt();
         assert_eq!(a.exit().await.0, 0);
     })
     .await;
@@ -135,7 +135,7 @@ async fn the_code_from_the_environment_is_wiped_from_proc_environ() {
         let text = String::from_utf8_lossy(&environ);
         assert!(text.contains("NO_COLOR=1"), "the environment block was read: {text:?}");
         assert!(!text.contains("tulip") && !text.contains("ENVWIPE1"), "the code is still there: {text:?}");
-        a.say("/quit").await;
+        a.interrupt();
         assert_eq!(a.exit().await.0, 0);
     })
     .await;

@@ -84,16 +84,27 @@ async fn a_word_not_in_the_list_is_rejected_at_input_with_a_suggestion() {
     within(60, async {
         let relay = TestRelay::with(|_| {}).await;
         let good = code("tulip-cider-lunar");
-        // Piped: the first line is the code; a bad one is refused and the next line tried.
-        let mut a = Peer::start(&["--relay", &relay.url()]);
-        a.say(&good.replace("cider", "cidre")).await;
-        let refused = a.status("is not in the word list").await;
-        assert!(refused.contains("did you mean cider"), "{refused}");
-        a.say(&good).await;
-        a.status("searching").await;
+        // At the prompt (the only place the client asks): a bad word is refused with the
+        // nearest, and the code asked for again.
+        let (url, typed) = (relay.url(), good.clone());
+        let terminal = tokio::task::spawn_blocking(move || {
+            use expectrl::Expect;
+            let mut cmd = std::process::Command::new(bin("ghostwire"));
+            cmd.args(["--relay", &url]).env("NO_COLOR", "1").env("TERM", "xterm");
+            let mut term = expectrl::Session::spawn(cmd).unwrap();
+            term.set_expect_timeout(Some(std::time::Duration::from_secs(30)));
+            term.expect("room code: ").unwrap();
+            term.send_line(typed.replace("cider", "cidre")).unwrap();
+            term.expect("is not in the word list; did you mean cider").unwrap();
+            term.expect("room code: ").unwrap();
+            term.send_line(&typed).unwrap();
+            term.expect("verified by the code's secret").unwrap();
+            term.send("\x03").unwrap();
+            term.expect("session destroyed").unwrap();
+        });
         let mut b = with_code(&relay.url(), &good, &[]);
         b.status("verified by the code's secret").await;
-        a.status("verified by the code's secret").await;
+        tokio::time::timeout(std::time::Duration::from_secs(50), terminal).await.unwrap().unwrap();
     })
     .await;
 }

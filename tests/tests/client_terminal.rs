@@ -219,3 +219,38 @@ async fn ctrl_c_and_ctrl_d_end_the_client_in_every_state() {
     })
     .await;
 }
+
+/// A bracketed paste of several lines is data, every line of it: a pasted `/quit` or
+/// `/mismatch` is sent, not obeyed, and the session goes on. Typed, the same `/mismatch` is a
+/// command: both sides end as a security failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pasted_command_is_data_and_a_typed_one_is_a_command() {
+    within(120, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("bpaste");
+        let mut peer = Peer::start(&["--relay", &relay.url(), &code]);
+        let (url, typed) = (relay.url(), code.clone());
+        let (pasted_tx, pasted_rx) = std::sync::mpsc::channel::<()>();
+        let terminal_side = tokio::task::spawn_blocking(move || {
+            let mut term = terminal("xterm", &["--relay", &url, &typed]);
+            saw(&mut term, "verification code");
+            saw(&mut term, "> ");
+            // What a terminal sends for a bracketed paste of four lines.
+            term.send("\x1b[200~first\r/quit\r/mismatch\rlast\x1b[201~").unwrap();
+            term.send("\r").unwrap();
+            pasted_rx.recv_timeout(TERMINAL_WAIT).unwrap();
+            term.send_line("/mismatch").unwrap();
+            saw(&mut term, "the verification codes differ");
+            ends_cleanly(&mut term, 5);
+        });
+        for line in ["first", "/quit", "/mismatch", "last"] {
+            assert_eq!(peer.heard().await, line);
+        }
+        pasted_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(90), terminal_side).await.unwrap().unwrap();
+        let (status, log) = peer.exit().await;
+        assert_eq!(status, 5, "{log}");
+        assert!(log.contains("your peer reported that the verification codes differ"), "{log}");
+    })
+    .await;
+}

@@ -44,8 +44,7 @@ async fn a_whole_client_session_opens_no_file_for_writing() {
         assert_eq!(b.heard().await, "secret words");
         b.say("more secret words").await;
         assert_eq!(a.heard().await, "more secret words");
-        a.say("/quit").await;
-        assert_eq!(a.exit().await.0, 0);
+        hang_up_and_part(a, b).await;
         let trace = std::fs::read_to_string(&log).unwrap();
         let (opens, writes) = writing_opens(&trace);
         assert!(opens > 0, "strace saw no open at all; the test would prove nothing:\n{trace}");
@@ -78,9 +77,7 @@ async fn a_relay_carrying_a_session_opens_no_file_for_writing() {
         let (mut a, mut b, _, _) = connected_pair(&url, &room("relaytrace"), &[]).await;
         a.say("through the relay").await;
         assert_eq!(b.heard().await, "through the relay");
-        a.say("/quit").await;
-        assert_eq!(a.exit().await.0, 0);
-        assert_eq!(b.exit().await.0, 0);
+        hang_up_and_part(a, b).await;
         // strace does not pass signals on: SIGTERM goes to the relay, strace's child.
         let tracer = relay.id().unwrap();
         let children = std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children")).unwrap();

@@ -52,8 +52,7 @@ async fn run_sh_without_a_code_makes_one_up_and_says_what_to_run() {
         assert_eq!(code.len(), 16, "{line}");
         let mut other = Peer::start(&["--relay", &format!("ws://127.0.0.1:{port}/"), &code]);
         assert_eq!(demo.code().await, other.code().await);
-        demo.say("/quit").await;
-        assert_eq!(demo.exit().await.0, 0);
+        hang_up_and_part(demo, other).await;
     })
     .await;
 }
