@@ -275,6 +275,14 @@ impl Peer {
         Peer::start_with(tokio::process::Command::new(bin("ghostwire")), args)
     }
 
+    /// Starts `ghostwire ARGS` with `code` in GHOSTWIRE_CODE (the way a code with a secret
+    /// part is given to a script).
+    pub fn with_code(code: &str, args: &[&str]) -> Peer {
+        let mut cmd = tokio::process::Command::new(bin("ghostwire"));
+        cmd.env("GHOSTWIRE_CODE", code);
+        Peer::start_with(cmd, args)
+    }
+
     /// Starts a prepared command (e.g. `strace ... ghostwire`) with `args` appended.
     pub fn start_with(mut cmd: tokio::process::Command, args: &[&str]) -> Peer {
         use std::process::Stdio;
@@ -932,6 +940,21 @@ pub fn fast_failures(mut c: Config) -> Config {
     c.mesh.heartbeat = Duration::from_millis(250);
     c.mesh.peer_timeout = Duration::from_secs(2);
     c
+}
+
+/// Waits (bounded, 20 s) until the counter `get` reads is at least `at_least`: an event a
+/// relay in this process counts, such as a forged message it dropped.
+pub async fn until_counted(what: &str, at_least: u64, get: impl Fn() -> u64) {
+    let get = &get;
+    eventually(20, what, || async move {
+        let n = get();
+        if n >= at_least {
+            Ok(())
+        } else {
+            Err(format!("counted {n} of {at_least}"))
+        }
+    })
+    .await
 }
 
 /// Asks `check` until it answers `Ok` (returned) or `secs` pass (the test fails with `what` and

@@ -209,13 +209,7 @@ async fn conflicting_or_missing_codes_are_refused_by_name() {
     within(60, async {
         let relay = TestRelay::with(|_| {}).await;
         let url = relay.url();
-        let with_env = |code: &str, args: &[&str]| {
-            let mut cmd = tokio::process::Command::new(bin("ghostwire"));
-            cmd.env("GHOSTWIRE_CODE", code);
-            let mut all = vec!["--relay", url.as_str()];
-            all.extend_from_slice(args);
-            Peer::start_with(cmd, &all)
-        };
+        let with_env = |code: &str, args: &[&str]| Peer::with_code(code, &[&["--relay", url.as_str()], args].concat());
         let (code, log) = with_env("ROOM1ABC-tulip-cider-lunar", &["ROOM2ABC"]).exit().await;
         assert_eq!(code, 2, "{log}");
         assert!(log.contains("ROOMCODE") && log.contains("GHOSTWIRE_CODE"), "{log}");

@@ -126,9 +126,7 @@ async fn core_dumps_are_off_and_memory_is_locked() {
 async fn the_code_from_the_environment_is_wiped_from_proc_environ() {
     within(30, async {
         let relay = TestRelay::with(|_| {}).await;
-        let mut cmd = tokio::process::Command::new(bin("ghostwire"));
-        cmd.env("GHOSTWIRE_CODE", "ENVWIPE1-tulip-cider-lunar");
-        let mut a = Peer::start_with(cmd, &["--relay", &relay.url()]);
+        let mut a = Peer::with_code("ENVWIPE1-tulip-cider-lunar", &["--relay", &relay.url()]);
         a.status("searching").await;
         let pid = a.child.id().unwrap();
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();

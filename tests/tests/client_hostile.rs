@@ -371,11 +371,7 @@ async fn a_relay_in_the_middle_is_caught_by_the_codes_secret() {
             _ => substitute(from, frame),
         });
         let url = hostile_with(rule, None, true).await;
-        let start = |url: &str| {
-            let mut cmd = tokio::process::Command::new(bin("ghostwire"));
-            cmd.env("GHOSTWIRE_CODE", "ROOM0001-tulip-cider-lunar");
-            Peer::start_with(cmd, &["--relay", url])
-        };
+        let start = |url: &str| Peer::with_code("ROOM0001-tulip-cider-lunar", &["--relay", url]);
         let mut a = start(&url);
         a.status("searching").await;
         let mut b = start(&url);
@@ -409,11 +405,7 @@ async fn a_relay_that_leaves_after_taking_the_mac_cannot_dodge_the_burn() {
                 _ => forward(from, f),
             });
             let url = hostile(rule, None).await;
-            let start = |url: &str| {
-                let mut cmd = tokio::process::Command::new(bin("ghostwire"));
-                cmd.env("GHOSTWIRE_CODE", "ROOM0001-tulip-cider-lunar");
-                Peer::start_with(cmd, &["--relay", url])
-            };
+            let start = |url: &str| Peer::with_code("ROOM0001-tulip-cider-lunar", &["--relay", url]);
             let mut a = start(&url);
             a.status("searching").await;
             let _b = start(&url);

@@ -8,9 +8,7 @@ use ghostwire_tests::*;
 
 /// A client in the room of `code` through `url`, the code in GHOSTWIRE_CODE.
 fn with_code(url: &str, code: &str, extra: &[&str]) -> Peer {
-    let mut cmd = tokio::process::Command::new(bin("ghostwire"));
-    cmd.env("GHOSTWIRE_CODE", code);
-    Peer::start_with(cmd, &[&["--relay", url], extra].concat())
+    Peer::with_code(code, &[&["--relay", url], extra].concat())
 }
 
 /// A fresh room part for each test, so tests sharing a relay never meet.

@@ -146,14 +146,7 @@ async fn a_forger_on_the_broker_cannot_pair_inject_evict_or_plant() {
         forger.publish(to_a("f", &seat_b), frame_message(&signal("MSG", "injected")).into()).await.unwrap();
         forger.publish(to_a("l", &seat_b), "0".into()).await.unwrap();
         forger.flush().await.unwrap();
-        eventually(10, "the forged frame and departure counted", || async {
-            if forged(0) >= before + 2 {
-                Ok(())
-            } else {
-                Err(format!("forged {}", forged(0)))
-            }
-        })
-        .await;
+        until_counted("the forged frame and departure", before + 2, || forged(0)).await;
         send(&mut b, signal("MSG", "real")).await;
         assert_eq!(expect_text(&mut a).await, signal("MSG", "real"), "only B's frame arrives");
 
@@ -169,14 +162,7 @@ async fn a_forger_on_the_broker_cannot_pair_inject_evict_or_plant() {
         forger.publish(captured.subject.clone(), captured.payload.clone()).await.unwrap();
         forger.publish(to_a("l", &seat_b), captured.payload.clone()).await.unwrap();
         forger.flush().await.unwrap();
-        eventually(10, "the spliced message counted", || async {
-            if forged(0) > before {
-                Ok(())
-            } else {
-                Err(format!("forged {}", forged(0)))
-            }
-        })
-        .await;
+        until_counted("the spliced message", before + 1, || forged(0)).await;
         send(&mut b, signal("MSG", "after the replay")).await;
         assert_eq!(expect_text(&mut a).await, signal("MSG", "after the replay"), "the replay was not delivered again");
 
