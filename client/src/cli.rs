@@ -40,7 +40,8 @@ use std::path::PathBuf;
 /// (room code, a secret code on the command line, --legacy-v1 with one, URL, CA file, flag); 3 network or relay error, or the connection to the peer
 /// was lost; 4 protocol violation; 5 security failure (tampering, replay, reflection,
 /// reordering, a weak or swapped key, codes differ on either side, a code's secret did not
-/// verify: wrong code or a relay in the middle).
+/// verify: wrong code or a relay in the middle, or the session ended after this side sent its
+/// proof of the code and before the peer's arrived: the code is burnt either way).
 #[derive(Debug, Parser)]
 #[command(name = "ghostwire", version, about, long_about)]
 pub struct Args {
