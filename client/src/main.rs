@@ -162,7 +162,13 @@ fn report(outcome: &Outcome, code: u8) {
         n => format!("; {n} lines were not sent"),
     };
     // The reason may quote the network (a relay's frame, a peer's): through the one filter.
-    let line = ghostwire::ui::sanitize(&format!("session destroyed: {end}{unsent} (exit {code})"));
+    // Before a valid code there was no session: nothing was destroyed, and saying so would alarm.
+    let line = if outcome.began {
+        format!("session destroyed: {end}{unsent} (exit {code})")
+    } else {
+        format!("ended before any session began: {}{unsent} (exit {code})", end.cause())
+    };
+    let line = ghostwire::ui::sanitize(&line);
     let line = line.as_str();
     if code == exit::OK {
         eprintln!("{}", line.if_supports_color(Stream::Stderr, |t| t.green()));

@@ -178,8 +178,15 @@ impl Target {
 async fn open(host: &str, port: u16, proxy: Option<&Proxy>) -> Result<Box<dyn Io>, String> {
     let shown = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let Some(proxy) = proxy else {
-        let tcp =
-            TcpStream::connect((host, port)).await.map_err(|e| format!("cannot reach the relay at {shown}: {e}"))?;
+        let tcp = TcpStream::connect((host, port)).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                "; nothing listens there: start a relay (ghostwire-relay, or ./run.sh in the source tree \
+                 for a local demo) or give another with --relay"
+            } else {
+                ""
+            };
+            format!("cannot reach the relay at {shown}: {e}{hint}")
+        })?;
         let _ = tcp.set_nodelay(true);
         return Ok(Box::new(tcp));
     };
@@ -245,6 +252,7 @@ fn socks_error(e: &tokio_socks::Error, proxy: &str, relay: &str) -> String {
 /// A message for the user that names what failed (address, TLS trust, HTTP refusal).
 pub async fn connect(target: Target) -> Result<Socket, String> {
     let Target { url, host, port, tls, proxy } = target;
+    let is_tls = tls.is_some();
     let tcp = open(&host, port, proxy.as_ref()).await?;
     let stream: Box<dyn Io> = match tls {
         Some((config, have_ca)) => {
@@ -253,10 +261,20 @@ pub async fn connect(target: Target) -> Result<Socket, String> {
                 Err(_) => ServerName::try_from(host.clone())
                     .map_err(|_| format!("{host:?} is not a valid TLS server name"))?,
             };
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| tls_error(&e, &host, have_ca))?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
+                let why = tls_error(&e, &host, have_ca);
+                // A plain relay answers a TLS hello with an HTTP error or by closing.
+                match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                        if !why.contains("certificate") =>
+                    {
+                        format!(
+                            "{why}; the relay may not speak TLS: if it is a plain relay, use ws:// instead of wss://"
+                        )
+                    }
+                    _ => why,
+                }
+            })?;
             Box::new(tls)
         }
         None => tcp,
@@ -265,9 +283,18 @@ pub async fn connect(target: Target) -> Result<Socket, String> {
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
-        .await
-        .map_err(|e| format!("the relay at {url} refused the WebSocket: {e}"))?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)).await.map_err(|e| {
+            use tokio_tungstenite::tungstenite::Error as WsError;
+            // A TLS relay answers plain HTTP with TLS bytes, which do not parse as HTTP.
+            let hint = match (&e, is_tls) {
+                (WsError::HttpFormat(_) | WsError::Protocol(_), false) => {
+                    "; the relay may speak TLS: if it does, use wss:// instead of ws://"
+                }
+                _ => "",
+            };
+            format!("the relay at {url} refused the WebSocket: {e}{hint}")
+        })?;
     Ok(ws)
 }
 

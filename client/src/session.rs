@@ -70,6 +70,9 @@ pub struct Outcome {
     pub end: End,
     /// Lines given but not sent (each was shown).
     pub unsent: usize,
+    /// Whether a session began (a valid code was taken and the relay asked for): if not, there
+    /// was nothing to destroy, and the report says so.
+    pub began: bool,
 }
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Socket, String>>>>;
@@ -93,6 +96,7 @@ struct Driver {
     send_limit: DefaultDirectRateLimiter,
     recv_limit: DefaultDirectRateLimiter,
     pace_at: Option<Instant>,
+    began: bool,
 }
 
 fn limiter((rate, burst): (u32, u32)) -> DefaultDirectRateLimiter {
@@ -126,6 +130,7 @@ pub async fn run(
         send_limit: limiter(SEND_RATE),
         recv_limit: limiter(RECV_RATE),
         pace_at: None,
+        began: false,
     };
     driver.run(settings.code).await
 }
@@ -157,7 +162,7 @@ impl Driver {
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
             (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
         else {
-            return Outcome { end: End::Network("cannot install signal handlers".into()), unsent: 0 };
+            return Outcome { end: End::Network("cannot install signal handlers".into()), unsent: 0, began: false };
         };
         self.handle(Event::Start).await;
         if let Some(code) = code {
@@ -192,7 +197,7 @@ impl Driver {
         self.teardown().await;
         let end = self.machine.end().cloned().unwrap_or(End::Quit);
         self.machine.handle(Event::Wiped);
-        Outcome { end, unsent: self.unsent }
+        Outcome { end, unsent: self.unsent, began: self.began }
     }
 
     /// Feeds `event` to the machine and performs what it answers (sending may fail: that is
@@ -222,6 +227,7 @@ impl Driver {
                 };
                 self.ui.status(Tone::Info, &format!("connecting to {}{how}", self.relay.url()));
                 self.joining = Some(code);
+                self.began = true;
                 let (relay, limit) = (self.relay.clone(), self.connect_timeout);
                 self.connecting = Some(Box::pin(async move {
                     let url = relay.url().to_owned();

@@ -138,3 +138,29 @@ async fn the_code_from_the_environment_is_wiped_from_proc_environ() {
     })
     .await;
 }
+
+/// The errors of a first run name the likely cause: nothing listening (and how to start a
+/// relay), a wss:// URL for a plain relay, a ws:// URL for a TLS relay.
+#[tokio::test]
+async fn first_run_mistakes_are_named_with_what_to_do() {
+    within(60, async {
+        let nothing = format!("ws://127.0.0.1:{}/", free_port());
+        let (code, log) = Peer::start(&["--relay", &nothing, &room("first")]).exit().await;
+        assert_eq!(code, 3, "{log}");
+        assert!(log.contains("nothing listens there") && log.contains("ghostwire-relay"), "{log}");
+
+        let plain = TestRelay::with(|_| {}).await;
+        let wss = format!("wss://{}/", plain.addr);
+        let (code, log) = Peer::start(&["--relay", &wss, &room("first")]).exit().await;
+        assert_eq!(code, 3, "{log}");
+        assert!(log.contains("use ws:// instead of wss://"), "{log}");
+
+        let dir = TempDir::new("scheme");
+        let (tls, _ca) = tls_relay(&dir.0).await;
+        let ws = format!("ws://{}/", tls.addr);
+        let (code, log) = Peer::start(&["--relay", &ws, &room("first")]).exit().await;
+        assert_eq!(code, 3, "{log}");
+        assert!(log.contains("use wss:// instead of ws://"), "{log}");
+    })
+    .await;
+}
