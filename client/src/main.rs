@@ -38,6 +38,8 @@ fn main() -> ExitCode {
     };
     // GHOSTWIRE_CODE is read once, removed from the environment and wiped from its block.
     let from_env = ghostwire::harden::take_env("GHOSTWIRE_CODE");
+    // What --new shows, once the relay is reached.
+    let mut announce = Vec::new();
     let code = match (&args.room, from_env, args.new) {
         (Some(typed), _, _) if ghostwire::code::has_secret_part(typed) => {
             return refuse(
@@ -70,19 +72,19 @@ fn main() -> ExitCode {
         },
         (None, None, true) if args.legacy_v1 => {
             let code = cli::new_room_code();
-            eprintln!("room code: {}", code.as_str());
-            eprintln!("tell your peer to run: {}", cli::join_command(&args, Some(&code)));
+            announce.push(format!("room code: {}", code.as_str()));
+            announce.push(format!("tell your peer to run: {}", cli::join_command(&args, Some(&code))));
             Some(zeroize::Zeroizing::new(code.as_str().to_owned()))
         }
         (None, None, true) => {
             let code = ghostwire::code::generate();
-            eprintln!("code: {}", code.as_str());
-            eprintln!(
+            announce.push(format!("code: {}", code.as_str()));
+            announce.push(format!(
                 "tell your peer the code, and to run: {} (and type the code at its prompt)",
                 cli::join_command(&args, None)
-            );
+            ));
             if args.ca.is_some() {
-                eprintln!("(they need the same CA file)");
+                announce.push("(they need the same CA file)".into());
             }
             Some(code)
         }
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 },
         code,
         connect_timeout: args.connect_timeout,
+        announce,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

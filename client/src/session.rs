@@ -62,6 +62,9 @@ pub struct Settings {
     pub code: Option<Zeroizing<String>>,
     /// How long reaching the relay may take, from TCP to the WebSocket upgrade.
     pub connect_timeout: Duration,
+    /// Lines to show once the relay is reached (the code `--new` made, and what to tell the
+    /// peer): a code is not handed out for a relay that cannot be reached.
+    pub announce: Vec<String>,
 }
 
 /// How a session ended: the reason, and how many lines the user gave that were not sent.
@@ -80,6 +83,7 @@ type Connecting = Pin<Box<dyn Future<Output = Result<Socket, String>>>>;
 struct Driver {
     relay: Target,
     connect_timeout: Duration,
+    announce: Vec<String>,
     machine: Machine,
     ui: Ui,
     inputs: mpsc::Receiver<Input>,
@@ -114,6 +118,7 @@ pub async fn run(
     let driver = Driver {
         relay: settings.relay,
         connect_timeout: settings.connect_timeout,
+        announce: settings.announce,
         machine: Machine::new(settings.version),
         ui,
         inputs,
@@ -261,6 +266,9 @@ impl Driver {
         match result {
             Ok(ws) => {
                 self.ws = Some(ws);
+                for line in std::mem::take(&mut self.announce) {
+                    self.ui.plain(&line);
+                }
                 let Some(room) = self.joining.take() else { return };
                 if let Some(failed) = self.send(ClientFrame::Join { room }.to_json()).await {
                     return self.handle(failed).await;

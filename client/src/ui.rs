@@ -230,6 +230,11 @@ impl Ui {
         self.emit(&line, false);
     }
 
+    /// A line of our own, shown as it is (stderr unless the editor shows it).
+    pub fn plain(&self, text: &str) {
+        self.emit(text, false);
+    }
+
     /// The verification code, on its own line starting `verification code: `.
     pub fn verification(&self, code: &str) {
         let line = format!("verification code: {code}");
@@ -297,13 +302,22 @@ fn read_editor(mut editor: Editor, need_code: bool, tx: mpsc::Sender<Input>, ver
         _ => Input::Eof,
     };
     if need_code {
+        // A refused code stays in the editor to be corrected, not typed again.
+        let mut refused: Option<Zeroizing<String>> = None;
         loop {
-            match editor.readline("room code: ") {
-                Ok(line) => match submit_code(Zeroizing::new(line), &tx, &verdicts) {
-                    Some(true) => break,
-                    Some(false) => continue,
-                    None => return,
-                },
+            let read = match refused.take() {
+                Some(text) => editor.readline_with_initial("room code: ", (&text, "")),
+                None => editor.readline("room code: "),
+            };
+            match read {
+                Ok(line) => {
+                    let line = Zeroizing::new(line);
+                    match submit_code(line.clone(), &tx, &verdicts) {
+                        Some(true) => break,
+                        Some(false) => refused = Some(line),
+                        None => return,
+                    }
+                }
                 Err(e) => {
                     let _ = tx.blocking_send(ended(e));
                     return;

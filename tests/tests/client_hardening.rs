@@ -148,6 +148,10 @@ async fn first_run_mistakes_are_named_with_what_to_do() {
         let (code, log) = Peer::start(&["--relay", &nothing, &room("first")]).exit().await;
         assert_eq!(code, 3, "{log}");
         assert!(log.contains("nothing listens there") && log.contains("ghostwire-relay"), "{log}");
+        // --new hands out no code for a relay it cannot reach.
+        let (code, log) = Peer::start(&["--relay", &nothing, "--new"]).exit().await;
+        assert_eq!(code, 3, "{log}");
+        assert!(!log.contains("tell your peer") && !log.contains("code: "), "{log}");
 
         let plain = TestRelay::with(|_| {}).await;
         let wss = format!("wss://{}/", plain.addr);

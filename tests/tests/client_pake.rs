@@ -94,8 +94,10 @@ async fn a_word_not_in_the_list_is_rejected_at_input_with_a_suggestion() {
             term.expect("room code: ").unwrap();
             term.send_line(typed.replace("cider", "cidre")).unwrap();
             term.expect("is not in the word list; did you mean cider").unwrap();
-            term.expect("room code: ").unwrap();
-            term.send_line(&typed).unwrap();
+            // The refused code is back in the editor: fix the one word in place.
+            term.expect("cidre-lunar").unwrap();
+            term.send("\x1b[D".repeat("-lunar".len()) + &"\x7f".repeat(2)).unwrap(); // left ×6, then delete "re"
+            term.send_line("er").unwrap();
             term.expect("verified by the code's secret").unwrap();
             term.send("\x03").unwrap();
             term.expect("session destroyed").unwrap();

@@ -33,7 +33,9 @@ async fn a_person_types_into_the_interactive_client() {
             term.expect("room code: ").unwrap();
             term.send_line("abc").unwrap();
             term.expect("room code must be 8 to 16 characters").unwrap();
-            term.expect("room code: ").unwrap();
+            // What was typed stays in the editor, to be corrected; Ctrl-U clears it.
+            term.expect("room code: abc").unwrap();
+            term.send("\x15").unwrap();
             term.send_line(&typed_code).unwrap();
             term.expect("searching").unwrap();
             to_test.send(Step::Searching).unwrap();
