@@ -88,6 +88,21 @@ pub fn parse(typed: &str) -> Result<Code, String> {
     Ok(Code { room, secret: Some(Secret(secret)) })
 }
 
+/// What Tab offers at the prompt for the word the cursor ends (`line[..pos]`): where that word
+/// starts and the list words that begin with it. Nothing for the room part (before the first
+/// separator), which is not from the list.
+pub fn complete(line: &str, pos: usize) -> (usize, Vec<&'static str>) {
+    let Some(before) = line.get(..pos) else { return (pos, Vec::new()) };
+    let Some(start) = before.rfind(|c: char| c == '-' || c.is_whitespace()).map(|i| i + 1) else {
+        return (pos, Vec::new());
+    };
+    let typed = before[start..].to_lowercase();
+    if typed.is_empty() {
+        return (pos, Vec::new());
+    }
+    (start, words().iter().copied().filter(|w| w.starts_with(&typed)).collect())
+}
+
 /// The list word `typed` stands for: itself, or the one word it is a prefix of.
 fn resolve(typed: &str) -> Result<&'static str, String> {
     if let Some(w) = words().iter().find(|w| **w == typed) {
@@ -197,6 +212,19 @@ mod tests {
         let err = parse("K7Q2M9XA-tulip-cider").err().unwrap();
         assert!(err.contains("at least 3 words"), "{err}");
         assert!(parse("K7-tulip-cider-lunar").is_err(), "the room part is checked as before");
+    }
+
+    #[test]
+    fn tab_offers_the_list_words_that_begin_with_the_typed_word() {
+        assert_eq!(complete("K7Q2M9XA-tul", 12), (9, vec!["tulip"]));
+        assert_eq!(complete("K7Q2M9XA-tulip-CID", 18), (15, vec!["cider"]), "any case");
+        let (start, many) = complete("K7Q2M9XA tulip c", 16);
+        assert_eq!(start, 15);
+        assert!(many.len() > 10 && many.iter().all(|w| w.starts_with('c')), "{many:?}");
+        assert_eq!(complete("K7Q2M9", 6), (6, vec![]), "the room part is not from the list");
+        assert_eq!(complete("K7Q2M9XA-", 9), (9, vec![]), "nothing typed yet");
+        assert_eq!(complete("K7Q2M9XA-zzz", 12).1, Vec::<&str>::new());
+        assert_eq!(complete("K7Q2M9XA-tu", 99), (99, vec![]), "a position past the end");
     }
 
     #[test]

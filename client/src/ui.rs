@@ -265,11 +265,33 @@ impl Ui {
     }
 }
 
-type Editor = rustyline::DefaultEditor;
+type Editor = rustyline::Editor<Words, rustyline::history::DefaultHistory>;
+
+/// Tab completion of the code's words at the room code prompt (and nothing once chatting: the
+/// helper is removed when the code is accepted).
+struct Words;
+
+impl rustyline::completion::Completer for Words {
+    type Candidate = String;
+    fn complete(&self, line: &str, pos: usize, _: &rustyline::Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
+        let (start, words) = crate::code::complete(line, pos);
+        Ok((start, words.into_iter().map(str::to_owned).collect()))
+    }
+}
+impl rustyline::hint::Hinter for Words {
+    type Hint = String;
+}
+impl rustyline::highlight::Highlighter for Words {}
+impl rustyline::validate::Validator for Words {}
+impl rustyline::Helper for Words {}
 
 /// The line editor and its printer, if this terminal supports them.
 fn editor() -> Result<(Editor, Box<dyn ExternalPrinter + Send>), String> {
-    let config = rustyline::Config::builder().auto_add_history(false).max_history_size(0).map_err(|e| e.to_string())?;
+    let config = rustyline::Config::builder()
+        .auto_add_history(false)
+        .max_history_size(0)
+        .map_err(|e| e.to_string())?
+        .completion_type(rustyline::CompletionType::List);
     let mut editor = Editor::with_config(config.build()).map_err(|e| e.to_string())?;
     // rustyline refuses (ENOTTY) a terminal it cannot drive, such as TERM=dumb.
     let printer = editor.create_external_printer().map_err(|e| match e {
@@ -302,6 +324,7 @@ fn read_editor(mut editor: Editor, need_code: bool, tx: mpsc::Sender<Input>, ver
         _ => Input::Eof,
     };
     if need_code {
+        editor.set_helper(Some(Words));
         // A refused code stays in the editor to be corrected, not typed again.
         let mut refused: Option<Zeroizing<String>> = None;
         loop {
@@ -313,7 +336,10 @@ fn read_editor(mut editor: Editor, need_code: bool, tx: mpsc::Sender<Input>, ver
                 Ok(line) => {
                     let line = Zeroizing::new(line);
                     match submit_code(line.clone(), &tx, &verdicts) {
-                        Some(true) => break,
+                        Some(true) => {
+                            editor.set_helper(None);
+                            break;
+                        }
                         Some(false) => refused = Some(line),
                         None => return,
                     }

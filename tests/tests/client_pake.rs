@@ -127,3 +127,37 @@ async fn new_prints_a_code_with_a_secret_and_the_other_side_joins_with_it() {
     })
     .await;
 }
+
+/// At the prompt, Tab completes a word of the code from the list (the screen shows it whole),
+/// and a session follows as with the code typed out.
+#[tokio::test]
+async fn tab_completes_the_words_at_the_prompt() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let good = code("tulip-cider-lunar");
+        let room_part = good.split('-').next().unwrap().to_owned();
+        let url = relay.url();
+        let terminal = tokio::task::spawn_blocking(move || {
+            use expectrl::Expect;
+            let mut cmd = std::process::Command::new(bin("ghostwire"));
+            cmd.args(["--relay", &url]).env("NO_COLOR", "1").env("TERM", "xterm");
+            let mut term = expectrl::Session::spawn(cmd).unwrap();
+            term.set_expect_timeout(Some(std::time::Duration::from_secs(30)));
+            term.expect("room code: ").unwrap();
+            term.send(format!("{room_part}-tul\t")).unwrap();
+            term.expect("tulip").unwrap();
+            term.send("-cid\t").unwrap();
+            term.expect("cider").unwrap();
+            term.send("-luna\t").unwrap();
+            term.expect("lunar").unwrap();
+            term.send("\r").unwrap();
+            term.expect("verified by the code's secret").unwrap();
+            term.send("\x03").unwrap();
+            term.expect("session destroyed").unwrap();
+        });
+        let mut b = with_code(&relay.url(), &good, &[]);
+        b.status("verified by the code's secret").await;
+        tokio::time::timeout(std::time::Duration::from_secs(50), terminal).await.unwrap().unwrap();
+    })
+    .await;
+}
