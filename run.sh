@@ -46,9 +46,9 @@ fi
 
 code=${1:-}
 if [ -z "$code" ]; then
-    # 16 symbols from A-Z0-9 taken uniformly from /dev/urandom (82 bits). tr is cut off by head
+    # 16 symbols from A-Z and 2-9 without the look-alikes O, I and L (31 symbols: 79 bits),
     # on purpose, so its SIGPIPE must not count as a failure here.
-    code=$(set +o pipefail; LC_ALL=C tr -dc 'A-Z0-9' </dev/urandom | head -c 16)
+    code=$(set +o pipefail; LC_ALL=C tr -dc 'ABCDEFGHJKMNPQRSTUVWXYZ2-9' </dev/urandom | head -c 16)
     echo "" >&2
     echo "  room code: ${code}" >&2
     echo "  in a second terminal, run:  ./run.sh ${code}" >&2

@@ -52,8 +52,8 @@ pub struct Args {
     pub room: Option<String>,
 
     /// Make up a fresh code with a secret part (an 8-symbol room and 3 words, ~31 bits that a
-    /// relay gets one guess at), print it, and wait in that room. With --legacy-v1, a bare room
-    /// code of 16 symbols (82 bits).
+    /// relay gets one guess at), print it once the relay is reached, and wait in that room. With --legacy-v1, a bare room
+    /// code of 16 symbols (79 bits; no look-alikes).
     #[arg(long)]
     pub new: bool,
 
@@ -152,9 +152,12 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Length of generated room codes: 16 symbols of 36 = 82.7 bits.
+/// Length of generated room codes: 16 symbols of 31 = 79.3 bits.
 pub const NEW_CODE_LEN: usize = 16;
-const ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+/// Symbols of generated room codes: A-Z and 0-9 without the look-alikes 0/O and 1/I/L, so a
+/// code read aloud or copied by eye cannot become another room. (Any A-Z0-9 code is still
+/// accepted, as the prototype defined it.)
+const ALPHABET: &[u8; 31] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 
 /// A fresh random room code from the OS CSPRNG.
 pub fn new_room_code() -> RoomCode {
@@ -162,16 +165,16 @@ pub fn new_room_code() -> RoomCode {
     RoomCode::parse(&random_symbols(NEW_CODE_LEN)).unwrap_or_else(|_| new_room_code())
 }
 
-/// `len` random symbols of A-Z0-9 from the OS CSPRNG (rejection sampling: no modulo bias).
+/// `len` random symbols of [`ALPHABET`] from the OS CSPRNG (rejection sampling: no modulo bias).
 pub fn random_symbols(len: usize) -> String {
     let mut out = String::with_capacity(len);
     while out.len() < len {
         let mut b = [0u8; 32];
         OsRng.fill_bytes(&mut b);
         for x in b {
-            // 252 = 7 * 36: bytes at or above it would favour the first symbols.
-            if x < 252 && out.len() < len {
-                out.push(ALPHABET[(x % 36) as usize] as char);
+            // 248 = 8 * 31: bytes at or above it would favour the first symbols.
+            if x < 248 && out.len() < len {
+                out.push(ALPHABET[(x % 31) as usize] as char);
             }
         }
     }
@@ -197,7 +200,7 @@ mod tests {
         let b = new_room_code();
         assert_eq!(a.as_str().len(), NEW_CODE_LEN);
         assert_ne!(a, b);
-        assert!(36f64.powi(NEW_CODE_LEN as i32).log2() >= 80.0);
+        assert!(31f64.powi(NEW_CODE_LEN as i32).log2() >= 79.0);
     }
 
     #[test]

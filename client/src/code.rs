@@ -58,11 +58,15 @@ pub fn has_secret_part(typed: &str) -> bool {
 /// nearest ones), an ambiguous prefix (with what it could be).
 pub fn parse(typed: &str) -> Result<Code, String> {
     let mut tokens = typed.split(|c: char| c == '-' || c.is_whitespace()).filter(|t| !t.is_empty());
-    let room = parse_room_code(tokens.next().unwrap_or(""))?;
+    let room_part = tokens.next().unwrap_or("");
     let tokens: Vec<String> = tokens.map(str::to_lowercase).collect();
     if tokens.is_empty() {
-        return Ok(Code { room, secret: None });
+        // A bare room code stays exactly as the prototype defined it, so seed peers still meet.
+        return Ok(Code { room: parse_room_code(room_part)?, secret: None });
     }
+    // With a secret part (only v2+ clients have those), look-alikes are one symbol: O is 0,
+    // I and L are 1, so "TESTO0I1" and "TEST0011" are one room, as they look.
+    let room = parse_room_code(&unalike(room_part))?;
     let mut secret = Zeroizing::new(String::new());
     let mut count = 0;
     let mut i = 0;
@@ -101,6 +105,17 @@ pub fn complete(line: &str, pos: usize) -> (usize, Vec<&'static str>) {
         return (pos, Vec::new());
     }
     (start, words().iter().copied().filter(|w| w.starts_with(&typed)).collect())
+}
+
+/// `room` upper-cased, with O read as 0 and I and L as 1.
+fn unalike(room: &str) -> String {
+    room.chars()
+        .map(|c| match c.to_ascii_uppercase() {
+            'O' => '0',
+            'I' | 'L' => '1',
+            c => c,
+        })
+        .collect()
 }
 
 /// The list word `typed` stands for: itself, or the one word it is a prefix of.
@@ -235,6 +250,22 @@ mod tests {
     }
 
     #[test]
+    fn look_alikes_are_one_room_in_codes_with_a_secret_and_never_generated() {
+        let room = |typed: &str| parse(typed).unwrap().room.as_str().to_owned();
+        assert_eq!(room("TESTO0I1-tulip-cider-lunar"), "TEST0011");
+        assert_eq!(room("testo0il-tulip-cider-lunar"), "TEST0011", "lower case too");
+        assert_eq!(room("TESTO0I1"), "TESTO0I1", "a bare room code stays as the prototype defined it");
+        for _ in 0..200 {
+            let code = generate();
+            let room_part = code.split('-').next().unwrap().to_owned();
+            assert!(!room_part.contains(['0', 'O', '1', 'I', 'L']), "{room_part}");
+            assert_eq!(room(&code), room_part, "a generated room reads as itself");
+        }
+        let bare = crate::cli::new_room_code().as_str().to_owned();
+        assert!(!bare.contains(['0', 'O', '1', 'I', 'L']), "{bare}");
+    }
+
+    #[test]
     fn generated_codes_parse_and_differ() {
         let (a, b) = (generate(), generate());
         assert_ne!(*a, *b);
@@ -254,7 +285,8 @@ mod tests {
                 typed = typed.to_uppercase();
             }
             let code = parse(&typed).unwrap();
-            prop_assert_eq!(code.room.as_str(), room.as_str());
+            let want_room = unalike(&room);
+            prop_assert_eq!(code.room.as_str(), want_room.as_str());
             let (secret, want) = (code.secret.unwrap(), chosen.join("-"));
             prop_assert_eq!(secret.as_bytes(), want.as_bytes());
         }
