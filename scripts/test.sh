@@ -12,6 +12,8 @@ say() { printf '\n==> %s\n' "$*" >&2; }
 # --- what the tests need from outside cargo -------------------------------------------------
 need_apt=()
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+# DEPLOY.md's private-CA recipe is run as written by a test.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The rdkafka crate builds librdkafka from source: a C/C++ toolchain, make and OpenSSL headers.
 for pkg in g++ make pkg-config libssl-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")

@@ -344,7 +344,7 @@ fn tls_error(e: &std::io::Error, host: &str, have_ca: bool) -> String {
             if matches!(other.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::CaUsedAsEndEntity)) =>
         {
             "it is a CA certificate, which cannot identify a server: the relay must serve a server \
-             certificate (one the CA signed)"
+             certificate (one the CA signed; docs/DEPLOY.md section 2 makes both in three commands)"
                 .to_owned()
         }
         other => format!("{other:?}"),

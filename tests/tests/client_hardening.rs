@@ -168,3 +168,39 @@ async fn first_run_mistakes_are_named_with_what_to_do() {
     })
     .await;
 }
+
+/// DEPLOY.md's three-command recipe for a private CA and a relay certificate, run as written
+/// (bash, the openssl the machine has): the relay serves the leaf, and a client with `--ca`
+/// trusts it and chats.
+#[tokio::test]
+async fn the_deploy_recipe_for_a_private_ca_makes_a_certificate_clients_trust() {
+    within(60, async {
+        let deploy = std::fs::read_to_string(repo_root().join("docs/DEPLOY.md")).unwrap();
+        let marker = deploy.find("<!-- leaf-recipe:").expect("the recipe is marked in DEPLOY.md");
+        let block = &deploy[marker..];
+        let start = block.find("```sh\n").unwrap() + "```sh\n".len();
+        let recipe = &block[start..start + block[start..].find("```").unwrap()];
+        let dir = TempDir::new("leaf-recipe");
+        let made = tokio::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", recipe])
+            .current_dir(&dir.0)
+            .output()
+            .await
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let relay = TestRelay::with(|c| {
+            c.tls_cert = Some(dir.0.join("relay.pem"));
+            c.tls_key = Some(dir.0.join("relay.key"));
+        })
+        .await;
+        let url = format!("wss://127.0.0.1:{}/", relay.addr.port());
+        let ca = dir.0.join("ca.pem");
+        let (mut a, mut b, ca_code, cb_code) =
+            connected_pair(&url, &room("recipe"), &["--ca", ca.to_str().unwrap()]).await;
+        assert_eq!(ca_code, cb_code);
+        a.say("over the recipe's certificate").await;
+        assert_eq!(b.heard().await, "over the recipe's certificate");
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}
