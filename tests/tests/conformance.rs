@@ -401,6 +401,34 @@ async fn a_lasting_outage_closes_both_with_peer_lost(kind: Kind) {
     assert!(gone.elapsed() < Duration::from_secs(6), "took {:?}", gone.elapsed());
 }
 
+/// A relay that is not ready (its broker gone; on the mesh, its links cut) admits no new room:
+/// every JOIN gets 4007 while `/readyz` says why, so no relay can decide a room from a view the
+/// others do not share. Once the broker is back, each is ready again and rooms pair across
+/// them.
+async fn a_relay_that_is_not_ready_admits_no_room(kind: Kind) {
+    let mut world = World::start(kind, |c| *c = fast_failures(c.clone())).await;
+    world.kill_broker();
+    let admins: Vec<_> = world.admins().collect();
+    for (i, admin) in admins.iter().enumerate() {
+        eventually(30, "the relay to be unready", || async move {
+            match http_get(*admin, "/readyz").await {
+                (503, _) => Ok(()),
+                (status, body) => Err(format!("{status} {body}")),
+            }
+        })
+        .await;
+        let mut c = join(&world.url(i), &room("unready")).await;
+        expect_error(&mut c, 4007).await;
+    }
+    world.restart_broker();
+    for admin in &admins {
+        until_ready(*admin, 30).await;
+    }
+    let (mut a, mut b) = pair_via(&world.url(0), &world.url(1), &room("readyagain")).await;
+    send(&mut a, signal("MSG", "ready again")).await;
+    assert_eq!(expect_text(&mut b).await, signal("MSG", "ready again"));
+}
+
 impl World {
     fn kill_broker(&mut self) {
         if let Some(broker) = self.broker.as_mut() {
@@ -441,6 +469,7 @@ macro_rules! suite {
             use super::*;
             case!($kind, 60, a_killed_relay_s_partners_are_told_the_peer_is_lost);
             case!($kind, 60, a_broker_blip_loses_nothing, a_lasting_outage_closes_both_with_peer_lost);
+            case!($kind, 90, a_relay_that_is_not_ready_admits_no_room);
         }
     };
 }

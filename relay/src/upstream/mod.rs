@@ -16,6 +16,13 @@
 //! * **Join arbitration.** At most two seats exist per room at any time, across
 //!   every relay sharing the room space. `join` answers [`JoinError::RoomFull`]
 //!   to a third joiner; it must be decided atomically, never check-then-act.
+//! * **Readiness.** An upstream that is not [`ready`](Upstream::ready) (its broker
+//!   unreachable; on the mesh, a relay of its roster not linked) admits no new room:
+//!   `join` answers [`JoinError::Unavailable`] (4007), so no relay decides a room
+//!   from a view the others do not share.
+//! * **Nothing unauthenticated is acted on.** What a distributed upstream reads from
+//!   a broker or a link counts only if it proves it came from a relay holding the
+//!   cluster secret (broker tags, see [`broker_auth`]; Noise links on the mesh).
 //! * **Pairing.** The second joiner gets [`Joined::Paired`] with a link to the
 //!   first; the first receives [`Inbox::peer_found`] with a link to the
 //!   second, delivered before any frame from the second can arrive. A pair is
