@@ -364,6 +364,19 @@ mod tests {
     const BOB_SK: &str = "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb";
     const BOB_PK: &str = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
 
+    /// The largest frame this client sends, a SIGNAL carrying the longest line of the widest
+    /// characters (v2 and legacy v1), fits the smallest `--max-frame-bytes` a relay accepts.
+    #[test]
+    fn the_largest_frame_fits_the_smallest_frame_limit_a_relay_accepts() {
+        let widest = "😀".repeat(crate::session::MAX_MESSAGE_CHARS);
+        for version in [Version::Hardened2, Version::Legacy1] {
+            let (mut a, _) = pair(version);
+            let frame = crate::proto::msg_frame(&a.seal(&widest));
+            assert!(frame.len() <= ghostwire_shared::MIN_MAX_FRAME_BYTES, "{version:?}: {} bytes", frame.len());
+            assert!(frame.len() > ghostwire_shared::MIN_MAX_FRAME_BYTES / 2, "the limit stays close to what is sent");
+        }
+    }
+
     #[test]
     fn rfc7748_public_keys() {
         assert_eq!(KeyPair::from_secret(arr(ALICE_SK)).public(), &arr(ALICE_PK));

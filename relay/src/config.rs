@@ -593,7 +593,7 @@ fn parse_nats_token(s: &str) -> Result<String, String> {
 /// The end of `--help`: logging and exit codes.
 const AFTER_HELP: &str = "\
 Logging: GHOSTWIRE_LOG sets the verbosity (info by default; debug, trace, or a tracing filter such \
-as ghostwire_relay=debug). Logs go to stderr and never hold room codes, payloads, keys or \
+as ghostwire_relay=debug; a word that is not a level, or a filter that does not parse, exits 2). Logs go to stderr and never hold room codes, payloads, keys or \
 credentials; client IPs only with --log-ips.
 
 Exit codes: 0 stopped by SIGTERM or SIGINT after draining; 1 could not start (a listen address in \
@@ -633,6 +633,70 @@ impl Config {
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c
+    }
+
+    /// Every rule that one flag's parser cannot see alone: values that parse but cannot work
+    /// together, or cannot work at all. Each message names the flags involved.
+    ///
+    /// # Errors
+    /// Every violation, one per line.
+    pub fn validate(&self) -> Result<(), String> {
+        /// A peer is given up only after this many beats were missed.
+        const BEATS: u32 = 3;
+        let mut wrong = Vec::new();
+        let mut beats = |upstream: UpstreamKind, name: &str, heartbeat: Duration, timeout: Duration| {
+            if self.upstream == upstream && timeout < heartbeat * BEATS {
+                wrong.push(format!(
+                    "--{name}-peer-timeout ({}) must be at least {BEATS} times --{name}-heartbeat ({}): \
+                     a live relay would be given up between two of its beats",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(heartbeat)
+                ));
+            }
+        };
+        beats(UpstreamKind::Nats, "nats", self.nats.heartbeat, self.nats.peer_timeout);
+        beats(UpstreamKind::Kafka, "kafka", self.kafka.heartbeat, self.kafka.peer_timeout);
+        beats(UpstreamKind::Mesh, "mesh", self.mesh.heartbeat, self.mesh.peer_timeout);
+        if self.upstream == UpstreamKind::Kafka && self.kafka.retention < self.kafka.snapshot_every * 2 {
+            wrong.push(format!(
+                "--kafka-retention ({}) must be at least twice --kafka-snapshot-every ({}): a relay that \
+                 starts late needs a snapshot still in the log",
+                humantime::format_duration(self.kafka.retention),
+                humantime::format_duration(self.kafka.snapshot_every)
+            ));
+        }
+        if self.max_frame_bytes < ghostwire_shared::MIN_MAX_FRAME_BYTES {
+            wrong.push(format!(
+                "--max-frame-bytes ({}) must be at least {}: clients send frames of up to about 5.6 KB",
+                self.max_frame_bytes,
+                ghostwire_shared::MIN_MAX_FRAME_BYTES
+            ));
+        }
+        for (flag, value) in [
+            ("--max-conns", self.max_conns),
+            ("--max-conns-per-ip", self.max_conns_per_ip),
+            ("--max-rooms", self.max_rooms),
+        ] {
+            if value == 0 {
+                wrong.push(format!("{flag} must be at least 1: with 0 the relay would refuse everyone"));
+            }
+        }
+        if self.upstream == UpstreamKind::Mesh
+            && !self.mesh.introducer
+            && self.mesh.listen.ip().is_unspecified()
+            && self.mesh.advertise.is_none()
+        {
+            wrong.push(format!(
+                "--mesh-listen {} listens on every address, so the other relays need --mesh-advertise \
+                 HOST:PORT to know which one reaches this relay",
+                self.mesh.listen
+            ));
+        }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("\n"))
+        }
     }
 
     /// Whether `ip` is one of the configured trusted proxies.
@@ -715,6 +779,26 @@ mod secret_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_and_the_test_settings_are_valid_and_each_rule_names_its_flags() {
+        assert_eq!(Config::for_tests().validate(), Ok(()));
+        let mut c = Config::for_tests();
+        c.upstream = UpstreamKind::Mesh;
+        assert_eq!(c.validate(), Ok(()), "the mesh defaults (15 s beats, 45 s timeout)");
+        c.mesh.peer_timeout = Duration::from_secs(44);
+        let why = c.validate().err().unwrap_or_default();
+        assert!(why.contains("--mesh-peer-timeout (44s)") && why.contains("--mesh-heartbeat (15s)"), "{why}");
+        let mut c = Config::for_tests();
+        c.upstream = UpstreamKind::Kafka;
+        c.kafka.snapshot_every = Duration::from_secs(31 * 60);
+        assert!(c.validate().err().unwrap_or_default().contains("--kafka-retention (1h)"));
+        let mut c = Config::for_tests();
+        c.max_frame_bytes = ghostwire_shared::MIN_MAX_FRAME_BYTES - 1;
+        c.max_rooms = 0;
+        let why = c.validate().err().unwrap_or_default();
+        assert_eq!(why.lines().count(), 2, "every violation is told at once: {why}");
+    }
 
     #[test]
     fn durations() {

@@ -11,13 +11,37 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The log filter GHOSTWIRE_LOG asks for (info when unset or empty).
+///
+/// A typo must not silence the log: a filter that does not parse is refused, and so is a bare
+/// word that is not a level (`warning`, `verbose`), which tracing would read as the name of a
+/// target and so show nothing else. Targets take a level: `ghostwire_relay=debug`.
+fn log_filter(asked: Option<&str>) -> Result<tracing_subscriber::EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let asked = asked.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
+    for directive in asked.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains(['=', '[', ':']) && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} is not a level (trace, debug, info, warn, error, off); a target takes one, \
+                 as in ghostwire_relay=debug"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(asked).map_err(|e| format!("{asked:?} is not a log filter: {e}"))
+}
+
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
     if config.probe {
         return probe(config.admin_listen);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GHOSTWIRE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match log_filter(std::env::var("GHOSTWIRE_LOG").ok().as_deref()) {
+        Ok(filter) => filter,
+        Err(why) => {
+            eprintln!("ghostwire-relay: GHOSTWIRE_LOG: {why}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     // The NATS client's trace events print message payloads and its CONNECT line (with the
     // token or password), and it reports every reconnect attempt: capped at errors, whatever
     // GHOSTWIRE_LOG asks for. The relay logs the broker's state itself (once lost, once back).

@@ -64,6 +64,7 @@ impl Relay {
     /// # Errors
     /// [`Error::Bind`] if an address is taken or not local, [`Error::Tls`] for an unusable certificate.
     pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Relay, Error> {
+        config.validate().map_err(Error::Config)?;
         if config.listen == config.admin_listen && config.listen.port() != 0 {
             return Err(Error::Config("--admin-listen must differ from --listen".into()));
         }

@@ -18,7 +18,7 @@ async fn still_works(a: &mut Ws, b: &mut Ws, n: usize) {
 #[tokio::test]
 async fn each_deviation_closes_only_its_connection_with_its_code() {
     within(30, async {
-        let relay = TestRelay::with(|c| c.max_frame_bytes = 1024).await;
+        let relay = TestRelay::with(|c| c.max_frame_bytes = ghostwire_shared::MIN_MAX_FRAME_BYTES).await;
         let url = relay.url();
         let (mut a, mut b) = pair(&url, &room("bystand")).await;
         let waiting = room("waiting");
@@ -49,7 +49,10 @@ async fn each_deviation_closes_only_its_connection_with_its_code() {
             ("SIGNAL without kind", vec![Message::text(r#"{"type":"SIGNAL","payload":"x"}"#)], 4000),
             (
                 "oversize frame",
-                vec![Message::text(format!(r#"{{"type":"JOIN","room":"ABCDEFGH","pad":"{}"}}"#, "x".repeat(2000)))],
+                vec![Message::text(format!(
+                    r#"{{"type":"JOIN","room":"ABCDEFGH","pad":"{}"}}"#,
+                    "x".repeat(ghostwire_shared::MIN_MAX_FRAME_BYTES)
+                ))],
                 4005,
             ),
         ];
@@ -92,7 +95,7 @@ async fn a_deviation_inside_a_room_ends_it_and_tells_the_partner() {
 async fn oversize_frame_is_refused_before_it_is_buffered() {
     within(20, async {
         // A frame header announcing 1 GiB, and no payload: a relay that buffers first would wait for it.
-        let relay = TestRelay::with(|c| c.max_frame_bytes = 4096).await;
+        let relay = TestRelay::with(|c| c.max_frame_bytes = ghostwire_shared::MIN_MAX_FRAME_BYTES).await;
         let mut c = connect(&relay.url()).await;
         send(&mut c, join_frame(&room("big"))).await;
         let raw = match c.get_mut() {

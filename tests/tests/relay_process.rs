@@ -66,6 +66,59 @@ async fn logs_carry_no_room_codes_payloads_or_client_ips() {
     }
 }
 
+/// Flags that parse one by one but cannot work together, or cannot work at all, stop the start
+/// with exit 2 and a sentence naming every flag involved, before anything listens.
+#[test]
+fn contradictory_or_unworkable_settings_are_refused_naming_their_flags() {
+    let mesh = ["--upstream", "mesh", "--introducers", "127.0.0.1:1"];
+    let kafka = ["--upstream", "kafka", "--kafka-brokers", "127.0.0.1:1"];
+    let nats = ["--upstream", "nats", "--nats-url", "nats://127.0.0.1:1"];
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            [&mesh[..], &["--mesh-peer-timeout", "1s", "--mesh-heartbeat", "15s"]].concat(),
+            vec!["--mesh-peer-timeout", "--mesh-heartbeat"],
+        ),
+        (
+            [&nats[..], &["--nats-peer-timeout", "1s", "--nats-heartbeat", "5s"]].concat(),
+            vec!["--nats-peer-timeout", "--nats-heartbeat"],
+        ),
+        (
+            [&kafka[..], &["--kafka-snapshot-every", "10m", "--kafka-retention", "1m"]].concat(),
+            vec!["--kafka-retention", "--kafka-snapshot-every"],
+        ),
+        (vec!["--max-frame-bytes", "10"], vec!["--max-frame-bytes"]),
+        (vec!["--max-conns", "0"], vec!["--max-conns"]),
+        (vec!["--max-rooms", "0"], vec!["--max-rooms"]),
+        (vec!["--max-conns-per-ip", "0"], vec!["--max-conns-per-ip"]),
+        ([&mesh[..], &["--mesh-listen", "0.0.0.0:0"]].concat(), vec!["--mesh-listen", "--mesh-advertise"]),
+    ];
+    for (args, named) in cases {
+        let out = Command::new(bin("ghostwire-relay"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(&args)
+            .env("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for flag in named {
+            assert!(err.contains(flag), "{args:?} must name {flag}: {err}");
+        }
+        assert!(!err.contains("relay listening"), "{args:?} started: {err}");
+    }
+    // A log filter typo would silence every line: refused, naming the variable.
+    for typo in ["warning", "verbose", "info,=x"] {
+        let out = Command::new(bin("ghostwire-relay"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("GHOSTWIRE_LOG", typo)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "GHOSTWIRE_LOG={typo}: {err}");
+        assert!(err.contains("GHOSTWIRE_LOG"), "{err}");
+    }
+}
+
 #[test]
 fn help_explains_every_flag_and_a_bad_flag_is_named() {
     let out = Command::new(bin("ghostwire-relay")).arg("--help").output().unwrap();
