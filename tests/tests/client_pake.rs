@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use expectrl::Expect;
 use ghostwire_tests::*;
 
 /// A client in the room of `code` through `url`, the code in GHOSTWIRE_CODE.
@@ -83,28 +84,16 @@ async fn a_word_not_in_the_list_is_rejected_at_input_with_a_suggestion() {
         let relay = TestRelay::with(|_| {}).await;
         let good = code("tulip-cider-lunar");
         // At the prompt (the only place the client asks): a bad word is refused with the
-        // nearest, and the code asked for again.
-        let (url, typed) = (relay.url(), good.clone());
-        let terminal = tokio::task::spawn_blocking(move || {
-            use expectrl::Expect;
-            let mut cmd = std::process::Command::new(bin("ghostwire"));
-            cmd.args(["--relay", &url]).env("NO_COLOR", "1").env("TERM", "xterm");
-            let mut term = expectrl::Session::spawn(cmd).unwrap();
-            term.set_expect_timeout(Some(std::time::Duration::from_secs(30)));
-            term.expect("room code: ").unwrap();
+        // nearest, and the code asked for again, still in the editor to be fixed in place.
+        let typed = good.clone();
+        at_the_prompt(&relay.url(), &good, move |term| {
             term.send_line(typed.replace("cider", "cidre")).unwrap();
             term.expect("is not in the word list; did you mean cider").unwrap();
-            // The refused code is back in the editor: fix the one word in place.
             term.expect("cidre-lunar").unwrap();
             term.send("\x1b[D".repeat("-lunar".len()) + &"\x7f".repeat(2)).unwrap(); // left ×6, then delete "re"
             term.send_line("er").unwrap();
-            term.expect("verified by the code's secret").unwrap();
-            term.send("\x03").unwrap();
-            term.expect("session destroyed").unwrap();
-        });
-        let mut b = with_code(&relay.url(), &good, &[]);
-        b.status("verified by the code's secret").await;
-        tokio::time::timeout(std::time::Duration::from_secs(50), terminal).await.unwrap().unwrap();
+        })
+        .await;
     })
     .await;
 }
@@ -136,14 +125,7 @@ async fn tab_completes_the_words_at_the_prompt() {
         let relay = TestRelay::with(|_| {}).await;
         let good = code("tulip-cider-lunar");
         let room_part = good.split('-').next().unwrap().to_owned();
-        let url = relay.url();
-        let terminal = tokio::task::spawn_blocking(move || {
-            use expectrl::Expect;
-            let mut cmd = std::process::Command::new(bin("ghostwire"));
-            cmd.args(["--relay", &url]).env("NO_COLOR", "1").env("TERM", "xterm");
-            let mut term = expectrl::Session::spawn(cmd).unwrap();
-            term.set_expect_timeout(Some(std::time::Duration::from_secs(30)));
-            term.expect("room code: ").unwrap();
+        at_the_prompt(&relay.url(), &good, move |term| {
             term.send(format!("{room_part}-tul\t")).unwrap();
             term.expect("tulip").unwrap();
             term.send("-cid\t").unwrap();
@@ -151,13 +133,28 @@ async fn tab_completes_the_words_at_the_prompt() {
             term.send("-luna\t").unwrap();
             term.expect("lunar").unwrap();
             term.send("\r").unwrap();
-            term.expect("verified by the code's secret").unwrap();
-            term.send("\x03").unwrap();
-            term.expect("session destroyed").unwrap();
-        });
-        let mut b = with_code(&relay.url(), &good, &[]);
-        b.status("verified by the code's secret").await;
-        tokio::time::timeout(std::time::Duration::from_secs(50), terminal).await.unwrap().unwrap();
+        })
+        .await;
     })
     .await;
+}
+
+/// A client in a pseudo-terminal at `url` with no code, so it asks: `typing` answers the prompt;
+/// a peer joins with `code`, both must verify by the code's secret, then Ctrl-C ends the first.
+async fn at_the_prompt(url: &str, code: &str, typing: impl FnOnce(&mut expectrl::session::OsSession) + Send + 'static) {
+    let url_for_term = url.to_owned();
+    let terminal = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(bin("ghostwire"));
+        cmd.args(["--relay", &url_for_term]).env("NO_COLOR", "1").env("TERM", "xterm");
+        let mut term = expectrl::Session::spawn(cmd).unwrap();
+        term.set_expect_timeout(Some(std::time::Duration::from_secs(30)));
+        term.expect("room code: ").unwrap();
+        typing(&mut term);
+        term.expect("verified by the code's secret").unwrap();
+        term.send("\x03").unwrap();
+        term.expect("session destroyed").unwrap();
+    });
+    let mut b = with_code(url, code, &[]);
+    b.status("verified by the code's secret").await;
+    tokio::time::timeout(std::time::Duration::from_secs(50), terminal).await.unwrap().unwrap();
 }
