@@ -51,6 +51,10 @@ fn main() -> std::process::ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A log that cannot be written (stderr closed: a log collector gone, `| head`) must not
+        // stop the relay: by default the subscriber reports that with eprintln!, which panics
+        // on a closed stderr, and the panicking task (the signal handler, say) dies with it.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();

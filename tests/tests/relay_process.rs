@@ -214,3 +214,36 @@ async fn nats_relays_log_no_room_codes_payloads_or_credentials() {
         }
     }
 }
+
+/// A relay whose log can no longer be written (the reader of its stderr is gone: a log
+/// collector that died, `| head`) still stops on SIGTERM, draining, with exit 0: a failed log
+/// write must not kill the task that handles the signal.
+#[test]
+fn a_relay_whose_log_reader_is_gone_still_stops_on_sigterm() {
+    use std::io::BufRead;
+    let mut child = Command::new(bin("ghostwire-relay"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains("relay listening") {
+            break;
+        }
+    }
+    drop(lines); // the log's reader goes away
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let Ok(status) = rx.recv_timeout(std::time::Duration::from_secs(15)) else {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        panic!("the relay did not stop on SIGTERM once its log's reader was gone");
+    };
+    assert!(status.unwrap().success());
+}
