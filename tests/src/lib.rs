@@ -231,6 +231,19 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A free loopback port (bound, read, released).
+/// A relay that takes the TCP connection and never answers the WebSocket upgrade.
+pub async fn silent_relay() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    (url, task)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -480,14 +480,7 @@ async fn nothing_from_the_network_reaches_the_terminal_raw() {
 #[tokio::test]
 async fn a_silent_relay_is_given_up_after_the_connect_timeout() {
     within(30, async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/", listener.local_addr().unwrap());
-        let held = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((tcp, _)) = listener.accept().await {
-                held.push(tcp);
-            }
-        });
+        let (url, held) = silent_relay().await;
         let (code, log) = Peer::start(&["--relay", &url, "--connect-timeout", "1s", "ROOM0001"]).exit().await;
         assert_eq!(code, 3, "{log}");
         assert!(log.contains("did not answer within 1s (--connect-timeout)"), "{log}");

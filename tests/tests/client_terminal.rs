@@ -144,19 +144,6 @@ async fn term_dumb_falls_back_to_plain_line_input_and_chats() {
     .await;
 }
 
-/// A relay that takes the TCP connection and never answers the WebSocket upgrade.
-async fn silent_relay() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = listener.accept().await {
-            held.push(tcp);
-        }
-    });
-    (url, task)
-}
-
 /// A relay that pairs the client with nobody: PEER_FOUND, then silence (the key exchange hangs).
 async fn pairing_relay() -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
