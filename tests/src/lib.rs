@@ -810,6 +810,14 @@ pub fn mesh_config(introducer: &str) -> Config {
     c
 }
 
+/// Arguments for a mesh introducer process listening at `listen`, probing (and so warming up
+/// for lease pings) at the test relays' pace.
+pub fn mesh_introducer_args(listen: &str) -> Vec<String> {
+    ["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", listen, "--mesh-probe-period", "500ms"]
+        .map(String::from)
+        .to_vec()
+}
+
 /// Arguments for a relay process on the mesh announcing itself to `introducer`, its mesh port
 /// at `listen`: link beats every 250 ms, a relay given up after `peer_timeout`.
 pub fn mesh_relay_args(introducer: &str, listen: &str, peer_timeout: &str) -> Vec<String> {
@@ -848,21 +856,35 @@ pub async fn until_meshed(admin: std::net::SocketAddr, others: usize) {
     until_ready(admin, 10).await;
 }
 
-/// A cut in the network in front of one loopback port: what is sent to `front` (TCP
+/// A cut in the network in front of one loopback address: what is sent to `front` (TCP
 /// connections and UDP datagrams) reaches `back` while the cut is closed ([`run`]); [`kill`]
 /// drops every connection through it and stops forwarding, as a failed switch would.
-/// [`kill_tcp`] and [`kill_udp`] cut one protocol only.
+/// [`kill_tcp`] and [`kill_udp`] cut one protocol only; [`isolate`] cuts only what comes from
+/// one source address (a relay whose mesh listens there, and so dials and gossips from there).
 pub struct Cut {
     pub front: u16,
-    back: u16,
+    back: std::net::SocketAddr,
     tcp: Option<CancellationToken>,
     udp: Option<CancellationToken>,
+    /// Sources whose traffic is dropped, and the connections open from each.
+    isolated: Arc<std::sync::Mutex<Isolated>>,
+}
+
+#[derive(Default)]
+struct Isolated {
+    from: std::collections::HashSet<std::net::IpAddr>,
+    open: Vec<(std::net::IpAddr, CancellationToken)>,
 }
 
 impl Cut {
-    /// A cut in front of `back`, forwarding.
+    /// A cut in front of `127.0.0.1:back`, forwarding.
     pub fn new(back: u16) -> Cut {
-        let mut cut = Cut { front: free_port(), back, tcp: None, udp: None };
+        Cut::to(std::net::SocketAddr::from(([127, 0, 0, 1], back)))
+    }
+
+    /// A cut in front of `back` (a loopback address), forwarding.
+    pub fn to(back: std::net::SocketAddr) -> Cut {
+        let mut cut = Cut { front: free_port(), back, tcp: None, udp: None, isolated: Arc::default() };
         cut.run();
         cut
     }
@@ -870,26 +892,36 @@ impl Cut {
     /// (Re)starts forwarding on `front`, both protocols. Must be called inside a Tokio runtime.
     pub fn run(&mut self) {
         let front = std::net::SocketAddr::from(([127, 0, 0, 1], self.front));
-        let back = std::net::SocketAddr::from(([127, 0, 0, 1], self.back));
+        let back = self.back;
         if self.tcp.is_none() {
             let token = CancellationToken::new();
             self.tcp = Some(token.clone());
             let tcp = std::net::TcpListener::bind(front).unwrap();
             tcp.set_nonblocking(true).unwrap();
             let tcp = tokio::net::TcpListener::from_std(tcp).unwrap();
+            let isolated = Arc::clone(&self.isolated);
             tokio::spawn(async move {
                 loop {
-                    let (mut inbound, _) = tokio::select! {
+                    let (mut inbound, from) = tokio::select! {
                         () = token.cancelled() => return,
                         got = tcp.accept() => match got { Ok(c) => c, Err(_) => continue },
                     };
-                    let token = token.clone();
+                    let conn = token.child_token();
+                    {
+                        let mut iso = isolated.lock().unwrap();
+                        if iso.from.contains(&from.ip()) {
+                            continue;
+                        }
+                        iso.open.retain(|(_, t)| !t.is_cancelled());
+                        iso.open.push((from.ip(), conn.clone()));
+                    }
                     tokio::spawn(async move {
                         let Ok(mut outbound) = TcpStream::connect(back).await else { return };
                         tokio::select! {
-                            () = token.cancelled() => {}
+                            () = conn.cancelled() => {}
                             _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         }
+                        conn.cancel();
                     });
                 }
             });
@@ -900,14 +932,17 @@ impl Cut {
             let udp = std::net::UdpSocket::bind(front).unwrap();
             udp.set_nonblocking(true).unwrap();
             let udp = tokio::net::UdpSocket::from_std(udp).unwrap();
+            let isolated = Arc::clone(&self.isolated);
             tokio::spawn(async move {
                 let out = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
                 let mut buf = vec![0u8; 65_536];
                 loop {
                     tokio::select! {
                         () = token.cancelled() => return,
-                        got = udp.recv_from(&mut buf) => if let Ok((n, _)) = got {
-                            let _ = out.send_to(&buf[..n], back).await;
+                        got = udp.recv_from(&mut buf) => if let Ok((n, from)) = got {
+                            if !isolated.lock().unwrap().from.contains(&from.ip()) {
+                                let _ = out.send_to(&buf[..n], back).await;
+                            }
                         },
                     }
                 }
@@ -933,6 +968,23 @@ impl Cut {
         if let Some(stop) = self.udp.take() {
             stop.cancel();
         }
+    }
+
+    /// Drops the connections from `source`, and from now on refuses its connections and drops
+    /// its datagrams; everyone else still passes.
+    pub fn isolate(&self, source: std::net::IpAddr) {
+        let mut iso = self.isolated.lock().unwrap();
+        iso.from.insert(source);
+        for (ip, conn) in &iso.open {
+            if *ip == source {
+                conn.cancel();
+            }
+        }
+    }
+
+    /// Lets everything from every source pass again.
+    pub fn rejoin(&self) {
+        self.isolated.lock().unwrap().from.clear();
     }
 }
 
