@@ -187,8 +187,9 @@ pub struct MeshConfig {
     )]
     pub introducers_file: Option<PathBuf>,
 
-    /// Run as an introducer: take part in the membership only, own no rooms, serve no clients
-    /// (every JOIN is refused with 4007).
+    /// Run as an introducer: take part in the membership and witness the relays' leases (a relay
+    /// admits new rooms only while a majority of the introducers answer it: run three), own no
+    /// rooms, serve no clients (every JOIN is refused with 4007).
     #[arg(id = "mesh_introducer", long = "mesh-introducer", env = "GHOSTWIRE_MESH_INTRODUCER")]
     pub introducer: bool,
 
@@ -202,7 +203,8 @@ pub struct MeshConfig {
     pub peer_timeout: Duration,
 
     /// SWIM probe period of the membership (a member is probed about this often; one that does
-    /// not answer, directly or through others, is suspect, and down three periods later).
+    /// not answer, directly or through others, is suspect, and down three periods later). Relays
+    /// ping the introducers as often, for a lease of four periods: keep it the same everywhere.
     #[arg(id = "mesh_probe_period", value_name = "DURATION", long = "mesh-probe-period", env = "GHOSTWIRE_MESH_PROBE_PERIOD", default_value = "1s", value_parser = parse_positive_duration)]
     pub probe_period: Duration,
 }

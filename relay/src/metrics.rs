@@ -162,6 +162,12 @@ pub struct UpstreamMetrics {
     pub retransmits: IntCounter,
     /// Messages dropped because they did not come from the seat they claim (a stale or confused relay).
     pub foreign_messages: IntCounter,
+    /// Introducers whose answer gives this relay its lease now (mesh): it admits new rooms while
+    /// they are a majority of the introducers.
+    pub lease_witnesses: IntGauge,
+    /// Joins this relay refused as the room's owner: by its roster another relay owns the room,
+    /// or it was not ready (no lease, or not linked to every relay) (mesh).
+    pub joins_refused: IntCounter,
     /// Broker messages, records and slot values dropped because their tag did not verify under
     /// the cluster secret: forged, replayed elsewhere, or from a relay with another secret
     /// (NATS, Kafka).
@@ -335,6 +341,14 @@ impl Metrics {
                 foreign_messages: b.counter(
                     "upstream_foreign_messages_total",
                     "Messages dropped because they did not come from the partner seat they name.",
+                ),
+                lease_witnesses: b.gauge(
+                    "upstream_lease_witnesses",
+                    "Introducers whose answer gives this relay its lease now; new rooms need a majority of them (mesh).",
+                ),
+                joins_refused: b.counter(
+                    "upstream_joins_refused_total",
+                    "Joins refused as a room's owner: another relay owns the room by this relay's roster, or this relay was not ready (mesh).",
                 ),
                 forged: b.counter(
                     "upstream_forged_total",

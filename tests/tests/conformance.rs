@@ -117,8 +117,9 @@ fn processes(kind: Kind) -> (Box<dyn Broker>, Vec<String>, Env) {
         Kind::Mesh => {
             let port = free_port();
             let intro = format!("127.0.0.1:{port}");
+            let args = mesh_introducer_args(&intro);
             let introducer = RelayProc::start(
-                &["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", &intro],
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
                 &[("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)],
             );
             let args = mesh_relay_args(&intro, "127.0.0.1:0", "2s");

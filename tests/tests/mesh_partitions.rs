@@ -18,15 +18,25 @@ struct CutRelay {
     cut: Cut,
 }
 
+/// Where the second and third relays' mesh ports listen, and so where they dial and gossip
+/// from: an address of their own, which the first relay's and the introducer's cuts can
+/// isolate (and theirs can isolate 127.0.0.1, where the first relay and the introducer are).
+const OTHER_SIDE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+const THIS_SIDE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// An introducer process and three relays, each behind its own cut, all meshed.
-async fn three_behind_cuts() -> (RelayProc, Vec<CutRelay>) {
-    let intro = format!("127.0.0.1:{}", free_port());
-    let introducer = RelayProc::start(&["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", &intro], &SECRET);
+async fn three_behind_cuts() -> (CutRelay, Vec<CutRelay>) {
+    let intro_back = free_port();
+    let intro_cut = Cut::new(intro_back);
+    let intro = format!("127.0.0.1:{}", intro_cut.front);
+    let mut args = mesh_introducer_args(&format!("127.0.0.1:{intro_back}"));
+    args.extend(["--mesh-advertise".to_owned(), intro.clone()]);
+    let introducer = RelayProc::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), &SECRET);
     let mut relays = Vec::new();
-    for _ in 0..3 {
-        let back = free_port();
-        let cut = Cut::new(back);
-        let mut args = mesh_relay_args(&intro, &format!("127.0.0.1:{back}"), &format!("{TIMEOUT_S}s"));
+    for i in 0..3 {
+        let back = std::net::SocketAddr::new(if i == 0 { THIS_SIDE } else { OTHER_SIDE }, free_port());
+        let cut = Cut::to(back);
+        let mut args = mesh_relay_args(&intro, &back.to_string(), &format!("{TIMEOUT_S}s"));
         args.extend(["--mesh-advertise".to_owned(), format!("127.0.0.1:{}", cut.front)]);
         let proc = RelayProc::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), &SECRET);
         relays.push(CutRelay { proc, cut });
@@ -34,7 +44,7 @@ async fn three_behind_cuts() -> (RelayProc, Vec<CutRelay>) {
     for r in &relays {
         until_meshed(r.proc.admin, 2).await;
     }
-    (introducer, relays)
+    (CutRelay { proc: introducer, cut: intro_cut }, relays)
 }
 
 /// What one racing joiner heard first.
@@ -113,13 +123,17 @@ enum Shape {
     UdpOnly,
     /// Everything to the third relay is cut, while what it sends still arrives (one-way).
     OneWay,
+    /// Everything between {the first relay, the introducer} and {the second and third relays}
+    /// is cut, both ways: two sides that each keep a live membership, the larger one without
+    /// the introducer.
+    Full,
 }
 
 /// Cuts what reaches the third relay in `shape`, races joiners through all three during the
 /// cut, heals it, and checks that one roster forms again within the bound and that no room
 /// admitted more than two at any time.
 async fn a_cut_admits_no_third(shape: Shape) {
-    let (_intro, mut r) = three_behind_cuts().await;
+    let (intro, mut r) = three_behind_cuts().await;
     let urls: Vec<String> = r.iter().map(|x| x.proc.url.clone()).collect();
     let (first, third) = (r[0].proc.admin, r[2].proc.admin);
     let before = counter(first, "ghostwire_upstream_suspicions_total").await
@@ -128,6 +142,14 @@ async fn a_cut_admits_no_third(shape: Shape) {
         Shape::TcpOnly => r[2].cut.kill_tcp(),
         Shape::UdpOnly => r[2].cut.kill_udp(),
         Shape::OneWay => r[2].cut.kill(),
+        Shape::Full => {
+            for cut in [&r[0].cut, &intro.cut] {
+                cut.isolate(OTHER_SIDE);
+            }
+            for cut in [&r[1].cut, &r[2].cut] {
+                cut.isolate(THIS_SIDE);
+            }
+        }
     }
     // The cut has been seen (a link went down, or the membership declared a member down) ...
     eventually(20, "the cut to be seen", || async move {
@@ -145,7 +167,26 @@ async fn a_cut_admits_no_third(shape: Shape) {
     if !matches!(shape, Shape::UdpOnly) {
         until_counter(third, "ghostwire_upstream_peer_deaths_total", 1).await;
     }
+    if matches!(shape, Shape::Full) {
+        // The introducer's side drops the other two once their leases can no longer be running.
+        until_meshed(r[0].proc.admin, 0).await;
+    }
     let given_up = race(&urls, 4).await;
+    if matches!(shape, Shape::Full) {
+        // The side with the introducer admits new rooms again; the other side, although it
+        // has more relays, linked to each other, never does.
+        assert!(
+            given_up.iter().all(|n| *n == 2),
+            "{shape:?}: after the give-up, exactly two per room (the introducer's side), never more: {given_up:?}"
+        );
+        for x in &r[1..] {
+            let (status, why) = http_get(x.proc.admin, "/readyz").await;
+            assert!(status == 503 && why.contains("lease"), "the other side is not ready: {status} {why}");
+        }
+        for x in r.iter().map(|x| &x.cut).chain([&intro.cut]) {
+            x.rejoin();
+        }
+    }
     r[2].cut.run();
     // One roster again, with no restart: every relay knows and is linked to the two others.
     let healed = tokio::time::Instant::now();
@@ -176,6 +217,15 @@ async fn a_one_way_cut_admits_no_third_and_heals() {
     within(150, a_cut_admits_no_third(Shape::OneWay)).await;
 }
 
+/// The partition leases exist for: the first relay and the introducer cut off from the two
+/// other relays, both ways, TCP and UDP. Each side keeps a live membership and declares the
+/// other down; only the side with a majority of the introducers admits, although the other
+/// side has more relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_two_way_partition_admits_on_one_side_only_and_heals() {
+    within(150, a_cut_admits_no_third(Shape::Full)).await;
+}
+
 /// The finding that split the mesh: a stranger without the secret opens 128 TCP connections to
 /// one relay's mesh port and sends nothing, again and again, while another relay starts. The
 /// handshake permits are no lever: the stranger holds only its own source's share, and only for
@@ -185,8 +235,8 @@ async fn a_one_way_cut_admits_no_third_and_heals() {
 async fn a_stranger_holding_handshake_slots_cannot_split_the_mesh() {
     within(150, async {
         let intro = format!("127.0.0.1:{}", free_port());
-        let _introducer =
-            RelayProc::start(&["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", &intro], &SECRET);
+        let args = mesh_introducer_args(&intro);
+        let _introducer = RelayProc::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), &SECRET);
         let start = |listen: &str| {
             let args = mesh_relay_args(&intro, listen, &format!("{TIMEOUT_S}s"));
             RelayProc::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), &SECRET)

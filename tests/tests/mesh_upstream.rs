@@ -14,7 +14,7 @@ const SECRET: [(&str, &str); 1] = [("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)]
 /// An introducer process on a free port; its `host:port`.
 fn introducer() -> (RelayProc, String) {
     let intro = format!("127.0.0.1:{}", free_port());
-    let proc = RelayProc::start(&["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", &intro], &SECRET);
+    let proc = relay_from(&mesh_introducer_args(&intro));
     (proc, intro)
 }
 
@@ -103,42 +103,83 @@ async fn racing_joiners_through_three_relay_processes_admit_exactly_two() {
     .await;
 }
 
-/// With the introducer killed (SIGKILL), the linked relays keep the room they have and open new
-/// ones across each other; a relay that starts while it is down finds the mesh once it is back.
+/// Two relays pair a room across each other, `rounds` times, and exchange a message in each.
+async fn new_rooms_pair(r: &[RelayProc], rounds: usize, tag: &str) {
+    for i in 0..rounds {
+        let code = room(&format!("{tag}{i}"));
+        let (x, y) = if i % 2 == 0 { (&r[0].url, &r[1].url) } else { (&r[1].url, &r[0].url) };
+        let mut e = join(x, &code).await;
+        let mut f = join(y, &code).await;
+        expect_peer_found(&mut e).await;
+        expect_peer_found(&mut f).await;
+        send(&mut f, signal("MSG", "new room")).await;
+        assert_eq!(expect_text(&mut e).await, signal("MSG", "new room"));
+    }
+}
+
+/// The introducers are the lease witnesses. With one of three killed (SIGKILL) the relays go on
+/// admitting; with two killed, no majority answers: the paired room goes on, new rooms are
+/// refused (4007) and `/readyz` says why; with one back (after its first lease) they admit
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_introducer_gone_linked_relays_keep_serving() {
-    within(60, async {
-        let (intro_proc, intro, r) = mesh(2).await;
+async fn new_rooms_need_a_majority_of_the_introducers() {
+    within(90, async {
+        let mut intros: Vec<(RelayProc, String)> = (0..3).map(|_| introducer()).collect();
+        let all = intros.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(",");
+        let r: Vec<RelayProc> = (0..2).map(|_| relay(&all)).collect();
+        for x in &r {
+            until_meshed(x.admin, 1).await;
+        }
         let code = room("kept");
         let mut c = join(&r[0].url, &code).await;
         let mut d = join(&r[1].url, &code).await;
         expect_peer_found(&mut c).await;
         expect_peer_found(&mut d).await;
+
+        let (first, _) = intros.remove(0);
+        first.signal(Signal::SIGKILL);
+        drop(first);
+        new_rooms_pair(&r, 4, "one-down").await;
+
+        let (second, second_addr) = intros.remove(0);
+        second.signal(Signal::SIGKILL);
+        drop(second);
+        for x in &r {
+            eventually(20, "no lease with one introducer of three", || async {
+                match http_get(x.admin, "/readyz").await {
+                    (503, why) if why.contains("lease") => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await;
+        }
+        let mut refused = join(&r[0].url, &room("refused")).await;
+        expect_error(&mut refused, 4007).await;
+        send(&mut c, signal("MSG", "the paired room goes on")).await;
+        assert_eq!(expect_text(&mut d).await, signal("MSG", "the paired room goes on"));
+
+        let _back = relay_from(&mesh_introducer_args(&second_addr));
+        for x in &r {
+            until_ready(x.admin, 20).await;
+        }
+        new_rooms_pair(&r, 2, "back").await;
+    })
+    .await;
+}
+
+/// A relay started while the introducer is down is not ready; once the introducer is back, it
+/// finds the mesh and serves rooms with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_started_without_introducers_waits_for_them() {
+    within(60, async {
+        let (intro_proc, intro, r) = mesh(2).await;
         intro_proc.signal(Signal::SIGKILL);
         drop(intro_proc);
-        send(&mut c, signal("MSG", "after the introducer died")).await;
-        assert_eq!(expect_text(&mut d).await, signal("MSG", "after the introducer died"));
-        // New rooms across the two relays, while the introducer is down.
-        for i in 0..5 {
-            let code = room(&format!("new{i}"));
-            let (x, y) = if i % 2 == 0 { (&r[0].url, &r[1].url) } else { (&r[1].url, &r[0].url) };
-            let mut e = join(x, &code).await;
-            let mut f = join(y, &code).await;
-            expect_peer_found(&mut e).await;
-            expect_peer_found(&mut f).await;
-            send(&mut f, signal("MSG", "new room")).await;
-            assert_eq!(expect_text(&mut e).await, signal("MSG", "new room"));
-        }
-        // A relay started now finds no one; once the introducer is back, it re-registers and joins.
         let late = relay(&intro);
         let (status, why) = http_get(late.admin, "/readyz").await;
         assert_eq!(status, 503, "a relay that reached no member of the mesh is not ready: {why}");
         assert!(why.contains("not yet known to any member of the mesh"), "{why}");
-        let port: u16 = intro.rsplit(':').next().unwrap().parse().unwrap();
-        let _back = RelayProc::start(
-            &["--upstream", "mesh", "--mesh-introducer", "--mesh-listen", &format!("127.0.0.1:{port}")],
-            &SECRET,
-        );
+        let _back = relay_from(&mesh_introducer_args(&intro));
         until_meshed(late.admin, 2).await;
         let code = room("late");
         let mut g = join(&late.url, &code).await;

@@ -10,7 +10,11 @@
 //! two probe periods (at most 2 s) while it knows no one, and every third such round after, so
 //! an introducer that restarted empty learns the mesh again. Between relays, foca's own
 //! dissemination keeps the roster whole, introducers or not.
+//!
+//! The same socket carries the witness leases ([`super::lease`]), sealed under a key of their
+//! own: every probe period a relay pings every introducer, and the introducers answer.
 
+use super::lease::{self, Leases, Witness};
 use super::links::Links;
 use crate::metrics::Metrics;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
@@ -145,6 +149,10 @@ pub struct Gossip {
     pub seats: Arc<std::sync::atomic::AtomicUsize>,
     /// Every relay's published load.
     pub loads: Loads,
+    /// The key that seals lease pings and answers.
+    pub lease_key: [u8; 32],
+    /// A relay's leases (`None` on an introducer, which answers pings instead).
+    pub leases: Option<Arc<Mutex<Leases>>>,
 }
 
 /// Runs the membership until `stop`; keeps `roster` and the links up to date.
@@ -157,6 +165,11 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let seal = Seal(XChaCha20Poly1305::new(&g.key.into()));
+    let lease_seal = Seal(XChaCha20Poly1305::new(&g.lease_key.into()));
+    let mut witness = Witness::new(g.me.incarnation, tokio::time::Instant::now());
+    let mut pinging = tokio::time::interval(g.probe_period);
+    pinging.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut introducers: Vec<SocketAddr> = Vec::new();
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer<Node>>();
     let mut config = Config::new_lan(std::num::NonZeroU32::new(16).unwrap_or(std::num::NonZeroU32::MIN));
     config.probe_period = g.probe_period;
@@ -178,7 +191,16 @@ pub async fn run(
     let alone_every = Duration::from_secs(2).min(g.probe_period * 2);
     let mut announce = tokio::time::interval(alone_every);
     let mut rounds = 0u32;
-    let out = Outlet { socket: &g.socket, seal: &seal, timers: timer_tx, roster, links, active, metrics: &metrics };
+    let out = Outlet {
+        socket: &g.socket,
+        seal: &seal,
+        timers: timer_tx,
+        roster,
+        links,
+        leases: g.leases.clone(),
+        active,
+        metrics: &metrics,
+    };
     loop {
         tokio::select! {
             () = stop.cancelled() => {
@@ -188,12 +210,48 @@ pub async fn run(
             }
             got = g.socket.recv_from(&mut buf) => {
                 let Ok((n, _from)) = got else { continue };
-                match seal.open(&buf[..n]) {
-                    Some(data) => {
-                        let _ = foca.handle_data(&data, &mut rt);
+                if let Some(data) = seal.open(&buf[..n]) {
+                    let _ = foca.handle_data(&data, &mut rt);
+                } else if let Some(msg) = lease_seal.open(&buf[..n]).and_then(|d| lease::Message::decode(&d)) {
+                    match (msg, &g.leases) {
+                        (lease::Message::Ping(ping), None) => {
+                            let to = ping.addr;
+                            if let Some(ack) = witness.pinged(ping, tokio::time::Instant::now()) {
+                                if let Some(sealed) = lease_seal.seal(&lease::Message::Ack(ack).encode()) {
+                                    let _ = g.socket.send_to(&sealed, to).await;
+                                }
+                            }
+                        }
+                        (lease::Message::Ack(ack), Some(leases)) => {
+                            leases.lock().unwrap_or_else(|p| p.into_inner()).answered(ack);
+                            out.reconcile(foca.iter_members().map(|m| m.id()));
+                        }
+                        _ => out.metrics.upstream.foreign_messages.inc(),
                     }
-                    None => out.metrics.upstream.gossip_refused.inc(),
+                } else {
+                    out.metrics.upstream.gossip_refused.inc();
                 }
+            }
+            _ = pinging.tick(), if g.leases.is_some() => {
+                if introducers.is_empty() {
+                    introducers = resolve(&g.seeds, g.me.addr).await;
+                }
+                if let Some(leases) = &g.leases {
+                    let now = tokio::time::Instant::now();
+                    let ping = {
+                        let mut leases = leases.lock().unwrap_or_else(|p| p.into_inner());
+                        out.metrics.upstream.lease_witnesses.set(leases.witnesses(now) as i64);
+                        leases.ping(introducers.len(), now)
+                    };
+                    if let Some(sealed) = lease_seal.seal(&lease::Message::Ping(ping).encode()) {
+                        for to in &introducers {
+                            let _ = g.socket.send_to(&sealed, to).await;
+                        }
+                    }
+                }
+                // A relay whose lease just ran out must not wait for the next announce round
+                // to drop what only that lease listed.
+                out.reconcile(foca.iter_members().map(|m| m.id()));
             }
             Some(timer) = timers.recv() => {
                 let _ = foca.handle_timer(timer, &mut rt);
@@ -213,19 +271,29 @@ pub async fn run(
                 out.reconcile(foca.iter_members().map(|m| m.id()));
                 let alone = foca.iter_members().next().is_none();
                 if alone || rounds % 3 == 0 {
-                    for seed in &g.seeds {
-                        if let Ok(addrs) = tokio::net::lookup_host(seed.as_str()).await {
-                            for addr in addrs.filter(|a| *a != g.me.addr) {
-                                let stranger = Node { addr, incarnation: 0, started: 0, relay: false, renewal: 0 };
-                                let _ = foca.announce(stranger, &mut rt);
-                            }
-                        }
+                    introducers = resolve(&g.seeds, g.me.addr).await;
+                    for addr in &introducers {
+                        let stranger = Node { addr: *addr, incarnation: 0, started: 0, relay: false, renewal: 0 };
+                        let _ = foca.announce(stranger, &mut rt);
                     }
                 }
             }
         }
         out.flush(&mut rt).await;
     }
+}
+
+/// Every address the introducers' names resolve to (this node's own left out).
+async fn resolve(seeds: &[String], me: SocketAddr) -> Vec<SocketAddr> {
+    let mut all = Vec::new();
+    for seed in seeds {
+        if let Ok(addrs) = tokio::net::lookup_host(seed.as_str()).await {
+            all.extend(addrs.filter(|a| *a != me));
+        }
+    }
+    all.sort_unstable();
+    all.dedup();
+    all
 }
 
 /// Seats held by the relays on the roster and this one, as last published.
@@ -242,13 +310,15 @@ struct Outlet<'a> {
     timers: mpsc::UnboundedSender<Timer<Node>>,
     roster: Roster,
     links: Option<Arc<Links>>,
+    leases: Option<Arc<Mutex<Leases>>>,
     active: Arc<AtomicBool>,
     metrics: &'a Metrics,
 }
 
 impl Outlet<'_> {
-    /// Makes the roster what it means: every relay the membership says is alive, and every
-    /// relay whose link to us is up; and links again the live ones whose quarantine is over.
+    /// Makes the roster what it means: every relay the membership says is alive, every relay
+    /// a live lease answer lists, and every relay whose link to us is up, less those known dead;
+    /// and links again the ones whose quarantine is over.
     ///
     /// A link-level give-up (a TCP-only outage, a one-way cut, a stranger holding the handshake
     /// slots) leaves the membership unchanged, so no MemberUp would ever bring that relay back:
@@ -258,8 +328,16 @@ impl Outlet<'_> {
     /// membership declares it down.
     fn reconcile<'n>(&self, members: impl Iterator<Item = &'n Node>) {
         let Some(links) = &self.links else { return };
-        let alive: HashMap<u64, SocketAddr> =
-            members.filter(|n| n.relay && !links.is_dead(n.incarnation)).map(|n| (n.incarnation, n.addr)).collect();
+        let listed = match &self.leases {
+            Some(l) => l.lock().unwrap_or_else(|p| p.into_inner()).listed(tokio::time::Instant::now()),
+            None => HashMap::new(),
+        };
+        let alive: HashMap<u64, SocketAddr> = members
+            .filter(|n| n.relay)
+            .map(|n| (n.incarnation, n.addr))
+            .chain(listed)
+            .filter(|(id, _)| !links.is_dead(*id))
+            .collect();
         {
             let mut roster = self.roster.lock().unwrap_or_else(|p| p.into_inner());
             roster.retain(|id, _| alive.contains_key(id) || links.is_up(*id));
@@ -300,15 +378,13 @@ impl Outlet<'_> {
                         links.ensure(node.incarnation, &node.addr.to_string());
                     }
                 }
-                // Down in the membership: no longer a candidate owner for new rooms. Its links decide
-                // whether its rooms end (they are given up only after `--mesh-peer-timeout`), so a
-                // short cut loses nothing even when the membership is quicker to judge.
-                // A relay whose link to us is up is alive whatever the datagrams say (a UDP-only
-                // cut): it stays on the roster, so both sides keep computing the same owners.
+                // Down in the membership. Whether it leaves the roster is `reconcile`'s to say (at
+                // the next ping round): not while its link to us is up (a UDP-only cut: both
+                // sides keep computing the same owners), nor while a lease answer lists it (its
+                // own lease may still be running). Its links decide whether its rooms end (they
+                // are given up only after `--mesh-peer-timeout`), so a short cut loses nothing
+                // even when the membership is quicker to judge.
                 foca::OwnedNotification::MemberDown(node) if node.relay => {
-                    if !links.is_some_and(|l| l.is_up(node.incarnation)) {
-                        lock().remove(&node.incarnation);
-                    }
                     metrics.upstream.suspicions.inc();
                 }
                 foca::OwnedNotification::Active => active.store(true, Ordering::Release),

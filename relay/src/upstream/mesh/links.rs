@@ -86,6 +86,9 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Silence, or a link down, for this long gives a peer up.
     pub peer_timeout: Duration,
+    /// The address links are dialled from: `--mesh-listen`'s, when that names one, so that a
+    /// firewall (or a test's cut) sees the mesh's traffic come from the mesh's address.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Every link of this relay.
@@ -562,6 +565,26 @@ impl Links {
         }
     }
 
+    /// A TCP connection to `addr`, from the mesh's own address when it has one.
+    async fn connect(&self, addr: &str) -> std::io::Result<TcpStream> {
+        let Some(source) = self.settings.source else { return TcpStream::connect(addr).await };
+        let mut last = std::io::Error::other(format!("{addr} does not resolve to an address"));
+        for to in tokio::net::lookup_host(addr).await? {
+            let socket = match to {
+                std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            if to.is_ipv4() == source.is_ipv4() {
+                socket.bind(std::net::SocketAddr::new(source, 0))?;
+            }
+            match socket.connect(to).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// One outbound connection to `peer`, until it fails.
     async fn run_outbound(&self, peer: &Peer, addr: &str) -> LinkEnd {
         match self.outbound(peer, addr).await {
@@ -571,7 +594,7 @@ impl Links {
     }
 
     async fn outbound(&self, peer: &Peer, addr: &str) -> Result<(), LinkEnd> {
-        let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await??;
+        let stream = timeout(CONNECT_TIMEOUT, self.connect(addr)).await??;
         let mut link = timeout(CONNECT_TIMEOUT, Noise::handshake(stream, &self.settings.psk, true)).await??;
         let session = lock(&peer.out).session;
         let hello =
@@ -765,15 +788,18 @@ fn rand_session() -> u64 {
     rand_core::OsRng.next_u64()
 }
 
-/// The Noise pre-shared key and the gossip key, derived from the cluster secret with HKDF.
-pub fn keys(secret: &[u8]) -> ([u8; 32], [u8; 32]) {
+/// The Noise pre-shared key, the gossip key and the lease key, derived from the cluster secret
+/// with HKDF.
+pub fn keys(secret: &[u8]) -> ([u8; 32], [u8; 32], [u8; 32]) {
     let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"ghostwire mesh v1"), secret);
     let mut psk = [0u8; 32];
     let mut gossip = [0u8; 32];
+    let mut lease = [0u8; 32];
     // 32 bytes is far below HKDF-SHA256's limit of 8160, so expand cannot fail.
     let _ = hk.expand(b"link psk", &mut psk);
     let _ = hk.expand(b"gossip key", &mut gossip);
-    (psk, gossip)
+    let _ = hk.expand(b"lease key", &mut lease);
+    (psk, gossip, lease)
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! * **Membership** ([`gossip`]): SWIM through `foca`, every datagram sealed with a key derived
 //!   from the cluster secret. Introducers (`--mesh-introducer`) are relays that own no rooms and
-//!   serve no clients; they are the seeds every relay announces itself to (`--introducers`).
-//!   Once the relays know each other, the introducers can all be down: the roster keeps itself.
+//!   serve no clients; they are the seeds every relay announces itself to (`--introducers`),
+//!   and the witnesses of the relays' leases ([`lease`]). Once the relays know each other, the
+//!   roster keeps itself; new rooms need a majority of the introducers answering.
 //! * **Links** ([`links`]): each relay dials every relay on the roster; a Noise `XXpsk3`
 //!   handshake proves both hold the cluster secret, and the link then carries numbered messages
 //!   that a reconnect resumes without loss, duplication or reordering.
@@ -22,15 +23,20 @@
 //! places until the rosters agree and a later joiner finds one of them; the room never holds
 //! three, since every room lives at exactly one owner and each owner admits two.
 //!
-//! **Partitions.** A relay admits new rooms only while ready: known to the membership and
-//! linked to every relay on its roster. A relay the links gave up for silence stays on the
-//! roster while the membership says it is alive, so a cut that the membership does not see
-//! (TCP only, one way, a stranger holding handshake slots) makes the relays on both sides
-//! refuse new rooms (4007) rather than each own the other's; the membership's walk relinks
-//! them when the cut heals. A full two-way partition whose sides both keep a live member is
-//! not covered (docs/PROTOCOL.md, section 26).
+//! **Partitions.** A relay admits new rooms only while ready: known to the membership,
+//! holding a lease from a majority of the introducers ([`lease`]), and linked to every relay on
+//! its roster; an owner checks the same, and that the room is its own, before it decides a join.
+//! Two ready relays always see each other, so they agree on every room's owner: in a full
+//! two-way partition only the side with a majority of the introducers admits. A relay the links
+//! gave up for silence stays on the roster while the membership says it is alive or a lease
+//! answer lists it, so a cut that the membership does not see (TCP only, one way, a stranger
+//! holding handshake slots) makes the relays on both sides refuse new rooms (4007) rather than
+//! each own the other's; the membership's walk relinks them when the cut heals. Not covered: a
+//! room's record lives at its owner only, so a room whose owner is cut off or crashes can pair
+//! once more at the new owner while its first pair talks on (docs/PROTOCOL.md, section 26).
 
 mod gossip;
+mod lease;
 mod links;
 pub mod rooms;
 mod seat;
@@ -76,16 +82,46 @@ struct Shared {
     introducer: bool,
     /// Known to at least one other member of the mesh.
     active: Arc<AtomicBool>,
+    /// The witness leases this relay holds (`None` on an introducer).
+    leases: Option<Arc<Mutex<lease::Leases>>>,
+    /// An introducer answers lease pings (and is ready) from this moment on.
+    answers_from: tokio::time::Instant,
     metrics: Arc<Metrics>,
 }
 
 impl Shared {
     /// The owner of `room` as this relay sees the roster (this relay included).
-    fn owner(&self, room: &RoomId) -> Option<u64> {
+    fn owner(&self, room: &[u8; 16]) -> Option<u64> {
         let me = self.links.me();
         let roster: Vec<u64> = self.roster.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
         let relays = roster.into_iter().chain(std::iter::once(me)).filter(|r| *r == me || !self.links.is_lost(*r));
-        rooms::owner(&room.bytes(), relays)
+        rooms::owner(room, relays)
+    }
+
+    /// Whether this relay may admit a new room, as the joiners' relay or as the room's owner:
+    /// known to the mesh, holding a lease from a majority of the introducers, and linked to every
+    /// relay on its roster (see [`lease`] for why that keeps a partition's two sides from both
+    /// admitting one room).
+    fn ready(&self) -> Result<(), String> {
+        if self.introducer {
+            let wait = self.answers_from.saturating_duration_since(tokio::time::Instant::now());
+            if !wait.is_zero() {
+                return Err(format!("an introducer answers lease pings after a lease: {wait:.1?} to go"));
+            }
+            return Ok(());
+        }
+        if !self.active.load(Ordering::Acquire) {
+            return Err("not yet known to any member of the mesh (are the introducers up?)".into());
+        }
+        if let Some(leases) = &self.leases {
+            leases.lock().unwrap_or_else(|p| p.into_inner()).check(tokio::time::Instant::now())?;
+        }
+        let roster = self.roster.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let up = self.links.up();
+        if up < roster {
+            return Err(format!("linked to {up} of the {roster} relays on the roster"));
+        }
+        Ok(())
     }
 
     fn seat(&self, n: u64) -> Option<mpsc::UnboundedSender<Event>> {
@@ -106,6 +142,14 @@ impl Handler for Router {
         match msg {
             Msg::Join { room, seat } => {
                 let joiner = SeatRef { relay: from, n: seat };
+                // Only the owner as this relay sees the roster, and only while ready, decides:
+                // the joiner's relay may have judged from a roster that is out of date.
+                let mine = shared.owner(&room) == Some(shared.links.me());
+                if !mine || shared.ready().is_err() {
+                    shared.metrics.upstream.joins_refused.inc();
+                    shared.links.send(from, Msg::Verdict { seat, verdict: Verdict::Refused });
+                    return;
+                }
                 let verdict = shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).join(room, joiner);
                 if let Verdict::Paired(first) = verdict {
                     shared.links.send(first.relay, Msg::Paired { to: first.n, partner: joiner });
@@ -181,7 +225,7 @@ impl Mesh {
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Mesh, Error> {
         let mesh = &config.mesh;
         let secret = super::room_id::cluster_secret(config)?;
-        let (psk, gossip_key) = links::keys(secret.expose().as_bytes());
+        let (psk, gossip_key, lease_key) = links::keys(secret.expose().as_bytes());
         let seeds = mesh.introducer_list().map_err(Error::Config)?;
         if seeds.is_empty() && !mesh.introducer {
             return Err(Error::Config(
@@ -209,12 +253,14 @@ impl Mesh {
             }
         };
         let stop = CancellationToken::new();
+        let lease_length = mesh.probe_period.saturating_mul(lease::PERIODS_PER_LEASE);
         let settings = Settings {
             me: incarnation,
             advertise: advertised.to_string(),
             psk,
             heartbeat: mesh.heartbeat,
             peer_timeout: mesh.peer_timeout,
+            source: (!listen.ip().is_unspecified()).then_some(listen.ip()),
         };
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
             links: Links::new(settings, Arc::new(Router(weak.clone())), Arc::clone(&metrics), stop.child_token()),
@@ -229,6 +275,9 @@ impl Mesh {
             max_batch_bytes: (256 * 1024).max(config.max_frame_bytes + 64),
             introducer: mesh.introducer,
             active: Arc::new(AtomicBool::new(false)),
+            leases: (!mesh.introducer)
+                .then(|| Arc::new(Mutex::new(lease::Leases::new(incarnation, advertised, lease_length)))),
+            answers_from: tokio::time::Instant::now() + lease::listed_for(lease_length),
             metrics: Arc::clone(&metrics),
         });
         if !mesh.introducer {
@@ -247,6 +296,8 @@ impl Mesh {
             probe_period: mesh.probe_period,
             seats: Arc::clone(&shared.open),
             loads: Arc::default(),
+            lease_key,
+            leases: shared.leases.clone(),
         };
         let tasks = TaskTracker::new();
         let links = (!mesh.introducer).then(|| Arc::clone(&shared.links));
@@ -283,8 +334,9 @@ async fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::TcpListener, tokio::
 
 impl Upstream for Mesh {
     fn join<'a>(&'a self, room: &'a RoomId, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
-        // Not linked to every relay on the roster: another relay may be deciding this room's
-        // owner from another roster, so no new room is admitted here (4007) until it is.
+        // Without a lease, or not linked to every relay on the roster: another relay may be
+        // deciding this room's owner from another roster, so no new room is admitted here
+        // (4007) until it is.
         if let Err(why) = self.ready() {
             return Box::pin(std::future::ready(Err(JoinError::Unavailable(why))));
         }
@@ -292,18 +344,7 @@ impl Upstream for Mesh {
     }
 
     fn ready(&self) -> Result<(), String> {
-        if self.shared.introducer {
-            return Ok(());
-        }
-        if !self.shared.active.load(Ordering::Acquire) {
-            return Err("not yet known to any member of the mesh (are the introducers up?)".into());
-        }
-        let roster = self.shared.roster.lock().unwrap_or_else(|p| p.into_inner()).len();
-        let up = self.shared.links.up();
-        if up < roster {
-            return Err(format!("linked to {up} of the {roster} relays on the roster"));
-        }
-        Ok(())
+        self.shared.ready()
     }
 
     fn open_rooms(&self) -> usize {

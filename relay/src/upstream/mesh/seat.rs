@@ -153,7 +153,7 @@ impl SeatTask {
 
     /// Sends the join to the room's owner as this relay sees the roster.
     fn ask_owner(&mut self) -> bool {
-        let Some(owner) = self.shared.owner(&self.room) else { return false };
+        let Some(owner) = self.shared.owner(&self.room.bytes()) else { return false };
         self.owner = Some(owner);
         self.shared.links.send(owner, Msg::Join { room: self.room.bytes(), seat: self.me.n })
     }
@@ -189,6 +189,10 @@ impl SeatTask {
                             self.shared.metrics.upstream.slot_conflicts.inc();
                             self.owner = None;
                             break Err(JoinError::RoomFull);
+                        }
+                        Verdict::Refused => {
+                            self.owner = None;
+                            break unavailable("the room's relay is not admitting new rooms now");
                         }
                     },
                     Some(Event::RelayLost(relay)) if Some(relay) == self.owner => {
@@ -321,6 +325,7 @@ impl SeatTask {
                     self.inbox.peer_found(Box::new(self.outbox.link()));
                 }
                 Verdict::Full => self.lost("the room filled while its owner changed"),
+                Verdict::Refused => self.lost("the room's new owner is not admitting new rooms now"),
             },
             Event::Verdict { .. } => {}
         }

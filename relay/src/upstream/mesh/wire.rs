@@ -26,6 +26,9 @@ pub enum Verdict {
     Paired(SeatRef),
     /// Two seats hold the room.
     Full,
+    /// The receiver does not decide this room now: another relay owns it by the receiver's
+    /// roster, or the receiver is not ready (no lease, or not linked to every relay).
+    Refused,
 }
 
 /// A message between relays. The sending relay is the link's, so only seats on the receiver
@@ -154,6 +157,7 @@ impl Msg {
                 match verdict {
                     Verdict::Waiting => b.put_u8(b'w'),
                     Verdict::Full => b.put_u8(b'f'),
+                    Verdict::Refused => b.put_u8(b'r'),
                     Verdict::Paired(p) => {
                         b.put_u8(b'p');
                         b.put_u64(p.relay);
@@ -211,6 +215,7 @@ impl Msg {
                 let verdict = match u8s(b)? {
                     b'w' => Verdict::Waiting,
                     b'f' => Verdict::Full,
+                    b'r' => Verdict::Refused,
                     b'p' => Verdict::Paired(SeatRef { relay: u64s(b)?, n: u64s(b)? }),
                     _ => return Err(Malformed),
                 };
@@ -335,6 +340,7 @@ mod tests {
             Msg::Join { room: [3; 16], seat: 4 },
             Msg::Verdict { seat: 1, verdict: Verdict::Waiting },
             Msg::Verdict { seat: 2, verdict: Verdict::Full },
+            Msg::Verdict { seat: 4, verdict: Verdict::Refused },
             Msg::Verdict { seat: 3, verdict: Verdict::Paired(s) },
             Msg::Paired { to: 5, partner: s },
             Msg::Frames { to: 1, from: 2, first: 3, frames: vec![Bytes::from_static(b"{\"a\":1}"), Bytes::new()] },
