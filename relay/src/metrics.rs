@@ -165,6 +165,9 @@ pub struct UpstreamMetrics {
     /// Introducers whose answer gives this relay its lease now (mesh): it admits new rooms while
     /// they are a majority of the introducers.
     pub lease_witnesses: IntGauge,
+    /// Relays that left the roster within the grace: the rooms they owned admit no new seat
+    /// until their seats' records can have reached the new owners (mesh).
+    pub rooms_moving: IntGauge,
     /// Joins this relay refused as the room's owner: by its roster another relay owns the room,
     /// or it was not ready (no lease, or not linked to every relay) (mesh).
     pub joins_refused: IntCounter,
@@ -345,6 +348,10 @@ impl Metrics {
                 lease_witnesses: b.gauge(
                     "upstream_lease_witnesses",
                     "Introducers whose answer gives this relay its lease now; new rooms need a majority of them (mesh).",
+                ),
+                rooms_moving: b.gauge(
+                    "upstream_rooms_moving",
+                    "Relays that left the roster lately whose rooms admit no new seat yet, while their pairs' records move to the new owners (mesh).",
                 ),
                 joins_refused: b.counter(
                     "upstream_joins_refused_total",

@@ -168,8 +168,10 @@ async fn a_cut_admits_no_third(shape: Shape) {
         until_counter(third, "ghostwire_upstream_peer_deaths_total", 1).await;
     }
     if matches!(shape, Shape::Full) {
-        // The introducer's side drops the other two once their leases can no longer be running.
+        // The introducer's side drops the other two once their leases can no longer be running,
+        // and admits their rooms too once their records could have moved (the grace).
         until_meshed(r[0].proc.admin, 0).await;
+        until_metric(r[0].proc.admin, "ghostwire_upstream_rooms_moving 0").await;
     }
     let given_up = race(&urls, 4).await;
     if matches!(shape, Shape::Full) {

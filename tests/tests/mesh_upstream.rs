@@ -103,6 +103,81 @@ async fn racing_joiners_through_three_relay_processes_admit_exactly_two() {
     .await;
 }
 
+/// What a third joiner hears first within two seconds: `Some(text)`, or `None` when it waits.
+async fn first_answer(url: &str, code: &str) -> Option<String> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = join(url, code).await;
+    match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+        Err(_) => None,
+        Ok(Some(Ok(Message::Text(text)))) => Some(text.to_string()),
+        Ok(other) => panic!("unexpected answer to a JOIN: {other:?}"),
+    }
+}
+
+/// A third joiner of each of `codes`, through `urls` in turn, is refused as full (4002), never
+/// left waiting for a fourth to pair with; 4007 (a new owner waiting for the rooms' records)
+/// is asked again.
+async fn every_room_stays_full(urls: &[&str], codes: &[String]) {
+    for (i, code) in codes.iter().enumerate() {
+        let url = urls[i % urls.len()];
+        eventually(20, "a third joiner refused as full", || async move {
+            match first_answer(url, code).await {
+                None => panic!("{code}: a third joiner was admitted to a paired room"),
+                Some(text) if text.contains("4002") => Ok(()),
+                Some(text) if text.contains("4007") => Err(text),
+                Some(text) => panic!("{code}: unexpected answer {text}"),
+            }
+        })
+        .await;
+    }
+}
+
+/// Twelve rooms paired across two relays. A third relay joins and takes over about a third of
+/// the rooms by their hash; then it is killed (SIGKILL) and they move on again. Each time the
+/// rooms' records move with them: every pair goes on, and a third joiner of any of the codes,
+/// on any relay, is refused as full. Once the pairs leave, every code is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_keeps_its_room_full_when_the_room_changes_owner() {
+    within(120, async {
+        let (_intro, intro, mut r) = mesh(2).await;
+        let codes: Vec<String> = (0..12).map(|i| room(&format!("owned{i}"))).collect();
+        let mut pairs = Vec::new();
+        for code in &codes {
+            let (mut a, mut b) = (join(&r[0].url, code).await, join(&r[1].url, code).await);
+            expect_peer_found(&mut a).await;
+            expect_peer_found(&mut b).await;
+            pairs.push((a, b));
+        }
+        r.push(relay(&intro));
+        for x in &r {
+            until_meshed(x.admin, 2).await;
+        }
+        every_room_stays_full(&[&r[2].url, &r[0].url, &r[1].url], &codes).await;
+        let third = r.pop().unwrap();
+        third.signal(Signal::SIGKILL);
+        let _ = tokio::task::spawn_blocking(move || third.wait()).await.unwrap();
+        for x in &r {
+            until_meshed(x.admin, 1).await;
+        }
+        every_room_stays_full(&[&r[0].url, &r[1].url], &codes).await;
+        for (a, b) in &mut pairs {
+            send(a, signal("MSG", "still here")).await;
+            assert_eq!(expect_text(b).await, signal("MSG", "still here"));
+        }
+        drop(pairs);
+        for x in &r {
+            until_metric(x.admin, "ghostwire_rooms_open 0").await;
+        }
+        for (i, code) in codes.iter().enumerate() {
+            let (mut a, mut b) = (join(&r[i % 2].url, code).await, join(&r[(i + 1) % 2].url, code).await);
+            expect_peer_found(&mut a).await;
+            expect_peer_found(&mut b).await;
+        }
+    })
+    .await;
+}
+
 /// Two relays pair a room across each other, `rounds` times, and exchange a message in each.
 async fn new_rooms_pair(r: &[RelayProc], rounds: usize, tag: &str) {
     for i in 0..rounds {

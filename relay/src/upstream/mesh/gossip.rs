@@ -16,6 +16,7 @@
 
 use super::lease::{self, Leases, Witness};
 use super::links::Links;
+use super::roster::Roster;
 use crate::metrics::Metrics;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::XChaCha20Poly1305;
@@ -60,9 +61,6 @@ impl Identity for Node {
         (self.started, self.renewal) > (other.started, other.renewal)
     }
 }
-
-/// The relays the membership says are up: incarnation → link address.
-pub type Roster = Arc<Mutex<HashMap<u64, SocketAddr>>>;
 
 /// Each relay's load as it last published it: incarnation → (version, seats held).
 pub type Loads = Arc<Mutex<HashMap<u64, (u64, u32)>>>;
@@ -158,7 +156,7 @@ pub struct Gossip {
 /// Runs the membership until `stop`; keeps `roster` and the links up to date.
 pub async fn run(
     g: Gossip,
-    roster: Roster,
+    roster: Arc<Roster>,
     links: Option<Arc<Links>>,
     active: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -252,6 +250,7 @@ pub async fn run(
                 // A relay whose lease just ran out must not wait for the next announce round
                 // to drop what only that lease listed.
                 out.reconcile(foca.iter_members().map(|m| m.id()));
+                out.roster.refresh();
             }
             Some(timer) = timers.recv() => {
                 let _ = foca.handle_timer(timer, &mut rt);
@@ -298,7 +297,7 @@ async fn resolve(seeds: &[String], me: SocketAddr) -> Vec<SocketAddr> {
 
 /// Seats held by the relays on the roster and this one, as last published.
 fn mesh_seats(roster: &Roster, loads: &Loads, me: u64) -> u64 {
-    let live: Vec<u64> = roster.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+    let live = roster.ids();
     let loads = loads.lock().unwrap_or_else(|p| p.into_inner());
     live.iter().chain(std::iter::once(&me)).filter_map(|r| loads.get(r)).map(|(_, s)| u64::from(*s)).sum()
 }
@@ -308,7 +307,7 @@ struct Outlet<'a> {
     socket: &'a UdpSocket,
     seal: &'a Seal,
     timers: mpsc::UnboundedSender<Timer<Node>>,
-    roster: Roster,
+    roster: Arc<Roster>,
     links: Option<Arc<Links>>,
     leases: Option<Arc<Mutex<Leases>>>,
     active: Arc<AtomicBool>,
@@ -338,18 +337,21 @@ impl Outlet<'_> {
             .chain(listed)
             .filter(|(id, _)| !links.is_dead(*id))
             .collect();
-        {
-            let mut roster = self.roster.lock().unwrap_or_else(|p| p.into_inner());
-            roster.retain(|id, _| alive.contains_key(id) || links.is_up(*id));
-            roster.extend(alive.iter().map(|(id, addr)| (*id, *addr)));
-            self.metrics.upstream.roster_size.set(roster.len() as i64);
-        }
-        // The roster's lock is never held while the links are called (they call back into it).
-        for (id, addr) in alive {
-            if !links.is_lost(id) {
-                links.ensure(id, &addr.to_string());
+        // Linked first, then on the roster: a seat whose room moves to a relay with the roster
+        // change sends its record on that link. (The roster's lock is never held while the
+        // links are called: they call back into it.)
+        for (id, addr) in &alive {
+            if !links.is_lost(*id) {
+                links.ensure(*id, &addr.to_string());
             }
         }
+        let mut next = alive;
+        for (id, addr) in self.roster.snapshot() {
+            if links.is_up(id) {
+                next.entry(id).or_insert(addr);
+            }
+        }
+        self.roster.set(next);
     }
 
     /// Sends what foca wants sent, schedules its timers, applies its notifications.
@@ -369,14 +371,13 @@ impl Outlet<'_> {
             });
         }
         while let Some(note) = rt.to_notify() {
-            // The roster's lock is never held while the links are called (they call back into it).
-            let lock = || roster.lock().unwrap_or_else(|p| p.into_inner());
             match note {
+                // Linked first, then on the roster (see `reconcile`).
                 foca::OwnedNotification::MemberUp(node) if node.relay => {
-                    lock().insert(node.incarnation, node.addr);
                     if let Some(links) = links {
                         links.ensure(node.incarnation, &node.addr.to_string());
                     }
+                    roster.insert(node.incarnation, node.addr);
                 }
                 // Down in the membership. Whether it leaves the roster is `reconcile`'s to say (at
                 // the next ping round): not while its link to us is up (a UDP-only cut: both
@@ -392,9 +393,8 @@ impl Outlet<'_> {
                     active.store(false, Ordering::Release)
                 }
                 foca::OwnedNotification::Rename(old, new) => {
-                    let mut roster = lock();
-                    if old.relay {
-                        roster.remove(&old.incarnation);
+                    if old.relay && old.incarnation != new.incarnation {
+                        roster.remove(old.incarnation);
                     }
                     if new.relay {
                         roster.insert(new.incarnation, new.addr);
@@ -402,7 +402,6 @@ impl Outlet<'_> {
                 }
                 _ => {}
             }
-            metrics.upstream.roster_size.set(lock().len() as i64);
         }
     }
 }

@@ -691,9 +691,11 @@ impl Links {
         link.send(&Envelope::Welcome { me: self.settings.me, next }).await?;
         // Replies go on our own link to it: make sure there is one, and that the rooms count
         // it before it counts itself ready.
+        // Linked first, then on the roster: a seat whose room moves to it on the roster change
+        // sends its record on that link.
         if !self.is_lost(from) {
-            self.handler.met(from, &addr);
             self.ensure(from, &addr);
+            self.handler.met(from, &addr);
         }
         let heard = |links: &Links| {
             if let Some(peer) = lock(&links.peers).get(&from) {

@@ -13,15 +13,10 @@
 //!   at most two seats, however joins race through different relays. The owner only decides;
 //!   frames go straight between the two seats' relays ([`seat`]).
 //! * **Faults.** A relay given up by the links (silent or unreachable for `--mesh-peer-timeout`,
-//!   or answering as a new incarnation) or declared down by the membership: its partners end
-//!   with 4011, the rooms it held at owners are freed at once, and seats waiting at it as owner
-//!   wait at the new owner. A relay's incarnation is random per start, so nothing addressed to a
-//!   previous run reaches a new one.
-//!
-//! **What a roster change can do.** Two relays whose rosters differ for a moment (a relay just
-//! came or went) can pick different owners for one room: two joiners can then wait in two
-//! places until the rosters agree and a later joiner finds one of them; the room never holds
-//! three, since every room lives at exactly one owner and each owner admits two.
+//!   or answering as a new incarnation): its partners end with 4011, the rooms it held at owners
+//!   are freed at once, and the seats whose owner it was record their rooms at the new owner. A
+//!   relay's incarnation is random per start, so nothing addressed to a previous run reaches a
+//!   new one.
 //!
 //! **Partitions.** A relay admits new rooms only while ready: known to the membership,
 //! holding a lease from a majority of the introducers ([`lease`]), and linked to every relay on
@@ -31,14 +26,18 @@
 //! gave up for silence stays on the roster while the membership says it is alive or a lease
 //! answer lists it, so a cut that the membership does not see (TCP only, one way, a stranger
 //! holding handshake slots) makes the relays on both sides refuse new rooms (4007) rather than
-//! each own the other's; the membership's walk relinks them when the cut heals. Not covered: a
-//! room's record lives at its owner only, so a room whose owner is cut off or crashes can pair
-//! once more at the new owner while its first pair talks on (docs/PROTOCOL.md, section 26).
+//! each own the other's; the membership's walk relinks them when the cut heals.
+//!
+//! **Owner changes.** When a room's owner changes with the roster, its seats record it at the
+//! new owner (`Hold`), which holds back joins to rooms of a relay that left within a grace
+//! ([`roster`]) so the records arrive first. Not covered: a pair whose seats and owner are all
+//! on the side of a partition without the introducers' majority (docs/PROTOCOL.md, section 26).
 
 mod gossip;
 mod lease;
 mod links;
 pub mod rooms;
+mod roster;
 mod seat;
 pub mod wire;
 
@@ -69,7 +68,7 @@ pub struct Mesh {
 /// What the seats, the links' handler and the membership share.
 struct Shared {
     links: Arc<Links>,
-    roster: gossip::Roster,
+    roster: Arc<roster::Roster>,
     rooms: Mutex<Rooms>,
     seats: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
     next_seat: AtomicU64,
@@ -93,8 +92,8 @@ impl Shared {
     /// The owner of `room` as this relay sees the roster (this relay included).
     fn owner(&self, room: &[u8; 16]) -> Option<u64> {
         let me = self.links.me();
-        let roster: Vec<u64> = self.roster.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
-        let relays = roster.into_iter().chain(std::iter::once(me)).filter(|r| *r == me || !self.links.is_lost(*r));
+        let relays =
+            self.roster.ids().into_iter().chain(std::iter::once(me)).filter(|r| *r == me || !self.links.is_lost(*r));
         rooms::owner(room, relays)
     }
 
@@ -116,12 +115,28 @@ impl Shared {
         if let Some(leases) = &self.leases {
             leases.lock().unwrap_or_else(|p| p.into_inner()).check(tokio::time::Instant::now())?;
         }
-        let roster = self.roster.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let roster = self.roster.len();
         let up = self.links.up();
         if up < roster {
             return Err(format!("linked to {up} of the {roster} relays on the roster"));
         }
         Ok(())
+    }
+
+    /// When a relay that left the roster within the grace owned `room`, the end of its grace:
+    /// its seats elsewhere are recording the room here (`Msg::Hold`) until then.
+    fn moved_lately(&self, room: &[u8; 16]) -> Option<tokio::time::Instant> {
+        let moving = self.roster.moving();
+        if moving.is_empty() {
+            return None;
+        }
+        let me = self.links.me();
+        let now: Vec<u64> = self.roster.ids().into_iter().filter(|r| !self.links.is_lost(*r)).chain([me]).collect();
+        moving
+            .into_iter()
+            .filter(|(d, _)| rooms::owner(room, now.iter().copied().chain([*d])) == Some(*d))
+            .map(|(_, until)| until)
+            .max()
     }
 
     fn seat(&self, n: u64) -> Option<mpsc::UnboundedSender<Event>> {
@@ -133,6 +148,36 @@ impl Shared {
     }
 }
 
+/// The owner's decision on seat `seat` of relay `from` joining `room`.
+///
+/// Only the owner as this relay sees the roster, and only while ready, decides: the joiner's
+/// relay may have judged from a roster that is out of date (refused: 4007 to the client). A
+/// room whose previous owner left lately waits, unanswered, until the grace is over, so that
+/// the records of its seats elsewhere (`Hold`) arrive first.
+fn decide_join(shared: &Arc<Shared>, from: u64, room: [u8; 16], seat: u64) {
+    let joiner = SeatRef { relay: from, n: seat };
+    if shared.owner(&room) != Some(shared.links.me()) || shared.ready().is_err() {
+        shared.metrics.upstream.joins_refused.inc();
+        shared.links.send(from, Msg::Verdict { seat, verdict: Verdict::Refused });
+        return;
+    }
+    if let Some(until) = shared.moved_lately(&room) {
+        let later = Arc::downgrade(shared);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(until).await;
+            if let Some(shared) = later.upgrade() {
+                decide_join(&shared, from, room, seat);
+            }
+        });
+        return;
+    }
+    let verdict = shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).join(room, joiner);
+    if let Verdict::Paired(first) = verdict {
+        shared.links.send(first.relay, Msg::Paired { to: first.n, partner: joiner });
+    }
+    shared.links.send(from, Msg::Verdict { seat, verdict });
+}
+
 /// The links' handler: routes what arrives to the room table and the seats.
 struct Router(Weak<Shared>);
 
@@ -140,21 +185,34 @@ impl Handler for Router {
     fn deliver(&self, from: u64, msg: Msg) {
         let Some(shared) = self.0.upgrade() else { return };
         match msg {
-            Msg::Join { room, seat } => {
-                let joiner = SeatRef { relay: from, n: seat };
-                // Only the owner as this relay sees the roster, and only while ready, decides:
-                // the joiner's relay may have judged from a roster that is out of date.
-                let mine = shared.owner(&room) == Some(shared.links.me());
-                if !mine || shared.ready().is_err() {
+            Msg::Join { room, seat } => decide_join(&shared, from, room, seat),
+            // A seat whose room moved here with a roster change: recorded, never refused for
+            // the grace (it was admitted by the previous owner). A waiting one is a join.
+            Msg::Hold { room, seat, partner } => {
+                let holder = SeatRef { relay: from, n: seat };
+                if shared.owner(&room) != Some(shared.links.me()) {
                     shared.metrics.upstream.joins_refused.inc();
-                    shared.links.send(from, Msg::Verdict { seat, verdict: Verdict::Refused });
+                    if partner.is_none() {
+                        shared.links.send(from, Msg::Verdict { seat, verdict: Verdict::Refused });
+                    }
                     return;
                 }
-                let verdict = shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).join(room, joiner);
-                if let Verdict::Paired(first) = verdict {
-                    shared.links.send(first.relay, Msg::Paired { to: first.n, partner: joiner });
+                let mut rooms = shared.rooms.lock().unwrap_or_else(|p| p.into_inner());
+                match partner {
+                    Some(partner) => {
+                        if !rooms.hold(room, holder, partner) {
+                            shared.metrics.upstream.slot_conflicts.inc();
+                        }
+                    }
+                    None => {
+                        let verdict = rooms.join(room, holder);
+                        drop(rooms);
+                        if let Verdict::Paired(first) = verdict {
+                            shared.links.send(first.relay, Msg::Paired { to: first.n, partner: holder });
+                        }
+                        shared.links.send(from, Msg::Verdict { seat, verdict });
+                    }
                 }
-                shared.links.send(from, Msg::Verdict { seat, verdict });
             }
             Msg::Verdict { seat, verdict } => {
                 shared.tell(seat, Event::Verdict { owner: from, verdict });
@@ -190,9 +248,7 @@ impl Handler for Router {
     fn met(&self, id: u64, addr: &str) {
         let Some(shared) = self.0.upgrade() else { return };
         if let Ok(addr) = addr.parse::<SocketAddr>() {
-            let mut roster = shared.roster.lock().unwrap_or_else(|p| p.into_inner());
-            roster.insert(id, addr);
-            shared.metrics.upstream.roster_size.set(roster.len() as i64);
+            shared.roster.insert(id, addr);
         }
     }
 
@@ -203,9 +259,7 @@ impl Handler for Router {
         // linked, keeps this relay from admitting new rooms that the two could otherwise each
         // claim to own.
         if shared.links.is_dead(id) {
-            let mut roster = shared.roster.lock().unwrap_or_else(|p| p.into_inner());
-            roster.remove(&id);
-            shared.metrics.upstream.roster_size.set(roster.len() as i64);
+            shared.roster.remove(id);
         }
         shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).forget_relay(id);
         let seats: Vec<_> = shared.seats.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
@@ -264,7 +318,14 @@ impl Mesh {
         };
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
             links: Links::new(settings, Arc::new(Router(weak.clone())), Arc::clone(&metrics), stop.child_token()),
-            roster: Arc::default(),
+            // The grace: the skew between two relays' rosters (one probe period of lease answers,
+            // one of the rounds that recompute the roster) and the records' trip, with room; at
+            // most 3 s, so a join it holds back is still answered within the seat's 5 s.
+            roster: Arc::new(roster::Roster::new(
+                metrics.upstream.roster_size.clone(),
+                metrics.upstream.rooms_moving.clone(),
+                mesh.probe_period.saturating_mul(3).min(Duration::from_secs(3)),
+            )),
             rooms: Mutex::new(Rooms::default()),
             seats: Mutex::new(HashMap::new()),
             next_seat: AtomicU64::new(1),

@@ -42,6 +42,24 @@ impl Rooms {
         }
     }
 
+    /// Seat `seat`, paired with `partner` by the room's previous owner, holds `room` here now
+    /// (the roster changed). `false` when the room holds other seats, admitted here meanwhile:
+    /// both pairs go on, and the room is not taken from the ones it holds.
+    pub fn hold(&mut self, room: [u8; 16], seat: SeatRef, partner: SeatRef) -> bool {
+        match self.rooms.get(&room).copied() {
+            None => {
+                self.rooms.insert(room, Room::Paired(partner, seat));
+                true
+            }
+            Some(Room::Waiting(a)) if a == partner || a == seat => {
+                self.rooms.insert(room, Room::Paired(partner, seat));
+                true
+            }
+            Some(Room::Paired(a, b)) => (a, b) == (partner, seat) || (a, b) == (seat, partner),
+            Some(Room::Waiting(_)) => false,
+        }
+    }
+
     /// Seat `seat` left `room`: the room is free again if the seat held it (a pair ends together).
     pub fn leave(&mut self, room: [u8; 16], seat: SeatRef) -> bool {
         let holds = match self.rooms.get(&room) {
@@ -112,6 +130,23 @@ mod tests {
         assert!(rooms.leave(r, seat(2, 1)));
         assert!(rooms.is_empty());
         assert_eq!(rooms.join(r, seat(3, 1)), Verdict::Waiting);
+    }
+
+    #[test]
+    fn a_pair_held_again_at_a_new_owner_fills_its_room() {
+        let mut rooms = Rooms::default();
+        let (r, a, b) = ([1; 16], seat(1, 1), seat(2, 1));
+        assert!(rooms.hold(r, a, b));
+        assert!(rooms.hold(r, b, a), "the partner's record of the same pair agrees");
+        assert_eq!(rooms.join(r, seat(3, 1)), Verdict::Full);
+        assert!(rooms.leave(r, a));
+        // A waiting seat of the pair, recorded first, is completed; a stranger's is not taken.
+        assert_eq!(rooms.join(r, a), Verdict::Waiting);
+        assert!(rooms.hold(r, b, a));
+        assert_eq!(rooms.join(r, seat(3, 1)), Verdict::Full);
+        assert!(rooms.leave(r, b));
+        assert_eq!(rooms.join(r, seat(3, 1)), Verdict::Waiting);
+        assert!(!rooms.hold(r, b, a));
     }
 
     #[test]

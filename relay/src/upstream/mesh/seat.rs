@@ -99,6 +99,11 @@ struct SeatTask {
     me: SeatRef,
     room: RoomId,
     owner: Option<u64>,
+    /// Owners this room had before, for a pair whose room moved with a roster change: each keeps
+    /// the pair's record (it answers a stale joiner "full") until the pair leaves.
+    former: Vec<u64>,
+    /// Wakes at every roster change: the room may have moved.
+    roster: tokio::sync::watch::Receiver<u64>,
     inbox: Arc<Inbox>,
     kill: KillSwitch,
     events: mpsc::UnboundedReceiver<Event>,
@@ -122,12 +127,15 @@ impl SeatTask {
         shared.seats.lock().unwrap_or_else(|p| p.into_inner()).insert(n, tx);
         count.1 = Some(n);
         let outbox = Outbox::new(shared.peer_queue);
+        let roster = shared.roster.changes();
         SeatTask {
             me: SeatRef { relay: shared.links.me(), n },
             out: Outgoing::new(shared.peer_queue),
             shared,
             room,
             owner: None,
+            former: Vec::new(),
+            roster,
             recv: Handover::new(Arc::clone(&me.inbox)),
             inbox: me.inbox,
             kill: me.kill,
@@ -254,6 +262,7 @@ impl SeatTask {
                     ack_armed = false;
                     self.acknowledge(true);
                 }
+                Ok(()) = self.roster.changed() => self.rehome(),
             }
         }
     }
@@ -311,11 +320,9 @@ impl SeatTask {
                     if !self.ended && !self.recv.told() {
                         self.lost("the partner's relay was lost");
                     }
-                } else if self.partner.is_none() && self.owner == Some(relay) {
-                    // Waiting, and the room's owner is gone: wait at the new owner instead.
-                    if !self.ask_owner() {
-                        self.lost("no relay of the mesh can be reached");
-                    }
+                } else if self.owner == Some(relay) {
+                    // The room's owner is gone: the room is recorded at the new owner.
+                    self.rehome();
                 }
             }
             Event::Verdict { owner, verdict } if Some(owner) == self.owner && self.partner.is_none() => match verdict {
@@ -328,6 +335,35 @@ impl SeatTask {
                 Verdict::Refused => self.lost("the room's new owner is not admitting new rooms now"),
             },
             Event::Verdict { .. } => {}
+        }
+    }
+
+    /// The roster changed, or the owner was given up: when the room has another owner now, the
+    /// seat records itself there (`Hold`: with its partner, or waiting), so that owner knows the
+    /// room is taken. A waiting seat leaves the previous owner; a paired one leaves its record
+    /// there until the pair ends.
+    fn rehome(&mut self) {
+        let Some(before) = self.owner else { return };
+        let Some(now) = self.shared.owner(&self.room.bytes()) else {
+            if self.partner.is_none() {
+                self.lost("no relay of the mesh can be reached");
+            }
+            return;
+        };
+        if now == before {
+            return;
+        }
+        let room = self.room.bytes();
+        if self.partner.is_none() {
+            self.shared.links.send(before, Msg::Leave { room, seat: self.me.n });
+        } else if !self.former.contains(&before) {
+            self.former.push(before);
+        }
+        self.former.retain(|r| *r != now);
+        self.owner = Some(now);
+        let held = Msg::Hold { room, seat: self.me.n, partner: self.partner };
+        if !self.shared.links.send(now, held) && self.partner.is_none() {
+            self.lost("no relay of the mesh can be reached");
         }
     }
 
@@ -391,6 +427,9 @@ impl SeatTask {
                 self.send_frames(frame, false);
             }
             self.shared.links.send(partner.relay, Msg::Left { to: partner.n, from: self.me.n, sent: self.out.sent() });
+        }
+        for former in std::mem::take(&mut self.former) {
+            self.shared.links.send(former, Msg::Leave { room: self.room.bytes(), seat: self.me.n });
         }
         if let Some(owner) = self.owner {
             let leave = Msg::Leave { room: self.room.bytes(), seat: self.me.n };

@@ -92,6 +92,16 @@ pub enum Msg {
         /// The seat that left.
         seat: u64,
     },
+    /// To a room's new owner (the roster changed): seat `seat` of the sender holds a place in
+    /// `room`, paired with `partner` or waiting. A waiting seat is answered with a `Verdict`.
+    Hold {
+        /// The keyed room id.
+        room: [u8; 16],
+        /// The seat on the sender.
+        seat: u64,
+        /// Its partner, once paired.
+        partner: Option<SeatRef>,
+    },
     /// Seat `to` (on the sender of the message this answers) is unknown here: its pair is lost.
     Gone {
         /// The seat on the receiver whose partner is gone.
@@ -199,6 +209,19 @@ impl Msg {
                 b.put_slice(room);
                 b.put_u64(*seat);
             }
+            Msg::Hold { room, seat, partner } => {
+                b.put_u8(b'H');
+                b.put_slice(room);
+                b.put_u64(*seat);
+                match partner {
+                    None => b.put_u8(0),
+                    Some(p) => {
+                        b.put_u8(1);
+                        b.put_u64(p.relay);
+                        b.put_u64(p.n);
+                    }
+                }
+            }
             Msg::Gone { to } => {
                 b.put_u8(b'G');
                 b.put_u64(*to);
@@ -238,6 +261,15 @@ impl Msg {
             b'K' => Msg::Ack { to: u64s(b)?, from: u64s(b)?, next: u64s(b)? },
             b'L' => Msg::Left { to: u64s(b)?, from: u64s(b)?, sent: u64s(b)? },
             b'X' => Msg::Leave { room: room(b)?, seat: u64s(b)? },
+            b'H' => {
+                let (room, seat) = (room(b)?, u64s(b)?);
+                let partner = match u8s(b)? {
+                    0 => None,
+                    1 => Some(SeatRef { relay: u64s(b)?, n: u64s(b)? }),
+                    _ => return Err(Malformed),
+                };
+                Msg::Hold { room, seat, partner }
+            }
             b'G' => Msg::Gone { to: u64s(b)? },
             b'B' => Msg::Bye,
             _ => return Err(Malformed),
@@ -341,6 +373,8 @@ mod tests {
             Msg::Verdict { seat: 1, verdict: Verdict::Waiting },
             Msg::Verdict { seat: 2, verdict: Verdict::Full },
             Msg::Verdict { seat: 4, verdict: Verdict::Refused },
+            Msg::Hold { room: [7; 16], seat: 5, partner: None },
+            Msg::Hold { room: [7; 16], seat: 6, partner: Some(s) },
             Msg::Verdict { seat: 3, verdict: Verdict::Paired(s) },
             Msg::Paired { to: 5, partner: s },
             Msg::Frames { to: 1, from: 2, first: 3, frames: vec![Bytes::from_static(b"{\"a\":1}"), Bytes::new()] },
