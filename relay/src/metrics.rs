@@ -255,13 +255,11 @@ impl Builder<'_> {
 }
 
 /// The upstreams compiled into this build, comma-separated.
-pub fn compiled_upstreams() -> &'static str {
-    match (cfg!(feature = "nats"), cfg!(feature = "kafka")) {
-        (true, true) => "local,nats,kafka",
-        (true, false) => "local,nats",
-        (false, true) => "local,kafka",
-        (false, false) => "local",
-    }
+pub fn compiled_upstreams() -> String {
+    let optional =
+        [("nats", cfg!(feature = "nats")), ("kafka", cfg!(feature = "kafka")), ("mesh", cfg!(feature = "mesh"))];
+    let built = optional.iter().filter(|(_, on)| *on).map(|(name, _)| *name);
+    std::iter::once("local").chain(built).collect::<Vec<_>>().join(",")
 }
 
 impl Metrics {
@@ -308,7 +306,7 @@ impl Metrics {
             &[
                 ("version", env!("CARGO_PKG_VERSION")),
                 ("commit", option_env!("GHOSTWIRE_COMMIT").unwrap_or("unknown")),
-                ("upstreams", compiled_upstreams()),
+                ("upstreams", compiled_upstreams().as_str()),
             ],
         )
         .set(1);

@@ -30,7 +30,7 @@ async fn limits_build_upstream_and_process_are_on_metrics() {
         assert_eq!(value(&body, "ghostwire_upstream_connected{upstream=\"local\"}"), Some(1.0));
         let build = body.lines().find(|l| l.starts_with("ghostwire_build_info{")).unwrap();
         assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
-        assert!(build.contains("upstreams=\"local,nats,kafka\""), "{build}");
+        assert!(build.contains("upstreams=\"local,nats,kafka,mesh\""), "{build}");
         assert!(build.ends_with(" 1"), "{build}");
         // The process's own figures, read from /proc: plausible, not zero.
         assert!(value(&body, "process_resident_memory_bytes").unwrap() > 1e6, "{body}");
