@@ -225,3 +225,47 @@ fn the_single_overlay_stays_at_one_relay() {
     assert_eq!(deployment["spec"]["replicas"], 1);
     assert!(find(&objs, "HorizontalPodAutoscaler").is_empty());
 }
+
+/// Every namespaced object of every overlay, the overlay's own (an HPA, a NetworkPolicy)
+/// included, lands in the namespace the base creates: `kubectl apply -k` puts nothing
+/// elsewhere.
+#[test]
+fn every_object_of_every_overlay_is_in_the_ghostwire_namespace() {
+    for overlay in OVERLAYS {
+        for o in objects(overlay) {
+            if o["kind"] == "Namespace" {
+                continue;
+            }
+            assert_eq!(o["metadata"]["namespace"], "ghostwire", "{overlay}: {} {}", o["kind"], o["metadata"]["name"]);
+        }
+    }
+}
+
+/// The relay runs as uid/gid 65532 and its secrets are mounted root-owned: they must be
+/// group-readable by a group the pod is in (fsGroup), and by no one else.
+#[test]
+fn the_pods_user_can_read_its_secrets_and_no_one_else_can() {
+    for overlay in OVERLAYS {
+        let objs = objects(overlay);
+        for deployment in find(&objs, "Deployment") {
+            let pod = &deployment["spec"]["template"]["spec"];
+            let volumes: Vec<&Value> = pod["volumes"]
+                .as_array()
+                .map(|v| v.iter().filter(|v| v["secret"].is_object()).collect())
+                .unwrap_or_default();
+            if volumes.is_empty() {
+                continue;
+            }
+            let sc = &pod["securityContext"];
+            let name = deployment["metadata"]["name"].as_str().unwrap();
+            assert_ne!(sc["runAsUser"].as_u64(), Some(0), "{overlay}/{name}: not root");
+            assert_eq!(sc["fsGroup"], sc["runAsGroup"], "{overlay}/{name}: the secrets' group is the pod's");
+            for v in volumes {
+                let mode = v["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
+                assert_eq!(mode & 0o040, 0o040, "{overlay}/{name}: {v} is group-readable");
+                assert_eq!(mode & 0o007, 0, "{overlay}/{name}: {v} is not readable by others");
+                assert!(v["secret"]["items"].as_array().into_iter().flatten().all(|i| i["mode"].is_null()), "{v}");
+            }
+        }
+    }
+}
