@@ -133,6 +133,16 @@ pub struct Config {
     #[arg(long)]
     pub probe: bool,
 
+    /// Do not serve: check the whole configuration (these flags and GHOSTWIRE_* variables) as a
+    /// start would, without binding or reaching a broker, print the effective configuration
+    /// with secrets redacted, and exit 0, or 2 naming what is wrong.
+    #[arg(long, conflicts_with = "probe")]
+    pub check_config: bool,
+
+    /// Log lines as human-readable text, or as JSON objects, one per line, for a log collector.
+    #[arg(long, env = "GHOSTWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// The NATS upstream's settings.
     #[command(flatten)]
     pub nats: NatsConfig,
@@ -464,8 +474,9 @@ pub struct NatsConfig {
     #[arg(long = "nats-heartbeat", env = "GHOSTWIRE_NATS_HEARTBEAT", default_value = "1s", value_parser = parse_positive_duration)]
     pub heartbeat: Duration,
 
-    /// A relay not heard for this long is dead: its rooms' partners get PEER_LEFT (within this
-    /// plus one heartbeat). Also what ends cross-relay rooms when this relay loses NATS.
+    /// A relay not heard for this long is dead: its rooms' partners get ERROR 4011, peer lost
+    /// (within this plus one heartbeat). Also what ends cross-relay rooms when this relay loses
+    /// NATS.
     #[arg(long = "nats-peer-timeout", env = "GHOSTWIRE_NATS_PEER_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub peer_timeout: Duration,
 
@@ -602,6 +613,15 @@ Exit codes: 0 stopped by SIGTERM or SIGINT after draining; 1 could not start (a 
 use or not local, unusable TLS files, no runtime); 2 a bad flag or configuration (clap names the \
 flag; also a missing or short cluster secret, an unreadable secret file, contradictory flags, \
 an upstream this build does not have).";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event (time, level, target, fields), for log collectors.
+    Json,
+}
 
 /// The upstream implementations this build has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,6 +1,7 @@
 //! `ghostwire-relay`: flags, logging and signals around [`ghostwire_relay::Relay`].
 
 use clap::Parser;
+use ghostwire_relay::config::LogFormat;
 use ghostwire_relay::{Config, Relay};
 use std::io::IsTerminal;
 use tokio_util::sync::CancellationToken;
@@ -30,10 +31,30 @@ fn log_filter(asked: Option<&str>) -> Result<tracing_subscriber::EnvFilter, Stri
     tracing_subscriber::EnvFilter::try_new(asked).map_err(|e| format!("{asked:?} is not a log filter: {e}"))
 }
 
+/// `--check-config`: the checks of a start, without binding or reaching a broker; then the
+/// effective configuration (secrets print as `[redacted]`).
+fn check_config(config: &Config) -> std::process::ExitCode {
+    match Relay::check(config) {
+        Ok(_) => {
+            println!("{config:#?}");
+            println!("ghostwire-relay: the configuration is valid");
+            std::process::ExitCode::SUCCESS
+        }
+        // Unusable TLS files are a configuration mistake here too: 2, whatever the cause.
+        Err(e) => {
+            eprintln!("ghostwire-relay: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
     if config.probe {
         return probe(config.admin_listen);
+    }
+    if config.check_config {
+        return check_config(&config);
     }
     let filter = match log_filter(std::env::var("GHOSTWIRE_LOG").ok().as_deref()) {
         Ok(filter) => filter,
@@ -49,15 +70,19 @@ fn main() -> std::process::ExitCode {
         Ok(cap) => filter.add_directive(cap),
         Err(_) => filter,
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // A log that cannot be written (stderr closed: a log collector gone, `| head`) must not
         // stop the relay: by default the subscriber reports that with eprintln!, which panics
         // on a closed stderr, and the panicking task (the signal handler, say) dies with it.
         .log_internal_errors(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => {
+            logs.with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()).init()
+        }
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     raise_fd_limit(config.max_conns);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -50,7 +50,6 @@ pub struct Relay {
 }
 
 /// The error for an upstream this build does not have.
-#[cfg(not(feature = "nats"))]
 fn not_compiled_in(kind: UpstreamKind) -> Error {
     Error::Config(format!(
         "--upstream {0}: this relay was built without the `{0}` feature (cargo build --features {0})",
@@ -59,11 +58,14 @@ fn not_compiled_in(kind: UpstreamKind) -> Error {
 }
 
 impl Relay {
-    /// Binds both listeners and prepares TLS and the upstream. Nothing is served until [`run`](Self::run).
+    /// Checks everything about `config` that can be checked without binding an address or
+    /// reaching a broker (`--check-config` and the start of [`bind`](Self::bind)): the flags'
+    /// invariants, the TLS files, the cluster secret, the introducers, the upstream being built
+    /// in. Returns the TLS acceptor when TLS is configured.
     ///
     /// # Errors
-    /// [`Error::Bind`] if an address is taken or not local, [`Error::Tls`] for an unusable certificate.
-    pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Relay, Error> {
+    /// [`Error::Config`] naming the flags, [`Error::Tls`] for unusable TLS files.
+    pub fn check(config: &Config) -> Result<Option<TlsAcceptor>, Error> {
         config.validate().map_err(Error::Config)?;
         if config.listen == config.admin_listen && config.listen.port() != 0 {
             return Err(Error::Config("--admin-listen must differ from --listen".into()));
@@ -73,6 +75,33 @@ impl Relay {
             (None, None) => None,
             _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
         };
+        RoomKeyer::for_config(config)?;
+        let built = match config.upstream {
+            UpstreamKind::Local => true,
+            UpstreamKind::Nats => cfg!(feature = "nats"),
+            UpstreamKind::Kafka => cfg!(feature = "kafka"),
+            UpstreamKind::Mesh => cfg!(feature = "mesh"),
+        };
+        if !built {
+            return Err(not_compiled_in(config.upstream));
+        }
+        if config.upstream == UpstreamKind::Mesh {
+            let introducers = config.mesh.introducer_list().map_err(Error::Config)?;
+            if introducers.is_empty() && !config.mesh.introducer {
+                return Err(Error::Config(
+                    "--upstream mesh needs --introducers host:port[,...] (or --introducers-file)".into(),
+                ));
+            }
+        }
+        Ok(tls)
+    }
+
+    /// Binds both listeners and prepares TLS and the upstream. Nothing is served until [`run`](Self::run).
+    ///
+    /// # Errors
+    /// [`Error::Bind`] if an address is taken or not local, [`Error::Tls`] for an unusable certificate.
+    pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Relay, Error> {
+        let tls = Relay::check(&config)?;
         let listener = listen(config.listen, config.listen_backlog)?;
         let admin = listen(config.admin_listen, 128)?;
         let metrics = Arc::new(Metrics::new(&config));

@@ -5,6 +5,7 @@
 use ghostwire_tests::*;
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_zero() {
@@ -93,18 +94,22 @@ fn contradictory_or_unworkable_settings_are_refused_naming_their_flags() {
         ([&mesh[..], &["--mesh-listen", "0.0.0.0:0"]].concat(), vec!["--mesh-listen", "--mesh-advertise"]),
     ];
     for (args, named) in cases {
-        let out = Command::new(bin("ghostwire-relay"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(&args)
-            .env("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        for flag in named {
-            assert!(err.contains(flag), "{args:?} must name {flag}: {err}");
+        // The same refusal from a start and from --check-config.
+        for check in [&[][..], &["--check-config"][..]] {
+            let out = Command::new(bin("ghostwire-relay"))
+                .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+                .args(&args)
+                .args(check)
+                .env("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {check:?}: {err}");
+            for flag in &named {
+                assert!(err.contains(flag), "{args:?} {check:?} must name {flag}: {err}");
+            }
+            assert!(!err.contains("relay listening"), "{args:?} started: {err}");
         }
-        assert!(!err.contains("relay listening"), "{args:?} started: {err}");
     }
     // A log filter typo would silence every line: refused, naming the variable.
     for typo in ["warning", "verbose", "info,=x"] {
@@ -246,4 +251,85 @@ fn a_relay_whose_log_reader_is_gone_still_stops_on_sigterm() {
         panic!("the relay did not stop on SIGTERM once its log's reader was gone");
     };
     assert!(status.unwrap().success());
+}
+
+/// `--check-config` checks what a start checks, without binding (the listen address here is
+/// taken) or reaching a broker (there is none), prints the effective configuration with the
+/// cluster secret redacted, and exits 0; a missing secret or unreadable TLS files exit 2.
+#[test]
+fn check_config_validates_without_starting_and_redacts_secrets() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let base = ["--listen", listen.as_str(), "--admin-listen", "127.0.0.1:0", "--check-config"];
+    let run = |args: &[&str], secret: bool| {
+        let mut cmd = Command::new(bin("ghostwire-relay"));
+        cmd.args(base).args(args).env_remove("GHOSTWIRE_CLUSTER_SECRET");
+        if secret {
+            cmd.env("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["--upstream", "nats", "--nats-url", "nats://127.0.0.1:1"], true);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("the configuration is valid") && out.contains(&listen), "{out}");
+    assert!(out.contains("[redacted]") && !out.contains(CLUSTER_SECRET), "the secret is redacted: {out}");
+    let (code, _, err) = run(&["--upstream", "nats", "--nats-url", "nats://127.0.0.1:1"], false);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--cluster-secret"), "{err}");
+    let (code, _, err) = run(&["--upstream", "mesh"], true);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--introducers"), "{err}");
+    let (code, _, err) = run(&["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], false);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+}
+
+/// `--log-format json`: every line the relay writes is one JSON object a log collector can
+/// read, with the level, the message and the event's fields.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::BufRead;
+    let mut child = Command::new(bin("ghostwire-relay"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let listening = loop {
+        let line = lines.recv_timeout(Duration::from_secs(10)).expect("the relay logged no start within 10 s");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+        seen.push(line);
+        if v["message"] == "relay listening" {
+            break v;
+        }
+    };
+    assert!(listening["listen"].as_str().is_some_and(|l| l.starts_with("ws://127.0.0.1:")), "{listening}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    // The drain's lines too, until the relay exits and its stderr closes (bounded).
+    loop {
+        match lines.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) => {
+                serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the relay did not exit on SIGTERM"),
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{seen:?}");
 }

@@ -274,18 +274,14 @@ impl Mesh {
     /// through the introducers, and starts linking.
     ///
     /// # Errors
-    /// [`Error::Config`] for a missing cluster secret or no introducer; [`Error::Bind`] when the
-    /// port cannot be bound.
+    /// [`Error::Config`] for a missing cluster secret or an unreadable introducers file;
+    /// [`Error::Bind`] when the port cannot be bound.
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Mesh, Error> {
         let mesh = &config.mesh;
         let secret = super::room_id::cluster_secret(config)?;
         let (psk, gossip_key, lease_key) = links::keys(secret.expose().as_bytes());
+        // `Relay::check` made sure a relay has introducers.
         let seeds = mesh.introducer_list().map_err(Error::Config)?;
-        if seeds.is_empty() && !mesh.introducer {
-            return Err(Error::Config(
-                "--upstream mesh needs --introducers host:port[,...] (or --introducers-file)".into(),
-            ));
-        }
         let (listener, socket) = bind_pair(mesh.listen).await?;
         let listen = listener.local_addr().map_err(|e| bind_error(mesh.listen, e))?;
         let advertise = match &mesh.advertise {
