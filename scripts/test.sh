@@ -26,6 +26,8 @@ command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 # A real SOCKS5 proxy for the client's --proxy tests; each test starts its own on loopback.
 command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
+# promtool (in Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yaml.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing ${need_apt[*]}"
