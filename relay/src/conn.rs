@@ -265,10 +265,12 @@ where
 {
     match exit {
         Exit::Gone => {
+            tracing::debug!(reason = "client closed", "connection closed");
             // Let tungstenite finish a close the client started; bounded, as the client may be gone.
             let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = ws.next().await {} }).await;
         }
         Exit::PeerLeft => {
+            tracing::debug!(code = 1000, reason = "peer left", "closing connection");
             // The inbox hands over every frame the partner sent before it reports the departure,
             // and those are written already: PEER_LEFT comes last.
             let finish = async {
