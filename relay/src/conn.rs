@@ -200,11 +200,13 @@ where
                         (Phase::Paired(_, link), None) => blocked = forward(link.as_mut(), Frame::from(text)),
                         (Phase::AwaitJoin(mailbox), Some(room)) => {
                             let Some(mailbox) = mailbox.take() else { break 'conn Exit::Error(ErrorCode::OutOfOrder) };
+                            let asked = Instant::now();
                             let joined = tokio::select! {
                                 biased;
                                 () = &mut killed => break 'conn Exit::Error(kill.code()),
                                 joined = ctx.upstream.join(&room, mailbox) => joined,
                             };
+                            metrics.join_seconds.observe(asked.elapsed().as_secs_f64());
                             match joined {
                                 Ok(crate::upstream::Joined::Waiting(seat)) => {
                                     phase = Phase::Waiting(seat);

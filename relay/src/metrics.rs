@@ -124,6 +124,9 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Rooms that got their second peer.
     pub rooms_paired_total: IntCounter,
+    /// How long the upstream took to decide each JOIN (waiting, paired or refused), in seconds:
+    /// the room service's latency, an SLO an operator can set.
+    pub join_seconds: prometheus::Histogram,
     /// SIGNAL frames delivered to a client.
     pub frames_forwarded: IntCounter,
     /// Bytes of SIGNAL frames delivered to a client.
@@ -217,6 +220,11 @@ impl Builder<'_> {
 
     fn counter(&self, name: &str, help: &str) -> IntCounter {
         self.add(name, IntCounter::with_opts(Self::opts(name, help)))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Histogram {
+        let opts = prometheus::HistogramOpts::new(name, help).namespace("ghostwire").buckets(buckets.to_vec());
+        self.add(name, prometheus::Histogram::with_opts(opts))
     }
 
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
@@ -321,6 +329,11 @@ impl Metrics {
             connections_total: b.counter("connections_total", "WebSocket connections accepted."),
             connections_open: b.gauge("connections_open", "WebSocket connections open now."),
             rooms_paired_total: b.counter("rooms_paired_total", "Rooms that got their second peer."),
+            join_seconds: b.histogram(
+                "join_seconds",
+                "Time the upstream took to decide a JOIN (waiting, paired or refused), in seconds.",
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
             frames_forwarded: b.counter("frames_forwarded_total", "SIGNAL frames delivered to clients."),
             bytes_forwarded: b.counter("bytes_forwarded_total", "Bytes of SIGNAL frames delivered to clients."),
             ping_timeouts: b.counter("ping_timeouts_total", "Connections dropped for not answering pings."),
@@ -488,6 +501,8 @@ mod tests {
             "ghostwire_tls_handshake_failures_total{reason=\"certificate_rejected\"} 0",
             "ghostwire_upstream_connected{upstream=\"local\"} 1",
             "ghostwire_upstream_foreign_messages_total 0",
+            "ghostwire_join_seconds_bucket{le=\"0.005\"} ",
+            "ghostwire_join_seconds_count ",
             "ghostwire_max_connections ",
             "ghostwire_max_rooms ",
             "ghostwire_build_info{",

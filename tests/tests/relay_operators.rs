@@ -37,6 +37,15 @@ async fn limits_build_upstream_and_process_are_on_metrics() {
         assert!(value(&body, "process_open_fds").unwrap() >= 3.0);
         assert!(value(&body, "process_cpu_seconds_total").is_some());
         assert!(value(&body, "process_max_fds").unwrap() >= 1.0);
+        // Each JOIN's decision is timed: two joins, two observations, within the 5 s bucket.
+        assert_eq!(value(&body, "ghostwire_join_seconds_count"), Some(0.0));
+        let code = room("timed");
+        let (mut a, mut b) = (join(&relay.url(), &code).await, join(&relay.url(), &code).await);
+        expect_peer_found(&mut a).await;
+        expect_peer_found(&mut b).await;
+        let (_, body) = http_get(relay.admin, "/metrics").await;
+        assert_eq!(value(&body, "ghostwire_join_seconds_count"), Some(2.0), "{body}");
+        assert_eq!(value(&body, "ghostwire_join_seconds_bucket{le=\"5\"}"), Some(2.0), "{body}");
     })
     .await;
 }
