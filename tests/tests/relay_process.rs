@@ -216,8 +216,6 @@ async fn nats_relays_log_no_room_codes_payloads_or_credentials() {
         let (code, log) = tokio::task::spawn_blocking(move || relay.wait()).await.unwrap();
         assert_eq!(code, Some(0), "{log}");
         assert!(log.contains("closing connection"), "trace log is not verbose enough to prove anything:\n{log}");
-        // Each ending's close code, for an operator reading why connections end.
-        assert!(log.contains("code=4000") && log.contains("code=1000"), "close codes at debug:\n{log}");
         for secret in [secret_room, secret_payload, token, CLUSTER_SECRET] {
             assert!(!log.contains(secret), "{secret} in log:\n{log}");
         }
