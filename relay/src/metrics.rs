@@ -185,7 +185,7 @@ pub struct UpstreamMetrics {
     pub reassignments: IntCounter,
     /// Links to other relays up now (mesh).
     pub links_up: IntGauge,
-    /// Relays the membership says are up (mesh).
+    /// Relays this one counts as the mesh: alive to the membership, listed by a lease answer, or linked.
     pub roster_size: IntGauge,
     /// Links that went down, and members the membership declared down (mesh).
     pub suspicions: IntCounter,
@@ -381,7 +381,7 @@ impl Metrics {
                     "Partitions read again from a new position: offset gone, or rebuilt from a snapshot (Kafka).",
                 ),
                 links_up: b.gauge("upstream_links_up", "Links to other relays up now (mesh)."),
-                roster_size: b.gauge("upstream_roster_size", "Relays the membership says are up (mesh)."),
+                roster_size: b.gauge("upstream_roster_size", "Relays this one counts as the mesh: alive to the membership, listed by a lease answer, or linked (mesh)."),
                 suspicions: b.counter(
                     "upstream_suspicions_total",
                     "Links that went down and members declared down by the membership (mesh).",

@@ -91,10 +91,13 @@ struct Shared {
 impl Shared {
     /// The owner of `room` as this relay sees the roster (this relay included).
     fn owner(&self, room: &[u8; 16]) -> Option<u64> {
+        rooms::owner(room, self.candidates())
+    }
+
+    /// The relays that can own a room: this one and those on the roster not given up.
+    fn candidates(&self) -> Vec<u64> {
         let me = self.links.me();
-        let relays =
-            self.roster.ids().into_iter().chain(std::iter::once(me)).filter(|r| *r == me || !self.links.is_lost(*r));
-        rooms::owner(room, relays)
+        self.roster.ids().into_iter().filter(|r| !self.links.is_lost(*r)).chain([me]).collect()
     }
 
     /// Whether this relay may admit a new room, as the joiners' relay or as the room's owner:
@@ -130,8 +133,7 @@ impl Shared {
         if moving.is_empty() {
             return None;
         }
-        let me = self.links.me();
-        let now: Vec<u64> = self.roster.ids().into_iter().filter(|r| !self.links.is_lost(*r)).chain([me]).collect();
+        let now = self.candidates();
         moving
             .into_iter()
             .filter(|(d, _)| rooms::owner(room, now.iter().copied().chain([*d])) == Some(*d))
@@ -171,11 +173,17 @@ fn decide_join(shared: &Arc<Shared>, from: u64, room: [u8; 16], seat: u64) {
         });
         return;
     }
+    admit(shared, room, joiner);
+}
+
+/// Applies `joiner`'s join to the room table and answers it (telling a waiting first seat of
+/// its partner).
+fn admit(shared: &Shared, room: [u8; 16], joiner: SeatRef) {
     let verdict = shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).join(room, joiner);
     if let Verdict::Paired(first) = verdict {
         shared.links.send(first.relay, Msg::Paired { to: first.n, partner: joiner });
     }
-    shared.links.send(from, Msg::Verdict { seat, verdict });
+    shared.links.send(joiner.relay, Msg::Verdict { seat: joiner.n, verdict });
 }
 
 /// The links' handler: routes what arrives to the room table and the seats.
@@ -197,21 +205,13 @@ impl Handler for Router {
                     }
                     return;
                 }
-                let mut rooms = shared.rooms.lock().unwrap_or_else(|p| p.into_inner());
                 match partner {
                     Some(partner) => {
-                        if !rooms.hold(room, holder, partner) {
+                        if !shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).hold(room, holder, partner) {
                             shared.metrics.upstream.slot_conflicts.inc();
                         }
                     }
-                    None => {
-                        let verdict = rooms.join(room, holder);
-                        drop(rooms);
-                        if let Verdict::Paired(first) = verdict {
-                            shared.links.send(first.relay, Msg::Paired { to: first.n, partner: holder });
-                        }
-                        shared.links.send(from, Msg::Verdict { seat, verdict });
-                    }
+                    None => admit(&shared, room, holder),
                 }
             }
             Msg::Verdict { seat, verdict } => {
