@@ -78,6 +78,8 @@ impl End {
         match self {
             End::Quit | End::Finished | End::EndOfInput | End::PeerLeft | End::PeerLeftEarly => exit::OK,
             End::BadInput(_) => exit::BAD_INPUT,
+            // The code itself can no longer be used.
+            End::Relay { code, .. } if *code == ErrorCode::Burnt.as_u16() => exit::BAD_INPUT,
             End::Network(_) | End::Relay { .. } | End::PeerLost(_) => exit::NETWORK,
             End::Protocol(_) => exit::PROTOCOL,
             End::Security(e) if !e.is_security() => exit::PROTOCOL,
@@ -129,6 +131,10 @@ pub fn relay_says(code: u16, reason: &str, paired: bool) -> String {
         ErrorCode::SlowConsumer => "the relay dropped this client for reading too slowly",
         ErrorCode::WaitTimeout => "nobody joined the room in time: run ghostwire again to keep waiting",
         ErrorCode::PeerLost => "the connection to your peer was lost: the relay can no longer reach it",
+        ErrorCode::Burnt => {
+            "this code is burnt: it was already used to test a proof of its secret, and each new try would \
+             give a relay in the middle one more guess. Make a new code with ghostwire --new and pass it on"
+        }
     };
     format!("{what} (error {code})")
 }

@@ -69,6 +69,12 @@ pub struct Config {
     #[arg(long, env = "GHOSTWIRE_WAIT_TIMEOUT", default_value = "10m", value_parser = parse_positive_duration)]
     pub wait_timeout: Duration,
 
+    /// How long a room stays refused (ERROR 4012) once a paired client said BURN: its code was
+    /// about to be tested, so every new JOIN would be one more guess at it. Shared through the
+    /// upstream, so every relay of a cluster refuses it.
+    #[arg(long, env = "GHOSTWIRE_BURN_TTL", default_value = "1h", value_parser = parse_positive_duration)]
+    pub burn_ttl: Duration,
+
     /// Interval of WebSocket pings to each client.
     #[arg(long, env = "GHOSTWIRE_PING_INTERVAL", default_value = "20s", value_parser = parse_positive_duration)]
     pub ping_interval: Duration,

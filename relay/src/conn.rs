@@ -3,7 +3,8 @@
 //! The task owns its WebSocket outright (no split, no lock) and waits on four
 //! things at once: its kill switch (shutdown, slow consumer), its inbox (what
 //! the partner sent, PEER_FOUND, PEER_LEFT), the socket, and one timer (the
-//! join or wait deadline, and the next ping). Every connection holds this
+//! join or wait deadline, and the next ping). A BURN, once paired, is awaited before the next
+//! frame is read (see [`Upstream::burn`]). Every connection holds this
 //! task's future for its whole life, so what is rare (closing, the stall
 //! timer of a write, a frame held back by a full partner) is boxed when it
 //! happens rather than sized into it. The phases are an enum: `AwaitJoin` →
@@ -22,7 +23,7 @@
 use crate::metrics::Metrics;
 use crate::upstream::inbox::{Delivery, Inbox, Receiver};
 use crate::upstream::{
-    BoxFuture, Frame, KillSwitch, LinkError, Mailbox, PeerLink, RoomKeyer, Seat, SendError, Upstream,
+    BoxFuture, Frame, KillSwitch, LinkError, Mailbox, PeerLink, RoomId, RoomKeyer, Seat, SendError, Upstream,
 };
 use crate::Config;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -122,6 +123,8 @@ where
     tokio::pin!(killed);
     // A frame the partner had no room for, and the wait for that room.
     let mut blocked: Blocked = None;
+    // The room of the JOIN, for a BURN once paired.
+    let mut joined: Option<RoomId> = None;
 
     let exit = 'conn: loop {
         tokio::select! {
@@ -194,12 +197,32 @@ where
                         Ok(Inbound::Signal { .. }) => None,
                         // From here on the room is its keyed id: no upstream sees the code.
                         Ok(Inbound::Join(code)) => Some(ctx.rooms.id(&code)),
+                        // Recorded before anything after it is read: the client's key confirmation
+                        // follows, and must not reach the partner before the room is refused.
+                        Ok(Inbound::Burn) => {
+                            let (Phase::Paired(..), Some(room)) = (&phase, joined) else {
+                                break 'conn Exit::Error(ErrorCode::OutOfOrder);
+                            };
+                            let burnt = tokio::select! {
+                                biased;
+                                () = &mut killed => break 'conn Exit::Error(kill.code()),
+                                burnt = ctx.upstream.burn(&room, cfg.burn_ttl) => burnt,
+                            };
+                            if let Err(e) = burnt {
+                                tracing::debug!(error = %e, "a burn could not be recorded");
+                                break 'conn Exit::Error(ErrorCode::UpstreamUnavailable);
+                            }
+                            metrics.rooms_burnt_total.inc();
+                            next = more(&mut ws, &mut budget, &phase, &blocked);
+                            continue;
+                        }
                         Err(e) => break 'conn Exit::Error(e.code()),
                     };
                     match (&mut phase, room) {
                         (Phase::Paired(_, link), None) => blocked = forward(link.as_mut(), Frame::from(text)),
                         (Phase::AwaitJoin(mailbox), Some(room)) => {
                             let Some(mailbox) = mailbox.take() else { break 'conn Exit::Error(ErrorCode::OutOfOrder) };
+                            joined = Some(room);
                             let asked = Instant::now();
                             let joined = tokio::select! {
                                 biased;

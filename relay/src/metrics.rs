@@ -124,6 +124,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Rooms that got their second peer.
     pub rooms_paired_total: IntCounter,
+    /// Rooms burnt at a client's word (BURN).
+    pub rooms_burnt_total: IntCounter,
     /// How long the upstream took to decide each JOIN (waiting, paired or refused), in seconds:
     /// the room service's latency, an SLO an operator can set.
     pub join_seconds: prometheus::Histogram,
@@ -329,6 +331,10 @@ impl Metrics {
             connections_total: b.counter("connections_total", "WebSocket connections accepted."),
             connections_open: b.gauge("connections_open", "WebSocket connections open now."),
             rooms_paired_total: b.counter("rooms_paired_total", "Rooms that got their second peer."),
+            rooms_burnt_total: b.counter(
+                "rooms_burnt_total",
+                "Rooms burnt because a paired client was about to test its code (later joins get 4012).",
+            ),
             join_seconds: b.histogram(
                 "join_seconds",
                 "Time the upstream took to decide a JOIN (waiting, paired or refused), in seconds.",

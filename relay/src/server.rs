@@ -366,6 +366,12 @@ impl Accept {
             if self.ctx.config.log_ips {
                 tracing::debug!(client = %client, "upgrade");
             }
+            // What this relay takes beyond the prototype's frames (a client sends BURN only then).
+            let mut resp = resp;
+            resp.headers_mut().insert(
+                ghostwire_shared::frame::FEATURES_HEADER,
+                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(ghostwire_shared::frame::FEATURE_BURN),
+            );
             Ok(resp)
         };
         match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(self.ws_config)).await {

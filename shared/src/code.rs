@@ -40,11 +40,14 @@ pub enum ErrorCode {
     /// The partner was lost without leaving: its relay died, or the upstream between the two
     /// relays failed for longer than frames can be held. Unlike PEER_LEFT, nobody chose to leave.
     PeerLost = 4011,
+    /// The room's code failed a verification (a client said BURN): the relay refuses the room
+    /// for `--burn-ttl`. Make a new code.
+    Burnt = 4012,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tables (metrics, documentation tests).
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::GoingAway,
         ErrorCode::Malformed,
         ErrorCode::BadRoomCode,
@@ -58,6 +61,7 @@ impl ErrorCode {
         ErrorCode::SlowConsumer,
         ErrorCode::WaitTimeout,
         ErrorCode::PeerLost,
+        ErrorCode::Burnt,
     ];
 
     /// The number on the wire (ERROR `code` and WebSocket close code).
@@ -86,6 +90,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow consumer",
             ErrorCode::WaitTimeout => "waited too long for a peer",
             ErrorCode::PeerLost => "peer lost",
+            ErrorCode::Burnt => "code burnt: make a new one with --new",
         }
     }
 
@@ -105,6 +110,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::WaitTimeout => "wait_timeout",
             ErrorCode::PeerLost => "peer_lost",
+            ErrorCode::Burnt => "burnt",
         }
     }
 }

@@ -33,7 +33,18 @@ pub enum Inbound<'a> {
         /// The SIGNAL's kind, 1 to 64 bytes.
         kind: Cow<'a, str>,
     },
+    /// `{"type":"BURN"}`: the code of the room this connection is paired in is about to be
+    /// tested (the sender's key confirmation follows), so the relay must refuse the room from
+    /// now on. Sent only to a relay that announced it ([`FEATURES_HEADER`]).
+    Burn,
 }
+
+/// The HTTP header of the WebSocket upgrade answer in which a relay lists what it supports
+/// beyond the prototype's protocol, comma-separated. A client sends `BURN` only to a relay that
+/// lists [`FEATURE_BURN`]: an older relay would close the connection on an unknown type.
+pub const FEATURES_HEADER: &str = "ghostwire-features";
+/// The feature name for the `BURN` frame.
+pub const FEATURE_BURN: &str = "burn";
 
 /// Why a frame was refused. Each maps to exactly one [`ErrorCode`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +118,7 @@ pub fn inspect(text: &str) -> Result<Inbound<'_>, FrameError> {
             Some(kind) if !kind.is_empty() && kind.len() <= MAX_KIND_BYTES => Ok(Inbound::Signal { kind }),
             _ => Err(FrameError::BadKind),
         },
+        Some("BURN") => Ok(Inbound::Burn),
         Some("PEER_FOUND" | "PEER_LEFT" | "ERROR") => Err(FrameError::RelayOnlyType),
         Some(_) => Err(FrameError::UnknownType),
     }
@@ -152,6 +164,8 @@ pub enum ClientFrame {
     },
     /// A frame for the other peer, forwarded verbatim.
     Signal(Signal),
+    /// Tell the relay to refuse this room from now on (see [`Inbound::Burn`]).
+    Burn,
 }
 
 /// A frame the relay sends to a client.
@@ -261,6 +275,8 @@ mod tests {
             inspect(r#" {"payload":{"x":[1,2]},"kind":"MSG","type":"SIGNAL"}"#),
             Ok(Inbound::Signal { kind: "MSG".into() })
         );
+        assert_eq!(inspect(&ClientFrame::Burn.to_json()), Ok(Inbound::Burn));
+        assert_eq!(ClientFrame::Burn.to_json(), r#"{"type":"BURN"}"#);
     }
 
     #[test]
@@ -316,6 +332,7 @@ mod tests {
                 Some(kind) if !kind.is_empty() && kind.len() <= MAX_KIND_BYTES => Ok(Inbound::Signal { kind }),
                 _ => Err(ErrorCode::Malformed),
             },
+            Some("BURN") => Ok(Inbound::Burn),
             Some("PEER_FOUND" | "PEER_LEFT" | "ERROR") => Err(ErrorCode::OutOfOrder),
             Some(_) => Err(ErrorCode::Malformed),
         }

@@ -4,12 +4,19 @@
 //! join or leave and never across an `.await`. Once paired, each connection
 //! holds its partner's mailbox directly, so the frame path takes no lock on
 //! the room table: a frame is one push into the partner's bounded inbox.
+//!
+//! Burnt rooms sit beside the rooms in each shard, with the moment each burn ends; a join
+//! checks them under the same lock. At most `max_rooms` burns are kept per shard beyond those
+//! that ended: a burn past that bound is refused (the connection ends with 4007 and its
+//! client's key confirmation never leaves), so burning cannot grow the relay without bound.
 
+use super::burns::Burns;
 use super::{BoxFuture, Frame, JoinError, Joined, LinkError, Mailbox, PeerLink, RoomId, Seat, SendError, Upstream};
 use std::collections::hash_map::{Entry, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
 
@@ -19,11 +26,17 @@ pub struct Local {
 }
 
 struct Inner {
-    shards: [Mutex<HashMap<RoomId, Room>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
     hasher: RandomState,
     rooms: AtomicUsize,
     max_rooms: usize,
     next_seat: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shard {
+    rooms: HashMap<RoomId, Room>,
+    burnt: Burns<RoomId>,
 }
 
 enum Room {
@@ -36,7 +49,7 @@ impl Local {
     pub fn new(max_rooms: usize) -> Local {
         Local {
             inner: Arc::new(Inner {
-                shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+                shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
                 hasher: RandomState::new(),
                 rooms: AtomicUsize::new(0),
                 max_rooms,
@@ -47,7 +60,7 @@ impl Local {
 }
 
 impl Inner {
-    fn shard(&self, room: &RoomId) -> MutexGuard<'_, HashMap<RoomId, Room>> {
+    fn shard(&self, room: &RoomId) -> MutexGuard<'_, Shard> {
         let i = (self.hasher.hash_one(room) as usize) % SHARDS;
         // A poisoned shard only means another task panicked while holding it; the map is still consistent
         // because every critical section below is a single insert or remove.
@@ -58,7 +71,10 @@ impl Inner {
         let seat = self.next_seat.fetch_add(1, Ordering::Relaxed);
         let guard = || Seat::new(LocalSeat { inner: Arc::clone(self), room: *room, seat });
         let mut shard = self.shard(room);
-        match shard.entry(*room) {
+        if shard.burnt.contains(room) {
+            return Err(JoinError::Burnt);
+        }
+        match shard.rooms.entry(*room) {
             Entry::Vacant(v) => {
                 if self.rooms.fetch_add(1, Ordering::AcqRel) >= self.max_rooms {
                     self.rooms.fetch_sub(1, Ordering::AcqRel);
@@ -89,19 +105,33 @@ impl Inner {
 
     fn leave(&self, room: &RoomId, seat: u64) {
         let mut shard = self.shard(room);
-        let partner = match shard.get(room) {
+        let partner = match shard.rooms.get(room) {
             Some(Room::Waiting { seat: s, .. }) if *s == seat => None,
             Some(Room::Paired { a, b }) if a.0 == seat => Some(Arc::clone(&b.1.inbox)),
             Some(Room::Paired { a, b }) if b.0 == seat => Some(Arc::clone(&a.1.inbox)),
             // The room was already freed by the partner, or reused by others since.
             _ => return,
         };
-        shard.remove(room);
+        shard.rooms.remove(room);
         drop(shard);
         self.rooms.fetch_sub(1, Ordering::AcqRel);
         if let Some(inbox) = partner {
             inbox.peer_left();
         }
+    }
+}
+
+impl Inner {
+    fn burn(&self, room: &RoomId, ttl: Duration) -> Result<(), JoinError> {
+        let mut shard = self.shard(room);
+        if shard.burnt.len() >= self.max_rooms {
+            shard.burnt.sweep();
+            if shard.burnt.len() >= self.max_rooms {
+                return Err(JoinError::Unavailable("too many burnt rooms".into()));
+            }
+        }
+        shard.burnt.burn(*room, Instant::now() + ttl);
+        Ok(())
     }
 }
 
@@ -136,6 +166,10 @@ impl Upstream for Local {
     fn join<'a>(&'a self, room: &'a RoomId, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
         let result = self.inner.join(room, me);
         Box::pin(std::future::ready(result))
+    }
+
+    fn burn<'a>(&'a self, room: &'a RoomId, ttl: Duration) -> BoxFuture<'a, Result<(), JoinError>> {
+        Box::pin(std::future::ready(self.inner.burn(room, ttl)))
     }
 
     fn open_rooms(&self) -> usize {

@@ -49,6 +49,11 @@
 //! * **Departure.** Dropping a [`Seat`] frees the room at once (the code can be
 //!   joined again immediately) and delivers [`Inbox::peer_left`] to the
 //!   partner after every frame the leaver sent before leaving.
+//! * **Burning.** [`Upstream::burn`] (a paired client said BURN: its code is about to be
+//!   tested) makes every later `join` of the room, through any relay sharing the room space,
+//!   answer [`JoinError::Burnt`] (4012) for `--burn-ttl`. The burn is recorded where joins are
+//!   decided before `burn` returns, so nothing the client sends after BURN (its key
+//!   confirmation) reaches the partner before the room is refused. The pair itself goes on.
 //! * **Cancel safety.** Dropping the `join` future before it completes leaves
 //!   no seat behind.
 //! * **Shutdown.** [`Upstream::close`] runs after the last connection ended and
@@ -56,6 +61,7 @@
 
 #[cfg(any(feature = "nats", feature = "kafka"))]
 pub mod broker_auth;
+pub mod burns;
 pub mod inbox;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -236,6 +242,9 @@ pub enum JoinError {
     /// The room service cannot be reached.
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
+    /// The room was burnt (a client's verification of its code was under way).
+    #[error("room burnt")]
+    Burnt,
 }
 
 impl JoinError {
@@ -245,6 +254,7 @@ impl JoinError {
             JoinError::RoomFull => ErrorCode::RoomFull,
             JoinError::AtCapacity => ErrorCode::RelayFull,
             JoinError::Unavailable(_) => ErrorCode::UpstreamUnavailable,
+            JoinError::Burnt => ErrorCode::Burnt,
         }
     }
 }
@@ -272,6 +282,15 @@ pub trait Upstream: Send + Sync + 'static {
     /// Takes a seat in `room` (the keyed id: an upstream never sees a room code) for the
     /// connection that owns `me`.
     fn join<'a>(&'a self, room: &'a RoomId, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>>;
+
+    /// Refuses every later join of `room` (4012) for `ttl`, across every relay sharing the room
+    /// space; resolves once that is recorded where joins are decided. Called only for a
+    /// connection paired in `room`.
+    ///
+    /// # Errors
+    /// [`JoinError::Unavailable`] when the burn could not be recorded (the connection then ends
+    /// with 4007, so its client's key confirmation never leaves the relay).
+    fn burn<'a>(&'a self, room: &'a RoomId, ttl: std::time::Duration) -> BoxFuture<'a, Result<(), JoinError>>;
 
     /// `Ok` when joins can succeed; otherwise why not (shown by `/readyz`).
     fn ready(&self) -> Result<(), String> {

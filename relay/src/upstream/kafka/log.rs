@@ -19,6 +19,9 @@
 //!   agrees on the record at which that happened.
 //! * **A restarted relay is a new relay** (a fresh random [`RelayId`]), so nothing of its former
 //!   life can reach a new room; its old seats lapse like any dead relay's.
+//! * **Burns.** [`Record::Burn`] refuses every join of its room ([`Outcome::Burnt`]) for the
+//!   time it names, from its place in the log on, by log time: a join after it in the log is
+//!   refused by every relay alike, and the burner's frames after it come later in the log.
 //! * **Frames and departures** are checked against the room's seats: a frame is delivered to
 //!   the partner only from a seat that holds the room, and a departure comes after every frame
 //!   its seat sent, since both are in the same partition.
@@ -70,6 +73,15 @@ pub enum Record<R> {
         /// The leaver.
         seat: Seat,
     },
+    /// Relay `relay` burns `room` for `ttl_ms` of log time (a client there said BURN).
+    Burn {
+        /// The room.
+        room: R,
+        /// The writer.
+        relay: RelayId,
+        /// How long joins are refused.
+        ttl_ms: i64,
+    },
 }
 
 /// What a record meant, for the relays holding the seats it names.
@@ -90,6 +102,13 @@ pub enum Outcome<R> {
         first: Seat,
         /// The seat whose join paired the room.
         second: Seat,
+    },
+    /// `seat` was refused (4012): `room` is burnt.
+    Burnt {
+        /// The room.
+        room: R,
+        /// The refused joiner.
+        seat: Seat,
     },
     /// `seat` was refused (4002): two live seats hold `room`.
     Full {
@@ -149,6 +168,8 @@ pub struct Partition<R> {
     /// the order it writes their joins, so a join at or below it is one read again (a producer
     /// retry): it changes nothing.
     joined: BTreeMap<RelayId, u64>,
+    /// Burnt rooms, and the log time each burn ends.
+    burnt: HashMap<R, i64>,
 }
 
 impl<R: Copy + Eq + Hash + Ord> Partition<R> {
@@ -161,6 +182,7 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
             rooms: HashMap::new(),
             held: BTreeMap::new(),
             joined: BTreeMap::new(),
+            burnt: HashMap::new(),
         }
     }
 
@@ -168,7 +190,7 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
     pub fn apply(&mut self, timestamp_ms: i64, record: Record<R>) -> Vec<Outcome<R>> {
         self.now_ms = self.now_ms.max(timestamp_ms);
         let writer = match &record {
-            Record::Alive { relay } => *relay,
+            Record::Alive { relay } | Record::Burn { relay, .. } => *relay,
             Record::Join { seat, .. } | Record::Leave { seat, .. } => seat.relay,
             Record::Frame { from, .. } => from.relay,
         };
@@ -179,6 +201,7 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
             Record::Join { room, seat } => out.extend(self.join(room, seat)),
             Record::Frame { room, from } => out.push(self.frame(room, from)),
             Record::Leave { room, seat } => out.extend(self.leave(room, seat)),
+            Record::Burn { room, ttl_ms, .. } => self.burn(room, ttl_ms),
         }
         out
     }
@@ -224,6 +247,16 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
                 out.extend_from_slice(&seat.n.to_be_bytes());
             }
         }
+        // Burns that have not ended, last (a snapshot of an older relay simply has none).
+        let mut burnt: Vec<(&R, &i64)> = self.burnt.iter().filter(|(_, until)| **until > self.now_ms).collect();
+        burnt.sort_by(|a, b| a.0.cmp(b.0));
+        if !burnt.is_empty() {
+            put_len(&mut out, burnt.len());
+            for (room, until) in burnt {
+                out.extend_from_slice(room.as_ref());
+                out.extend_from_slice(&until.to_be_bytes());
+            }
+        }
         out
     }
 
@@ -257,6 +290,12 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
                 seats.push(seat);
             }
             p.rooms.insert(room, seats);
+        }
+        if !r.0.is_empty() {
+            for _ in 0..r.len()? {
+                let room = R::try_from(r.take(key_len)?).ok()?;
+                p.burnt.insert(room, r.i64()?);
+            }
         }
         r.0.is_empty().then_some(p)
     }
@@ -295,6 +334,12 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
                 _ => Outcome::Waiting { room, seat },
             });
         }
+        if let Some(until) = self.burnt.get(&room) {
+            if *until > self.now_ms {
+                return Some(Outcome::Burnt { room, seat });
+            }
+            self.burnt.remove(&room);
+        }
         let seats = self.rooms.entry(room).or_default();
         if seats.len() >= 2 {
             return Some(Outcome::Full { room, seat });
@@ -305,6 +350,18 @@ impl<R: Copy + Eq + Hash + Ord> Partition<R> {
             [first, second] => Outcome::Paired { room, first: *first, second: *second },
             _ => Outcome::Waiting { room, seat },
         })
+    }
+
+    /// Refuses joins of `room` until `ttl_ms` from now (log time). Burns that ended are
+    /// forgotten on the way, so the table holds only burns of the last TTL.
+    fn burn(&mut self, room: R, ttl_ms: i64) {
+        let now = self.now_ms;
+        if self.burnt.len() >= 1024 && self.burnt.len().is_power_of_two() {
+            self.burnt.retain(|_, until| *until > now);
+        }
+        let until = now.saturating_add(ttl_ms.max(0));
+        let entry = self.burnt.entry(room).or_insert(until);
+        *entry = (*entry).max(until);
     }
 
     fn frame(&self, room: R, from: Seat) -> Outcome<R> {
@@ -455,6 +512,26 @@ mod tests {
         assert_eq!(p.apply(5, Record::Join { room: 4, seat: d }), vec![Outcome::Waiting { room: 4, seat: d }]);
     }
 
+    #[test]
+    fn a_burn_refuses_later_joins_until_it_ends_in_log_time() {
+        let mut p = Partition::new(TTL);
+        let (a, b, c, d) = (seat(1, 1), seat(2, 1), seat(3, 1), seat(3, 2));
+        p.apply(0, Record::Join { room: 5, seat: a });
+        p.apply(1, Record::Join { room: 5, seat: b });
+        assert_eq!(p.apply(2, Record::Burn { room: 5, relay: 1, ttl_ms: 1_000 }), vec![]);
+        // The pair goes on: its frames are delivered.
+        assert_eq!(p.apply(3, Record::Frame { room: 5, from: a }), vec![Outcome::Deliver { room: 5, to: b }]);
+        p.apply(4, Record::Leave { room: 5, seat: a });
+        assert_eq!(p.apply(1_001, Record::Join { room: 5, seat: c }), vec![Outcome::Burnt { room: 5, seat: c }]);
+        // A restored snapshot keeps the burn.
+        let mut q = Partition::<[u8; 1]>::new(TTL);
+        q.apply(10, Record::Burn { room: [5], relay: 1, ttl_ms: 1_000 });
+        let mut q = Partition::<[u8; 1]>::restore(TTL, &q.snapshot()).expect("a snapshot restores");
+        assert_eq!(q.apply(500, Record::Join { room: [5], seat: c }), vec![Outcome::Burnt { room: [5], seat: c }]);
+        // Once log time passes the end, the room is free.
+        assert_eq!(p.apply(1_002, Record::Join { room: 5, seat: d }), vec![Outcome::Waiting { room: 5, seat: d }]);
+    }
+
     /// Records as the broker might order them: joins, frames, leaves and heartbeats of a few
     /// relays and seats over a few rooms, with timestamps that mostly move forward.
     fn records() -> impl Strategy<Value = Vec<(i64, Record<u8>)>> {
@@ -464,6 +541,7 @@ mod tests {
             (0u8..3, seat.clone()).prop_map(|(room, seat)| Record::Join { room, seat }),
             (0u8..3, seat.clone()).prop_map(|(room, from)| Record::Frame { room, from }),
             (0u8..3, seat).prop_map(|(room, seat)| Record::Leave { room, seat }),
+            (0u8..3, 1u64..4, 0i64..5_000).prop_map(|(room, relay, ttl_ms)| Record::Burn { room, relay, ttl_ms }),
         ];
         proptest::collection::vec((0i64..3_000, record), 0..80).prop_map(|steps| {
             let mut t = 0;
@@ -487,6 +565,7 @@ mod tests {
                 Record::Join { room, seat } => Record::Join { room: [room], seat },
                 Record::Frame { room, from } => Record::Frame { room: [room], from },
                 Record::Leave { room, seat } => Record::Leave { room: [room], seat },
+                Record::Burn { room, relay, ttl_ms } => Record::Burn { room: [room], relay, ttl_ms },
             })).collect();
             let cut = cut.min(log.len());
             let mut whole = Partition::new(TTL);

@@ -24,6 +24,8 @@
 //! * **Outages.** A relay that cannot read its own heartbeat back for `--kafka-peer-timeout`
 //!   ends its rooms with 4011 and refuses joins (4007) until it can; on the other side of each
 //!   pair, the log lapses it at the same bound.
+//! * **Burns** are records too (`b`): a join after one in the log, by log time within its
+//!   TTL, is refused with 4012 by every relay alike.
 //! * **A late relay** rebuilds the rooms from the log: from the newest snapshot of a
 //!   partition's state (each relay writes one every `--kafka-snapshot-every`), else from the
 //!   start of the log (see [`reader`]).
@@ -525,6 +527,25 @@ async fn heartbeats(shared: Arc<Shared>, stop: CancellationToken) {
 impl Upstream for Kafka {
     fn join<'a>(&'a self, room: &'a RoomId, me: Mailbox) -> BoxFuture<'a, Result<Joined, JoinError>> {
         Box::pin(seat::join(Arc::clone(&self.shared), &self.tasks, room.bytes(), me))
+    }
+
+    fn burn<'a>(&'a self, room: &'a RoomId, ttl: Duration) -> BoxFuture<'a, Result<(), JoinError>> {
+        Box::pin(async move {
+            let unavailable = |why: &str| Err(JoinError::Unavailable(why.to_owned()));
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let Some(delivery) = self.shared.produce(&room.bytes(), &wire::burn(self.shared.relay, ttl_ms)) else {
+                return unavailable("the Kafka producer's queue is full");
+            };
+            // Once the log took it, every join after it in the log is refused; the burner's later
+            // frames are produced after this returns, so they come after it too.
+            match tokio::time::timeout(OP_TIMEOUT.max(self.shared.peer_timeout), delivery).await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                _ => {
+                    self.shared.metrics.upstream.publish_errors.inc();
+                    unavailable("Kafka did not take the burn")
+                }
+            }
+        })
     }
 
     fn ready(&self) -> Result<(), String> {

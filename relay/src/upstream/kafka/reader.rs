@@ -261,6 +261,7 @@ impl Reader {
                     shared.tell(first.n, Event::Paired { partner: second });
                 }
             }
+            Outcome::Burnt { seat, .. } if self.mine(&seat) => shared.tell(seat.n, Event::Burnt),
             Outcome::Full { seat, .. } if self.mine(&seat) => {
                 shared.metrics.upstream.slot_conflicts.inc();
                 shared.tell(seat.n, Event::Full);

@@ -42,6 +42,8 @@ pub(super) enum Event {
     },
     /// The join was refused: two seats hold the room.
     Full,
+    /// The join was refused: the room is burnt.
+    Burnt,
     /// Frames from the partner, numbered from `first`.
     Frames {
         /// The first frame's number.
@@ -217,6 +219,7 @@ impl SeatTask {
                         break Ok((guard(), Some(self.outbox.link())));
                     }
                     Some(Event::Full) => break Err(JoinError::RoomFull),
+                    Some(Event::Burnt) => break Err(JoinError::Burnt),
                     Some(Event::Lost(_)) | None => break unavailable("lost the connection to Kafka"),
                     Some(_) => {}
                 },
@@ -312,7 +315,7 @@ impl SeatTask {
                 tracing::debug!("this relay lapsed in the log, or cannot read it");
                 self.lost();
             }
-            Event::Paired { .. } | Event::Waiting | Event::Full => {}
+            Event::Paired { .. } | Event::Waiting | Event::Full | Event::Burnt => {}
         }
     }
 

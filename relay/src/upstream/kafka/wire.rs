@@ -5,10 +5,10 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | kind: `j` join, `f` frames, `k` acknowledgement, `l` departure, `a` alive, `s` snapshot |
+//! | 1 | kind: `j` join, `f` frames, `k` acknowledgement, `l` departure, `a` alive, `s` snapshot, `b` burn |
 //! | 8 | the writer's relay id (big-endian) |
-//! | 8 | the seat's number on that relay (0 for `a` and `s`) |
-//! | 8 | `f`: the first frame's number; `k`: every frame below it was delivered; `l`: frames sent; `s`: the first offset the state does not include |
+//! | 8 | the seat's number on that relay (0 for `a`, `s` and `b`) |
+//! | 8 | `f`: the first frame's number; `k`: every frame below it was delivered; `l`: frames sent; `s`: the first offset the state does not include; `b`: the burn's length in ms |
 //! | … | `f`: each frame as a 4-byte big-endian length and its bytes; `s`: the partition's state ([`Partition::snapshot`](super::log::Partition::snapshot)) |
 //!
 //! and then, last, a 16-byte tag under the cluster secret over the topic, the partition, the key
@@ -47,6 +47,11 @@ pub enum Body {
         /// Frames the leaver sent in all.
         sent: u64,
     },
+    /// The room is burnt for `ttl_ms`.
+    Burn {
+        /// How long, in ms of log time.
+        ttl_ms: u64,
+    },
     /// The partition's state after every record below offset `next`.
     Snapshot {
         /// The first offset the state does not include.
@@ -74,6 +79,9 @@ impl Value {
             Body::Join => Record::Join { room, seat: self.seat },
             Body::Frames { .. } | Body::Ack { .. } => Record::Frame { room, from: self.seat },
             Body::Leave { .. } => Record::Leave { room, seat: self.seat },
+            Body::Burn { ttl_ms } => {
+                Record::Burn { room, relay: self.seat.relay, ttl_ms: i64::try_from(ttl_ms).unwrap_or(i64::MAX) }
+            }
         }
     }
 }
@@ -119,6 +127,11 @@ pub fn leave(seat: Seat, sent: u64) -> Bytes {
     header(b'l', seat, sent, 0).freeze()
 }
 
+/// `relay` burns the record's room for `ttl_ms`.
+pub fn burn(relay: RelayId, ttl_ms: u64) -> Bytes {
+    header(b'b', Seat { relay, n: 0 }, ttl_ms, 0).freeze()
+}
+
 /// The state of a partition after every record below offset `next`, written by `relay`.
 pub fn snapshot(relay: RelayId, next: u64, state: &[u8]) -> Bytes {
     let mut b = header(b's', Seat { relay, n: 0 }, next, state.len());
@@ -139,6 +152,7 @@ pub fn decode(value: Bytes) -> Option<Value> {
         b'j' if value.len() == HEADER => Body::Join,
         b'k' if value.len() == HEADER => Body::Ack { next: number },
         b'l' if value.len() == HEADER => Body::Leave { sent: number },
+        b'b' if value.len() == HEADER => Body::Burn { ttl_ms: number },
         b's' => Body::Snapshot { next: number, state: value.slice(HEADER..) },
         b'f' => {
             let mut frames = Vec::new();
@@ -175,6 +189,10 @@ mod tests {
         assert_eq!(decode(join(S)), Some(Value { seat: S, body: Body::Join }));
         assert_eq!(decode(ack(S, 9)), Some(Value { seat: S, body: Body::Ack { next: 9 } }));
         assert_eq!(decode(leave(S, 3)), Some(Value { seat: S, body: Body::Leave { sent: 3 } }));
+        assert_eq!(
+            decode(burn(7, 60_000)),
+            Some(Value { seat: Seat { relay: 7, n: 0 }, body: Body::Burn { ttl_ms: 60_000 } })
+        );
         let state = Bytes::from_static(b"state");
         assert_eq!(
             decode(snapshot(7, 12, &state)),

@@ -18,6 +18,9 @@
 //!   relay's incarnation is random per start, so nothing addressed to a previous run reaches a
 //!   new one.
 //!
+//! **Burns** go to every relay on the roster, so a later owner knows them too; the burn
+//! returns once the room's owner has recorded it (`Msg::Burnt`).
+//!
 //! **Partitions.** A relay admits new rooms only while ready: known to the membership,
 //! holding a lease from a majority of the introducers ([`lease`]), and linked to every relay on
 //! its roster; an owner checks the same, and that the room is its own, before it decides a join.
@@ -72,6 +75,8 @@ struct Shared {
     rooms: Mutex<Rooms>,
     seats: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
     next_seat: AtomicU64,
+    /// Burns sent and not yet recorded by their room's owner: the owner, and whom to tell.
+    burns: Mutex<HashMap<u64, (u64, tokio::sync::oneshot::Sender<()>)>>,
     /// Seats held (joins in progress included); published as this relay's load.
     open: Arc<AtomicUsize>,
     seats_gone: Notify,
@@ -186,6 +191,37 @@ fn admit(shared: &Shared, room: [u8; 16], joiner: SeatRef) {
     shared.links.send(joiner.relay, Msg::Verdict { seat: joiner.n, verdict });
 }
 
+/// The longest burn a relay keeps (a year: `--burn-ttl`'s own bound), whatever a message says.
+const MAX_BURN_MS: u64 = 366 * 24 * 3600 * 1000;
+/// Time for the room's owner to record a burn.
+const BURN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Burns `room` for `ttl` at every relay on the roster and this one; resolves once its owner
+/// has it.
+async fn burn(shared: Arc<Shared>, room: [u8; 16], ttl: Duration) -> Result<(), JoinError> {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).min(MAX_BURN_MS);
+    shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).burn(room, std::time::Instant::now() + ttl);
+    let me = shared.links.me();
+    let owner = shared.owner(&room).unwrap_or(me);
+    let token = shared.next_seat.fetch_add(1, Ordering::Relaxed);
+    let (done, recorded) = tokio::sync::oneshot::channel();
+    if owner != me {
+        shared.burns.lock().unwrap_or_else(|p| p.into_inner()).insert(token, (owner, done));
+    }
+    for relay in shared.candidates().into_iter().filter(|r| *r != me) {
+        shared.links.send(relay, Msg::Burn { room, ttl_ms, token });
+    }
+    if owner == me {
+        return Ok(());
+    }
+    let answered = tokio::time::timeout(BURN_TIMEOUT, recorded).await;
+    shared.burns.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
+    match answered {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(JoinError::Unavailable("the room's relay did not record the burn in time".into())),
+    }
+}
+
 /// The links' handler: routes what arrives to the room table and the seats.
 struct Router(Weak<Shared>);
 
@@ -239,6 +275,20 @@ impl Handler for Router {
             }
             Msg::Gone { to } => {
                 shared.tell(to, Event::Gone);
+            }
+            Msg::Burn { room, ttl_ms, token } => {
+                let until = std::time::Instant::now() + Duration::from_millis(ttl_ms.min(MAX_BURN_MS));
+                shared.rooms.lock().unwrap_or_else(|p| p.into_inner()).burn(room, until);
+                shared.links.send(from, Msg::Burnt { token });
+            }
+            Msg::Burnt { token } => {
+                let mut burns = shared.burns.lock().unwrap_or_else(|p| p.into_inner());
+                // Only the owner's answer counts: the others only keep the burn for later.
+                if burns.get(&token).is_some_and(|(owner, _)| *owner == from) {
+                    if let Some((_, done)) = burns.remove(&token) {
+                        let _ = done.send(());
+                    }
+                }
             }
             // Handled by the links themselves (it ends the sender's session).
             Msg::Bye => {}
@@ -325,6 +375,7 @@ impl Mesh {
             rooms: Mutex::new(Rooms::default()),
             seats: Mutex::new(HashMap::new()),
             next_seat: AtomicU64::new(1),
+            burns: Mutex::new(HashMap::new()),
             open: Arc::new(AtomicUsize::new(0)),
             seats_gone: Notify::new(),
             max_rooms: config.max_rooms,
@@ -398,6 +449,10 @@ impl Upstream for Mesh {
             return Box::pin(std::future::ready(Err(JoinError::Unavailable(why))));
         }
         Box::pin(seat::join(Arc::clone(&self.shared), &self.tasks, *room, me))
+    }
+
+    fn burn<'a>(&'a self, room: &'a RoomId, ttl: Duration) -> BoxFuture<'a, Result<(), JoinError>> {
+        Box::pin(burn(Arc::clone(&self.shared), room.bytes(), ttl))
     }
 
     fn ready(&self) -> Result<(), String> {

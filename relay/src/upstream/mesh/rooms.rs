@@ -5,9 +5,14 @@
 //! relays race only for that lock, so at most two seats exist, however they interleave. A join
 //! is answered again the same way if it arrives twice, and a departure frees the room only if
 //! it comes from a seat that holds it, so a stale message never frees a newer room.
+//!
+//! Burnt rooms are kept beside them, with the moment each burn ends: a new seat is refused
+//! ([`Verdict::Burnt`]); the seats already in the room are answered as before.
 
 use super::wire::{SeatRef, Verdict};
+use crate::upstream::burns::Burns;
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// One owned room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,11 +25,21 @@ enum Room {
 #[derive(Default)]
 pub struct Rooms {
     rooms: HashMap<[u8; 16], Room>,
+    /// Burnt rooms, and when each burn ends.
+    burnt: Burns<[u8; 16]>,
 }
 
 impl Rooms {
     /// Seat `seat` asks for a place in `room`.
     pub fn join(&mut self, room: [u8; 16], seat: SeatRef) -> Verdict {
+        let holds = match self.rooms.get(&room) {
+            Some(Room::Waiting(a)) => *a == seat,
+            Some(Room::Paired(a, b)) => *a == seat || *b == seat,
+            None => false,
+        };
+        if !holds && self.burnt.contains(&room) {
+            return Verdict::Burnt;
+        }
         match self.rooms.get(&room).copied() {
             None => {
                 self.rooms.insert(room, Room::Waiting(seat));
@@ -73,6 +88,11 @@ impl Rooms {
         holds
     }
 
+    /// Refuses new seats in `room` until `until` (a later end of an earlier burn stands).
+    pub fn burn(&mut self, room: [u8; 16], until: Instant) {
+        self.burnt.burn(room, until);
+    }
+
     /// Relay `relay` is gone: every room with a seat there is free again.
     pub fn forget_relay(&mut self, relay: u64) -> usize {
         let before = self.rooms.len();
@@ -115,6 +135,25 @@ mod tests {
 
     fn seat(relay: u64, n: u64) -> SeatRef {
         SeatRef { relay, n }
+    }
+
+    #[test]
+    fn a_burnt_room_refuses_new_seats_only() {
+        let mut rooms = Rooms::default();
+        let r = [2; 16];
+        assert_eq!(rooms.join(r, seat(1, 1)), Verdict::Waiting);
+        assert_eq!(rooms.join(r, seat(2, 1)), Verdict::Paired(seat(1, 1)));
+        rooms.burn(r, Instant::now() + std::time::Duration::from_secs(60));
+        // The pair's own repeated joins are answered as before; nobody new gets in, even once
+        // the pair has left.
+        assert_eq!(rooms.join(r, seat(2, 1)), Verdict::Paired(seat(1, 1)));
+        assert_eq!(rooms.join(r, seat(3, 1)), Verdict::Burnt);
+        assert!(rooms.leave(r, seat(1, 1)));
+        assert_eq!(rooms.join(r, seat(3, 2)), Verdict::Burnt);
+        // A burn that ended refuses nothing.
+        let other = [3; 16];
+        rooms.burn(other, Instant::now());
+        assert_eq!(rooms.join(other, seat(3, 3)), Verdict::Waiting);
     }
 
     #[test]

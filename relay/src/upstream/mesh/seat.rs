@@ -202,6 +202,10 @@ impl SeatTask {
                             self.owner = None;
                             break unavailable("the room's relay is not admitting new rooms now");
                         }
+                        Verdict::Burnt => {
+                            self.owner = None;
+                            break Err(JoinError::Burnt);
+                        }
                     },
                     Some(Event::RelayLost(relay)) if Some(relay) == self.owner => {
                         self.owner = None;
@@ -333,6 +337,7 @@ impl SeatTask {
                 }
                 Verdict::Full => self.lost("the room filled while its owner changed"),
                 Verdict::Refused => self.lost("the room's new owner is not admitting new rooms now"),
+                Verdict::Burnt => self.lost("the room was burnt while its owner changed"),
             },
             Event::Verdict { .. } => {}
         }

@@ -29,6 +29,8 @@ pub enum Verdict {
     /// The receiver does not decide this room now: another relay owns it by the receiver's
     /// roster, or the receiver is not ready (no lease, or not linked to every relay).
     Refused,
+    /// The room is burnt.
+    Burnt,
 }
 
 /// A message between relays. The sending relay is the link's, so only seats on the receiver
@@ -109,6 +111,21 @@ pub enum Msg {
     },
     /// The sender is shutting down, its departures sent: give it up now.
     Bye,
+    /// `room` is burnt for `ttl_ms` (sent to every relay, so a later owner knows it too); the
+    /// receiver answers `Burnt` with the same `token`.
+    Burn {
+        /// The keyed room id.
+        room: [u8; 16],
+        /// How long joins are refused, in ms.
+        ttl_ms: u64,
+        /// The sender's number for this burn.
+        token: u64,
+    },
+    /// The answer to `Burn` number `token`: recorded.
+    Burnt {
+        /// The burn's number on the receiver.
+        token: u64,
+    },
 }
 
 /// The envelope of one link record (inside the Noise transport).
@@ -168,6 +185,7 @@ impl Msg {
                     Verdict::Waiting => b.put_u8(b'w'),
                     Verdict::Full => b.put_u8(b'f'),
                     Verdict::Refused => b.put_u8(b'r'),
+                    Verdict::Burnt => b.put_u8(b'b'),
                     Verdict::Paired(p) => {
                         b.put_u8(b'p');
                         b.put_u64(p.relay);
@@ -227,6 +245,16 @@ impl Msg {
                 b.put_u64(*to);
             }
             Msg::Bye => b.put_u8(b'B'),
+            Msg::Burn { room, ttl_ms, token } => {
+                b.put_u8(b'N');
+                b.put_slice(room);
+                b.put_u64(*ttl_ms);
+                b.put_u64(*token);
+            }
+            Msg::Burnt { token } => {
+                b.put_u8(b'O');
+                b.put_u64(*token);
+            }
         }
     }
 
@@ -239,6 +267,7 @@ impl Msg {
                     b'w' => Verdict::Waiting,
                     b'f' => Verdict::Full,
                     b'r' => Verdict::Refused,
+                    b'b' => Verdict::Burnt,
                     b'p' => Verdict::Paired(SeatRef { relay: u64s(b)?, n: u64s(b)? }),
                     _ => return Err(Malformed),
                 };
@@ -272,6 +301,8 @@ impl Msg {
             }
             b'G' => Msg::Gone { to: u64s(b)? },
             b'B' => Msg::Bye,
+            b'N' => Msg::Burn { room: room(b)?, ttl_ms: u64s(b)?, token: u64s(b)? },
+            b'O' => Msg::Burnt { token: u64s(b)? },
             _ => return Err(Malformed),
         };
         Ok(msg)
@@ -373,6 +404,9 @@ mod tests {
             Msg::Verdict { seat: 1, verdict: Verdict::Waiting },
             Msg::Verdict { seat: 2, verdict: Verdict::Full },
             Msg::Verdict { seat: 4, verdict: Verdict::Refused },
+            Msg::Verdict { seat: 5, verdict: Verdict::Burnt },
+            Msg::Burn { room: [8; 16], ttl_ms: 3_600_000, token: 7 },
+            Msg::Burnt { token: 7 },
             Msg::Hold { room: [7; 16], seat: 5, partner: None },
             Msg::Hold { room: [7; 16], seat: 6, partner: Some(s) },
             Msg::Verdict { seat: 3, verdict: Verdict::Paired(s) },

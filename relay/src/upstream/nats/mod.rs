@@ -24,6 +24,11 @@
 //!   that time plus one heartbeat. A relay that loses NATS stops hearing
 //!   everyone, so its cross-NATS rooms end the same way on both sides.
 //!
+//! * **Burns.** A burnt room is a key `<room-id>` in a second bucket, `<prefix>-burnt`, whose
+//!   `max_age` is `--burn-ttl`; its value is the moment the burn ends and a tag. A join checks it
+//!   after taking a slot: the burner wrote it before its pair's slots were freed, so a join that
+//!   gets a slot after them sees it. A relay writes its burns again after a server restart.
+//!
 //! * **Tags.** The broker is not trusted: every message, request answer and slot
 //!   value carries a tag under the cluster secret ([`broker_auth`](super::broker_auth)),
 //!   checked before anything else is read. A forger on the broker can delay, drop
@@ -67,6 +72,11 @@ struct Shared {
     /// The bucket, once it exists on the server; `None` again when the connection drops (after
     /// a server restart it must be made again). `Some` is what "ready" means.
     bucket: Mutex<Option<kv::Store>>,
+    /// The bucket of burnt rooms, set with `bucket`.
+    burnt: Mutex<Option<kv::Store>>,
+    /// The burns this relay wrote (key → end, Unix ms), written again after a server restart.
+    burns: Mutex<std::collections::HashMap<String, u64>>,
+    burn_ttl: Duration,
     /// Why the upstream is not ready, for `/readyz` (never holds secrets or room data), and
     /// whether that was logged (once per outage).
     trouble: Mutex<(Option<String>, bool)>,
@@ -95,6 +105,7 @@ struct Shared {
 struct Names {
     prefix: String,
     bucket: String,
+    burnt: String,
 }
 
 impl Names {
@@ -130,10 +141,17 @@ impl Nats {
             client,
             js,
             bucket: Mutex::new(None),
+            burnt: Mutex::new(None),
+            burns: Mutex::new(std::collections::HashMap::new()),
+            burn_ttl: config.burn_ttl,
             trouble: Mutex::new((Some(format!("connecting to NATS at {}", shown_url(&nc.url))), false)),
             generation: tokio::sync::watch::Sender::new(0),
             slots: Mutex::new(std::collections::HashMap::new()),
-            names: Names { prefix: nc.prefix.clone(), bucket: format!("{}-rooms", nc.prefix) },
+            names: Names {
+                prefix: nc.prefix.clone(),
+                bucket: format!("{}-rooms", nc.prefix),
+                burnt: format!("{}-burnt", nc.prefix),
+            },
             relay_id: random_id(),
             next_seat: AtomicU64::new(1),
             seats: AtomicUsize::new(0),
@@ -186,6 +204,14 @@ async fn options(nc: &NatsConfig, events: mpsc::UnboundedSender<Event>) -> Resul
     Ok(o)
 }
 
+/// The wall clock in Unix milliseconds (burns end at a moment every relay reads alike, to
+/// within their clocks' skew).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A random 64-bit id in hex: this relay's name on the broker, new at every start.
 fn random_id() -> String {
     use rand_core::RngCore;
@@ -198,8 +224,73 @@ impl Shared {
         self.bucket.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set_bucket(&self, store: Option<kv::Store>) {
-        *self.bucket.lock().unwrap_or_else(|p| p.into_inner()) = store;
+    fn set_bucket(&self, store: Option<(kv::Store, kv::Store)>) {
+        let (rooms, burnt) = store.unzip();
+        *self.burnt.lock().unwrap_or_else(|p| p.into_inner()) = burnt;
+        *self.bucket.lock().unwrap_or_else(|p| p.into_inner()) = rooms;
+    }
+
+    /// The bucket of burnt rooms, while connected and it exists.
+    fn burnt_bucket(&self) -> Option<kv::Store> {
+        self.burnt.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The value of burn key `key`: when the burn ends (Unix ms) and its tag.
+    fn burn_value(&self, key: &str, until_ms: u64) -> bytes::Bytes {
+        bytes::Bytes::from(
+            self.key.seal(&[b"burn", self.names.burnt.as_bytes(), key.as_bytes()], &until_ms.to_be_bytes()),
+        )
+    }
+
+    /// Whether room `room` (its hex id) is burnt now. A value without this cluster's tag burns
+    /// nothing (it is counted).
+    async fn is_burnt(&self, room: &str) -> Result<bool, JoinError> {
+        let Some(kv) = self.burnt_bucket() else {
+            return Err(JoinError::Unavailable("NATS upstream not ready".into()));
+        };
+        let value = match tokio::time::timeout(OP_TIMEOUT, kv.get(room)).await {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => return Err(JoinError::Unavailable(e.to_string())),
+            Err(e) => return Err(JoinError::Unavailable(e.to_string())),
+        };
+        let Some(value) = value else { return Ok(false) };
+        let until = self.key.open(&[b"burn", self.names.burnt.as_bytes(), room.as_bytes()], &value);
+        let Some(until) = until.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes) else {
+            self.metrics.upstream.forged.inc();
+            return Ok(false);
+        };
+        Ok(until > unix_ms())
+    }
+
+    /// Writes the burn of `room` (its hex id) for `ttl`, and remembers it for a server restart.
+    async fn burn(&self, room: String, ttl: Duration) -> Result<(), JoinError> {
+        let Some(kv) = self.burnt_bucket() else {
+            return Err(JoinError::Unavailable("NATS upstream not ready".into()));
+        };
+        let until = unix_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        match tokio::time::timeout(OP_TIMEOUT, kv.put(&room, self.burn_value(&room, until))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(JoinError::Unavailable(e.to_string())),
+            Err(e) => return Err(JoinError::Unavailable(e.to_string())),
+        }
+        let now = unix_ms();
+        let mut burns = self.burns.lock().unwrap_or_else(|p| p.into_inner());
+        burns.retain(|_, until| *until > now);
+        burns.insert(room, until);
+        Ok(())
+    }
+
+    /// Writes again the burns of this relay that have not ended (a restarted server lost them).
+    async fn remake_burns(&self, store: &kv::Store) {
+        let now = unix_ms();
+        let burns: Vec<(String, u64)> = {
+            let mut burns = self.burns.lock().unwrap_or_else(|p| p.into_inner());
+            burns.retain(|_, until| *until > now);
+            burns.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        for (key, until) in burns {
+            let _ = tokio::time::timeout(OP_TIMEOUT, store.put(&key, self.burn_value(&key, until))).await;
+        }
     }
 
     /// Records why the upstream is not ready (`None`: it is). An outage is logged once at WARN
@@ -288,34 +379,43 @@ impl Shared {
         };
     }
 
-    /// Finds or makes the room bucket: memory storage, one value per key, slots expire after
-    /// the TTL unless renewed.
-    async fn ensure_bucket(&self) -> Result<kv::Store, String> {
-        if let Ok(store) = self.js.get_key_value(self.names.bucket.as_str()).await {
+    /// Finds or makes the room bucket (slots expire after the TTL unless renewed) and the
+    /// bucket of burnt rooms (burns expire after `--burn-ttl`).
+    async fn ensure_buckets(&self) -> Result<(kv::Store, kv::Store), String> {
+        let rooms =
+            self.ensure_bucket(&self.names.bucket, self.slot_ttl, "Ghostwire room slots (keyed room ids; memory only)");
+        let burnt = self.ensure_bucket(&self.names.burnt, self.burn_ttl, "Ghostwire burnt rooms (keyed room ids)");
+        Ok((rooms.await?, burnt.await?))
+    }
+
+    /// Finds or makes bucket `name`: memory storage, one value per key, values expire after
+    /// `max_age`.
+    async fn ensure_bucket(&self, name: &str, max_age: Duration, what: &str) -> Result<kv::Store, String> {
+        if let Ok(store) = self.js.get_key_value(name).await {
             return Ok(store);
         }
         // The stream a key-value bucket is, made directly: the client's own `create_key_value`
         // first reads account limits in a shape that nats-server 2.9 does not send.
         let stream = jetstream::stream::Config {
-            name: format!("KV_{}", self.names.bucket),
-            description: Some("Ghostwire room slots (keyed room ids; memory only)".into()),
-            subjects: vec![format!("$KV.{}.>", self.names.bucket)],
+            name: format!("KV_{name}"),
+            description: Some(what.into()),
+            subjects: vec![format!("$KV.{name}.>")],
             max_messages_per_subject: 1,
-            max_age: self.slot_ttl,
+            max_age,
             storage: jetstream::stream::StorageType::Memory,
             num_replicas: 1,
             discard: jetstream::stream::DiscardPolicy::New,
             allow_rollup: true,
             deny_delete: true,
             allow_direct: true,
-            duplicate_window: self.slot_ttl.min(Duration::from_secs(120)),
+            duplicate_window: max_age.min(Duration::from_secs(120)),
             ..Default::default()
         };
-        self.js.get_or_create_stream(stream).await.map_err(|e| format!("cannot create the key-value bucket: {e}"))?;
         self.js
-            .get_key_value(self.names.bucket.as_str())
+            .get_or_create_stream(stream)
             .await
-            .map_err(|e| format!("cannot open the key-value bucket: {e}"))
+            .map_err(|e| format!("cannot create the key-value bucket {name}: {e}"))?;
+        self.js.get_key_value(name).await.map_err(|e| format!("cannot open the key-value bucket {name}: {e}"))
     }
 }
 
@@ -327,9 +427,10 @@ async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>,
     let mut want_bucket = false;
     loop {
         if want_bucket {
-            match shared.ensure_bucket().await {
+            match shared.ensure_buckets().await {
                 Ok(store) => {
-                    shared.remake_slots(&store).await;
+                    shared.remake_slots(&store.0).await;
+                    shared.remake_burns(&store.1).await;
                     // Round trip to the server: every subscription the client made again on
                     // reconnecting is in place before joins can address this relay's seats.
                     let _ = tokio::time::timeout(OP_TIMEOUT, shared.client.flush()).await;
@@ -426,6 +527,10 @@ impl Upstream for Nats {
         // slot behind: the task finishes, and the seat it made is dropped, which releases it.
         let task = self.tasks.spawn(seat::join(Arc::clone(&self.shared), self.tasks.clone(), room, me));
         Box::pin(async move { task.await.unwrap_or_else(|_| Err(JoinError::Unavailable("join task failed".into()))) })
+    }
+
+    fn burn<'a>(&'a self, room: &'a RoomId, ttl: Duration) -> BoxFuture<'a, Result<(), JoinError>> {
+        Box::pin(self.shared.burn(room.hex(), ttl))
     }
 
     fn ready(&self) -> Result<(), String> {

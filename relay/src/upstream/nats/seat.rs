@@ -91,6 +91,9 @@ pub(super) async fn join(
     for round in 0..ATTEMPTS {
         match timeout(OP_TIMEOUT, kv.create(&a, shared.slot_value(&a, &id))).await.map_err(unavailable)? {
             Ok(revision) => {
+                if let Err(e) = not_burnt(&shared, &room).await {
+                    return Err(give_back(&kv, &a, revision, e).await);
+                }
                 let seat = SeatTask::new(&shared, kv, id, a, revision, sub, me, count);
                 return Ok(Joined::Waiting(seat.spawn(&tasks)));
             }
@@ -116,6 +119,9 @@ pub(super) async fn join(
                 }
                 Err(e) => return Err(unavailable(e)),
             };
+        if let Err(e) = not_burnt(&shared, &room).await {
+            return Err(give_back(&kv, &b, revision, e).await);
+        }
         let first = match timeout(OP_TIMEOUT, kv.entry(&a)).await {
             Ok(Ok(Some(entry))) if entry.operation == Operation::Put => Some(entry),
             Ok(Ok(_)) => None,
@@ -175,6 +181,15 @@ pub(super) async fn join(
         }
     }
     Err(JoinError::Unavailable("the room's slots kept changing".into()))
+}
+
+/// `Ok` unless `room` is burnt. Asked after a slot is taken: the burn was written before the
+/// burner's pair freed its slots, so a slot taken after that sees it.
+async fn not_burnt(shared: &Shared, room: &str) -> Result<(), JoinError> {
+    match shared.is_burnt(room).await? {
+        true => Err(JoinError::Burnt),
+        false => Ok(()),
+    }
 }
 
 /// Who holds a slot, as far as a probe can tell.
