@@ -12,7 +12,8 @@ use std::path::PathBuf;
 /// and tells it to the other, who runs `ghostwire` and types it at the prompt (or sets
 /// GHOSTWIRE_CODE). The part before the first `-` is the room the relay sees; the words are a
 /// secret it never sees, which proves the key exchange: a relay in the middle is caught with
-/// nothing to compare ("verification failed", exit 5), and the code is then burnt. A code with
+/// nothing to compare ("verification failed", exit 5), and the code is then burnt: the relay
+/// refuses it from then on (a code with words is good for one session). A code with
 /// words is refused on the command line (every user of the machine can read it). A bare room
 /// code (`ghostwire ROOMCODE` on both sides) still works: then compare the verification code
 /// shown to both of you, by voice or in person; if it differs, someone is in the middle: type
@@ -37,7 +38,7 @@ use std::path::PathBuf;
 ///
 /// Exit codes: 0 the conversation ended normally (/quit, Ctrl-C, both finished, the peer left)
 /// and everything was sent; 1 as 0, but some lines were not sent (each is shown); 2 bad input
-/// (room code, a secret code on the command line, --legacy-v1 with one, URL, CA file, flag); 3 network or relay error, or the connection to the peer
+/// (room code, a code the relay refuses as burnt, a secret code on the command line, --legacy-v1 with one, URL, CA file, flag); 3 network or relay error, or the connection to the peer
 /// was lost; 4 protocol violation; 5 security failure (tampering, replay, reflection,
 /// reordering, a weak or swapped key, codes differ on either side, a code's secret did not
 /// verify: wrong code or a relay in the middle, or the session ended after this side sent its

@@ -11,6 +11,7 @@
 //! `socks5`; there is no direct fallback. tokio-socks speaks SOCKS5; its reply codes are turned
 //! into sentences here.
 
+use ghostwire_shared::frame::{FEATURES_HEADER, FEATURE_BURN};
 use rustls::{CertificateError, Error as TlsError};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -29,6 +30,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// The WebSocket to the relay.
 pub type Socket = WebSocketStream<Box<dyn Io>>;
+
+/// An open WebSocket to the relay, and what the relay said it supports.
+pub struct Connection {
+    /// The socket.
+    pub ws: Socket,
+    /// The relay takes `BURN` (its upgrade answer listed the feature).
+    pub burns: bool,
+}
 
 /// The largest frame accepted from the relay (the relay's own default limit).
 pub const MAX_FRAME: usize = ghostwire_shared::DEFAULT_MAX_FRAME_BYTES;
@@ -250,7 +259,7 @@ fn socks_error(e: &tokio_socks::Error, proxy: &str, relay: &str) -> String {
 ///
 /// # Errors
 /// A message for the user that names what failed (address, TLS trust, HTTP refusal).
-pub async fn connect(target: Target) -> Result<Socket, String> {
+pub async fn connect(target: Target) -> Result<Connection, String> {
     let Target { url, host, port, tls, proxy } = target;
     let is_tls = tls.is_some();
     let tcp = open(&host, port, proxy.as_ref()).await?;
@@ -283,7 +292,7 @@ pub async fn connect(target: Target) -> Result<Socket, String> {
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let (ws, _) =
+    let (ws, answer) =
         tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)).await.map_err(|e| {
             use tokio_tungstenite::tungstenite::Error as WsError;
             // A TLS relay answers plain HTTP with TLS bytes, which do not parse as HTTP.
@@ -295,7 +304,14 @@ pub async fn connect(target: Target) -> Result<Socket, String> {
             };
             format!("the relay at {url} refused the WebSocket: {e}{hint}")
         })?;
-    Ok(ws)
+    let burns = answer
+        .headers()
+        .get_all(FEATURES_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|f| f.trim().eq_ignore_ascii_case(FEATURE_BURN));
+    Ok(Connection { ws, burns })
 }
 
 fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {

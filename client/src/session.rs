@@ -22,7 +22,7 @@
 
 use crate::crypto::Version;
 use crate::end::End;
-use crate::net::{self, Socket, Target};
+use crate::net::{self, Connection, Socket, Target};
 use crate::proto::{self, PeerMsg};
 use crate::state::{Action, Event, Machine, State};
 use crate::ui::{sanitize, Command, Input, Mode, Tone, Ui, Verdict, HELP};
@@ -78,7 +78,7 @@ pub struct Outcome {
     pub began: bool,
 }
 
-type Connecting = Pin<Box<dyn Future<Output = Result<Socket, String>>>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Connection, String>>>>;
 
 struct Driver {
     relay: Target,
@@ -92,6 +92,8 @@ struct Driver {
     connecting: Option<Connecting>,
     joining: Option<RoomCode>,
     ws: Option<Socket>,
+    /// The relay takes BURN (see [`Action::Burn`]).
+    relay_burns: bool,
     outbox: VecDeque<Zeroizing<String>>,
     input_ended: bool,
     done_told: bool,
@@ -127,6 +129,7 @@ pub async fn run(
         connecting: None,
         joining: None,
         ws: None,
+        relay_burns: false,
         outbox: VecDeque::new(),
         input_ended: false,
         done_told: false,
@@ -147,7 +150,7 @@ async fn next_frame(ws: &mut Option<Socket>) -> Option<Result<Message, tokio_tun
     }
 }
 
-async fn connected(connecting: &mut Option<Connecting>) -> Result<Socket, String> {
+async fn connected(connecting: &mut Option<Connecting>) -> Result<Connection, String> {
     match connecting {
         Some(c) => c.await,
         None => std::future::pending().await,
@@ -247,6 +250,9 @@ impl Driver {
                 }));
             }
             Action::Send(frame) => return self.send(frame).await,
+            // A relay that does not announce BURN would close on it: there is nothing to ask.
+            Action::Burn if self.relay_burns => return self.send(ClientFrame::Burn.to_json()).await,
+            Action::Burn => {}
             Action::Show(text) => self.ui.incoming(&text),
             Action::Say(tone, text) => self.ui.status(tone, &text),
             Action::ShowCode(code) => self.ui.verification(&code),
@@ -262,10 +268,11 @@ impl Driver {
         }
     }
 
-    async fn on_connected(&mut self, result: Result<Socket, String>) {
+    async fn on_connected(&mut self, result: Result<Connection, String>) {
         match result {
-            Ok(ws) => {
+            Ok(Connection { ws, burns }) => {
                 self.ws = Some(ws);
+                self.relay_burns = burns;
                 for line in std::mem::take(&mut self.announce) {
                     self.ui.plain(&line);
                 }

@@ -22,7 +22,7 @@
 //! | PAKE_EXCHANGE | PeerPake | KEY_SETUP | finish SPAKE2; generate keys; send the commitment |
 //! | PAKE_EXCHANGE | PeerCommit, PeerKey (the peer has no secret, or a relay stripped it) | DISCONNECTED | verification failed |
 //! | KEY_SETUP (bare code) | PeerPake | DISCONNECTED | verification failed (the peer's code has a secret) |
-//! | KEY_SETUP (after the PAKE) | PeerKey | KEY_CONFIRMATION | checks as below; send our confirmation MAC |
+//! | KEY_SETUP (after the PAKE) | PeerKey | KEY_CONFIRMATION | checks as below; BURN the room at the relay, then send our confirmation MAC |
 //! | KEY_SETUP (after the PAKE) | PeerConfirm (before the key it covers) | DISCONNECTED | verification failed |
 //! | KEY_CONFIRMATION | PeerConfirm (valid) | CONNECTED | say the code's secret verified the exchange |
 //! | KEY_CONFIRMATION | PeerConfirm (invalid) | DISCONNECTED | verification failed: the code is burnt |
@@ -194,6 +194,9 @@ pub enum Action {
     Connect(RoomCode),
     /// Send this frame to the relay.
     Send(String),
+    /// Tell the relay to burn the room (`BURN`), if it takes that: our proof of the code goes
+    /// out next, and from then on every new session with this code is one more guess at it.
+    Burn,
     /// Show a message from the peer.
     Show(Zeroizing<String>),
     /// Show a status line.
@@ -424,7 +427,7 @@ impl Machine {
                         let frame = proto::confirm_frame(&confirm.mine);
                         let deadline = Instant::now() + KEY_SETUP_TIMEOUT;
                         let c = Confirming { connected, confirm, deadline };
-                        (S::KeyConfirmation(Box::new(c)), vec![Action::Send(frame)])
+                        (S::KeyConfirmation(Box::new(c)), vec![Action::Burn, Action::Send(frame)])
                     }
                     (Err(why), _) => end(why),
                 }

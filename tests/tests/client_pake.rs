@@ -59,6 +59,43 @@ async fn a_wrong_word_ends_both_before_any_message() {
         }
         // PAKE, commitment, key and MAC each way, and nothing more: no message crossed.
         assert_eq!(relay.metrics.frames_forwarded.get(), 8);
+        // Both said BURN before their MAC: the relay now refuses the code, so a retry gives a
+        // relay in the middle no further guess.
+        assert_eq!(relay.metrics.rooms_burnt_total.get(), 2);
+        let again = with_code(&relay.url(), &right, &[]);
+        let (status, log) = again.exit().await;
+        assert_eq!(status, 2, "{log}");
+        assert!(log.contains("this code is burnt"), "{log}");
+        assert!(log.contains("ghostwire --new"), "{log}");
+        assert!(log.contains("error 4012"), "{log}");
+    })
+    .await;
+}
+
+/// A code with a secret part is good for one session: once both proved it, the room is burnt
+/// too, so the code cannot be tried again later by anyone.
+#[tokio::test]
+async fn a_code_that_verified_is_not_accepted_again() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = code("tulip-cider-lunar");
+        let mut a = with_code(&relay.url(), &code, &[]);
+        a.status("searching").await;
+        let mut b = with_code(&relay.url(), &code, &[]);
+        for p in [&mut a, &mut b] {
+            p.status("verified by the code's secret").await;
+        }
+        hang_up_and_part(a, b).await;
+        let (status, log) = with_code(&relay.url(), &code, &[]).exit().await;
+        assert_eq!(status, 2, "{log}");
+        assert!(log.contains("this code is burnt"), "{log}");
+        // A bare code (the prototype's, no secret) is never burnt: it meets again.
+        let bare = room("bare");
+        let (a, b, _, _) = connected_pair(&relay.url(), &bare, &[]).await;
+        hang_up_and_part(a, b).await;
+        let (a, b, _, _) = connected_pair(&relay.url(), &bare, &[]).await;
+        hang_up_and_part(a, b).await;
+        assert_eq!(relay.metrics.rooms_burnt_total.get(), 2);
     })
     .await;
 }
