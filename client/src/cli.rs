@@ -27,8 +27,8 @@ use std::path::PathBuf;
 /// To send a line that starts with /, type it as //. Commands are only typed: a pasted block
 /// of lines, and every line from a pipe, is sent as it is.
 ///
-/// Typing or pasting faster than 20 messages a second is fine: lines are queued (up to 1000)
-/// and sent in order, paced.
+/// Typing, pasting or piping faster than 80 messages a second (20 to an older peer) is fine:
+/// lines are queued (up to 1000) and sent in order, paced under the relay's limit.
 ///
 /// With standard input or output not a terminal, each stdin line is a message, whatever it
 /// starts with (held until the session is connected; the code must then come from ROOMCODE,

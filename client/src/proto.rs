@@ -6,7 +6,7 @@
 //! | kind | fields | version |
 //! |---|---|---|
 //! | `KEY_COMMIT` | `v`: 2, `commit`: base64 SHA-256 commitment | v2 only |
-//! | `KEY_EXCHANGE` | `key`: base64 32-byte X25519 public key; `v`: 2 (absent in v1) | both |
+//! | `KEY_EXCHANGE` | `key`: base64 32-byte X25519 public key; `v`: 2 (absent in v1); `rx`: messages/s the sender takes (v2, optional) | both |
 //! | `MSG` | `payload`: base64 (24-byte nonce ‖ crypto_box) | both |
 //! | `PAKE` | `v`: 2, `msg`: base64 SPAKE2 message (33 bytes) | v2, codes with a secret |
 //! | `KEY_CONFIRM` | `v`: 2, `mac`: base64 HMAC-SHA256 over the exchange (32 bytes) | v2, codes with a secret |
@@ -34,6 +34,8 @@ pub enum PeerMsg {
         key: Vec<u8>,
         /// `"v":2` present.
         v2: bool,
+        /// Messages per second the sender takes before it calls it a flood, if it says.
+        rx: Option<u64>,
     },
     /// An encrypted message.
     Msg {
@@ -106,7 +108,17 @@ pub fn decode(signal: &Signal) -> Result<PeerMsg, DecodeError> {
             let commit = b64(f, "commit")?.try_into().map_err(|_| DecodeError::BadCommitLength)?;
             Ok(PeerMsg::Commit { commit })
         }
-        "KEY_EXCHANGE" => Ok(PeerMsg::Key { v2: version(f)? == Some(V2), key: b64(f, "key")? }),
+        "KEY_EXCHANGE" => Ok(PeerMsg::Key {
+            v2: version(f)? == Some(V2),
+            key: b64(f, "key")?,
+            // Unauthenticated, like every field before the keys: a relay that changes it can
+            // only make the sender slower, or faster than a peer takes (which ends the session,
+            // as dropping it would).
+            rx: match f.get("rx") {
+                None => None,
+                Some(rx) => Some(rx.as_u64().ok_or(DecodeError::BadField("rx"))?),
+            },
+        }),
         "MSG" => Ok(PeerMsg::Msg { payload: b64(f, "payload")? }),
         "PAKE" | "KEY_CONFIRM" if version(f)? != Some(V2) => Err(DecodeError::BadField("v")),
         "PAKE" => Ok(PeerMsg::Pake { msg: b64(f, "msg")? }),
@@ -125,11 +137,17 @@ pub fn commit_frame(commit: &[u8; 32]) -> String {
     frame("KEY_COMMIT", &[("v", json!(V2)), ("commit", json!(B64.encode(commit)))])
 }
 
-/// `{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":...}`, with `"v":2` unless legacy.
+/// What the peer may send us before it counts as a flood (messages per second, sustained and
+/// burst); the rate is announced in our key as `rx`. The burst covers what a relay hands over at
+/// once after holding frames through an upstream blip (its `--peer-queue`, 256).
+pub const RECV_RATE: (u32, u32) = (120, 600);
+
+/// `{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":...}`, with `"v":2` and `"rx":N` (the messages
+/// per second this client takes from its peer, [`RECV_RATE`]) unless legacy.
 pub fn key_frame(key: &[u8; 32], v2: bool) -> String {
     let key = ("key", json!(B64.encode(key)));
     if v2 {
-        frame("KEY_EXCHANGE", &[key, ("v", json!(V2))])
+        frame("KEY_EXCHANGE", &[key, ("v", json!(V2)), ("rx", json!(RECV_RATE.0))])
     } else {
         frame("KEY_EXCHANGE", &[key])
     }
@@ -168,8 +186,14 @@ mod tests {
     fn frames_round_trip() {
         let k = [7u8; 32];
         assert_eq!(decode(&signal_of(&commit_frame(&k))), Ok(PeerMsg::Commit { commit: k }));
-        assert_eq!(decode(&signal_of(&key_frame(&k, true))), Ok(PeerMsg::Key { key: k.to_vec(), v2: true }));
-        assert_eq!(decode(&signal_of(&key_frame(&k, false))), Ok(PeerMsg::Key { key: k.to_vec(), v2: false }));
+        assert_eq!(
+            decode(&signal_of(&key_frame(&k, true))),
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120) })
+        );
+        assert_eq!(
+            decode(&signal_of(&key_frame(&k, false))),
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: false, rx: None })
+        );
         assert_eq!(decode(&signal_of(&msg_frame(b"abc"))), Ok(PeerMsg::Msg { payload: b"abc".to_vec() }));
         assert_eq!(decode(&signal_of(&pake_frame(b"spake"))), Ok(PeerMsg::Pake { msg: b"spake".to_vec() }));
         assert_eq!(decode(&signal_of(&confirm_frame(&k))), Ok(PeerMsg::Confirm { mac: k.to_vec() }));
@@ -188,6 +212,7 @@ mod tests {
             (r#"{"type":"SIGNAL","kind":"MSG","payload":"!!"}"#, DecodeError::BadBase64("payload")),
             (r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":"%%%"}"#, DecodeError::BadBase64("key")),
             (r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","v":3,"key":"AA=="}"#, DecodeError::UnknownVersion(3)),
+            (r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","v":2,"key":"AA==","rx":"fast"}"#, DecodeError::BadField("rx")),
             (r#"{"type":"SIGNAL","kind":"KEY_COMMIT","commit":"AA=="}"#, DecodeError::BadField("v")),
             (r#"{"type":"SIGNAL","kind":"KEY_COMMIT","v":2,"commit":"AA=="}"#, DecodeError::BadCommitLength),
             (r#"{"type":"SIGNAL","kind":"PAKE","msg":"AA=="}"#, DecodeError::BadField("v")),

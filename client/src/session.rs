@@ -9,8 +9,8 @@
 //! What the driver adds to the machine is time and order:
 //!
 //! * **The outbox.** Every line the user gives is queued, in order, and released to the
-//!   machine only while it can send, at most [`SEND_RATE`] (a token bucket well under the
-//!   relay's). Typing or pasting faster than that is paced, never refused. The queue holds at
+//!   machine only while it can send, at most [`SEND_RATE`], or [`FAST_SEND_RATE`] to a peer
+//!   whose key says it takes that much (token buckets under the relay's default). Typing or pasting faster than that is paced, never refused. The queue holds at
 //!   most [`MAX_QUEUED`] lines; when it is full the driver stops reading input (the terminal or
 //!   pipe holds the rest) and says so.
 //! * **End of input.** At a terminal, Ctrl-D ends the session like /quit. From a pipe it means
@@ -23,7 +23,7 @@
 use crate::crypto::Version;
 use crate::end::End;
 use crate::net::{self, Connection, Socket, Target};
-use crate::proto::{self, PeerMsg};
+use crate::proto::{self, PeerMsg, RECV_RATE};
 use crate::state::{Action, Event, Machine, State};
 use crate::ui::{sanitize, Command, Input, Mode, Tone, Ui, Verdict, HELP};
 use futures_util::{SinkExt, StreamExt};
@@ -44,10 +44,14 @@ use zeroize::Zeroizing;
 
 /// The longest message a user may send, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 1000;
-/// What we send at most: frames per second, sustained and burst (well under the relay's limit).
+/// What we send at most to a peer that did not say it takes more (v1, and v2 clients before
+/// `rx`, whose flood limit is 60/s): frames per second, sustained and burst.
 pub const SEND_RATE: (u32, u32) = (20, 50);
-/// What the peer may send us before it counts as a flood (above any honest client's SEND_RATE).
-const RECV_RATE: (u32, u32) = (60, 120);
+/// What we send at most to a peer whose key said it takes at least this much (`rx`): under the
+/// relay's default of 100 frames/s (burst 200) with room for the control frames and for the
+/// backlog a broker blip of the peer timeout leaves in the socket.
+pub const FAST_SEND_RATE: (u32, u32) = (80, 100);
+
 /// Lines waiting to be sent at most; beyond, input is not read until some go out.
 pub const MAX_QUEUED: usize = 1000;
 
@@ -415,7 +419,13 @@ impl Driver {
                 }
                 match proto::decode(&signal) {
                     Ok(PeerMsg::Commit { commit }) => Event::PeerCommit(commit),
-                    Ok(PeerMsg::Key { key, v2 }) => Event::PeerKey { key, v2 },
+                    Ok(PeerMsg::Key { key, v2, rx }) => {
+                        // A peer that takes more is sent more; the relay's own limit still bounds it.
+                        if rx.is_some_and(|rx| rx >= u64::from(FAST_SEND_RATE.0)) {
+                            self.send_limit = limiter(FAST_SEND_RATE);
+                        }
+                        Event::PeerKey { key, v2 }
+                    }
                     Ok(PeerMsg::Msg { payload }) => Event::PeerRecord(payload),
                     Ok(PeerMsg::Pake { msg }) => Event::PeerPake(msg),
                     Ok(PeerMsg::Confirm { mac }) => Event::PeerConfirm(mac),

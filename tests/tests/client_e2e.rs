@@ -97,6 +97,31 @@ async fn two_piped_clients_each_say_a_line_and_both_exit_0() {
     .await;
 }
 
+/// 600 piped lines to a peer that says it takes more (`rx`): paced fast, yet within the relay's
+/// default 100 frames/s (no 4004) and the receiver's flood limit: every line arrives, in order,
+/// and both exit 0.
+#[tokio::test]
+async fn a_long_pipe_to_a_current_peer_arrives_whole_within_every_limit() {
+    within(90, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("longpipe");
+        let mut b = Peer::start(&["--relay", &relay.url(), &code]);
+        b.status("searching").await;
+        let mut a = Peer::start(&["--relay", &relay.url(), &code]);
+        for i in 0..600 {
+            a.say(&format!("line {i}")).await;
+        }
+        a.hang_up();
+        for i in 0..600 {
+            assert_eq!(b.heard().await, format!("line {i}"));
+        }
+        b.hang_up();
+        both_finished(a, b).await;
+        assert_eq!(relay.metrics.errors(ghostwire_shared::ErrorCode::RateLimited), 0);
+    })
+    .await;
+}
+
 /// A bare room code in lower case is accepted and upper-cased. (A code typed at the prompt,
 /// refused and asked for again: client_pty.rs, at a terminal, the only place the client asks.)
 #[tokio::test]

@@ -82,6 +82,35 @@ async fn legacy_flag_talks_to_a_prototype_peer_both_ways() {
     .await;
 }
 
+/// A peer that does not say what it takes (the prototype, and v2 clients before `rx`, whose
+/// flood limit is 60/s) is sent 20 lines a second after a burst of 50, however fast they come.
+#[tokio::test]
+async fn a_peer_that_does_not_announce_its_rate_is_sent_at_most_20_lines_a_second() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("pace");
+        let mut g = Peer::start(&["--relay", &relay.url(), "--legacy-v1", &code]);
+        g.status("searching").await;
+        let mut v1 = V1Peer::join(&relay.url(), &code).await;
+        g.status("no verification code").await;
+        for i in 0..90 {
+            g.say(&format!("paced {i}")).await;
+        }
+        let mut first_after_burst = None;
+        for i in 0..90 {
+            assert_eq!(v1.heard().await, format!("paced {i}"));
+            if i == 50 {
+                first_after_burst = Some(std::time::Instant::now());
+            }
+        }
+        // 39 more lines after the burst at 20/s take at least 1.95 s (a lower bound: a slow
+        // machine only makes it longer).
+        let paced = first_after_burst.unwrap().elapsed();
+        assert!(paced >= std::time::Duration::from_millis(1_850), "39 lines in {paced:?}: faster than 20/s");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn without_the_flag_a_prototype_peer_is_refused_by_name() {
     within(60, async {

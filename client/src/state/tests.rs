@@ -160,7 +160,7 @@ fn connected() -> (Machine, FakePeer) {
     let (mut m, their_commit) = key_setup();
     let peer = KeyPair::generate();
     let out = sent(&m.handle(Event::PeerCommit(peer.commitment())));
-    let [PeerMsg::Key { ref key, v2: true }] = out[..] else { panic!("{out:?}") };
+    let [PeerMsg::Key { ref key, v2: true, rx: Some(_) }] = out[..] else { panic!("{out:?}") };
     let mine: [u8; 32] = key.as_slice().try_into().unwrap();
     assert_eq!(crypto::commitment(&mine), their_commit, "the revealed key is the committed one");
     let actions = m.handle(Event::PeerKey { key: peer.public().to_vec(), v2: true });
