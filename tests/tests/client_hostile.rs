@@ -343,7 +343,8 @@ async fn a_relay_in_the_middle_gets_different_verification_codes() {
 #[tokio::test]
 async fn a_flood_of_valid_messages_is_a_violation() {
     within(60, async {
-        let (a, mut b) = two_through(&hostile(man_in_the_middle(400), None).await).await;
+        // 1000 at once: beyond the receiver's burst of 600 (proto::RECV_RATE).
+        let (a, mut b) = two_through(&hostile(man_in_the_middle(1000), None).await).await;
         let line = b.status("session destroyed").await;
         assert!(line.contains("flood"), "{line}");
         assert_eq!(b.exit().await.0, 4);
