@@ -3,7 +3,7 @@
 //! Module map: [`state`] (the state machine, no I/O), [`crypto`] (keys, boxes,
 //! verification code), [`proto`] (the SIGNAL kinds two clients exchange),
 //! [`session`] (the driver that runs a session), [`ui`] (interactive and piped
-//! front ends), [`net`] (ws/wss to the relay), [`harden`] (core dumps, memory
+//! front ends), [`plain`] (line input for a terminal the editor cannot drive), [`net`] (ws/wss to the relay), [`harden`] (core dumps, memory
 //! locking), [`end`] (why a session ended, exit codes), [`cli`] (flags, room codes), [`code`]
 //! (codes with a secret part, the word list), [`pake`] (SPAKE2 and key confirmation).
 
@@ -14,6 +14,7 @@ pub mod end;
 pub mod harden;
 pub mod net;
 pub mod pake;
+pub mod plain;
 pub mod proto;
 pub mod session;
 pub mod state;

@@ -98,6 +98,8 @@ fn main() -> ExitCode {
         (None, None, false) => None,
     };
     let (ui, inputs, verdicts) = Ui::start(terminal, code.is_none(), &hardening.warnings);
+    // Only a terminal the editor drives takes escape sequences (a plain one shows them).
+    let editor = ui.mode() == ghostwire::ui::Mode::Editor;
     let settings = Settings {
         relay,
         version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 },
@@ -120,7 +122,7 @@ fn main() -> ExitCode {
         let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &tty);
         // What was typed but not read is the session's, not the next program's.
         let _ = tcflush(std::io::stdin(), FlushArg::TCIFLUSH);
-        if std::io::stderr().is_terminal() {
+        if editor && std::io::stderr().is_terminal() {
             eprint!("\r\x1b[K");
         }
     }

@@ -449,6 +449,10 @@ impl Driver {
         for line in self.outbox.drain(..) {
             self.ui.unsent(&line);
         }
+        if let Some(typed) = self.ui.abandoned() {
+            self.unsent += 1;
+            self.ui.unsent(&typed);
+        }
     }
 }
 

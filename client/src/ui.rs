@@ -9,8 +9,9 @@
 //!   built with `buffer-redux`, which keeps what was typed ahead or pasted between two lines.
 //!   A bracketed paste of several lines becomes one message per line. A line over the length
 //!   limit goes back into the editor to be shortened.
-//! * **plain** (a terminal the editor cannot drive, e.g. `TERM=dumb`): the terminal's own line
-//!   input; the same commands; output as plain lines.
+//! * **plain** (a terminal the editor cannot drive, e.g. `TERM=dumb`): the client's own simple
+//!   line input ([`plain`](crate::plain)), so a message that arrives mid-line is printed above
+//!   the half-typed text, not onto it; the same commands; output as plain lines.
 //! * **piped** (stdin or stdout is not a terminal): each stdin line is a message, sent as it
 //!   is, whatever it starts with (no commands: a script's data is never obeyed); received
 //!   messages go to stdout one per line, status lines to stderr; end of input means "nothing
@@ -26,12 +27,15 @@
 //! the printer's queue) cannot be wiped from outside; those copies live in memory the client
 //! locks when the system allows it (see `harden`).
 
+use crate::plain::{self, Typing};
 use crate::session::MAX_MESSAGE_CHARS;
 use owo_colors::{OwoColorize, Stream};
 use rustyline::error::ReadlineError;
-use rustyline::ExternalPrinter;
+use rustyline::{Cmd, EventHandler, ExternalPrinter, KeyEvent};
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::sync::{mpsc as std_mpsc, Mutex};
 use tokio::sync::mpsc;
 use zeroize::{Zeroize, Zeroizing};
@@ -106,6 +110,8 @@ pub enum Mode {
 pub struct Ui {
     mode: Mode,
     printer: Option<Mutex<Box<dyn ExternalPrinter + Send>>>,
+    /// The line being typed at a plain terminal, printed around.
+    typing: Option<Arc<Typing>>,
 }
 
 /// Classifies one line a person or script gave: a command, or a message (`//x` sends `/x`).
@@ -169,25 +175,32 @@ impl Ui {
     ) -> (Ui, mpsc::Receiver<Input>, std_mpsc::Sender<Verdict>) {
         let (tx, rx) = mpsc::channel(64);
         let (verdict_tx, verdict_rx) = std_mpsc::channel();
-        let (ui, editor, own_warning) = match terminal.then(editor) {
+        let (mut ui, editor, own_warning) = match terminal.then(editor) {
             Some(Ok((editor, printer))) => {
-                (Ui { mode: Mode::Editor, printer: Some(Mutex::new(printer)) }, Some(editor), None)
+                (Ui { mode: Mode::Editor, printer: Some(Mutex::new(printer)), typing: None }, Some(editor), None)
             }
             Some(Err(e)) => (
-                Ui { mode: Mode::Plain, printer: None },
+                Ui { mode: Mode::Plain, printer: None, typing: None },
                 None,
                 Some(format!("the line editor cannot drive this terminal ({e}): using plain line input")),
             ),
-            None => (Ui { mode: Mode::Piped, printer: None }, None, None),
+            None => (Ui { mode: Mode::Piped, printer: None, typing: None }, None, None),
         };
+        // A plain terminal: the client's own line input, if the terminal lets it turn its own off.
+        let plain = (ui.mode == Mode::Plain).then(|| Arc::new(Typing::default()));
+        let plain = plain.and_then(|typing| plain::Reader::new(Arc::clone(&typing)).ok().map(|r| (r, typing)));
+        if let Some((_, typing)) = &plain {
+            ui.typing = Some(Arc::clone(typing));
+        }
         // Before the reader starts: its prompt must come after what the user has to read first.
         for warning in warnings.iter().chain(&own_warning) {
             ui.status(Tone::Warn, warning);
         }
         let mode = ui.mode;
-        match editor {
-            Some(editor) => std::thread::spawn(move || read_editor(editor, need_code, tx, verdict_rx)),
-            None => std::thread::spawn(move || read_lines(mode, need_code, tx, verdict_rx)),
+        match (editor, plain) {
+            (Some(editor), _) => std::thread::spawn(move || read_editor(editor, need_code, tx, verdict_rx)),
+            (None, Some((reader, _))) => std::thread::spawn(move || read_plain(reader, need_code, tx, verdict_rx)),
+            (None, None) => std::thread::spawn(move || read_lines(mode, need_code, tx, verdict_rx)),
         };
         (ui, rx, verdict_tx)
     }
@@ -208,12 +221,16 @@ impl Ui {
                     let _ = p.print(std::mem::take(&mut *copy));
                 }
             }
-            None if to_stdout => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
-            }
-            None => eprintln!("{line}"),
+            None => match (&self.typing, to_stdout) {
+                (Some(typing), true) => typing.print_over(&mut std::io::stdout().lock(), line),
+                (Some(typing), false) => typing.print_over(&mut std::io::stderr().lock(), line),
+                (None, true) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+                (None, false) => eprintln!("{line}"),
+            },
         }
     }
 
@@ -255,6 +272,12 @@ impl Ui {
         self.emit(&line, true);
     }
 
+    /// A message left half-typed at a plain terminal when the session ended (taken: reported
+    /// once).
+    pub fn abandoned(&self) -> Option<Zeroizing<String>> {
+        self.typing.as_ref().and_then(|t| t.abandoned())
+    }
+
     /// A line the user gave that was not sent, shown with its text so nothing is lost unseen.
     pub fn unsent(&self, text: &str) {
         let clean = sanitize(text);
@@ -266,6 +289,8 @@ impl Ui {
 }
 
 type Editor = rustyline::Editor<Words, rustyline::history::DefaultHistory>;
+/// The editor, and how the person last left it with text in it (see `LeaveWithText`).
+type Leaving = (Editor, Arc<AtomicU8>);
 
 /// Tab completion of the code's words at the room code prompt (and nothing once chatting: the
 /// helper is removed when the code is accepted).
@@ -286,19 +311,56 @@ impl rustyline::validate::Validator for Words {}
 impl rustyline::Helper for Words {}
 
 /// The line editor and its printer, if this terminal supports them.
-fn editor() -> Result<(Editor, Box<dyn ExternalPrinter + Send>), String> {
+fn editor() -> Result<(Leaving, Box<dyn ExternalPrinter + Send>), String> {
     let config = rustyline::Config::builder()
         .auto_add_history(false)
         .max_history_size(0)
         .map_err(|e| e.to_string())?
         .completion_type(rustyline::CompletionType::List);
     let mut editor = Editor::with_config(config.build()).map_err(|e| e.to_string())?;
+    let leaving = Arc::new(AtomicU8::new(STAYING));
+    for (key, how) in [(KeyEvent::ctrl('D'), LEFT_EOF), (KeyEvent::ctrl('C'), LEFT_INTERRUPT)] {
+        let handler = LeaveWithText { leaving: Arc::clone(&leaving), how };
+        editor.bind_sequence(key, EventHandler::Conditional(Box::new(handler)));
+    }
     // rustyline refuses (ENOTTY) a terminal it cannot drive, such as TERM=dumb.
     let printer = editor.create_external_printer().map_err(|e| match e {
         ReadlineError::Errno(errno) if errno as i32 == nix::libc::ENOTTY => "unsupported terminal".to_owned(),
         other => other.to_string(),
     })?;
-    Ok((editor, Box::new(printer)))
+    Ok(((editor, leaving), Box::new(printer)))
+}
+
+/// The line was typed to the end and not ended by Ctrl-D or Ctrl-C.
+const STAYING: u8 = 0;
+/// Ctrl-D at the end of a line with text in it.
+const LEFT_EOF: u8 = 1;
+/// Ctrl-C with text in the editor.
+const LEFT_INTERRUPT: u8 = 2;
+
+/// Ctrl-D at the end of a line with text, or Ctrl-C with text: the person is leaving, and the
+/// text must not vanish with the editor. The line is handed over (as Enter would) with `how`
+/// recorded, so the reader reports it as not sent and then ends. On an empty line both keep
+/// their meaning (end of input, interrupt); Ctrl-D inside a line deletes, as in every readline.
+struct LeaveWithText {
+    leaving: Arc<AtomicU8>,
+    how: u8,
+}
+
+impl rustyline::ConditionalEventHandler for LeaveWithText {
+    fn handle(
+        &self,
+        _: &rustyline::Event,
+        _: rustyline::RepeatCount,
+        _: bool,
+        ctx: &rustyline::EventContext<'_>,
+    ) -> Option<Cmd> {
+        if ctx.line().is_empty() || (self.how == LEFT_EOF && ctx.pos() < ctx.line().len()) {
+            return None;
+        }
+        self.leaving.store(self.how, Ordering::Release);
+        Some(Cmd::AcceptLine)
+    }
 }
 
 /// Hands a typed room code to the session and waits for its verdict: `Some(true)` accepted,
@@ -318,10 +380,21 @@ fn submit_code(
     }
 }
 
-fn read_editor(mut editor: Editor, need_code: bool, tx: mpsc::Sender<Input>, verdicts: std_mpsc::Receiver<Verdict>) {
+fn read_editor(
+    (mut editor, leaving): Leaving,
+    need_code: bool,
+    tx: mpsc::Sender<Input>,
+    verdicts: std_mpsc::Receiver<Verdict>,
+) {
     let ended = |e: ReadlineError| match e {
         ReadlineError::Interrupted => Input::Command(Command::Quit),
         _ => Input::Eof,
+    };
+    // How the person left with text in the editor (see `LeaveWithText`), as the input it means.
+    let left = |how: u8| match how {
+        LEFT_INTERRUPT => Some(Input::Command(Command::Quit)),
+        LEFT_EOF => Some(Input::Eof),
+        _ => None,
     };
     if need_code {
         editor.set_helper(Some(Words));
@@ -335,6 +408,11 @@ fn read_editor(mut editor: Editor, need_code: bool, tx: mpsc::Sender<Input>, ver
             match read {
                 Ok(line) => {
                     let line = Zeroizing::new(line);
+                    // Leaving at the prompt: a half-typed code is a secret, not shown again.
+                    if let Some(input) = left(leaving.swap(STAYING, Ordering::AcqRel)) {
+                        let _ = tx.blocking_send(input);
+                        return;
+                    }
                     match submit_code(line.clone(), &tx, &verdicts) {
                         Some(true) => {
                             editor.set_helper(None);
@@ -365,6 +443,15 @@ fn read_editor(mut editor: Editor, need_code: bool, tx: mpsc::Sender<Input>, ver
                 return;
             }
         };
+        if let Some(input) = left(leaving.swap(STAYING, Ordering::AcqRel)) {
+            // Typed but not sent with Enter: shown as not sent (and counted), never dropped.
+            for line in text.split(['\n', '\r']).filter(|l| !l.is_empty()) {
+                let shown = format!("not sent (you left before pressing Enter): {}", sanitize(line).as_str());
+                let _ = tx.blocking_send(Input::Refused(shown));
+            }
+            let _ = tx.blocking_send(input);
+            return;
+        }
         // A bracketed paste arrives as one "line" holding newlines: one message per line, and
         // every one of them data. Commands come only from a person typing: a pasted `/quit` is
         // sent, not obeyed.
@@ -478,7 +565,52 @@ impl LineReader {
     }
 }
 
-/// The plain-terminal and piped front ends: one line at a time from stdin.
+/// The plain-terminal front end: the client's own line input (see [`plain`]).
+fn read_plain(
+    mut reader: plain::Reader,
+    need_code: bool,
+    tx: mpsc::Sender<Input>,
+    verdicts: std_mpsc::Receiver<Verdict>,
+) {
+    if need_code {
+        loop {
+            eprint!("room code: ");
+            let line = match reader.next(false) {
+                plain::Read::Line(line) => line,
+                plain::Read::End => {
+                    let _ = tx.blocking_send(Input::Eof);
+                    return;
+                }
+            };
+            match submit_code(line, &tx, &verdicts) {
+                Some(true) => break,
+                Some(false) => continue,
+                None => return,
+            }
+        }
+    }
+    loop {
+        let input = match reader.next(true) {
+            plain::Read::Line(text) if text.is_empty() => continue,
+            plain::Read::Line(text) => match too_long(&text) {
+                Some(chars) => Input::Refused(format!(
+                    "not sent: {chars} characters, the limit is {MAX_MESSAGE_CHARS}: {}",
+                    sanitize(&text).as_str()
+                )),
+                None => classify(text),
+            },
+            // What was typed stays with the Ui, which reports it as not sent.
+            plain::Read::End => Input::Eof,
+        };
+        let end = matches!(input, Input::Eof | Input::Command(Command::Quit));
+        if tx.blocking_send(input).is_err() || end {
+            return;
+        }
+    }
+}
+
+/// The plain-terminal (when its own line input cannot be turned off) and piped front ends: one
+/// line at a time from stdin.
 fn read_lines(mode: Mode, need_code: bool, tx: mpsc::Sender<Input>, verdicts: std_mpsc::Receiver<Verdict>) {
     let Ok(mut reader) = LineReader::new() else {
         let _ = tx.blocking_send(Input::Eof);

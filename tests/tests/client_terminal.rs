@@ -247,3 +247,79 @@ async fn a_pasted_command_is_data_and_a_typed_one_is_a_command() {
     })
     .await;
 }
+
+/// `TERM=dumb`: a message that arrives while a line is half typed is printed over it and the
+/// half-typed text echoed again below, never onto it; the line is then sent whole, Backspace
+/// included. A line still half typed when the session ends is reported as not sent (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn term_dumb_keeps_a_half_typed_line_apart_from_incoming_ones() {
+    within(90, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("dumbtype");
+        let (url, typed) = (relay.url(), code.clone());
+        let (to_term, from_test) = std::sync::mpsc::channel::<()>();
+        let (to_test, mut from_term) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let term = tokio::task::spawn_blocking(move || {
+            let mut term = terminal("dumb", &["--relay", &url, &typed]);
+            saw(&mut term, "verification code");
+            term.send("half typedX\x7f").unwrap();
+            saw(&mut term, "half typedX\x08 \x08");
+            to_test.send(()).unwrap();
+            from_test.recv_timeout(TERMINAL_WAIT).unwrap();
+            // Over the half-typed line, then that line again, intact, below it.
+            saw(&mut term, "\rpeer: incoming while typing\r\nhalf typed");
+            term.send(" continued\r").unwrap();
+            from_test.recv_timeout(TERMINAL_WAIT).unwrap();
+            term.send("left behind").unwrap();
+            saw(&mut term, "left behind");
+            to_test.send(()).unwrap();
+            saw(&mut term, "not sent: left behind");
+            saw(&mut term, "session destroyed: your peer left; 1 line was not sent (exit 1)");
+            ends_cleanly(&mut term, 1);
+        });
+        let mut next = async || tokio::time::timeout(TERMINAL_WAIT, from_term.recv()).await.unwrap().unwrap();
+        let mut peer = Peer::start(&["--relay", &relay.url(), &code]);
+        next().await;
+        peer.say("incoming while typing").await;
+        to_term.send(()).unwrap();
+        assert_eq!(peer.heard().await, "half typed continued");
+        to_term.send(()).unwrap();
+        next().await;
+        // The peer is interrupted (Ctrl-C) while this side has a line half typed.
+        peer.interrupt();
+        tokio::time::timeout(Duration::from_secs(60), term).await.unwrap().unwrap();
+    })
+    .await;
+}
+
+/// In the editor, Ctrl-D inside a line deletes (as in every readline); Ctrl-D at the end of a
+/// line with text, or Ctrl-C with text, ends the session and the text is reported as not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_d_or_ctrl_c_with_text_typed_ends_and_reports_the_text_unsent() {
+    within(120, async {
+        let relay = TestRelay::with(|_| {}).await;
+        for (key, name) in [("\x04", "Ctrl-D"), ("\x03", "Ctrl-C")] {
+            let code = room("withtext");
+            let mut peer = Peer::start(&["--relay", &relay.url(), &code]);
+            let (url, typed) = (relay.url(), code.clone());
+            let term = tokio::spawn(in_terminal(move || {
+                let mut term = terminal("xterm", &["--relay", &url, &typed]);
+                saw(&mut term, "verification code");
+                saw(&mut term, "> ");
+                // Three to the left, then Ctrl-D: the character under the cursor goes.
+                term.send("abcdef\x1b[D\x1b[D\x1b[D\x04\r").unwrap();
+                term.send("typed, then leaving").unwrap();
+                saw(&mut term, "typed, then leaving");
+                term.send(key).unwrap();
+                saw(&mut term, "not sent (you left before pressing Enter): typed, then leaving");
+                saw(&mut term, "session destroyed: you ended the session; 1 line was not sent (exit 1)");
+                ends_cleanly(&mut term, 1);
+            }));
+            assert_eq!(peer.heard().await, "abcef", "{name}");
+            term.await.unwrap();
+            peer.status("your peer left").await;
+            assert_eq!(peer.exit().await.0, 0, "{name}");
+        }
+    })
+    .await;
+}
