@@ -37,7 +37,8 @@ use std::path::PathBuf;
 /// told, and messages are still received until the peer finishes or leaves.
 ///
 /// Exit codes: 0 the conversation ended normally (/quit, Ctrl-C, both finished, the peer left)
-/// and everything was sent; 1 as 0, but some lines were not sent (each is shown); 2 bad input
+/// and everything was sent; 1 as 0, but some lines were not sent, or were sent and never
+/// confirmed by the peer's receipt (each is shown); 2 bad input
 /// (room code, a code the relay refuses as burnt, a secret code on the command line, --legacy-v1 with one, URL, CA file, flag); 3 network or relay error, or the connection to the peer
 /// was lost; 4 protocol violation; 5 security failure (tampering, replay, reflection,
 /// reordering, a weak or swapped key, codes differ on either side, a code's secret did not

@@ -207,10 +207,14 @@ pub enum Record {
     Text(Zeroizing<String>),
     /// A notice about the conversation.
     Notice(Notice),
+    /// A receipt: every record we numbered below this one reached the peer.
+    Ack(u64),
 }
 
 /// Record kind of a text message (v2).
 const TEXT: u8 = 0;
+/// Record kind of a receipt (v2, with a peer that announced them): an 8-byte record number.
+const ACK: u8 = 4;
 
 /// The two halves of an established session: one box, a counter per direction.
 pub struct Channel {
@@ -249,9 +253,24 @@ impl Channel {
         (self.version == Version::Hardened2).then(|| self.seal_record(notice.kind(), ""))
     }
 
+    /// Encrypts a receipt for every record received so far (v2 only; `None` in v1).
+    pub fn seal_ack(&mut self) -> Option<Vec<u8>> {
+        let next = self.expected.to_be_bytes();
+        (self.version == Version::Hardened2).then(|| self.seal_bytes(ACK, &next))
+    }
+
+    /// The number the next record we seal will carry (how many we sealed so far).
+    pub fn sealed(&self) -> u64 {
+        self.sent
+    }
+
     fn seal_record(&mut self, kind: u8, text: &str) -> Vec<u8> {
+        self.seal_bytes(kind, text.as_bytes())
+    }
+
+    fn seal_bytes(&mut self, kind: u8, text: &[u8]) -> Vec<u8> {
         let content = match self.version {
-            Version::Legacy1 => Zeroizing::new(text.as_bytes().to_vec()),
+            Version::Legacy1 => Zeroizing::new(text.to_vec()),
             Version::Hardened2 => {
                 let mut buf = Zeroizing::new(Vec::with_capacity(padded_len(text.len())));
                 buf.push(self.my_direction);
@@ -259,7 +278,7 @@ impl Channel {
                 buf.push(kind);
                 // Texts are at most a few KiB (the UI caps them); the length field holds 65,535.
                 buf.extend_from_slice(&(text.len().min(u16::MAX as usize) as u16).to_be_bytes());
-                buf.extend_from_slice(text.as_bytes());
+                buf.extend_from_slice(text);
                 buf.resize(padded_len(text.len()), 0);
                 buf
             }
@@ -326,6 +345,10 @@ impl Channel {
                     return Err(CryptoError::BadContent);
                 }
                 self.expected += 1;
+                if plain[9] == ACK {
+                    let next: [u8; 8] = body.try_into().map_err(|_| CryptoError::BadContent)?;
+                    return Ok(Record::Ack(u64::from_be_bytes(next)));
+                }
                 (plain[9], std::str::from_utf8(body).map_err(|_| CryptoError::BadContent)?)
             }
         };
@@ -363,6 +386,20 @@ mod tests {
     const ALICE_PK: &str = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
     const BOB_SK: &str = "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb";
     const BOB_PK: &str = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
+
+    #[test]
+    fn a_receipt_is_a_record_of_the_same_size_as_a_short_line() {
+        let (mut a, mut b) = pair(Version::Hardened2);
+        let line = a.seal("hello");
+        assert_eq!(b.open(&line).unwrap(), Record::Text(Zeroizing::new("hello".into())));
+        let ack = b.seal_ack().unwrap();
+        assert_eq!(ack.len(), line.len(), "a receipt cannot be told from a line by its size");
+        assert_eq!(a.open(&ack).unwrap(), Record::Ack(1));
+        // A receipt replayed is a replay like any record.
+        assert_eq!(a.open(&ack), Err(CryptoError::Replay));
+        let (mut v1, _) = pair(Version::Legacy1);
+        assert_eq!(v1.seal_ack(), None, "v1 has no receipts");
+    }
 
     /// The largest frame this client sends, a SIGNAL carrying the longest line of the widest
     /// characters (v2 and legacy v1), fits the smallest `--max-frame-bytes` a relay accepts.

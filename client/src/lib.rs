@@ -2,7 +2,7 @@
 //!
 //! Module map: [`state`] (the state machine, no I/O), [`crypto`] (keys, boxes,
 //! verification code), [`proto`] (the SIGNAL kinds two clients exchange),
-//! [`session`] (the driver that runs a session), [`ui`] (interactive and piped
+//! [`receipts`] (which lines the peer confirmed), [`session`] (the driver that runs a session), [`ui`] (interactive and piped
 //! front ends), [`plain`] (line input for a terminal the editor cannot drive), [`net`] (ws/wss to the relay), [`harden`] (core dumps, memory
 //! locking), [`end`] (why a session ended, exit codes), [`cli`] (flags, room codes), [`code`]
 //! (codes with a secret part, the word list), [`pake`] (SPAKE2 and key confirmation).
@@ -16,6 +16,7 @@ pub mod net;
 pub mod pake;
 pub mod plain;
 pub mod proto;
+pub mod receipts;
 pub mod session;
 pub mod state;
 pub mod ui;

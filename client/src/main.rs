@@ -150,10 +150,12 @@ fn refuse(why: &str) -> ExitCode {
     ExitCode::from(exit::BAD_INPUT)
 }
 
-/// The exit code: the reason's, except that a normal end with lines left unsent is 1.
+/// The exit code: the reason's, except that a normal end with lines left unsent, or sent and
+/// never confirmed by the peer, is 1 (unless the user chose to leave before the receipts came).
 fn exit_code(outcome: &Outcome) -> u8 {
+    let unconfirmed = outcome.unconfirmed > 0 && outcome.end != End::Quit;
     match outcome.end.exit_code() {
-        exit::OK if outcome.unsent > 0 => exit::UNSENT,
+        exit::OK if outcome.unsent > 0 || unconfirmed => exit::UNSENT,
         code => code,
     }
 }
@@ -161,11 +163,16 @@ fn exit_code(outcome: &Outcome) -> u8 {
 fn report(outcome: &Outcome, code: u8) {
     use owo_colors::{OwoColorize, Stream};
     let end: &End = &outcome.end;
-    let unsent = match outcome.unsent {
+    let mut unsent = match outcome.unsent {
         0 => String::new(),
         1 => "; 1 line was not sent".to_owned(),
         n => format!("; {n} lines were not sent"),
     };
+    match outcome.unconfirmed {
+        0 => {}
+        1 => unsent.push_str("; 1 line was not confirmed as delivered"),
+        n => unsent.push_str(&format!("; {n} lines were not confirmed as delivered")),
+    }
     // The reason may quote the network (a relay's frame, a peer's): through the one filter.
     // Before a valid code there was no session: nothing was destroyed, and saying so would alarm.
     let line = if outcome.began {

@@ -6,7 +6,7 @@
 //! | kind | fields | version |
 //! |---|---|---|
 //! | `KEY_COMMIT` | `v`: 2, `commit`: base64 SHA-256 commitment | v2 only |
-//! | `KEY_EXCHANGE` | `key`: base64 32-byte X25519 public key; `v`: 2 (absent in v1); `rx`: messages/s the sender takes (v2, optional) | both |
+//! | `KEY_EXCHANGE` | `key`: base64 32-byte X25519 public key; `v`: 2 (absent in v1); `rx`: messages/s the sender takes, `ack`: 1 if it sends and reads receipts (v2, optional) | both |
 //! | `MSG` | `payload`: base64 (24-byte nonce ‖ crypto_box) | both |
 //! | `PAKE` | `v`: 2, `msg`: base64 SPAKE2 message (33 bytes) | v2, codes with a secret |
 //! | `KEY_CONFIRM` | `v`: 2, `mac`: base64 HMAC-SHA256 over the exchange (32 bytes) | v2, codes with a secret |
@@ -36,6 +36,8 @@ pub enum PeerMsg {
         v2: bool,
         /// Messages per second the sender takes before it calls it a flood, if it says.
         rx: Option<u64>,
+        /// The sender sends and reads receipts (`"ack":1`).
+        acks: bool,
     },
     /// An encrypted message.
     Msg {
@@ -118,6 +120,10 @@ pub fn decode(signal: &Signal) -> Result<PeerMsg, DecodeError> {
                 None => None,
                 Some(rx) => Some(rx.as_u64().ok_or(DecodeError::BadField("rx"))?),
             },
+            acks: match f.get("ack") {
+                None => false,
+                Some(ack) => ack.as_u64().ok_or(DecodeError::BadField("ack"))? == 1,
+            },
         }),
         "MSG" => Ok(PeerMsg::Msg { payload: b64(f, "payload")? }),
         "PAKE" | "KEY_CONFIRM" if version(f)? != Some(V2) => Err(DecodeError::BadField("v")),
@@ -142,12 +148,13 @@ pub fn commit_frame(commit: &[u8; 32]) -> String {
 /// once after holding frames through an upstream blip (its `--peer-queue`, 256).
 pub const RECV_RATE: (u32, u32) = (120, 600);
 
-/// `{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":...}`, with `"v":2` and `"rx":N` (the messages
-/// per second this client takes from its peer, [`RECV_RATE`]) unless legacy.
+/// `{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":...}`, with `"v":2`, `"rx":N` (the messages
+/// per second this client takes from its peer, [`RECV_RATE`]) and `"ack":1` (it sends and reads
+/// receipts, [`receipts`](crate::receipts)) unless legacy.
 pub fn key_frame(key: &[u8; 32], v2: bool) -> String {
     let key = ("key", json!(B64.encode(key)));
     if v2 {
-        frame("KEY_EXCHANGE", &[key, ("v", json!(V2)), ("rx", json!(RECV_RATE.0))])
+        frame("KEY_EXCHANGE", &[key, ("v", json!(V2)), ("rx", json!(RECV_RATE.0)), ("ack", json!(1))])
     } else {
         frame("KEY_EXCHANGE", &[key])
     }
@@ -188,11 +195,11 @@ mod tests {
         assert_eq!(decode(&signal_of(&commit_frame(&k))), Ok(PeerMsg::Commit { commit: k }));
         assert_eq!(
             decode(&signal_of(&key_frame(&k, true))),
-            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120) })
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120), acks: true })
         );
         assert_eq!(
             decode(&signal_of(&key_frame(&k, false))),
-            Ok(PeerMsg::Key { key: k.to_vec(), v2: false, rx: None })
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: false, rx: None, acks: false })
         );
         assert_eq!(decode(&signal_of(&msg_frame(b"abc"))), Ok(PeerMsg::Msg { payload: b"abc".to_vec() }));
         assert_eq!(decode(&signal_of(&pake_frame(b"spake"))), Ok(PeerMsg::Pake { msg: b"spake".to_vec() }));

@@ -77,6 +77,9 @@ pub struct Outcome {
     pub end: End,
     /// Lines given but not sent (each was shown).
     pub unsent: usize,
+    /// Lines sent that no receipt confirmed (each was shown; only with a peer that sends
+    /// receipts).
+    pub unconfirmed: usize,
     /// Whether a session began (a valid code was taken and the relay asked for): if not, there
     /// was nothing to destroy, and the report says so.
     pub began: bool,
@@ -106,6 +109,10 @@ struct Driver {
     send_limit: DefaultDirectRateLimiter,
     recv_limit: DefaultDirectRateLimiter,
     pace_at: Option<Instant>,
+    /// When the receipt we owe is sent (see [`crate::receipts`]), and when the last one was.
+    ack_at: Option<Instant>,
+    acked_at: Option<Instant>,
+    unconfirmed: usize,
     began: bool,
 }
 
@@ -142,6 +149,9 @@ pub async fn run(
         send_limit: limiter(SEND_RATE),
         recv_limit: limiter(RECV_RATE),
         pace_at: None,
+        ack_at: None,
+        acked_at: None,
+        unconfirmed: 0,
         began: false,
     };
     driver.run(settings.code).await
@@ -174,7 +184,12 @@ impl Driver {
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
             (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
         else {
-            return Outcome { end: End::Network("cannot install signal handlers".into()), unsent: 0, began: false };
+            return Outcome {
+                end: End::Network("cannot install signal handlers".into()),
+                unsent: 0,
+                unconfirmed: 0,
+                began: false,
+            };
         };
         self.handle(Event::Start).await;
         if let Some(code) = code {
@@ -199,17 +214,28 @@ impl Driver {
                     }
                 }
                 () = at(self.pace_at) => self.pace_at = None,
+                () = at(self.ack_at) => {
+                    self.ack_at = None;
+                    self.acked_at = Some(Instant::now());
+                    self.handle(Event::AckDue).await;
+                }
                 () = at(self.machine.deadline()) => self.handle(Event::Deadline(Instant::now())).await,
                 _ = term.recv() => self.handle(Event::Quit).await,
                 _ = int.recv() => self.handle(Event::Quit).await,
                 _ = hup.recv() => self.handle(Event::Quit).await,
             }
             self.pump().await;
+            // A receipt goes out at once, unless one went out lately: then it waits to cover
+            // what else arrives meanwhile.
+            if self.ack_at.is_none() && self.machine.ack_owed() {
+                let now = Instant::now();
+                self.ack_at = Some(self.acked_at.map_or(now, |last| now.max(last + crate::receipts::ACK_DELAY)));
+            }
         }
         self.teardown().await;
         let end = self.machine.end().cloned().unwrap_or(End::Quit);
         self.machine.handle(Event::Wiped);
-        Outcome { end, unsent: self.unsent, began: self.began }
+        Outcome { end, unsent: self.unsent, unconfirmed: self.unconfirmed, began: self.began }
     }
 
     /// Feeds `event` to the machine and performs what it answers (sending may fail: that is
@@ -260,6 +286,7 @@ impl Driver {
             Action::Show(text) => self.ui.incoming(&text),
             Action::Say(tone, text) => self.ui.status(tone, &text),
             Action::ShowCode(code) => self.ui.verification(&code),
+            Action::Confirmed(_) => {}
         }
         None
     }
@@ -419,12 +446,12 @@ impl Driver {
                 }
                 match proto::decode(&signal) {
                     Ok(PeerMsg::Commit { commit }) => Event::PeerCommit(commit),
-                    Ok(PeerMsg::Key { key, v2, rx }) => {
+                    Ok(PeerMsg::Key { key, v2, rx, acks }) => {
                         // A peer that takes more is sent more; the relay's own limit still bounds it.
                         if rx.is_some_and(|rx| rx >= u64::from(FAST_SEND_RATE.0)) {
                             self.send_limit = limiter(FAST_SEND_RATE);
                         }
-                        Event::PeerKey { key, v2 }
+                        Event::PeerKey { key, v2, acks }
                     }
                     Ok(PeerMsg::Msg { payload }) => Event::PeerRecord(payload),
                     Ok(PeerMsg::Pake { msg }) => Event::PeerPake(msg),
@@ -452,6 +479,13 @@ impl Driver {
         if let Some(typed) = self.ui.abandoned() {
             self.unsent += 1;
             self.ui.unsent(&typed);
+        }
+        // Sent, but the peer never confirmed them: they may not have arrived.
+        for line in self.machine.take_unconfirmed() {
+            self.unconfirmed += 1;
+            let mut shown = Zeroizing::new(String::from("not confirmed as delivered: "));
+            shown.push_str(&line);
+            self.ui.status(Tone::Warn, &shown);
         }
     }
 }

@@ -36,13 +36,16 @@
 //! | KEY_SETUP | PeerKey (before the commitment, wrong version, bad key) | DISCONNECTED | protocol / security |
 //! | KEY_SETUP | Deadline (past it) | DISCONNECTED | protocol: the exchange took too long |
 //! | CONNECTED | PeerRecord (text) | CONNECTED | show it (after the peer finished: protocol) |
-//! | CONNECTED | PeerRecord (Done) | CONNECTED, or DISCONNECTED (Finished) if we are done too | say so |
+//! | CONNECTED | PeerRecord (Done) | CONNECTED (waiting for our last receipts if we are done too), or DISCONNECTED (Finished) once both are done and every line of ours is confirmed | say so; send the receipt we owe |
+//! | CONNECTED | PeerRecord (receipt) | CONNECTED, or DISCONNECTED (Finished) as above | confirm our lines below it (ahead of what we sent, backwards, or unannounced: protocol) |
+//! | CONNECTED | AckDue | CONNECTED | send the receipt we owe, if any |
+//! | CONNECTED (both done) | Deadline (past it) | DISCONNECTED (Finished) | the lines never confirmed are named at teardown |
 //! | CONNECTED | PeerRecord (Bye / Mismatch) | DISCONNECTED | peer left / security |
 //! | CONNECTED | PeerRecord (fails a check) | DISCONNECTED | security / protocol |
 //! | CONNECTED | Send | CONNECTED | seal, send |
-//! | CONNECTED | InputDone | CONNECTED (v2: send Done), DISCONNECTED if the peer is done too or v1 | |
-//! | CONNECTED | Quit | DISCONNECTED | send Bye (v2) |
-//! | CONNECTED | Mismatch | DISCONNECTED | send Mismatch (v2) |
+//! | CONNECTED | InputDone | CONNECTED (v2: send the receipt we owe, then Done), DISCONNECTED if v1, or as PeerRecord (Done) if the peer is done too | |
+//! | CONNECTED | Quit | DISCONNECTED | send the receipt we owe, then Bye (v2) |
+//! | CONNECTED | Mismatch | DISCONNECTED | send the receipt we owe, then Mismatch (v2) |
 //! | SEARCHING … KEY_CONFIRMATION | Mismatch | same | say there is nothing to compare yet |
 //! | KEY_SETUP | PeerLeft | DISCONNECTED | the peer left early |
 //! | CONNECTED | PeerLeft | DISCONNECTED | peer left if it said Done (or v1), else peer lost |
@@ -59,6 +62,7 @@ use crate::crypto::{self, Channel, CryptoError, KeyPair, Notice, Record, Version
 use crate::end::End;
 use crate::pake;
 use crate::proto;
+use crate::receipts::{Receipts, FINISH_WAIT};
 use crate::ui::Tone;
 use ghostwire_shared::RoomCode;
 use std::time::Duration;
@@ -109,6 +113,8 @@ pub struct Connected {
     code: Option<Zeroizing<String>>,
     me_done: bool,
     peer_done: bool,
+    /// Both done, our last receipts awaited until then.
+    finish_by: Option<Instant>,
 }
 
 /// Where the session is, with what exists only there.
@@ -149,6 +155,8 @@ pub enum Event {
         key: Vec<u8>,
         /// Marked `"v":2`.
         v2: bool,
+        /// The peer sends and reads receipts (`"ack":1`).
+        acks: bool,
     },
     /// The peer's MSG arrived: nonce ‖ box.
     PeerRecord(Vec<u8>),
@@ -179,6 +187,8 @@ pub enum Event {
     Deviation(End),
     /// Time passed (the driver's timer for [`Machine::deadline`]).
     Deadline(Instant),
+    /// A receipt we owe is due (the driver's timer, [`crate::receipts::ACK_DELAY`] after it became owed).
+    AckDue,
     /// Teardown finished (internal).
     Wiped,
 }
@@ -203,6 +213,8 @@ pub enum Action {
     Say(Tone, String),
     /// Show the verification code.
     ShowCode(String),
+    /// A receipt from the peer confirmed this many more of our lines.
+    Confirmed(usize),
     /// Close the socket and wipe every secret (the reason is in DISCONNECTED).
     Teardown,
     /// Report the reason and exit.
@@ -235,6 +247,7 @@ impl Event {
             Event::PeerFound => "PeerFound",
             Event::PeerCommit(_) => "PeerCommit",
             Event::PeerKey { .. } => "PeerKey",
+            Event::AckDue => "AckDue",
             Event::PeerRecord(_) => "PeerRecord",
             Event::PeerPake(_) => "PeerPake",
             Event::PeerConfirm(_) => "PeerConfirm",
@@ -256,6 +269,9 @@ impl Event {
 pub struct Machine {
     version: Version,
     state: State,
+    /// Receipts, once connected to a peer that announced them (see [`crate::receipts`]). Kept
+    /// beside the state: the lines they name outlive CONNECTED, to be reported.
+    receipts: Option<Receipts>,
 }
 
 const V1_ONLY: &str = "the peer speaks only the legacy v1 protocol (no verification code, no replay protection); \
@@ -265,7 +281,7 @@ const V2_ONLY: &str = "the peer speaks the hardened protocol (v2); run without -
 impl Machine {
     /// A machine in INIT speaking `version`.
     pub fn new(version: Version) -> Machine {
-        Machine { version, state: State::Init }
+        Machine { version, state: State::Init, receipts: None }
     }
 
     /// The current state.
@@ -279,13 +295,29 @@ impl Machine {
             State::PakeExchange(p) => Some(p.deadline),
             State::KeySetup(ks) => Some(ks.deadline),
             State::KeyConfirmation(c) => Some(c.deadline),
+            State::Connected(c) => c.finish_by,
             _ => None,
         }
     }
 
     /// Whether a user line can be sent now (connected, and we have not said we are done).
     pub fn can_send(&self) -> bool {
-        matches!(&self.state, State::Connected(c) if !c.me_done)
+        matches!(&self.state, State::Connected(c) if !c.me_done) && !self.receipts.as_ref().is_some_and(Receipts::full)
+    }
+
+    /// Whether we owe the peer a receipt (the driver then sends [`Event::AckDue`] within
+    /// [`crate::receipts::ACK_DELAY`]).
+    pub fn ack_owed(&self) -> bool {
+        matches!(self.state, State::Connected(_)) && self.receipts.as_ref().is_some_and(Receipts::owed)
+    }
+
+    /// Our lines that no receipt confirmed, once the session is over (taken: reported once).
+    /// Empty with a peer that does not send receipts.
+    pub fn take_unconfirmed(&mut self) -> Vec<Zeroizing<String>> {
+        if !matches!(self.state, State::Disconnected(_) | State::SessionDestroyed) {
+            return Vec::new();
+        }
+        self.receipts.take().map(Receipts::into_unconfirmed).unwrap_or_default()
     }
 
     /// Whether the relay or the peer is involved yet (there is a socket to watch).
@@ -333,7 +365,7 @@ impl Machine {
         actions
     }
 
-    fn transition(&self, state: State, event: Event) -> (State, Vec<Action>) {
+    fn transition(&mut self, state: State, event: Event) -> (State, Vec<Action>) {
         use Event as E;
         use State as S;
         let v2 = self.version == Version::Hardened2;
@@ -412,9 +444,11 @@ impl Machine {
                 let reveal = proto::key_frame(ks.keys.public(), true);
                 (S::KeySetup(ks), vec![Action::Send(reveal)])
             }
-            (S::KeySetup(mut ks), E::PeerKey { key, v2: marked }) => {
+            (S::KeySetup(mut ks), E::PeerKey { key, v2: marked, acks }) => {
                 let agreed = ks.pake.take();
                 let mine = *ks.keys.public();
+                // Receipts with a v2 peer that announced them (v1 has no record for them).
+                self.receipts = (acks && v2).then(Receipts::default);
                 match (self.establish(*ks, &key, marked), agreed) {
                     (Ok((connected, actions)), None) => (S::Connected(Box::new(connected)), actions),
                     (Ok((connected, _)), Some(agreed)) => {
@@ -438,27 +472,44 @@ impl Machine {
             (S::KeySetup(_), E::PeerLeft) => end(End::PeerLeftEarly),
             (S::Connected(c), E::PeerRecord(payload)) => self.on_record(c, &payload),
             (S::Connected(mut c), E::Send(text)) if !c.me_done => {
+                if let Some(r) = self.receipts.as_mut() {
+                    r.sent(c.channel.sealed(), &text);
+                }
                 let frame = proto::msg_frame(&c.channel.seal(&text));
                 (S::Connected(c), vec![Action::Send(frame)])
             }
-            (S::Connected(mut c), E::InputDone) if !c.me_done => match c.channel.seal_notice(Notice::Done) {
-                None => end(End::EndOfInput),
-                Some(sealed) => {
-                    let send = Action::Send(proto::msg_frame(&sealed));
-                    if c.peer_done {
-                        (S::Disconnected(End::Finished), vec![send, Action::Teardown])
-                    } else {
+            (S::Connected(c), E::Deadline(now)) if c.finish_by.is_some_and(|by| now >= by) => end(End::Finished),
+            (S::Connected(mut c), E::AckDue) => {
+                let ack = self.ack(&mut c);
+                (S::Connected(c), ack.into_iter().collect())
+            }
+            (S::Connected(mut c), E::InputDone) if !c.me_done => {
+                // The receipt we owe goes first: a peer that reads our `done` has it.
+                let ack = self.ack(&mut c);
+                match c.channel.seal_notice(Notice::Done) {
+                    None => end(End::EndOfInput),
+                    Some(sealed) => {
+                        let mut actions: Vec<Action> = ack.into_iter().collect();
+                        actions.push(Action::Send(proto::msg_frame(&sealed)));
                         c.me_done = true;
-                        let say = Action::Say(
-                            Tone::Info,
-                            "everything was sent; waiting for your peer to finish (Ctrl-C to leave now)".into(),
-                        );
-                        (S::Connected(c), vec![send, say])
+                        if !c.peer_done {
+                            actions.push(Action::Say(
+                                Tone::Info,
+                                "everything was sent; waiting for your peer to finish (Ctrl-C to leave now)".into(),
+                            ));
+                        }
+                        self.settle(c, actions)
                     }
                 }
-            },
-            (S::Connected(mut c), E::Quit) => leave(&mut c, Notice::Bye, End::Quit),
-            (S::Connected(mut c), E::Mismatch) => leave(&mut c, Notice::Mismatch, End::VerificationMismatch),
+            }
+            (S::Connected(mut c), E::Quit) => {
+                let ack = self.ack(&mut c);
+                prepend(ack, leave(&mut c, Notice::Bye, End::Quit))
+            }
+            (S::Connected(mut c), E::Mismatch) => {
+                let ack = self.ack(&mut c);
+                prepend(ack, leave(&mut c, Notice::Mismatch, End::VerificationMismatch))
+            }
             (state @ (S::Searching(_) | S::PakeExchange(_) | S::KeySetup(_) | S::KeyConfirmation(_)), E::Mismatch) => {
                 (state, vec![Action::Say(Tone::Info, "nothing to compare yet: keys are not exchanged".into())])
             }
@@ -556,16 +607,57 @@ impl Machine {
                 ],
             ),
         };
-        Ok((Connected { channel, code, me_done: false, peer_done: false }, actions))
+        Ok((Connected { channel, code, me_done: false, peer_done: false, finish_by: None }, actions))
+    }
+
+    /// Once both sides are done: sends the receipt we owe, and ends (Finished) when every line of
+    /// ours is confirmed, or when [`FINISH_WAIT`] has passed without (the teardown then names
+    /// the lines never confirmed).
+    fn settle(&mut self, mut c: Box<Connected>, mut actions: Vec<Action>) -> (State, Vec<Action>) {
+        if !(c.me_done && c.peer_done) {
+            return (State::Connected(c), actions);
+        }
+        actions.extend(self.ack(&mut c));
+        if self.receipts.as_ref().map_or(0, Receipts::unconfirmed) == 0 {
+            actions.push(Action::Teardown);
+            return (State::Disconnected(End::Finished), actions);
+        }
+        c.finish_by.get_or_insert_with(|| Instant::now() + FINISH_WAIT);
+        (State::Connected(c), actions)
+    }
+
+    /// The receipt we owe, sealed, if we owe one.
+    fn ack(&mut self, c: &mut Connected) -> Option<Action> {
+        let owed = self.receipts.as_mut().is_some_and(Receipts::take_owed);
+        owed.then(|| c.channel.seal_ack()).flatten().map(|sealed| Action::Send(proto::msg_frame(&sealed)))
     }
 
     /// A record from the peer in CONNECTED.
-    fn on_record(&self, mut c: Box<Connected>, payload: &[u8]) -> (State, Vec<Action>) {
-        match c.channel.open(payload) {
+    fn on_record(&mut self, mut c: Box<Connected>, payload: &[u8]) -> (State, Vec<Action>) {
+        let record = c.channel.open(payload);
+        // A receipt may follow the peer's `done`: it answers lines of ours.
+        if let Ok(Record::Ack(next)) = record {
+            let sent = c.channel.sealed();
+            return match self.receipts.as_mut().map(|r| r.confirm(next, sent)) {
+                None => end(End::Protocol("the peer sent a receipt without announcing receipts".into())),
+                Some(Err(e)) => end(End::Protocol(e.to_string())),
+                Some(Ok(0)) => (State::Connected(c), vec![]),
+                Some(Ok(n)) => self.settle(c, vec![Action::Confirmed(n)]),
+            };
+        }
+        if let (Ok(_), Some(r)) = (&record, self.receipts.as_mut()) {
+            r.received();
+        }
+        match record {
             Err(e) => end(End::Security(e)),
             Ok(_) if c.peer_done => end(End::Protocol("the peer sent more after saying it had finished".into())),
+            Ok(Record::Ack(_)) => (State::Connected(c), vec![]),
             Ok(Record::Text(text)) => (State::Connected(c), vec![Action::Show(text)]),
-            Ok(Record::Notice(Notice::Done)) if c.me_done => end(End::Finished),
+            // Both finished: the receipt for its last lines goes out before we close.
+            Ok(Record::Notice(Notice::Done)) if c.me_done => {
+                c.peer_done = true;
+                self.settle(c, vec![])
+            }
             Ok(Record::Notice(Notice::Done)) => {
                 c.peer_done = true;
                 let say = Action::Say(Tone::Info, "your peer has finished sending (end of its input)".into());
@@ -575,6 +667,14 @@ impl Machine {
             Ok(Record::Notice(Notice::Mismatch)) => end(End::PeerMismatch),
         }
     }
+}
+
+/// `first`, if any, before the actions of `step`.
+fn prepend(first: Option<Action>, mut step: (State, Vec<Action>)) -> (State, Vec<Action>) {
+    if let Some(first) = first {
+        step.1.insert(0, first);
+    }
+    step
 }
 
 /// To DISCONNECTED for `why`.

@@ -122,6 +122,35 @@ async fn a_long_pipe_to_a_current_peer_arrives_whole_within_every_limit() {
     .await;
 }
 
+/// Receipts: a piped sender whose peer stays on, then quits, hears every line confirmed first
+/// (the peer sends the receipt it owes before its goodbye), so it ends with exit 0 and nothing
+/// named as not confirmed.
+#[tokio::test]
+async fn every_line_is_confirmed_before_a_peer_that_quits_says_goodbye() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("receipts");
+        let mut b = Peer::start(&["--relay", &relay.url(), &code]);
+        b.status("searching").await;
+        let mut a = Peer::start(&["--relay", &relay.url(), &code]);
+        for i in 0..30 {
+            a.say(&format!("receipted {i}")).await;
+        }
+        a.hang_up();
+        for i in 0..30 {
+            assert_eq!(b.heard().await, format!("receipted {i}"));
+        }
+        a.status("waiting for your peer to finish").await;
+        b.interrupt();
+        let (status, log) = a.exit().await;
+        assert_eq!(status, 0, "{log}");
+        assert!(log.contains("your peer left"), "{log}");
+        assert!(!log.contains("not confirmed"), "{log}");
+        assert_eq!(b.exit().await.0, 0);
+    })
+    .await;
+}
+
 /// A bare room code in lower case is accepted and upper-cased. (A code typed at the prompt,
 /// refused and asked for again: client_pty.rs, at a terminal, the only place the client asks.)
 #[tokio::test]

@@ -493,3 +493,30 @@ async fn a_silent_relay_is_given_up_after_the_connect_timeout() {
     })
     .await;
 }
+
+/// A relay that swallows every receipt (every MSG from B) cannot make A believe its lines
+/// arrived: when the session ends, A names each line as not confirmed, and does not exit 0,
+/// although B did get them (A cannot know that, and says so rather than guess).
+#[tokio::test]
+async fn lines_whose_receipts_were_swallowed_are_named_as_not_confirmed() {
+    within(60, async {
+        let rule: Rule = Box::new(|from, frame| match (from, kind(frame).as_str()) {
+            (1, "MSG") => vec![],
+            _ => forward(from, frame),
+        });
+        let (mut a, mut b) = two_through(&hostile_with(rule, None, true).await).await;
+        a.code().await;
+        a.say("first line").await;
+        a.say("second line").await;
+        assert_eq!(b.heard().await, "first line");
+        assert_eq!(b.heard().await, "second line");
+        // B quits (its receipts and its goodbye are swallowed too); A hears PEER_LEFT.
+        b.interrupt();
+        let (status, log) = a.exit().await;
+        assert!(log.contains("not confirmed as delivered: first line"), "{log}");
+        assert!(log.contains("not confirmed as delivered: second line"), "{log}");
+        assert!(log.contains("2 lines were not confirmed as delivered"), "{log}");
+        assert_ne!(status, 0, "{log}");
+    })
+    .await;
+}

@@ -90,7 +90,9 @@ async fn three_hundred_lines_pasted_without_bracketed_paste_all_arrive_in_order(
             term.send("\x1b[200~alpha\nbeta\ngamma\x1b[201~\r").unwrap();
             drain_until(&mut term, &more);
             term.send("/quit\r").unwrap();
-            saw(&mut term, "session destroyed: you ended the session (exit 0)");
+            // Quitting at once, the receipt of the last lines may not be in yet: said, and still 0.
+            saw(&mut term, "session destroyed: you ended the session");
+            saw(&mut term, "(exit 0)");
             ends_cleanly(&mut term, 0);
         });
         peer.status_within("verification code: ", TERMINAL_WAIT).await;
@@ -129,7 +131,8 @@ async fn term_dumb_falls_back_to_plain_line_input_and_chats() {
             term.send_line("//slash text").unwrap();
             // Ctrl-D at the start of a line: end of input at a terminal is leaving.
             term.send("\x04").unwrap();
-            saw(&mut term, "session destroyed: you ended the session (exit 0)");
+            saw(&mut term, "session destroyed: you ended the session");
+            saw(&mut term, "(exit 0)");
             ends_cleanly(&mut term, 0);
         });
         let mut peer = Peer::start(&["--relay", &relay.url(), &code]);
@@ -312,7 +315,8 @@ async fn ctrl_d_or_ctrl_c_with_text_typed_ends_and_reports_the_text_unsent() {
                 saw(&mut term, "typed, then leaving");
                 term.send(key).unwrap();
                 saw(&mut term, "not sent (you left before pressing Enter): typed, then leaving");
-                saw(&mut term, "session destroyed: you ended the session; 1 line was not sent (exit 1)");
+                saw(&mut term, "session destroyed: you ended the session; 1 line was not sent");
+                saw(&mut term, "(exit 1)");
                 ends_cleanly(&mut term, 1);
             }));
             assert_eq!(peer.heard().await, "abcef", "{name}");
