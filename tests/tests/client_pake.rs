@@ -39,6 +39,27 @@ async fn two_clients_with_the_same_full_code_chat_verified_by_its_secret() {
     .await;
 }
 
+/// In a code with words, O reads as 0 and I and L as 1 (only v2+ clients use such codes), so
+/// two people who read the room part differently still meet, and the words still verify.
+#[tokio::test]
+async fn look_alikes_in_a_code_with_words_meet_in_one_room() {
+    within(60, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let digits: String = room("alike").chars().filter(char::is_ascii_digit).take(4).collect();
+        let (zeros, letters) = (format!("A{digits}01L"), format!("A{digits}OIl"));
+        let mut a = with_code(&relay.url(), &format!("{zeros}-tulip-cider-lunar"), &[]);
+        a.status("searching").await;
+        let mut b = with_code(&relay.url(), &format!("{letters}-tulip-cider-lunar"), &[]);
+        for p in [&mut a, &mut b] {
+            p.status("verified by the code's secret").await;
+        }
+        a.say("one room").await;
+        assert_eq!(b.heard().await, "one room");
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_wrong_word_ends_both_before_any_message() {
     within(60, async {
