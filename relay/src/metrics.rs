@@ -7,7 +7,7 @@
 //! counters (frames, bytes) are added once per write batch, not once per frame, and every
 //! labelled counter is resolved once at start, so counting never hashes a label.
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamKind};
 use ghostwire_shared::ErrorCode;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -160,8 +160,8 @@ pub struct UpstreamMetrics {
     pub reconnects: IntCounter,
     /// Joins refused because both slots of the room were taken (4002), decided by the broker.
     pub slot_conflicts: IntCounter,
-    /// Partners ended because their relay stopped sending heartbeats.
-    pub peers_lost: IntCounter,
+    /// Connections ended with 4011 (peer lost) by the upstream, by cause.
+    pub peers_lost: PeersLost,
     /// Frames sent again because they were not acknowledged (after a reconnect, a reported gap,
     /// or a stall).
     pub retransmits: IntCounter,
@@ -204,15 +204,75 @@ pub struct UpstreamMetrics {
     pub mesh_seats: IntGauge,
 }
 
-/// Registers metrics in one registry; a name registered twice is a programming error caught by
-/// the unit test below, so registration failures are not surfaced at run time.
-struct Builder<'a>(&'a Registry);
+/// Why an upstream ended a connection with 4011 (peer lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostCause {
+    /// The partner's relay went silent (heartbeats, the log, the links) or was given up.
+    PartnerRelay,
+    /// This relay lost its broker, its log or every other relay.
+    ThisRelay,
+    /// Frames could not be delivered: missing, refused by the broker, or not text.
+    Delivery,
+}
 
-impl Builder<'_> {
+impl LostCause {
+    /// Every cause, for the label's series.
+    pub const ALL: [LostCause; 3] = [LostCause::PartnerRelay, LostCause::ThisRelay, LostCause::Delivery];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LostCause::PartnerRelay => "partner_relay",
+            LostCause::ThisRelay => "this_relay",
+            LostCause::Delivery => "delivery",
+        }
+    }
+}
+
+/// `upstream_peers_lost_total`, one series per [`LostCause`].
+pub struct PeersLost(Vec<(LostCause, IntCounter)>);
+
+impl PeersLost {
+    /// Counts one connection ended with 4011 for `cause`.
+    pub fn inc(&self, cause: LostCause) {
+        count(&self.0, cause);
+    }
+
+    /// Connections ended with 4011 for `cause` so far.
+    pub fn get(&self, cause: LostCause) -> u64 {
+        read(&self.0, cause)
+    }
+
+    /// Connections ended with 4011, every cause.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(_, c)| c.get()).sum()
+    }
+}
+
+/// Registers metrics in one registry; a name registered twice is a programming error caught by
+/// the unit test below, so registration failures are not surfaced at run time. A builder made
+/// with `register` false makes the metrics without exporting them: the series of an upstream
+/// this relay does not run would only say zero, and mislead.
+struct Builder<'a>(&'a Registry, bool);
+
+/// The distributed upstreams, NATS and Kafka (the brokers), Kafka, the mesh.
+const DISTRIBUTED: &[UpstreamKind] = &[UpstreamKind::Nats, UpstreamKind::Kafka, UpstreamKind::Mesh];
+const BROKERS: &[UpstreamKind] = &[UpstreamKind::Nats, UpstreamKind::Kafka];
+const KAFKA: &[UpstreamKind] = &[UpstreamKind::Kafka];
+const MESH: &[UpstreamKind] = &[UpstreamKind::Mesh];
+
+impl<'a> Builder<'a> {
+    /// A builder whose metrics are exported only when `running` is one of `kinds`.
+    fn only(&self, running: UpstreamKind, kinds: &[UpstreamKind]) -> Builder<'a> {
+        Builder(self.0, kinds.contains(&running))
+    }
+
     /// Registers `made` (a metric just built from a constant name, so never an error).
     fn add<M: prometheus::core::Collector + Clone + 'static>(&self, name: &str, made: prometheus::Result<M>) -> M {
         let metric = made.unwrap_or_else(|_| unreachable!("valid metric name {name}"));
-        let _ = self.0.register(Box::new(metric.clone()));
+        if self.1 {
+            let _ = self.0.register(Box::new(metric.clone()));
+        }
         metric
     }
 
@@ -276,7 +336,10 @@ impl Metrics {
     /// The metrics of a relay configured by `config`: its limits and build are set now.
     pub fn new(config: &Config) -> Metrics {
         let registry = Registry::new();
-        let b = Builder(&registry);
+        let b = Builder(&registry, true);
+        let up = config.upstream;
+        let (all, brokers, kafka, mesh) =
+            (b.only(up, DISTRIBUTED), b.only(up, BROKERS), b.only(up, KAFKA), b.only(up, MESH));
         let refused = b.counters(
             "handshakes_refused_total",
             "Connections refused or failed before the WebSocket opened, by reason.",
@@ -345,70 +408,76 @@ impl Metrics {
             ping_timeouts: b.counter("ping_timeouts_total", "Connections dropped for not answering pings."),
             shutdown_closes: b.counter("shutdown_closes_total", "Connections closed with 1001 because the relay shut down."),
             upstream: UpstreamMetrics {
-                frames_in: b.counter("upstream_frames_in_total", "Frames received from the broker."),
-                frames_out: b.counter("upstream_frames_out_total", "Frames published to the broker."),
-                publish_errors: b.counter("upstream_publish_errors_total", "Publishes to the broker that failed."),
-                reconnects: b.counter("upstream_reconnects_total", "Reconnections to the broker."),
-                slot_conflicts: b.counter(
+                frames_in: all.counter("upstream_frames_in_total", "Frames received from the broker."),
+                frames_out: all.counter("upstream_frames_out_total", "Frames published to the broker."),
+                publish_errors: brokers.counter("upstream_publish_errors_total", "Publishes to the broker that failed."),
+                reconnects: all.counter("upstream_reconnects_total", "Reconnections to the broker."),
+                slot_conflicts: all.counter(
                     "upstream_slot_conflicts_total",
                     "Joins refused by the broker because the room was full.",
                 ),
-                peers_lost: b.counter("upstream_peers_lost_total", "Partners ended because their relay went silent."),
-                retransmits: b.counter(
+                peers_lost: PeersLost(all.counters(
+                    "upstream_peers_lost_total",
+                    "Connections the upstream ended with 4011 (peer lost), by cause: the partner's relay went silent or was given up (partner_relay), this relay lost its broker or the mesh (this_relay), or frames could not be delivered (delivery).",
+                    ["cause"],
+                    LostCause::ALL,
+                    |c| [c.as_str().to_owned()],
+                )),
+                retransmits: all.counter(
                     "upstream_retransmits_total",
                     "Frames sent again because the partner had not acknowledged them.",
                 ),
-                foreign_messages: b.counter(
+                foreign_messages: all.counter(
                     "upstream_foreign_messages_total",
                     "Messages dropped because they did not come from the partner seat they name.",
                 ),
-                lease_witnesses: b.gauge(
+                lease_witnesses: mesh.gauge(
                     "upstream_lease_witnesses",
                     "Introducers whose answer gives this relay its lease now; new rooms need a majority of them (mesh).",
                 ),
-                rooms_moving: b.gauge(
+                rooms_moving: mesh.gauge(
                     "upstream_rooms_moving",
                     "Relays that left the roster lately whose rooms admit no new seat yet, while their pairs' records move to the new owners (mesh).",
                 ),
-                joins_refused: b.counter(
+                joins_refused: mesh.counter(
                     "upstream_joins_refused_total",
                     "Joins refused as a room's owner: another relay owns the room by this relay's roster, or this relay was not ready (mesh).",
                 ),
-                forged: b.counter(
+                forged: brokers.counter(
                     "upstream_forged_total",
                     "Broker messages, records and slot values dropped: their tag does not verify under the cluster secret (NATS, Kafka).",
                 ),
-                consumer_lag: b.gauge(
+                consumer_lag: kafka.gauge(
                     "upstream_consumer_lag",
                     "Records behind the end of the broker's log, over all partitions (Kafka).",
                 ),
-                reassignments: b.counter(
+                reassignments: kafka.counter(
                     "upstream_reassignments_total",
                     "Partitions read again from a new position: offset gone, or rebuilt from a snapshot (Kafka).",
                 ),
-                links_up: b.gauge("upstream_links_up", "Links to other relays up now (mesh)."),
-                roster_size: b.gauge("upstream_roster_size", "Relays this one counts as the mesh: alive to the membership, listed by a lease answer, or linked (mesh)."),
-                suspicions: b.counter(
+                links_up: mesh.gauge("upstream_links_up", "Links to other relays up now (mesh)."),
+                roster_size: mesh.gauge("upstream_roster_size", "Relays this one counts as the mesh: alive to the membership, listed by a lease answer, or linked (mesh)."),
+                suspicions: mesh.counter(
                     "upstream_suspicions_total",
                     "Links that went down and members declared down by the membership (mesh).",
                 ),
-                peer_deaths: b.counter(
+                peer_deaths: mesh.counter(
                     "upstream_peer_deaths_total",
                     "Relays given up, whose partners were told 4011 (mesh).",
                 ),
-                link_auth_failures: b.counter(
+                link_auth_failures: mesh.counter(
                     "upstream_link_auth_failures_total",
                     "Link handshakes refused: the other side does not hold the cluster secret (mesh).",
                 ),
-                handshakes_refused: b.counter(
+                handshakes_refused: mesh.counter(
                     "upstream_link_handshakes_refused_total",
                     "Inbound link connections closed unanswered: too many handshakes at once, in all or from their source (mesh).",
                 ),
-                gossip_refused: b.counter(
+                gossip_refused: mesh.counter(
                     "upstream_gossip_refused_total",
                     "Gossip datagrams dropped: they do not open under the cluster's key (mesh).",
                 ),
-                mesh_seats: b.gauge(
+                mesh_seats: mesh.gauge(
                     "upstream_mesh_seats",
                     "Seats held across the mesh, as each relay on the roster last published its load (mesh).",
                 ),
@@ -506,7 +575,6 @@ mod tests {
             "ghostwire_handshakes_refused_total{reason=\"capacity\"} 1",
             "ghostwire_tls_handshake_failures_total{reason=\"certificate_rejected\"} 0",
             "ghostwire_upstream_connected{upstream=\"local\"} 1",
-            "ghostwire_upstream_foreign_messages_total 0",
             "ghostwire_join_seconds_bucket{le=\"0.005\"} ",
             "ghostwire_join_seconds_count ",
             "ghostwire_max_connections ",
@@ -519,5 +587,29 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(!text.contains("code=\"1001\""), "a shutdown is not an error:\n{text}");
+        assert!(!text.contains("ghostwire_upstream_frames_in_total"), "a local relay has no upstream series:\n{text}");
+    }
+
+    /// Each relay exports the series of the upstream it runs, and only those: a local relay's
+    /// zero mesh gauges, or a NATS relay's Kafka lag, would read as facts.
+    #[test]
+    fn only_the_running_upstreams_series_are_exported() {
+        let exported = |kind: UpstreamKind| {
+            let mut config = Config::for_tests();
+            config.upstream = kind;
+            Metrics::new(&config).render(0, true)
+        };
+        let has = |text: &str, name: &str| text.lines().any(|l| l.starts_with(name));
+        let (nats, kafka, mesh) =
+            (exported(UpstreamKind::Nats), exported(UpstreamKind::Kafka), exported(UpstreamKind::Mesh));
+        for text in [&nats, &kafka, &mesh] {
+            assert!(has(text, "ghostwire_upstream_frames_in_total"));
+            assert!(has(text, "ghostwire_upstream_peers_lost_total{cause=\"partner_relay\"}"));
+        }
+        assert!(has(&nats, "ghostwire_upstream_forged_total") && has(&kafka, "ghostwire_upstream_forged_total"));
+        assert!(!has(&mesh, "ghostwire_upstream_forged_total"));
+        assert!(has(&kafka, "ghostwire_upstream_consumer_lag") && !has(&nats, "ghostwire_upstream_consumer_lag"));
+        assert!(has(&mesh, "ghostwire_upstream_links_up") && !has(&kafka, "ghostwire_upstream_links_up"));
+        assert!(!has(&nats, "ghostwire_upstream_lease_witnesses"));
     }
 }

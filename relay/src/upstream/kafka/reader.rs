@@ -284,7 +284,6 @@ impl Reader {
                     shared.tell(seat.n, Event::Lost(LostWhy::ThisRelay));
                 }
                 if let Some(p) = partner.filter(|p| self.mine(p)) {
-                    shared.metrics.upstream.peers_lost.inc();
                     shared.tell(p.n, Event::Lost(LostWhy::PartnerRelay));
                 }
             }

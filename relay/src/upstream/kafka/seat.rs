@@ -10,6 +10,7 @@
 use super::log::Seat;
 use super::reader::Room;
 use super::{wire, Shared, OP_TIMEOUT};
+use crate::metrics::LostCause;
 use crate::upstream::inbox::Inbox;
 use crate::upstream::link::{Broken, Departure, Handover, Outbox, Outgoing, QueueLink};
 use crate::upstream::{Frame, JoinError, Joined, KillSwitch, Mailbox, Seat as SeatGuard};
@@ -271,7 +272,7 @@ impl SeatTask {
                     if !matches!(delivered, Ok(Ok(_))) {
                         self.shared.metrics.upstream.publish_errors.inc();
                         tracing::debug!("Kafka did not take a record of a seat: its pair is lost");
-                        self.lost();
+                        self.lost(LostCause::Delivery);
                     }
                 }
                 () = &mut ack_timer, if ack_armed => {
@@ -292,11 +293,11 @@ impl SeatTask {
                 Ok(()) => self.acknowledge(false),
                 Err(Broken::Gap) => {
                     tracing::debug!("frames missing from the log: the pair is lost");
-                    self.lost();
+                    self.lost(LostCause::Delivery);
                 }
                 Err(Broken::NotText) => {
                     self.shared.metrics.upstream.foreign_messages.inc();
-                    self.lost();
+                    self.lost(LostCause::Delivery);
                 }
             },
             Event::Ack { next } => {
@@ -309,11 +310,11 @@ impl SeatTask {
             }
             Event::Lost(LostWhy::PartnerRelay) => {
                 tracing::debug!("the partner's relay lapsed in the log");
-                self.lost();
+                self.lost(LostCause::PartnerRelay);
             }
             Event::Lost(LostWhy::ThisRelay) => {
                 tracing::debug!("this relay lapsed in the log, or cannot read it");
-                self.lost();
+                self.lost(LostCause::ThisRelay);
             }
             Event::Paired { .. } | Event::Waiting | Event::Full | Event::Burnt => {}
         }
@@ -339,7 +340,7 @@ impl SeatTask {
         if self.write(&wire::frames(self.seat, number, &frames)) {
             self.shared.metrics.upstream.frames_out.inc_by(count);
         } else {
-            self.lost();
+            self.lost(LostCause::Delivery);
         }
     }
 
@@ -348,7 +349,7 @@ impl SeatTask {
     fn check_departure(&mut self) {
         if self.recv.departure() == Departure::Missing {
             tracing::debug!("the partner left, and frames it announced are missing from the log");
-            self.lost();
+            self.lost(LostCause::Delivery);
         }
     }
 
@@ -362,8 +363,11 @@ impl SeatTask {
 
     /// Delivery can no longer be guaranteed: the connection ends with 4011 (or 4007 while no
     /// partner was found).
-    fn lost(&mut self) {
+    fn lost(&mut self, cause: LostCause) {
         let code = if self.partner.is_some() { ErrorCode::PeerLost } else { ErrorCode::UpstreamUnavailable };
+        if code == ErrorCode::PeerLost {
+            self.shared.metrics.upstream.peers_lost.inc(cause);
+        }
         self.kill.kill(code);
     }
 

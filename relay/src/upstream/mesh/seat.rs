@@ -11,6 +11,7 @@
 
 use super::wire::{Msg, SeatRef, Verdict};
 use super::Shared;
+use crate::metrics::LostCause;
 use crate::upstream::inbox::Inbox;
 use crate::upstream::link::{Broken, Handover, Outbox, Outgoing, QueueLink};
 use crate::upstream::{Frame, JoinError, Joined, KillSwitch, Mailbox, RoomId, Seat as SeatGuard};
@@ -296,10 +297,10 @@ impl SeatTask {
                 self.shared.metrics.upstream.frames_in.inc_by(frames.len() as u64);
                 match self.recv.frames(first, frames) {
                     Ok(()) => self.acknowledge(false),
-                    Err(Broken::Gap) => self.lost("frames missing from the link"),
+                    Err(Broken::Gap) => self.lost(LostCause::Delivery, "frames missing from the link"),
                     Err(Broken::NotText) => {
                         self.shared.metrics.upstream.foreign_messages.inc();
-                        self.lost("a frame that is not UTF-8");
+                        self.lost(LostCause::Delivery, "a frame that is not UTF-8");
                     }
                 }
             }
@@ -316,13 +317,13 @@ impl SeatTask {
             }
             Event::Gone => {
                 if !self.ended && !self.recv.told() {
-                    self.lost("the partner's relay no longer knows the partner");
+                    self.lost(LostCause::PartnerRelay, "the partner's relay no longer knows the partner");
                 }
             }
             Event::RelayLost(relay) => {
                 if self.partner.is_some_and(|p| p.relay == relay) {
                     if !self.ended && !self.recv.told() {
-                        self.lost("the partner's relay was lost");
+                        self.lost(LostCause::PartnerRelay, "the partner's relay was lost");
                     }
                 } else if self.owner == Some(relay) {
                     // The room's owner is gone: the room is recorded at the new owner.
@@ -335,9 +336,11 @@ impl SeatTask {
                     self.paired_with(first);
                     self.inbox.peer_found(Box::new(self.outbox.link()));
                 }
-                Verdict::Full => self.lost("the room filled while its owner changed"),
-                Verdict::Refused => self.lost("the room's new owner is not admitting new rooms now"),
-                Verdict::Burnt => self.lost("the room was burnt while its owner changed"),
+                Verdict::Full => self.lost(LostCause::Delivery, "the room filled while its owner changed"),
+                Verdict::Refused => {
+                    self.lost(LostCause::ThisRelay, "the room's new owner is not admitting new rooms now")
+                }
+                Verdict::Burnt => self.lost(LostCause::Delivery, "the room was burnt while its owner changed"),
             },
             Event::Verdict { .. } => {}
         }
@@ -351,7 +354,7 @@ impl SeatTask {
         let Some(before) = self.owner else { return };
         let Some(now) = self.shared.owner(&self.room.bytes()) else {
             if self.partner.is_none() {
-                self.lost("no relay of the mesh can be reached");
+                self.lost(LostCause::ThisRelay, "no relay of the mesh can be reached");
             }
             return;
         };
@@ -368,7 +371,7 @@ impl SeatTask {
         self.owner = Some(now);
         let held = Msg::Hold { room, seat: self.me.n, partner: self.partner };
         if !self.shared.links.send(now, held) && self.partner.is_none() {
-            self.lost("no relay of the mesh can be reached");
+            self.lost(LostCause::ThisRelay, "no relay of the mesh can be reached");
         }
     }
 
@@ -395,7 +398,7 @@ impl SeatTask {
         if self.shared.links.send(partner.relay, sent) {
             self.shared.metrics.upstream.frames_out.inc_by(count);
         } else {
-            self.lost("the partner's relay is not linked");
+            self.lost(LostCause::PartnerRelay, "the partner's relay is not linked");
         }
     }
 
@@ -413,12 +416,12 @@ impl SeatTask {
     }
 
     /// Delivery can no longer be guaranteed: 4011 (or 4007 while no partner was found).
-    fn lost(&mut self, why: &str) {
+    fn lost(&mut self, cause: LostCause, why: &str) {
         tracing::debug!(why, "a mesh seat is lost");
         self.ended = true;
         let code = if self.partner.is_some() { ErrorCode::PeerLost } else { ErrorCode::UpstreamUnavailable };
         if code == ErrorCode::PeerLost {
-            self.shared.metrics.upstream.peers_lost.inc();
+            self.shared.metrics.upstream.peers_lost.inc(cause);
         }
         self.kill.kill(code);
     }

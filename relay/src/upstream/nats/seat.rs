@@ -36,6 +36,7 @@
 //! of frames sent, then stays until they are acknowledged (bounded by the peer timeout).
 
 use super::{Shared, OP_TIMEOUT};
+use crate::metrics::LostCause;
 use crate::upstream::inbox::Inbox;
 use crate::upstream::link::{Acked, Broken, Handover, Outbox, Outgoing, QueueLink};
 use crate::upstream::{BoxFuture, Frame, JoinError, Joined, KillSwitch, Mailbox, Seat};
@@ -465,7 +466,7 @@ impl SeatTask {
                 biased;
                 () = self.leave.cancelled() => break,
                 () = async { match dead { Some(d) => d.cancelled_owned().await, None => std::future::pending().await } } => {
-                    self.lost("relay not heard within --nats-peer-timeout").await;
+                    self.lost(LostCause::PartnerRelay, "relay not heard within --nats-peer-timeout").await;
                 }
                 () = self.recv.room(), if holding => {
                     self.recv.release();
@@ -515,7 +516,7 @@ impl SeatTask {
                     // Only while paired: a pair that ended (or was lost) meanwhile is not lost again.
                     if let Some(since) = self.missing_since.filter(|_| self.phase == Phase::Paired) {
                         if now.duration_since(since) >= self.shared.liveness.timeout() {
-                            self.lost("its last frames did not arrive").await;
+                            self.lost(LostCause::Delivery, "its last frames did not arrive").await;
                         }
                     }
                 }
@@ -721,10 +722,10 @@ impl SeatTask {
 
     /// The partner can no longer be reached: delivery cannot be guaranteed, so the connection
     /// ends with 4011 (peer lost), not PEER_LEFT.
-    async fn lost(&mut self, why: &str) {
+    async fn lost(&mut self, cause: LostCause, why: &str) {
         tracing::info!(reason = why, "partner lost");
         self.shared.hold_slot(&self.key, None);
-        self.shared.metrics.upstream.peers_lost.inc();
+        self.shared.metrics.upstream.peers_lost.inc(cause);
         self.partner = None;
         self.out.clear();
         self.phase = Phase::Ended;
