@@ -26,8 +26,9 @@
 //!
 //! * **Burns.** A burnt room is a key `<room-id>` in a second bucket, `<prefix>-burnt`, whose
 //!   `max_age` is `--burn-ttl`; its value is the moment the burn ends and a tag. A join checks it
-//!   after taking a slot: the burner wrote it before its pair's slots were freed, so a join that
-//!   gets a slot after them sees it. A relay writes its burns again after a server restart.
+//!   before taking a slot, and again once it holds `.b`: the burner wrote it before its pair's
+//!   slots were freed, so no pair forms in a burnt room. A relay writes its burns again after a
+//!   server restart.
 //!
 //! * **Tags.** The broker is not trusted: every message, request answer and slot
 //!   value carries a tag under the cluster secret ([`broker_auth`](super::broker_auth)),

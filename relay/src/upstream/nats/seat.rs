@@ -82,6 +82,9 @@ pub(super) async fn join(
     if count.held > shared.max_rooms {
         return Err(JoinError::AtCapacity);
     }
+    // A burnt room is refused before any slot is taken. A joiner that checked just before a
+    // burn may still wait in `.a`, but it is never paired: whoever takes `.b` checks again.
+    not_burnt(&shared, &room).await?;
     let id = format!("{}.{}", shared.relay_id, shared.next_seat.fetch_add(1, Relaxed));
     let sub = shared.client.subscribe(format!("{}.>", shared.names.seat(&id))).await.map_err(unavailable)?;
     // A round trip, so the server has the subscription before any slot names this seat: a
@@ -92,9 +95,6 @@ pub(super) async fn join(
     for round in 0..ATTEMPTS {
         match timeout(OP_TIMEOUT, kv.create(&a, shared.slot_value(&a, &id))).await.map_err(unavailable)? {
             Ok(revision) => {
-                if let Err(e) = not_burnt(&shared, &room).await {
-                    return Err(give_back(&kv, &a, revision, e).await);
-                }
                 let seat = SeatTask::new(&shared, kv, id, a, revision, sub, me, count);
                 return Ok(Joined::Waiting(seat.spawn(&tasks)));
             }
@@ -184,8 +184,9 @@ pub(super) async fn join(
     Err(JoinError::Unavailable("the room's slots kept changing".into()))
 }
 
-/// `Ok` unless `room` is burnt. Asked after a slot is taken: the burn was written before the
-/// burner's pair freed its slots, so a slot taken after that sees it.
+/// `Ok` unless `room` is burnt. Asked before a join takes a slot, and again once it holds `.b`:
+/// the burn was written before the burner's pair freed its slots, so a `.b` taken after that
+/// sees it, and no pair can form in a burnt room.
 async fn not_burnt(shared: &Shared, room: &str) -> Result<(), JoinError> {
     match shared.is_burnt(room).await? {
         true => Err(JoinError::Burnt),
