@@ -565,6 +565,31 @@ impl LineReader {
     }
 }
 
+/// Reads room codes with `next` (`None`: input ended; `Some(None)`: a line that was no code,
+/// already described) and hands each to the session until one is accepted (`true`). `false`
+/// when input ended (the session is told) or the session is gone.
+fn ask_code(
+    mut next: impl FnMut() -> Option<Option<Zeroizing<String>>>,
+    tx: &mpsc::Sender<Input>,
+    verdicts: &std_mpsc::Receiver<Verdict>,
+) -> bool {
+    loop {
+        let line = match next() {
+            Some(Some(line)) => line,
+            Some(None) => continue,
+            None => {
+                let _ = tx.blocking_send(Input::Eof);
+                return false;
+            }
+        };
+        match submit_code(line, tx, verdicts) {
+            Some(true) => return true,
+            Some(false) => continue,
+            None => return false,
+        }
+    }
+}
+
 /// The plain-terminal front end: the client's own line input (see [`plain`]).
 fn read_plain(
     mut reader: plain::Reader,
@@ -572,22 +597,15 @@ fn read_plain(
     tx: mpsc::Sender<Input>,
     verdicts: std_mpsc::Receiver<Verdict>,
 ) {
-    if need_code {
-        loop {
-            eprint!("room code: ");
-            let line = match reader.next(false) {
-                plain::Read::Line(line) => line,
-                plain::Read::End => {
-                    let _ = tx.blocking_send(Input::Eof);
-                    return;
-                }
-            };
-            match submit_code(line, &tx, &verdicts) {
-                Some(true) => break,
-                Some(false) => continue,
-                None => return,
-            }
+    let next_code = || {
+        eprint!("room code: ");
+        match reader.next(false) {
+            plain::Read::Line(line) => Some(Some(line)),
+            plain::Read::End => None,
         }
+    };
+    if need_code && !ask_code(next_code, &tx, &verdicts) {
+        return;
     }
     loop {
         let input = match reader.next(true) {
@@ -618,28 +636,20 @@ fn read_lines(mode: Mode, need_code: bool, tx: mpsc::Sender<Input>, verdicts: st
     };
     // A person at a terminal (even with stdout piped on) may type commands; a pipe may not.
     let typing = std::io::stdin().is_terminal();
-    if need_code {
-        loop {
-            if mode == Mode::Plain {
-                eprint!("room code: ");
-            }
-            let line = match reader.next() {
-                Some(Line::Text(line)) => line,
-                Some(Line::Bad(why)) => {
-                    eprintln!("{}", sanitize(&why).as_str());
-                    continue;
-                }
-                None => {
-                    let _ = tx.blocking_send(Input::Eof);
-                    return;
-                }
-            };
-            match submit_code(line, &tx, &verdicts) {
-                Some(true) => break,
-                Some(false) => continue,
-                None => return,
+    let next_code = || {
+        if mode == Mode::Plain {
+            eprint!("room code: ");
+        }
+        match reader.next()? {
+            Line::Text(line) => Some(Some(line)),
+            Line::Bad(why) => {
+                eprintln!("{}", sanitize(&why).as_str());
+                Some(None)
             }
         }
+    };
+    if need_code && !ask_code(next_code, &tx, &verdicts) {
+        return;
     }
     while let Some(line) = reader.next() {
         let input = match line {
