@@ -509,6 +509,26 @@ impl RelayProc {
         }
     }
 
+    /// Every log line up to and including the `n`-th that contains `what` (each within 10 s).
+    pub fn lines_until(&mut self, what: &str, n: usize) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut seen = 0;
+        while seen < n {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let line = self.log.recv_timeout(left).unwrap_or_else(|_| panic!("relay never logged {what:?}"));
+                let hit = line.contains(what);
+                lines.push(line);
+                if hit {
+                    seen += 1;
+                    break;
+                }
+            }
+        }
+        lines
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }

@@ -495,3 +495,34 @@ async fn the_cluster_secret_can_come_from_a_file() {
     })
     .await;
 }
+
+/// A wrong token is refused at every reconnect attempt, about every 0.8 s, forever: the relay
+/// says so once (WARN, with NATS's words), not once per attempt, and never shows the token.
+#[tokio::test]
+async fn a_refused_credential_is_logged_once_however_often_it_is_retried() {
+    within(60, async {
+        let nats = NatsServer::start_with(&["--auth", "the-right-token"]);
+        let url = nats.url();
+        let lines = tokio::task::spawn_blocking(move || {
+            let mut relay = RelayProc::start(
+                &["--upstream", "nats", "--nats-url", &url, "--nats-token", "a-wrong-token"],
+                &[
+                    ("GHOSTWIRE_CLUSTER_SECRET", CLUSTER_SECRET),
+                    // Each attempt shows at DEBUG: the event this test counts.
+                    ("GHOSTWIRE_LOG", "info,ghostwire_relay::upstream::nats=debug"),
+                ],
+            );
+            relay.lines_until("NATS connection attempt failed", 4)
+        })
+        .await
+        .unwrap();
+        let loud: Vec<&String> = lines
+            .iter()
+            .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && l.contains("authorization"))
+            .collect();
+        assert_eq!(loud.len(), 1, "4 attempts, one WARN: {lines:#?}");
+        assert!(loud[0].contains("authorization violation"), "{}", loud[0]);
+        assert!(lines.iter().all(|l| !l.contains("a-wrong-token")), "the token was logged: {lines:#?}");
+    })
+    .await;
+}
