@@ -56,6 +56,9 @@ async fn logs_carry_no_room_codes_payloads_or_client_ips() {
             assert_eq!(expect_text(&mut peers[1]).await, signal("MSG", secret_payload));
             send(&mut peers[1], "{broken").await;
             expect_error(&mut peers[1], 4000).await;
+            // The partner's ending (1000, logged before its PEER_LEFT is sent) comes before the
+            // SIGTERM below, or it would end with 1001 instead.
+            expect_peer_left(&mut peers[0]).await;
         })
         .await;
         relay.signal(nix::sys::signal::Signal::SIGTERM);
