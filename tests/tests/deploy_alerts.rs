@@ -1,6 +1,6 @@
 //! The operator kit: `deploy/prometheus/alerts.yaml` is a valid rules file, each alert fires on
-//! the pattern it is for (`promtool test rules`), and each metric it reads is one a real relay
-//! exports. promtool comes with Debian's `prometheus` package, which `./scripts/test.sh`
+//! the pattern it is for (`promtool test rules`), the Grafana dashboard's queries are valid
+//! PromQL, and each metric the alerts and the dashboard read is one a real relay exports. promtool comes with Debian's `prometheus` package, which `./scripts/test.sh`
 //! installs.
 
 #![allow(clippy::unwrap_used)]
@@ -42,9 +42,47 @@ fn the_rules_check_and_every_alert_fires_on_its_pattern() {
     }
 }
 
-/// A rule about a metric the relay does not export would never fire: every `ghostwire_` name
-/// the rules read appears in the `/metrics` of a relay of some upstream (each relay exports
-/// only the series of the upstream it runs).
+/// The queries of `deploy/grafana/ghostwire.json`, panel by panel.
+fn dashboard_queries() -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/ghostwire.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut queries = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        assert!(ids.insert(panel["id"].as_u64().unwrap()), "panel id repeated: {title}");
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}: not on the datasource variable");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        queries.extend(targets.iter().map(|t| t["expr"].as_str().unwrap().to_owned()));
+    }
+    assert!(queries.len() >= 15, "{queries:?}");
+    queries
+}
+
+/// Every query of the dashboard parses as PromQL: promtool checks them as recording rules.
+#[test]
+fn the_dashboard_queries_are_valid_promql() {
+    let queries = dashboard_queries();
+    let dir = TempDir::new("dashboard");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, q) in queries.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: ghostwire:dashboard:{i}\n        expr: {}\n",
+            serde_json::to_string(q).unwrap()
+        ));
+    }
+    let file = dir.0.join("dashboard.rules.yaml");
+    std::fs::write(&file, rules).unwrap();
+    let checked = promtool(&["check", "rules", file.to_str().unwrap()]);
+    assert!(checked.contains(&format!("{} rules found", queries.len())), "{checked}");
+}
+
+/// A rule about a metric the relay does not export would never fire, and a panel would stay
+/// empty: every `ghostwire_` or `process_` name the rules and the dashboard read appears in the
+/// `/metrics` of a relay of some upstream (each relay exports only the series of the upstream
+/// it runs).
 #[tokio::test]
 async fn every_metric_the_alerts_read_is_one_the_relay_exports() {
     within(120, every_metric_the_alerts_read_is_exported()).await;
@@ -66,7 +104,13 @@ async fn every_metric_the_alerts_read_is_exported() {
         metrics.push_str(&http_get(relay.admin, "/metrics").await.1);
     }
     let mut read = Vec::new();
-    for line in rules.lines().filter_map(|l| l.trim().strip_prefix("expr: ")) {
+    let exprs: Vec<String> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: "))
+        .map(str::to_owned)
+        .chain(dashboard_queries())
+        .collect();
+    for line in &exprs {
         for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if (word.starts_with("ghostwire_") || word.starts_with("process_")) && !read.contains(&word) {
                 read.push(word);
@@ -77,7 +121,7 @@ async fn every_metric_the_alerts_read_is_exported() {
     for name in read {
         let exported =
             metrics.lines().any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")));
-        assert!(exported, "the alerts read {name}, which the relay does not export");
+        assert!(exported, "the alerts or the dashboard read {name}, which no relay exports");
     }
 }
 
