@@ -286,7 +286,6 @@ impl Driver {
             Action::Show(text) => self.ui.incoming(&text),
             Action::Say(tone, text) => self.ui.status(tone, &text),
             Action::ShowCode(code) => self.ui.verification(&code),
-            Action::Confirmed(_) => {}
         }
         None
     }

@@ -213,8 +213,6 @@ pub enum Action {
     Say(Tone, String),
     /// Show the verification code.
     ShowCode(String),
-    /// A receipt from the peer confirmed this many more of our lines.
-    Confirmed(usize),
     /// Close the socket and wipe every secret (the reason is in DISCONNECTED).
     Teardown,
     /// Report the reason and exit.
@@ -641,8 +639,7 @@ impl Machine {
             return match self.receipts.as_mut().map(|r| r.confirm(next, sent)) {
                 None => end(End::Protocol("the peer sent a receipt without announcing receipts".into())),
                 Some(Err(e)) => end(End::Protocol(e.to_string())),
-                Some(Ok(0)) => (State::Connected(c), vec![]),
-                Some(Ok(n)) => self.settle(c, vec![Action::Confirmed(n)]),
+                Some(Ok(_)) => self.settle(c, vec![]),
             };
         }
         if let (Ok(_), Some(r)) = (&record, self.receipts.as_mut()) {

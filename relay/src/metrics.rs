@@ -237,16 +237,6 @@ impl PeersLost {
     pub fn inc(&self, cause: LostCause) {
         count(&self.0, cause);
     }
-
-    /// Connections ended with 4011 for `cause` so far.
-    pub fn get(&self, cause: LostCause) -> u64 {
-        read(&self.0, cause)
-    }
-
-    /// Connections ended with 4011, every cause.
-    pub fn total(&self) -> u64 {
-        self.0.iter().map(|(_, c)| c.get()).sum()
-    }
 }
 
 /// Registers metrics in one registry; a name registered twice is a programming error caught by
