@@ -33,6 +33,7 @@
 
 use crypto_box::aead::{Aead, AeadCore, OsRng};
 use crypto_box::SalsaBox;
+use crypto_secretbox::{KeyInit, XSalsa20Poly1305};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use zeroize::Zeroizing;
@@ -136,15 +137,31 @@ impl KeyPair {
     /// # Errors
     /// [`CryptoError::ReflectedKey`] for our own key, [`CryptoError::WeakKey`] for a low-order one.
     pub fn agree(&self, peer: &PublicBytes) -> Result<SalsaBox, CryptoError> {
+        self.check(peer)?;
+        let secret = Zeroizing::new(self.secret.to_bytes());
+        let sk = crypto_box::SecretKey::from_bytes(*secret);
+        Ok(SalsaBox::new(&crypto_box::PublicKey::from_bytes(*peer), &sk))
+    }
+
+    /// Checks the peer's key and returns the raw X25519 shared secret (for a key schedule that
+    /// hashes it with the transcript; never used as a key as it is).
+    ///
+    /// # Errors
+    /// As [`KeyPair::agree`].
+    pub fn shared(&self, peer: &PublicBytes) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+        self.check(peer)?;
+        let dh = self.secret.diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
+        Ok(Zeroizing::new(dh.to_bytes()))
+    }
+
+    fn check(&self, peer: &PublicBytes) -> Result<(), CryptoError> {
         if peer == &self.public {
             return Err(CryptoError::ReflectedKey);
         }
         if is_low_order(peer) {
             return Err(CryptoError::WeakKey);
         }
-        let secret = Zeroizing::new(self.secret.to_bytes());
-        let sk = crypto_box::SecretKey::from_bytes(*secret);
-        Ok(SalsaBox::new(&crypto_box::PublicKey::from_bytes(*peer), &sk))
+        Ok(())
     }
 }
 
@@ -216,9 +233,35 @@ const TEXT: u8 = 0;
 /// Record kind of a receipt (v2, with a peer that announced them): an 8-byte record number.
 const ACK: u8 = 4;
 
+/// The authenticated cipher of a channel: XSalsa20-Poly1305 either way, keyed by crypto_box's
+/// X25519 (the first generation, as the prototype did) or by a key from the resume schedule
+/// (every later generation; see [`crate::resume`]). The wire format is the same.
+enum Cipher {
+    Box(SalsaBox),
+    Secret(XSalsa20Poly1305),
+}
+
+impl Cipher {
+    fn encrypt(&self, nonce: &crypto_box::Nonce, plain: &[u8]) -> Vec<u8> {
+        // Encryption of an in-memory buffer with a valid key and nonce cannot fail.
+        match self {
+            Cipher::Box(b) => b.encrypt(nonce, plain).unwrap_or_default(),
+            Cipher::Secret(s) => s.encrypt(nonce, plain).unwrap_or_default(),
+        }
+    }
+
+    fn decrypt(&self, nonce: &[u8], ct: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        match self {
+            Cipher::Box(b) => b.decrypt(nonce.into(), ct),
+            Cipher::Secret(s) => s.decrypt(nonce.into(), ct),
+        }
+        .map_err(|_| CryptoError::Tampered)
+    }
+}
+
 /// The two halves of an established session: one box, a counter per direction.
 pub struct Channel {
-    boxed: SalsaBox,
+    boxed: Cipher,
     version: Version,
     /// v2: the direction byte we put in what we send; the peer's is the other one.
     my_direction: u8,
@@ -233,7 +276,7 @@ impl Channel {
     /// A channel over `boxed` between `mine` and `peer` public keys.
     pub fn new(boxed: SalsaBox, version: Version, mine: &PublicBytes, peer: &PublicBytes) -> Channel {
         Channel {
-            boxed,
+            boxed: Cipher::Box(boxed),
             version,
             my_direction: if mine < peer { 1 } else { 2 },
             sent: 0,
@@ -264,6 +307,24 @@ impl Channel {
         self.sent
     }
 
+    /// The number of the next record we expect from the peer (how many we opened so far).
+    pub fn received(&self) -> u64 {
+        self.expected
+    }
+
+    /// Whether we are the lower of the two keys (direction 1): the side that opens a resume.
+    pub fn first(&self) -> bool {
+        self.my_direction == 1
+    }
+
+    /// A resume: from now on records are sealed and opened with `key`, and the next record we
+    /// seal is number `next` (the first one the peer has not received). The caller checks that
+    /// `next` is honest and seals again what the peer missed.
+    pub fn rekey(&mut self, key: &[u8; 32], next: u64) {
+        self.boxed = Cipher::Secret(XSalsa20Poly1305::new(key.into()));
+        self.sent = next;
+    }
+
     fn seal_record(&mut self, kind: u8, text: &str) -> Vec<u8> {
         self.seal_bytes(kind, text.as_bytes())
     }
@@ -288,8 +349,7 @@ impl Channel {
         if self.version == Version::Legacy1 {
             self.sent_nonces.insert(nonce.into());
         }
-        // Encryption of an in-memory buffer with a valid key and nonce cannot fail.
-        let ct = self.boxed.encrypt(&nonce, content.as_slice()).unwrap_or_default();
+        let ct = self.boxed.encrypt(&nonce, content.as_slice());
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
@@ -314,7 +374,7 @@ impl Channel {
                 return Err(CryptoError::Replay);
             }
         }
-        let plain = Zeroizing::new(self.boxed.decrypt(nonce.into(), ct).map_err(|_| CryptoError::Tampered)?);
+        let plain = Zeroizing::new(self.boxed.decrypt(nonce, ct)?);
         let (kind, text) = match self.version {
             Version::Legacy1 => {
                 self.seen_nonces.insert(nonce_arr);
