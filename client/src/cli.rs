@@ -94,6 +94,23 @@ pub struct Args {
     /// after this, as a network error (exit 3).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = connect_timeout)]
     pub connect_timeout: std::time::Duration,
+
+    /// How long a session whose connection drops (a network change, a relay restart or a
+    /// rolling deploy) keeps trying to resume: it reconnects by itself, meets the peer again
+    /// and re-sends what did not arrive, with new keys and without the code. 0 turns resuming
+    /// off: a drop then ends the session, as with peers that do not resume. Resume state is in
+    /// RAM only: a process that exits ends its session.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = resume_window)]
+    pub resume_window: std::time::Duration,
+}
+
+/// `--resume-window`: a human duration, zero to turn resuming off, at most a day.
+fn resume_window(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d > std::time::Duration::from_secs(86_400) => Err("it must be at most 24h".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (write it as e.g. 5m or 30s, or 0 to turn resuming off)")),
+    }
 }
 
 /// `--connect-timeout`: a human duration, above zero.

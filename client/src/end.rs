@@ -70,6 +70,8 @@ pub enum End {
     /// peer's verified: whoever holds our MAC (a relay in the middle) can test guesses of the
     /// code offline, so this counts as a failed verification and the code is burnt.
     Unconfirmed(Box<End>),
+    /// A resume after a drop failed its checks (a replay, or someone without the session key).
+    ResumeFailed(crate::resume::ResumeError),
 }
 
 impl End {
@@ -87,7 +89,8 @@ impl End {
             | End::VerificationMismatch
             | End::PeerMismatch
             | End::VerificationFailed
-            | End::Unconfirmed(_) => exit::SECURITY,
+            | End::Unconfirmed(_)
+            | End::ResumeFailed(_) => exit::SECURITY,
         }
     }
 }
@@ -169,6 +172,7 @@ impl fmt::Display for End {
                  code, so it is burnt: make a new one with ghostwire --new and pass it on again",
                 why.cause()
             ),
+            End::ResumeFailed(e) => write!(f, "SECURITY: {e}; the session is destroyed"),
             End::PeerMismatch => write!(
                 f,
                 "SECURITY: your peer reported that the verification codes differ: someone may be in the middle"

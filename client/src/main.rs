@@ -105,6 +105,7 @@ fn main() -> ExitCode {
         version: if args.legacy_v1 { Version::Legacy1 } else { Version::Hardened2 },
         code,
         connect_timeout: args.connect_timeout,
+        resume_window: args.resume_window,
         announce,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

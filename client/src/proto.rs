@@ -38,7 +38,11 @@ pub enum PeerMsg {
         rx: Option<u64>,
         /// The sender sends and reads receipts (`"ack":1`).
         acks: bool,
+        /// It resumes over a new connection after a drop (`"resume":1`, [`crate::resume`]).
+        resume: bool,
     },
+    /// RESUME: one side's half of the resume handshake.
+    Resume(crate::resume::Hello),
     /// An encrypted message.
     Msg {
         /// nonce ‖ box.
@@ -71,6 +75,9 @@ pub enum DecodeError {
     /// A commitment that is not 32 bytes.
     #[error("commitment is not 32 bytes")]
     BadCommitLength,
+    /// A key or MAC that is not 32 bytes.
+    #[error("message field {0:?} is not 32 bytes")]
+    BadLength(&'static str),
     /// A version this client does not speak.
     #[error("unsupported protocol version {0}")]
     UnknownVersion(u64),
@@ -85,6 +92,18 @@ fn b64(fields: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, Decod
 }
 
 /// The version marker of a message: `None` when absent.
+fn number(fields: &Map<String, Value>, name: &'static str) -> Result<u64, DecodeError> {
+    fields.get(name).and_then(Value::as_u64).ok_or(DecodeError::BadField(name))
+}
+
+/// An optional `1` flag: absent is off.
+fn flag(fields: &Map<String, Value>, name: &'static str) -> Result<bool, DecodeError> {
+    match fields.get(name) {
+        None => Ok(false),
+        Some(v) => Ok(v.as_u64().ok_or(DecodeError::BadField(name))? == 1),
+    }
+}
+
 fn version(fields: &Map<String, Value>) -> Result<Option<u64>, DecodeError> {
     match fields.get("v") {
         None => Ok(None),
@@ -120,11 +139,16 @@ pub fn decode(signal: &Signal) -> Result<PeerMsg, DecodeError> {
                 None => None,
                 Some(rx) => Some(rx.as_u64().ok_or(DecodeError::BadField("rx"))?),
             },
-            acks: match f.get("ack") {
-                None => false,
-                Some(ack) => ack.as_u64().ok_or(DecodeError::BadField("ack"))? == 1,
-            },
+            acks: flag(f, "ack")?,
+            resume: flag(f, "resume")?,
         }),
+        "RESUME" if version(f)? != Some(V2) => Err(DecodeError::BadField("v")),
+        "RESUME" => Ok(PeerMsg::Resume(crate::resume::Hello {
+            generation: number(f, "g")?,
+            key: b64(f, "key")?.try_into().map_err(|_| DecodeError::BadLength("key"))?,
+            received: number(f, "rcv")?,
+            mac: b64(f, "mac")?.try_into().map_err(|_| DecodeError::BadLength("mac"))?,
+        })),
         "MSG" => Ok(PeerMsg::Msg { payload: b64(f, "payload")? }),
         "PAKE" | "KEY_CONFIRM" if version(f)? != Some(V2) => Err(DecodeError::BadField("v")),
         "PAKE" => Ok(PeerMsg::Pake { msg: b64(f, "msg")? }),
@@ -150,14 +174,33 @@ pub const RECV_RATE: (u32, u32) = (120, 600);
 
 /// `{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":...}`, with `"v":2`, `"rx":N` (the messages
 /// per second this client takes from its peer, [`RECV_RATE`]) and `"ack":1` (it sends and reads
-/// receipts, [`receipts`](crate::receipts)) unless legacy.
-pub fn key_frame(key: &[u8; 32], v2: bool) -> String {
+/// receipts, [`receipts`](crate::receipts)) unless legacy; and `"resume":1` if it resumes
+/// after a drop ([`crate::resume`]).
+pub fn key_frame(key: &[u8; 32], v2: bool, resume: bool) -> String {
     let key = ("key", json!(B64.encode(key)));
-    if v2 {
-        frame("KEY_EXCHANGE", &[key, ("v", json!(V2)), ("rx", json!(RECV_RATE.0)), ("ack", json!(1))])
-    } else {
-        frame("KEY_EXCHANGE", &[key])
+    if !v2 {
+        return frame("KEY_EXCHANGE", &[key]);
     }
+    let mut fields = vec![key, ("v", json!(V2)), ("rx", json!(RECV_RATE.0)), ("ack", json!(1))];
+    if resume {
+        fields.push(("resume", json!(1)));
+    }
+    frame("KEY_EXCHANGE", &fields)
+}
+
+/// `{"type":"SIGNAL","kind":"RESUME","v":2,"g":N,"key":...,"rcv":N,"mac":...}`: our half of
+/// the resume handshake.
+pub fn resume_frame(hello: &crate::resume::Hello) -> String {
+    frame(
+        "RESUME",
+        &[
+            ("v", json!(V2)),
+            ("g", json!(hello.generation)),
+            ("key", json!(B64.encode(hello.key))),
+            ("rcv", json!(hello.received)),
+            ("mac", json!(B64.encode(hello.mac))),
+        ],
+    )
 }
 
 /// `{"type":"SIGNAL","kind":"PAKE","v":2,"msg":...}`
@@ -194,18 +237,24 @@ mod tests {
         let k = [7u8; 32];
         assert_eq!(decode(&signal_of(&commit_frame(&k))), Ok(PeerMsg::Commit { commit: k }));
         assert_eq!(
-            decode(&signal_of(&key_frame(&k, true))),
-            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120), acks: true })
+            decode(&signal_of(&key_frame(&k, true, false))),
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120), acks: true, resume: false })
         );
         assert_eq!(
-            decode(&signal_of(&key_frame(&k, false))),
-            Ok(PeerMsg::Key { key: k.to_vec(), v2: false, rx: None, acks: false })
+            decode(&signal_of(&key_frame(&k, true, true))),
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120), acks: true, resume: true })
         );
+        assert_eq!(
+            decode(&signal_of(&key_frame(&k, false, true))),
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: false, rx: None, acks: false, resume: false })
+        );
+        let hello = crate::resume::Hello { generation: 3, key: k, received: 9, mac: [1; 32] };
+        assert_eq!(decode(&signal_of(&resume_frame(&hello))), Ok(PeerMsg::Resume(hello)));
         assert_eq!(decode(&signal_of(&msg_frame(b"abc"))), Ok(PeerMsg::Msg { payload: b"abc".to_vec() }));
         assert_eq!(decode(&signal_of(&pake_frame(b"spake"))), Ok(PeerMsg::Pake { msg: b"spake".to_vec() }));
         assert_eq!(decode(&signal_of(&confirm_frame(&k))), Ok(PeerMsg::Confirm { mac: k.to_vec() }));
         assert_eq!(
-            key_frame(&k, false),
+            key_frame(&k, false, false),
             r#"{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="}"#
         );
     }
@@ -224,6 +273,9 @@ mod tests {
             (r#"{"type":"SIGNAL","kind":"KEY_COMMIT","v":2,"commit":"AA=="}"#, DecodeError::BadCommitLength),
             (r#"{"type":"SIGNAL","kind":"PAKE","msg":"AA=="}"#, DecodeError::BadField("v")),
             (r#"{"type":"SIGNAL","kind":"KEY_CONFIRM","v":2}"#, DecodeError::BadField("mac")),
+            (r#"{"type":"SIGNAL","kind":"RESUME","g":1}"#, DecodeError::BadField("v")),
+            (r#"{"type":"SIGNAL","kind":"RESUME","v":2,"g":-1}"#, DecodeError::BadField("g")),
+            (r#"{"type":"SIGNAL","kind":"RESUME","v":2,"g":1,"key":"AA=="}"#, DecodeError::BadLength("key")),
         ];
         for (text, err) in cases {
             assert_eq!(decode(&signal_of(text)), Err(err), "{text}");

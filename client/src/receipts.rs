@@ -79,6 +79,15 @@ impl Receipts {
         Ok(before - self.waiting.len())
     }
 
+    /// After a resume, every line still waiting is sealed again by `seal`, in order, and
+    /// renumbered with the number `seal` returns. Returns how many.
+    pub fn reseal(&mut self, mut seal: impl FnMut(&str) -> u64) -> usize {
+        for (number, text) in &mut self.waiting {
+            *number = seal(text);
+        }
+        self.waiting.len()
+    }
+
     /// The peer sent us a line: we owe it a receipt.
     pub fn received(&mut self) {
         self.owed = true;

@@ -55,6 +55,15 @@ pub const FAST_SEND_RATE: (u32, u32) = (80, 100);
 /// Lines waiting to be sent at most; beyond, input is not read until some go out.
 pub const MAX_QUEUED: usize = 1000;
 
+/// Reconnecting after a drop: the first wait, doubled at each attempt up to the last (each
+/// drawn between half and all of it, so clients cut at once do not come back at once).
+pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// A connection that has carried nothing (not even a pong) for this long is dead; the driver
+/// pings the relay after [`PING_AFTER`] of silence.
+pub const DEAD_AFTER: Duration = Duration::from_secs(30);
+/// Silence after which the driver pings the relay.
+pub const PING_AFTER: Duration = Duration::from_secs(10);
+
 /// What the session needs to know from the command line.
 pub struct Settings {
     /// The relay, checked.
@@ -66,6 +75,8 @@ pub struct Settings {
     pub code: Option<Zeroizing<String>>,
     /// How long reaching the relay may take, from TCP to the WebSocket upgrade.
     pub connect_timeout: Duration,
+    /// How long a dropped session tries to resume (zero: it does not).
+    pub resume_window: Duration,
     /// Lines to show once the relay is reached (the code `--new` made, and what to tell the
     /// peer): a code is not handed out for a relay that cannot be reached.
     pub announce: Vec<String>,
@@ -98,6 +109,12 @@ struct Driver {
     verdicts: std_mpsc::Sender<Verdict>,
     connecting: Option<Connecting>,
     joining: Option<RoomCode>,
+    /// Resuming: the attempts so far, and when the next one starts.
+    attempts: u32,
+    rejoin_at: Option<Instant>,
+    /// When the socket last carried anything, and whether we pinged since.
+    heard_at: Instant,
+    pinged: bool,
     ws: Option<Socket>,
     /// The relay takes BURN (see [`Action::Burn`]).
     relay_burns: bool,
@@ -132,13 +149,17 @@ pub async fn run(
         relay: settings.relay,
         connect_timeout: settings.connect_timeout,
         announce: settings.announce,
-        machine: Machine::new(settings.version),
+        machine: Machine::new(settings.version).resuming(settings.resume_window),
         ui,
         inputs,
         inputs_open: true,
         verdicts,
         connecting: None,
         joining: None,
+        attempts: 0,
+        rejoin_at: None,
+        heard_at: Instant::now(),
+        pinged: false,
         ws: None,
         relay_burns: false,
         outbox: VecDeque::new(),
@@ -202,6 +223,8 @@ impl Driver {
                 let msg = format!("{MAX_QUEUED} messages are waiting to be sent: reading more input once they go out");
                 self.ui.status(Tone::Warn, &msg);
             }
+            let silence_at =
+                self.ws.as_ref().map(|_| self.heard_at + if self.pinged { DEAD_AFTER } else { PING_AFTER });
             tokio::select! {
                 input = self.inputs.recv(), if reading => self.on_input(input).await,
                 result = connected(&mut self.connecting) => {
@@ -209,9 +232,18 @@ impl Driver {
                     self.on_connected(result).await;
                 }
                 frame = next_frame(&mut self.ws) => {
+                    self.heard_at = Instant::now();
+                    self.pinged = false;
                     if let Some(event) = self.on_frame(frame) {
                         self.handle(event).await;
                     }
+                }
+                () = at(self.rejoin_at) => {
+                    self.rejoin_at = None;
+                    self.reconnect();
+                }
+                () = at(silence_at) => {
+                    self.on_silence().await;
                 }
                 () = at(self.pace_at) => self.pace_at = None,
                 () = at(self.ack_at) => {
@@ -223,6 +255,9 @@ impl Driver {
                 _ = term.recv() => self.handle(Event::Quit).await,
                 _ = int.recv() => self.handle(Event::Quit).await,
                 _ = hup.recv() => self.handle(Event::Quit).await,
+            }
+            if matches!(self.machine.state(), State::Connected(_)) {
+                self.attempts = 0;
             }
             self.pump().await;
             // A receipt goes out at once, unless one went out lately: then it waits to cover
@@ -266,18 +301,24 @@ impl Driver {
                 self.ui.status(Tone::Info, &format!("connecting to {}{how}", self.relay.url()));
                 self.joining = Some(code);
                 self.began = true;
-                let (relay, limit) = (self.relay.clone(), self.connect_timeout);
-                self.connecting = Some(Box::pin(async move {
-                    let url = relay.url().to_owned();
-                    tokio::time::timeout(limit, net::connect(relay)).await.unwrap_or_else(|_| {
-                        Err(format!(
-                            "the relay at {url} did not answer within {} (--connect-timeout): it accepted \
-                             or ignored the connection but did not complete TCP, TLS and the WebSocket \
-                             upgrade; is the URL a Ghostwire relay, and is it up?",
-                            humantime::format_duration(limit)
-                        ))
-                    })
-                }));
+                self.reconnect();
+            }
+            Action::Rejoin(room) => {
+                // The old socket, if any, is useless now: dropping it closes it.
+                self.ws = None;
+                self.connecting = None;
+                self.joining = Some(room);
+                self.attempts += 1;
+                let delay = backoff(self.attempts);
+                self.rejoin_at = Some(Instant::now() + delay);
+                self.ui.status(
+                    Tone::Info,
+                    &format!(
+                        "reconnecting (attempt {}, in {}; ctrl-C to end)",
+                        self.attempts,
+                        humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                    ),
+                );
             }
             Action::Send(frame) => return self.send(frame).await,
             // A relay that does not announce BURN would close on it: there is nothing to ask.
@@ -288,6 +329,39 @@ impl Driver {
             Action::ShowCode(code) => self.ui.verification(&code),
         }
         None
+    }
+
+    /// Starts connecting to the relay (the room to JOIN is in `joining`).
+    fn reconnect(&mut self) {
+        let (relay, limit) = (self.relay.clone(), self.connect_timeout);
+        self.connecting = Some(Box::pin(async move {
+            let url = relay.url().to_owned();
+            tokio::time::timeout(limit, net::connect(relay)).await.unwrap_or_else(|_| {
+                Err(format!(
+                    "the relay at {url} did not answer within {} (--connect-timeout): it accepted \
+                     or ignored the connection but did not complete TCP, TLS and the WebSocket \
+                     upgrade; is the URL a Ghostwire relay, and is it up?",
+                    humantime::format_duration(limit)
+                ))
+            })
+        }));
+    }
+
+    /// The socket has been silent: ping the relay, or, if a ping went unanswered, call the
+    /// connection dead (a resuming session then reconnects).
+    async fn on_silence(&mut self) {
+        if self.pinged {
+            self.ws = None;
+            let why = format!("the relay did not answer for {}", humantime::format_duration(PING_AFTER + DEAD_AFTER));
+            return self.handle(Event::NetworkError(why)).await;
+        }
+        self.pinged = true;
+        if let Some(ws) = self.ws.as_mut() {
+            if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                self.ws = None;
+                self.handle(Event::NetworkError(format!("lost the connection to the relay: {e}"))).await;
+            }
+        }
     }
 
     async fn send(&mut self, frame: String) -> Option<Event> {
@@ -302,6 +376,8 @@ impl Driver {
         match result {
             Ok(Connection { ws, burns }) => {
                 self.ws = Some(ws);
+                self.heard_at = Instant::now();
+                self.pinged = false;
                 self.relay_burns = burns;
                 for line in std::mem::take(&mut self.announce) {
                     self.ui.plain(&line);
@@ -310,7 +386,11 @@ impl Driver {
                 if let Some(failed) = self.send(ClientFrame::Join { room }.to_json()).await {
                     return self.handle(failed).await;
                 }
-                self.ui.status(Tone::Info, "searching: waiting for your peer to join the room");
+                if matches!(self.machine.state(), State::Resuming(_)) {
+                    self.ui.status(Tone::Info, "reconnected: waiting for your peer to come back");
+                } else {
+                    self.ui.status(Tone::Info, "searching: waiting for your peer to join the room");
+                }
             }
             Err(why) => self.handle(Event::NetworkError(why)).await,
         }
@@ -445,12 +525,13 @@ impl Driver {
                 }
                 match proto::decode(&signal) {
                     Ok(PeerMsg::Commit { commit }) => Event::PeerCommit(commit),
-                    Ok(PeerMsg::Key { key, v2, rx, acks }) => {
+                    Ok(PeerMsg::Resume(hello)) => Event::PeerResume(hello),
+                    Ok(PeerMsg::Key { key, v2, rx, acks, resume }) => {
                         // A peer that takes more is sent more; the relay's own limit still bounds it.
                         if rx.is_some_and(|rx| rx >= u64::from(FAST_SEND_RATE.0)) {
                             self.send_limit = limiter(FAST_SEND_RATE);
                         }
-                        Event::PeerKey { key, v2, acks }
+                        Event::PeerKey { key, v2, acks, resume }
                     }
                     Ok(PeerMsg::Msg { payload }) => Event::PeerRecord(payload),
                     Ok(PeerMsg::Pake { msg }) => Event::PeerPake(msg),
@@ -487,6 +568,17 @@ impl Driver {
             self.ui.status(Tone::Warn, &shown);
         }
     }
+}
+
+/// The wait before reconnect attempt `attempt` (from 1): [`BACKOFF`]'s first wait doubled at each
+/// attempt up to its last, then drawn between half and all of that.
+fn backoff(attempt: u32) -> Duration {
+    use crypto_box::aead::rand_core::RngCore;
+    let (first, last) = BACKOFF;
+    let full = first.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(last);
+    let half = full / 2;
+    let jitter = u64::from(crypto_box::aead::OsRng.next_u32()) % (half.as_millis() as u64 + 1);
+    half + Duration::from_millis(jitter)
 }
 
 /// Whether a close code is one the relay ends connections with (1001 and 4000-4999).

@@ -48,6 +48,13 @@
 //! | CONNECTED | Mismatch | DISCONNECTED | send the receipt we owe, then Mismatch (v2) |
 //! | SEARCHING … KEY_CONFIRMATION | Mismatch | same | say there is nothing to compare yet |
 //! | KEY_SETUP | PeerLeft | DISCONNECTED | the peer left early |
+//! | CONNECTED (both resume) | PeerLeft, NetworkError, Relay (1001, 4007, 4009, 4011) | RESUMING | say so; Rejoin the rendezvous room |
+//! | RESUMING | PeerFound | RESUMING (met) | the opener sends its RESUME |
+//! | RESUMING (met) | PeerResume (valid) | CONNECTED | the answerer answers; new keys; seal again what the peer missed, then a receipt |
+//! | RESUMING (met) | PeerResume (invalid: replayed, foreign, wrong generation) | DISCONNECTED | security: the session is destroyed |
+//! | RESUMING | PeerLeft, NetworkError, Relay, Deadline (handshake past it) | RESUMING | Rejoin again (the driver backs off) |
+//! | RESUMING | Deadline (window past it) | DISCONNECTED | peer lost: the connection did not come back |
+//! | RESUMING | Quit / Mismatch | DISCONNECTED | |
 //! | CONNECTED | PeerLeft | DISCONNECTED | peer left if it said Done (or v1), else peer lost |
 //! | SEARCHING … CONNECTED | Relay, NetworkError, Deviation | DISCONNECTED | |
 //! | INPUT_VALIDATION … CONNECTED | Quit | DISCONNECTED | |
@@ -63,6 +70,7 @@ use crate::end::End;
 use crate::pake;
 use crate::proto;
 use crate::receipts::{Receipts, FINISH_WAIT};
+use crate::resume::{Hello, NewKeys, Opening, Resumption};
 use crate::ui::Tone;
 use ghostwire_shared::RoomCode;
 use std::time::Duration;
@@ -71,6 +79,10 @@ use zeroize::Zeroizing;
 
 /// Time the peer has to complete the key exchange after PEER_FOUND.
 pub const KEY_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a resume handshake has after the two sides meet again; then they meet again.
+pub const RESUME_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session waits by default for its connection to come back (`--resume-window`).
+pub const RESUME_WINDOW: Duration = Duration::from_secs(300);
 
 /// KEY_SETUP's data: our key pair, the peer's commitment once it arrives, and what the PAKE
 /// agreed (with a code that has a secret).
@@ -115,6 +127,22 @@ pub struct Connected {
     peer_done: bool,
     /// Both done, our last receipts awaited until then.
     finish_by: Option<Instant>,
+    /// The number of the record that said we are done, to seal it again after a resume if the
+    /// peer missed it.
+    done_record: Option<u64>,
+    /// What resuming needs, when both sides resume (see [`crate::resume`]).
+    resumption: Option<Resumption>,
+}
+
+/// RESUMING's data: the session, waiting for its connection to come back.
+pub struct Resuming {
+    connected: Box<Connected>,
+    /// The end of the resume window.
+    until: Instant,
+    /// Met again in the rendezvous room: the handshake's deadline, and our opening if we open.
+    met: Option<(Instant, Option<Opening>)>,
+    /// The rendezvous room.
+    room: RoomCode,
 }
 
 /// Where the session is, with what exists only there.
@@ -133,6 +161,8 @@ pub enum State {
     KeyConfirmation(Box<Confirming>),
     /// Keys agreed: messages flow.
     Connected(Box<Connected>),
+    /// The connection dropped: meeting the peer again, to resume with new keys.
+    Resuming(Box<Resuming>),
     /// Tearing down for this reason: socket closing, secrets being wiped.
     Disconnected(End),
     /// Done. Nothing is left in memory.
@@ -157,7 +187,11 @@ pub enum Event {
         v2: bool,
         /// The peer sends and reads receipts (`"ack":1`).
         acks: bool,
+        /// The peer resumes after a drop (`"resume":1`).
+        resume: bool,
     },
+    /// The peer's RESUME arrived.
+    PeerResume(Hello),
     /// The peer's MSG arrived: nonce ‖ box.
     PeerRecord(Vec<u8>),
     /// The peer's PAKE message arrived.
@@ -202,6 +236,9 @@ pub enum Action {
     Reprompt(String),
     /// Connect to the relay and JOIN this room.
     Connect(RoomCode),
+    /// The connection is gone or useless: close it if it is not, then connect again (backing
+    /// off) and JOIN this room, the session's rendezvous.
+    Rejoin(RoomCode),
     /// Send this frame to the relay.
     Send(String),
     /// Tell the relay to burn the room (`BURN`), if it takes that: our proof of the code goes
@@ -230,6 +267,7 @@ impl State {
             State::KeySetup(_) => "KEY_SETUP",
             State::KeyConfirmation(_) => "KEY_CONFIRMATION",
             State::Connected(_) => "CONNECTED",
+            State::Resuming(_) => "RESUMING",
             State::Disconnected(_) => "DISCONNECTED",
             State::SessionDestroyed => "SESSION_DESTROYED",
         }
@@ -245,6 +283,7 @@ impl Event {
             Event::PeerFound => "PeerFound",
             Event::PeerCommit(_) => "PeerCommit",
             Event::PeerKey { .. } => "PeerKey",
+            Event::PeerResume(_) => "PeerResume",
             Event::AckDue => "AckDue",
             Event::PeerRecord(_) => "PeerRecord",
             Event::PeerPake(_) => "PeerPake",
@@ -270,6 +309,8 @@ pub struct Machine {
     /// Receipts, once connected to a peer that announced them (see [`crate::receipts`]). Kept
     /// beside the state: the lines they name outlive CONNECTED, to be reported.
     receipts: Option<Receipts>,
+    /// How long a dropped session waits for its connection (zero: it does not resume).
+    resume_window: Duration,
 }
 
 const V1_ONLY: &str = "the peer speaks only the legacy v1 protocol (no verification code, no replay protection); \
@@ -279,7 +320,14 @@ const V2_ONLY: &str = "the peer speaks the hardened protocol (v2); run without -
 impl Machine {
     /// A machine in INIT speaking `version`.
     pub fn new(version: Version) -> Machine {
-        Machine { version, state: State::Init, receipts: None }
+        Machine { version, state: State::Init, receipts: None, resume_window: Duration::ZERO }
+    }
+
+    /// The same machine, resuming a dropped session within `window` (zero: never) with a
+    /// peer that resumes too.
+    pub fn resuming(mut self, window: Duration) -> Machine {
+        self.resume_window = window;
+        self
     }
 
     /// The current state.
@@ -294,6 +342,7 @@ impl Machine {
             State::KeySetup(ks) => Some(ks.deadline),
             State::KeyConfirmation(c) => Some(c.deadline),
             State::Connected(c) => c.finish_by,
+            State::Resuming(r) => Some(r.met.as_ref().map_or(r.until, |(by, _)| r.until.min(*by))),
             _ => None,
         }
     }
@@ -327,6 +376,7 @@ impl Machine {
                 | State::KeySetup(_)
                 | State::KeyConfirmation(_)
                 | State::Connected(_)
+                | State::Resuming(_)
         )
     }
 
@@ -439,15 +489,17 @@ impl Machine {
             (S::KeySetup(mut ks), E::PeerCommit(commit)) => {
                 // Reveal only now that the peer is bound to its key.
                 ks.peer_commit = Some(commit);
-                let reveal = proto::key_frame(ks.keys.public(), true);
+                let reveal = proto::key_frame(ks.keys.public(), true, !self.resume_window.is_zero());
                 (S::KeySetup(ks), vec![Action::Send(reveal)])
             }
-            (S::KeySetup(mut ks), E::PeerKey { key, v2: marked, acks }) => {
+            (S::KeySetup(mut ks), E::PeerKey { key, v2: marked, acks, resume }) => {
                 let agreed = ks.pake.take();
                 let mine = *ks.keys.public();
                 // Receipts with a v2 peer that announced them (v1 has no record for them).
                 self.receipts = (acks && v2).then(Receipts::default);
-                match (self.establish(*ks, &key, marked), agreed) {
+                // Resuming needs the receipts: they say what to send again.
+                let resume = resume && acks && v2 && !self.resume_window.is_zero();
+                match (self.establish(*ks, &key, marked, resume), agreed) {
                     (Ok((connected, actions)), None) => (S::Connected(Box::new(connected)), actions),
                     (Ok((connected, _)), Some(agreed)) => {
                         // Nothing is sent before the peer proves the same exchange. (`establish`
@@ -484,9 +536,11 @@ impl Machine {
             (S::Connected(mut c), E::InputDone) if !c.me_done => {
                 // The receipt we owe goes first: a peer that reads our `done` has it.
                 let ack = self.ack(&mut c);
+                let number = c.channel.sealed();
                 match c.channel.seal_notice(Notice::Done) {
                     None => end(End::EndOfInput),
                     Some(sealed) => {
+                        c.done_record = Some(number);
                         let mut actions: Vec<Action> = ack.into_iter().collect();
                         actions.push(Action::Send(proto::msg_frame(&sealed)));
                         c.me_done = true;
@@ -511,6 +565,30 @@ impl Machine {
             (state @ (S::Searching(_) | S::PakeExchange(_) | S::KeySetup(_) | S::KeyConfirmation(_)), E::Mismatch) => {
                 (state, vec![Action::Say(Tone::Info, "nothing to compare yet: keys are not exchanged".into())])
             }
+            // A connection that drops (ours, or the peer's as the relay reports it) is a pause
+            // when both sides resume: they meet again in the rendezvous room.
+            (S::Connected(c), E::PeerLeft) if c.resumption.is_some() => {
+                self.away(c, "your peer's connection to the relay dropped".into())
+            }
+            (S::Connected(c), E::NetworkError(why)) if c.resumption.is_some() => self.away(c, why),
+            (S::Connected(c), E::Relay { code, reason }) if c.resumption.is_some() && resumable(code) => {
+                self.away(c, crate::end::relay_says(code, &reason, true))
+            }
+            (S::Resuming(r), E::PeerFound) => self.met(r),
+            (S::Resuming(r), E::PeerResume(hello)) if r.met.is_some() => self.resumed(r, &hello),
+            (S::Resuming(r), E::PeerLeft) => self.rejoin(r, "your peer's connection dropped again".into()),
+            (S::Resuming(r), E::NetworkError(why)) => self.rejoin(r, why),
+            (S::Resuming(r), E::Relay { code, reason }) => self.rejoin(r, crate::end::relay_says(code, &reason, false)),
+            (S::Resuming(r), E::Deadline(now)) if now >= r.until => end(End::PeerLost(format!(
+                "the connection did not come back within {} (--resume-window); your peer may have quit",
+                humantime::format_duration(self.resume_window)
+            ))),
+            (S::Resuming(r), E::Deadline(now)) if r.met.as_ref().is_some_and(|(by, _)| now >= *by) => {
+                self.rejoin(r, "your peer did not complete the resume in time".into())
+            }
+            (S::Resuming(_), E::Quit) => end(End::Quit),
+            (S::Resuming(_), E::Mismatch) => end(End::VerificationMismatch),
+            (state @ S::Resuming(_), E::AckDue) => (state, vec![]),
             (S::Connected(c), E::PeerLeft) if c.peer_done || !v2 => end(End::PeerLeft),
             (S::Connected(_), E::PeerLeft) => {
                 end(End::PeerLost("it left without saying goodbye (its connection to the relay broke)".into()))
@@ -546,20 +624,115 @@ impl Machine {
         }
     }
 
+    /// CONNECTED → RESUMING: the connection dropped (`why`); meet the peer again.
+    fn away(&mut self, c: Box<Connected>, why: String) -> (State, Vec<Action>) {
+        let until = Instant::now() + self.resume_window;
+        let Some(room) = c.resumption.as_ref().map(|res| res.room().clone()) else {
+            return end(End::Network(why));
+        };
+        let r = Box::new(Resuming { connected: c, until, met: None, room });
+        let say = Action::Say(
+            Tone::Warn,
+            format!(
+                "connection lost ({why}): resuming for up to {} (--resume-window); type on, nothing is lost",
+                humantime::format_duration(self.resume_window)
+            ),
+        );
+        let rejoin = Action::Rejoin(r.room.clone());
+        (State::Resuming(r), vec![say, rejoin])
+    }
+
+    /// RESUMING: this attempt failed (`why`); meet again.
+    fn rejoin(&mut self, mut r: Box<Resuming>, why: String) -> (State, Vec<Action>) {
+        r.met = None;
+        let rejoin = Action::Rejoin(r.room.clone());
+        (State::Resuming(r), vec![Action::Say(Tone::Info, format!("resume attempt failed: {why}")), rejoin])
+    }
+
+    /// RESUMING: the peer is in the rendezvous room; the opener opens.
+    fn met(&mut self, mut r: Box<Resuming>) -> (State, Vec<Action>) {
+        let deadline = Instant::now() + RESUME_HANDSHAKE_TIMEOUT;
+        let received = r.connected.channel.received();
+        let mut actions = vec![];
+        let opening = match r.connected.resumption.as_ref() {
+            Some(resumption) if resumption.opener() => {
+                let opening = resumption.open(received);
+                actions.push(Action::Send(proto::resume_frame(opening.hello())));
+                Some(opening)
+            }
+            _ => None,
+        };
+        r.met = Some((deadline, opening));
+        (State::Resuming(r), actions)
+    }
+
+    /// RESUMING → CONNECTED: the peer's half of the handshake. The channel takes the new keys,
+    /// and what the peer missed is sealed again, in order, under them.
+    fn resumed(&mut self, mut r: Box<Resuming>, hello: &Hello) -> (State, Vec<Action>) {
+        let received = r.connected.channel.received();
+        let opening = r.met.take().and_then(|(_, opening)| opening);
+        let Some(resumption) = r.connected.resumption.as_mut() else {
+            return end(End::Protocol("a resume in a session that does not resume".into()));
+        };
+        let mut actions = vec![];
+        let keys: Result<NewKeys, _> = match opening {
+            Some(opening) => resumption.finish(opening, hello),
+            None => resumption.answer(hello, received).map(|(answer, keys)| {
+                actions.push(Action::Send(proto::resume_frame(&answer)));
+                keys
+            }),
+        };
+        let keys = match keys {
+            Ok(keys) => keys,
+            Err(e) => return end(End::ResumeFailed(e)),
+        };
+        let mut c = r.connected;
+        let sent = c.channel.sealed();
+        let Some(receipts) = self.receipts.as_mut() else {
+            return end(End::Protocol("a resume without receipts".into()));
+        };
+        if let Err(e) = receipts.confirm(keys.peer_received, sent) {
+            return end(End::Protocol(format!("resume: {e}")));
+        }
+        c.channel.rekey(&keys.key, keys.peer_received);
+        let channel = &mut c.channel;
+        let resent = receipts.reseal(|text| {
+            let number = channel.sealed();
+            actions.push(Action::Send(proto::msg_frame(&channel.seal(text))));
+            number
+        });
+        if c.done_record.is_some_and(|n| n >= keys.peer_received) {
+            c.done_record = Some(c.channel.sealed());
+            actions.extend(c.channel.seal_notice(Notice::Done).map(|s| Action::Send(proto::msg_frame(&s))));
+        }
+        // A receipt at once: it tells the peer the new keys work (and what we have).
+        receipts.take_owed();
+        actions.extend(c.channel.seal_ack().map(|s| Action::Send(proto::msg_frame(&s))));
+        let lines = if resent == 1 { "line" } else { "lines" };
+        actions.push(Action::Say(Tone::Good, format!("back: resumed with new keys; {resent} {lines} re-sent")));
+        self.settle(c, actions)
+    }
+
     /// KEY_SETUP's data and the first key frame: the commitment (v2) or the key (v1).
     fn key_setup(&self, pake: Option<Agreed>) -> (KeySetup, String) {
         let keys = KeyPair::generate();
         let frame = if self.version == Version::Hardened2 {
             proto::commit_frame(&keys.commitment())
         } else {
-            proto::key_frame(keys.public(), false)
+            proto::key_frame(keys.public(), false, false)
         };
         let deadline = Instant::now() + KEY_SETUP_TIMEOUT;
         (KeySetup { keys, peer_commit: None, deadline, pake }, frame)
     }
 
     /// KEY_SETUP → CONNECTED: every check on the peer's key, then the channel.
-    fn establish(&self, ks: KeySetup, key: &[u8], marked_v2: bool) -> Result<(Connected, Vec<Action>), End> {
+    fn establish(
+        &self,
+        ks: KeySetup,
+        key: &[u8],
+        marked_v2: bool,
+        resume: bool,
+    ) -> Result<(Connected, Vec<Action>), End> {
         let version = self.version;
         match (version, marked_v2) {
             (Version::Hardened2, false) => return Err(End::Protocol(V1_ONLY.into())),
@@ -576,6 +749,12 @@ impl Machine {
         }
         let mine = *ks.keys.public();
         let boxed = ks.keys.agree(&peer).map_err(End::Security)?;
+        let resumption = if resume {
+            let shared = ks.keys.shared(&peer).map_err(End::Security)?;
+            Resumption::new(&shared, &mine, &peer)
+        } else {
+            None
+        };
         // `ks` (the secret key) is dropped, and wiped, when this function returns.
         let channel = Channel::new(boxed, version, &mine, &peer);
         let (code, actions) = match version {
@@ -605,7 +784,16 @@ impl Machine {
                 ],
             ),
         };
-        Ok((Connected { channel, code, me_done: false, peer_done: false, finish_by: None }, actions))
+        let connected = Connected {
+            channel,
+            code,
+            me_done: false,
+            peer_done: false,
+            finish_by: None,
+            done_record: None,
+            resumption,
+        };
+        Ok((connected, actions))
     }
 
     /// Once both sides are done: sends the receipt we owe, and ends (Finished) when every line of
@@ -633,6 +821,10 @@ impl Machine {
     /// A record from the peer in CONNECTED.
     fn on_record(&mut self, mut c: Box<Connected>, payload: &[u8]) -> (State, Vec<Action>) {
         let record = c.channel.open(payload);
+        // A record under the current keys: the peer is at this generation too.
+        if let (Ok(_), Some(r)) = (&record, c.resumption.as_mut()) {
+            r.confirmed();
+        }
         // A receipt may follow the peer's `done`: it answers lines of ours.
         if let Ok(Record::Ack(next)) = record {
             let sent = c.channel.sealed();
@@ -664,6 +856,13 @@ impl Machine {
             Ok(Record::Notice(Notice::Mismatch)) => end(End::PeerMismatch),
         }
     }
+}
+
+/// Whether a relay code that ends a connection leaves the session resumable: the relay going
+/// away, its upstream failing, the peer's relay lost, or this side too slow for a moment.
+fn resumable(code: u16) -> bool {
+    use ghostwire_shared::ErrorCode as C;
+    [C::GoingAway, C::UpstreamUnavailable, C::PeerLost, C::SlowConsumer].iter().any(|c| c.as_u16() == code)
 }
 
 /// `first`, if any, before the actions of `step`.

@@ -77,7 +77,7 @@ impl ErrorCode {
     /// The short reason the relay puts in ERROR frames and close frames.
     pub const fn reason(self) -> &'static str {
         match self {
-            ErrorCode::GoingAway => "relay shutting down",
+            ErrorCode::GoingAway => "relay shutting down: resume elsewhere",
             ErrorCode::Malformed => "malformed frame",
             ErrorCode::BadRoomCode => "bad room code",
             ErrorCode::RoomFull => "room full",

@@ -76,7 +76,7 @@ fn key_confirmation() -> (Machine, Vec<u8>, [u8; 32]) {
     let out = sent(&m.handle(Event::PeerCommit(keys.commitment())));
     let [PeerMsg::Key { ref key, .. }] = out[..] else { panic!("{out:?}") };
     let mine: [u8; 32] = key.as_slice().try_into().unwrap();
-    let out = sent(&m.handle(Event::PeerKey { key: keys.public().to_vec(), v2: true, acks: false }));
+    let out = sent(&m.handle(Event::PeerKey { key: keys.public().to_vec(), v2: true, acks: false, resume: false }));
     let [PeerMsg::Confirm { ref mac }] = out[..] else { panic!("{out:?}") };
     let theirs = peer_shared.confirm("ABCD1234", keys.public(), &mine);
     assert!(theirs.check(mac), "the machine's MAC is the one the peer expects");
@@ -160,10 +160,10 @@ fn connected() -> (Machine, FakePeer) {
     let (mut m, their_commit) = key_setup();
     let peer = KeyPair::generate();
     let out = sent(&m.handle(Event::PeerCommit(peer.commitment())));
-    let [PeerMsg::Key { ref key, v2: true, rx: Some(_), acks: true }] = out[..] else { panic!("{out:?}") };
+    let [PeerMsg::Key { ref key, v2: true, rx: Some(_), acks: true, .. }] = out[..] else { panic!("{out:?}") };
     let mine: [u8; 32] = key.as_slice().try_into().unwrap();
     assert_eq!(crypto::commitment(&mine), their_commit, "the revealed key is the committed one");
-    let actions = m.handle(Event::PeerKey { key: peer.public().to_vec(), v2: true, acks: false });
+    let actions = m.handle(Event::PeerKey { key: peer.public().to_vec(), v2: true, acks: false, resume: false });
     assert!(actions.iter().any(|a| matches!(a, Action::ShowCode(_))), "{actions:?}");
     let channel = Channel::new(peer.agree(&mine).unwrap(), Version::Hardened2, peer.public(), &mine);
     (m, FakePeer { keys: peer, channel: Some(channel) })
@@ -266,7 +266,7 @@ fn event(name: &str, peer: Option<&mut FakePeer>) -> Event {
         "CodeTyped" => typed("ABCD1234"),
         "PeerFound" => Event::PeerFound,
         "PeerCommit" => Event::PeerCommit(other.commitment()),
-        "PeerKey" => Event::PeerKey { key: other.public().to_vec(), v2: true, acks: false },
+        "PeerKey" => Event::PeerKey { key: other.public().to_vec(), v2: true, acks: false, resume: false },
         "PeerRecord" => match peer {
             Some(p) => p.text("hello"),
             None => Event::PeerRecord(vec![0; 64]),
@@ -391,7 +391,7 @@ fn a_second_commitment_is_a_violation() {
 #[test]
 fn a_key_before_its_commitment_is_a_violation() {
     let (mut m, _) = key_setup();
-    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true, acks: false });
+    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true, acks: false, resume: false });
     assert_eq!(ended(&m), &End::Protocol("the peer revealed its key before committing to it".into()));
 }
 
@@ -399,7 +399,7 @@ fn a_key_before_its_commitment_is_a_violation() {
 fn a_key_that_is_not_the_committed_one_is_an_attack() {
     let (mut m, _) = key_setup();
     m.handle(Event::PeerCommit(KeyPair::generate().commitment()));
-    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true, acks: false });
+    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true, acks: false, resume: false });
     assert_eq!(ended(&m), &End::Security(CryptoError::CommitMismatch));
     assert_eq!(ended(&m).exit_code(), crate::end::exit::SECURITY);
 }
@@ -412,7 +412,7 @@ fn bad_keys_are_refused() {
     ] {
         let (mut m, _) = key_setup();
         m.handle(Event::PeerCommit(crypto::commitment(&[0u8; 32])));
-        m.handle(Event::PeerKey { key, v2: true, acks: false });
+        m.handle(Event::PeerKey { key, v2: true, acks: false, resume: false });
         assert_eq!(ended(&m), &want);
     }
 }
@@ -422,12 +422,12 @@ fn versions_never_downgrade_silently() {
     // A v2 client meeting a v1 key.
     let (mut m, _) = key_setup();
     m.handle(Event::PeerCommit(KeyPair::generate().commitment()));
-    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: false, acks: false });
+    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: false, acks: false, resume: false });
     assert!(matches!(ended(&m), End::Protocol(why) if why.contains("--legacy-v1")));
     // A v1 client meeting a v2 commitment, and a v2 key.
     for ev in [
         Event::PeerCommit([1; 32]),
-        Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true, acks: false },
+        Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true, acks: false, resume: false },
     ] {
         let mut m = searching(Version::Legacy1);
         let out = sent(&m.handle(Event::PeerFound));
@@ -551,4 +551,175 @@ fn secrets_exist_only_in_their_states() {
     assert!(matches!(m.state(), State::Disconnected(_)), "channel and code are gone with CONNECTED");
     assert_eq!(m.code(), None);
     let _ = &peer.keys;
+}
+
+// ---- resuming: two real machines, with the relay in between played by the test ----
+
+/// What the relay would deliver to the other side for `actions`, as events.
+fn as_events(actions: &[Action]) -> Vec<Event> {
+    sent(actions)
+        .into_iter()
+        .map(|m| match m {
+            PeerMsg::Commit { commit } => Event::PeerCommit(commit),
+            PeerMsg::Key { key, v2, acks, resume, .. } => Event::PeerKey { key, v2, acks, resume },
+            PeerMsg::Msg { payload } => Event::PeerRecord(payload),
+            PeerMsg::Pake { msg } => Event::PeerPake(msg),
+            PeerMsg::Confirm { mac } => Event::PeerConfirm(mac),
+            PeerMsg::Resume(hello) => Event::PeerResume(hello),
+        })
+        .collect()
+}
+
+/// Feeds `events` to `to`, and what it answers back to `from`, until both are quiet; returns
+/// every text each side showed.
+fn shuttle(a: &mut Machine, b: &mut Machine, first: Vec<Action>, from_a: bool) -> (Vec<String>, Vec<String>) {
+    if from_a {
+        exchange(a, b, first, vec![])
+    } else {
+        exchange(a, b, vec![], first)
+    }
+}
+
+/// As [`shuttle`], with what each side sent first.
+fn exchange(a: &mut Machine, b: &mut Machine, from_a: Vec<Action>, from_b: Vec<Action>) -> (Vec<String>, Vec<String>) {
+    let mut shown = (vec![], vec![]);
+    let mut pending = (as_events(&from_a), as_events(&from_b));
+    // pending.0: for b; pending.1: for a.
+    while !pending.0.is_empty() || !pending.1.is_empty() {
+        for event in std::mem::take(&mut pending.0) {
+            let out = b.handle(event);
+            shown.1.extend(out.iter().filter_map(|a| if let Action::Show(t) = a { Some(t.to_string()) } else { None }));
+            pending.1.extend(as_events(&out));
+        }
+        for event in std::mem::take(&mut pending.1) {
+            let out = a.handle(event);
+            shown.0.extend(out.iter().filter_map(|a| if let Action::Show(t) = a { Some(t.to_string()) } else { None }));
+            pending.0.extend(as_events(&out));
+        }
+    }
+    shown
+}
+
+/// Two machines that resume, connected to each other through the test.
+fn resuming_pair() -> (Machine, Machine) {
+    let make = || {
+        let mut m = Machine::new(Version::Hardened2).resuming(Duration::from_secs(60));
+        m.handle(Event::Start);
+        m.handle(typed("ABCD1234"));
+        m
+    };
+    let (mut a, mut b) = (make(), make());
+    let fa = a.handle(Event::PeerFound);
+    let fb = b.handle(Event::PeerFound);
+    exchange(&mut a, &mut b, fa, fb);
+    assert_eq!((a.state().name(), b.state().name()), ("CONNECTED", "CONNECTED"));
+    (a, b)
+}
+
+/// Both sides meet again and run the handshake; returns what each side showed.
+fn meet(a: &mut Machine, b: &mut Machine) -> (Vec<String>, Vec<String>) {
+    let fa = a.handle(Event::PeerFound);
+    let fb = b.handle(Event::PeerFound);
+    exchange(a, b, fa, fb)
+}
+
+fn rejoins(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Rejoin(_)))
+}
+
+#[test]
+fn a_dropped_session_resumes_with_every_line_once_and_in_order() {
+    let (mut a, mut b) = resuming_pair();
+    // a sends three lines; the first arrives (its receipt is lost), the other two are lost.
+    let one = a.handle(line("one"));
+    a.handle(line("two"));
+    a.handle(line("three"));
+    let shown = b.handle(as_events(&one).remove(0));
+    assert!(shown.contains(&Action::Show(Zeroizing::new("one".into()))));
+    b.handle(Event::AckDue); // the receipt, lost with the connection
+                             // a's connection drops; the relay tells b its peer left.
+    assert!(rejoins(&a.handle(Event::NetworkError("reset".into()))));
+    assert!(rejoins(&b.handle(Event::PeerLeft)));
+    assert_eq!((a.state().name(), b.state().name()), ("RESUMING", "RESUMING"));
+    assert!(!a.can_send(), "lines wait while resuming");
+    let Action::Rejoin(room_a) = a.handle(Event::NetworkError("again".into())).pop().unwrap() else { panic!() };
+    let Action::Rejoin(room_b) = b.handle(Event::PeerLeft).pop().unwrap() else { panic!() };
+    assert_eq!(room_a, room_b, "both meet in the rendezvous room");
+    assert_ne!(room_a.as_str(), "ABCD1234", "the human code is never used again");
+    let (_, shown_b) = meet(&mut a, &mut b);
+    assert_eq!(shown_b, ["two", "three"], "exactly what was missing, in order");
+    assert_eq!((a.state().name(), b.state().name()), ("CONNECTED", "CONNECTED"));
+    // Lines flow after it, and the receipts confirm everything.
+    let four = a.handle(line("four"));
+    let (_, shown_b) = shuttle(&mut a, &mut b, four, true);
+    assert_eq!(shown_b, ["four"]);
+    let ack = b.handle(Event::AckDue);
+    shuttle(&mut a, &mut b, ack, false);
+    assert_eq!(a.receipts.as_ref().unwrap().unconfirmed(), 0);
+}
+
+#[test]
+fn a_session_resumes_again_and_again() {
+    let (mut a, mut b) = resuming_pair();
+    for round in 0..5 {
+        let text = format!("line {round}");
+        a.handle(line(&text)); // lost
+        a.handle(Event::Relay { code: 1001, reason: "shutting down".into() });
+        b.handle(Event::Relay { code: 4011, reason: "peer lost".into() });
+        let (_, shown_b) = meet(&mut a, &mut b);
+        assert_eq!(shown_b, [text]);
+    }
+}
+
+#[test]
+fn a_resume_from_an_earlier_generation_destroys_the_session() {
+    let (mut a, mut b) = resuming_pair();
+    a.handle(Event::NetworkError("reset".into()));
+    b.handle(Event::PeerLeft);
+    let fa = a.handle(Event::PeerFound);
+    let fb = b.handle(Event::PeerFound);
+    let a_opens = sent(&fa).iter().any(|m| matches!(m, PeerMsg::Resume(_)));
+    // The relay records the opening of the first resume...
+    let old_opening = as_events(if a_opens { &fa } else { &fb }).remove(0);
+    exchange(&mut a, &mut b, fa, fb);
+    assert_eq!((a.state().name(), b.state().name()), ("CONNECTED", "CONNECTED"));
+    // ...and at the next drop replays it to the side that answers.
+    a.handle(Event::NetworkError("reset".into()));
+    b.handle(Event::PeerLeft);
+    a.handle(Event::PeerFound);
+    b.handle(Event::PeerFound);
+    let answerer = if a_opens { &mut b } else { &mut a };
+    answerer.handle(old_opening);
+    assert_eq!(ended(answerer), &End::ResumeFailed(crate::resume::ResumeError::Generation));
+    assert_eq!(ended(answerer).exit_code(), crate::end::exit::SECURITY);
+}
+
+#[test]
+fn a_resume_window_that_runs_out_ends_the_session_and_names_what_was_not_delivered() {
+    let (mut a, _b) = resuming_pair();
+    a.handle(line("lost line"));
+    a.handle(Event::NetworkError("gone".into()));
+    let until = a.deadline().unwrap();
+    a.handle(Event::Deadline(until));
+    assert!(matches!(ended(&a), End::PeerLost(why) if why.contains("--resume-window")), "{:?}", a.end());
+    let left: Vec<String> = a.take_unconfirmed().iter().map(|t| t.to_string()).collect();
+    assert_eq!(left, ["lost line"]);
+}
+
+#[test]
+fn without_a_resume_window_a_drop_ends_the_session_as_before() {
+    let (mut m, _) = connected();
+    m.handle(Event::NetworkError("reset".into()));
+    assert!(matches!(ended(&m), End::Network(_)));
+    let (mut m, _) = connected();
+    m.handle(Event::PeerLeft);
+    assert!(matches!(ended(&m), End::PeerLost(_)));
+}
+
+#[test]
+fn ctrl_c_while_resuming_ends_the_session() {
+    let (mut a, _b) = resuming_pair();
+    a.handle(Event::NetworkError("gone".into()));
+    a.handle(Event::Quit);
+    assert_eq!(ended(&a), &End::Quit);
 }
