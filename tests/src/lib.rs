@@ -450,7 +450,13 @@ pub struct RelayProc {
 impl RelayProc {
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> RelayProc {
         let mut cmd = std::process::Command::new(bin("ghostwire-relay"));
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).args(args);
+        // Loopback port 0 unless the test chose a port (to restart a relay on it).
+        for flag in ["--listen", "--admin-listen"] {
+            if !args.contains(&flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -1189,5 +1195,72 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A TCP proxy on loopback in front of a relay that cuts every connection through it at once,
+/// as a NAT that forgets its mappings or a laptop changing networks does: both ends get a
+/// reset, and for a while new connections are reset as soon as they are accepted.
+pub struct CutProxy {
+    pub port: u16,
+    cuts: tokio::sync::watch::Sender<u64>,
+    refuse_until: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    /// A proxy on a free loopback port forwarding to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let refuse_until = std::sync::Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
+        let (cuts_tx, refusing) = (cuts.clone(), refuse_until.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let refused = refusing.lock().unwrap().is_some_and(|until| tokio::time::Instant::now() < until);
+                if refused {
+                    reset(client);
+                    continue;
+                }
+                let mut cut = cuts_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else { return reset(client) };
+                    let (mut c, mut s) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut c, &mut s) => {}
+                        _ = cut.changed() => {
+                            reset(c);
+                            reset(s);
+                        }
+                    }
+                });
+            }
+        });
+        CutProxy { port, cuts, refuse_until, task }
+    }
+
+    /// `ws://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/", self.port)
+    }
+
+    /// Resets every connection through the proxy, and every new one for `refuse_for`.
+    pub fn cut(&self, refuse_for: Duration) {
+        *self.refuse_until.lock().unwrap() = Some(tokio::time::Instant::now() + refuse_for);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Closes `stream` with a TCP reset (SO_LINGER 0), not a FIN.
+fn reset(stream: tokio::net::TcpStream) {
+    if let Ok(std) = stream.into_std() {
+        let _ = socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO));
     }
 }

@@ -220,8 +220,9 @@ async fn exit_codes_per_reason() {
         let (code, log) = Peer::start(&["--relay", &relay.url(), &full]).exit().await;
         assert_eq!(code, 3, "{log}");
         assert!(log.contains("the room is full") && log.contains("(error 4002)"), "{log}");
-        // The relay shuts down under a connected pair: 3 for both, "the relay is shutting down".
-        let (a, b, _, _) = connected_pair(&relay.url(), &room("down"), &[]).await;
+        // The relay shuts down under a connected pair that does not resume: 3 for both, "the
+        // relay is shutting down" (resuming is tested in client_resume).
+        let (a, b, _, _) = connected_pair(&relay.url(), &room("down"), &["--resume-window", "0"]).await;
         relay.shutdown.cancel();
         for mut p in [a, b] {
             let line = p.status("session destroyed").await;

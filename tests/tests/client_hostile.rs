@@ -504,7 +504,11 @@ async fn lines_whose_receipts_were_swallowed_are_named_as_not_confirmed() {
             (1, "MSG") => vec![],
             _ => forward(from, frame),
         });
-        let (mut a, mut b) = two_through(&hostile_with(rule, None, true).await).await;
+        let url = hostile_with(rule, None, true).await;
+        // A resumes for 2 s after B's silent departure, then ends and names what is unconfirmed.
+        let mut a = Peer::start(&["--relay", &url, "ROOM0001", "--resume-window", "2s"]);
+        a.status("searching").await;
+        let mut b = Peer::start(&["--relay", &url, "ROOM0001"]);
         a.code().await;
         a.say("first line").await;
         a.say("second line").await;
@@ -516,6 +520,7 @@ async fn lines_whose_receipts_were_swallowed_are_named_as_not_confirmed() {
         assert!(log.contains("not confirmed as delivered: first line"), "{log}");
         assert!(log.contains("not confirmed as delivered: second line"), "{log}");
         assert!(log.contains("2 lines were not confirmed as delivered"), "{log}");
+        assert!(log.contains("did not come back within 2s (--resume-window)"), "{log}");
         assert_ne!(status, 0, "{log}");
     })
     .await;

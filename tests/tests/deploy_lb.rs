@@ -201,8 +201,19 @@ async fn a_rolling_restart_moves_only_the_stopped_replica_s_clients() {
         expect_peer_found(&mut s2).await;
         let (mut o1, mut o2) = pair(&old, &room("old")).await;
         let (mut n1, mut n2) = pair(&new, &room("new")).await;
-        // A real client on the stopping replica, to read what a person is told.
-        let (mut p, mut q, _, _) = connected_pair_via(&old, &new, &room("people"), &[]).await;
+        // A real client on the stopping replica that does not resume, to read what a person is told.
+        let no_resume = ["--resume-window", "0"];
+        let (mut p, mut q, _, _) = connected_pair_via(&old, &new, &room("people"), &no_resume).await;
+        // Two that resume, through the load balancer: round robin puts the first on the
+        // stopping replica, the second on the staying one.
+        let resume_room = room("resume");
+        let mut r1 = Peer::start(&["--relay", &lb.url(), &resume_room, "--ca", ca_arg]);
+        r1.status("searching").await;
+        let mut r2 = Peer::start(&["--relay", &lb.url(), &resume_room, "--ca", ca_arg]);
+        r1.code().await;
+        r2.code().await;
+        r1.say("before the restart").await;
+        assert_eq!(r2.heard().await, "before the restart");
 
         stopping.signal(Signal::SIGTERM);
         for ws in [&mut s1, &mut o1, &mut o2] {
@@ -214,6 +225,12 @@ async fn a_rolling_restart_moves_only_the_stopped_replica_s_clients() {
         // Nobody chose to leave: the partner is told its peer was lost, not that it left.
         let lost = q.status("session destroyed").await;
         assert!(lost.contains("the connection to your peer was lost") && lost.contains("exit 3"), "{lost}");
+
+        // The resuming pair goes on through the staying replica, the code never typed again.
+        r1.status("back: resumed").await;
+        r1.say("after the restart").await;
+        assert_eq!(r2.heard().await, "after the restart");
+        hang_up_and_part(r1, r2).await;
 
         // The staying replica's room is untouched.
         send(&mut n1, signal("MSG", "still here")).await;

@@ -344,7 +344,9 @@ async fn clients_split_over_two_relays_are_told_their_peer_was_lost_when_nats_di
     let mut nats = NatsServer::start();
     within(60, async {
         let r = relays_with(&nats, 2, fast_failures).await;
-        let (mut a, mut b, _, _) = connected_pair_via(&r[0].url(), &r[1].url(), &room("lost"), &[]).await;
+        // Clients that do not resume (those that do wait for the broker: client_resume).
+        let no_resume = ["--resume-window", "0"];
+        let (mut a, mut b, _, _) = connected_pair_via(&r[0].url(), &r[1].url(), &room("lost"), &no_resume).await;
         a.say("before the broker died").await;
         assert_eq!(b.heard().await, "before the broker died");
         nats.kill();
