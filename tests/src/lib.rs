@@ -1264,3 +1264,60 @@ fn reset(stream: tokio::net::TcpStream) {
         let _ = socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO));
     }
 }
+
+/// A small deterministic generator for the cut timings (the seed is printed to replay a run).
+pub struct Lcg(u64);
+
+impl Lcg {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// A pipes `lines` numbered lines to B, each client through its own [`CutProxy`] in front of its
+/// relay, while the proxies cut connections `cuts` times (each cut once the session is back from
+/// the one before); B must print each line once, in order, and both must end normally with
+/// everything confirmed.
+pub async fn lines_survive_cuts(relay_a: std::net::SocketAddr, relay_b: std::net::SocketAddr, lines: usize, cuts: usize) {
+    let proxies = [CutProxy::start(relay_a).await, CutProxy::start(relay_b).await];
+    let code = room("cuts");
+    let mut a = Peer::start(&["--relay", &proxies[0].url(), &code]);
+    a.status("searching").await;
+    let mut b = Peer::start(&["--relay", &proxies[1].url(), &code]);
+    a.code().await;
+    b.code().await;
+    for i in 1..=lines {
+        a.say(&format!("line {i:04}")).await;
+    }
+    a.hang_up();
+    let reader = tokio::spawn(async move {
+        for i in 1..=lines {
+            assert_eq!(b.heard().await, format!("line {i:04}"), "line {i}: each line once, in order");
+        }
+        b
+    });
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("cut timings seed: {seed}");
+    let mut rng = Lcg(seed);
+    for n in 0..cuts {
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(300))).await;
+        // One side's connection, the other's, or both at once; new ones refused for a while.
+        let refuse = Duration::from_millis(rng.below(500));
+        match n % 3 {
+            0 => proxies[0].cut(refuse),
+            1 => proxies[1].cut(refuse),
+            _ => proxies.iter().for_each(|p| p.cut(refuse)),
+        }
+        a.status("back: resumed").await;
+    }
+    let mut b = reader.await.unwrap();
+    b.hang_up();
+    let (ea, eb) = (a.exit().await, b.exit().await);
+    for (code, log) in [&ea, &eb] {
+        assert_eq!(*code, 0, "{log}");
+        assert!(log.contains("you both finished: everything was sent"), "{log}");
+        assert!(!log.contains("not confirmed"), "{log}");
+    }
+}
+

@@ -295,6 +295,16 @@ async fn a_slow_consumer_is_dropped_and_its_partner_told(kind: Kind) {
     drop(b);
 }
 
+/// The contract that resuming relies on: a seat whose connection is reset (no LEAVE) is freed at
+/// once, so the two sides of a session meet again in the same room through any relay of the
+/// room space, again and again. Real clients through proxies that reset their connections 20
+/// times while 1,000 lines flow: every line arrives once, in order, and both end normally.
+async fn a_session_resumes_through_twenty_cuts_with_every_line_once(kind: Kind) {
+    let world = World::start(kind, |_| {}).await;
+    let (a, b) = (world.relays[0].addr, world.relays[1 % world.relays.len()].addr);
+    lines_survive_cuts(a, b, 1000, 20).await;
+}
+
 /// Joins abandoned mid-way (the client closes right after JOIN) leave no seat behind.
 async fn an_abandoned_join_leaves_no_seat(kind: Kind) {
     let world = World::start(kind, |_| {}).await;
@@ -554,6 +564,7 @@ macro_rules! suite {
             case!($kind, 60, a_slow_consumer_is_dropped_and_its_partner_told, an_abandoned_join_leaves_no_seat);
             case!($kind, 240, racing_joiners_admit_exactly_two);
             case!($kind, 90, a_burnt_room_is_refused_everywhere_until_its_burn_ends);
+            case!($kind, 120, a_session_resumes_through_twenty_cuts_with_every_line_once);
         }
     };
     ($name:ident, $kind:expr, distributed) => {
