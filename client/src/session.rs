@@ -303,7 +303,7 @@ impl Driver {
                 self.began = true;
                 self.reconnect();
             }
-            Action::Rejoin(room) => {
+            Action::Rejoin { room, failed } => {
                 // The old socket, if any, is useless now: dropping it closes it.
                 self.ws = None;
                 self.connecting = None;
@@ -311,12 +311,15 @@ impl Driver {
                 self.attempts += 1;
                 let delay = backoff(self.attempts);
                 self.rejoin_at = Some(Instant::now() + delay);
+                // The reason's first clause: the advice after it is for a first connection.
+                let failed = failed.split("; ").next().unwrap_or_default();
+                let why = if failed.is_empty() { String::new() } else { format!(": {failed}") };
                 self.ui.status(
                     Tone::Info,
                     &format!(
-                        "reconnecting (attempt {}, in {}; ctrl-C to end)",
+                        "reconnecting (attempt {}, next in {:.1} s; ctrl-C to end){why}",
                         self.attempts,
-                        humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                        delay.as_secs_f64()
                     ),
                 );
             }

@@ -237,8 +237,14 @@ pub enum Action {
     /// Connect to the relay and JOIN this room.
     Connect(RoomCode),
     /// The connection is gone or useless: close it if it is not, then connect again (backing
-    /// off) and JOIN this room, the session's rendezvous.
-    Rejoin(RoomCode),
+    /// off) and JOIN `room`, the session's rendezvous. `failed` says why the last attempt
+    /// failed (empty for the first).
+    Rejoin {
+        /// The rendezvous room.
+        room: RoomCode,
+        /// Why the last attempt failed, if one did.
+        failed: String,
+    },
     /// Send this frame to the relay.
     Send(String),
     /// Tell the relay to burn the room (`BURN`), if it takes that: our proof of the code goes
@@ -568,11 +574,12 @@ impl Machine {
             // A connection that drops (ours, or the peer's as the relay reports it) is a pause
             // when both sides resume: they meet again in the rendezvous room.
             (S::Connected(c), E::PeerLeft) if c.resumption.is_some() => {
-                self.away(c, "your peer's connection to the relay dropped".into())
+                self.away(c, "its connection to the relay dropped".into(), true)
             }
-            (S::Connected(c), E::NetworkError(why)) if c.resumption.is_some() => self.away(c, why),
+            (S::Connected(c), E::NetworkError(why)) if c.resumption.is_some() => self.away(c, why, false),
             (S::Connected(c), E::Relay { code, reason }) if c.resumption.is_some() && resumable(code) => {
-                self.away(c, crate::end::relay_says(code, &reason, true))
+                let peer = code == ghostwire_shared::ErrorCode::PeerLost.as_u16();
+                self.away(c, crate::end::relay_says(code, &reason, true), peer)
             }
             (S::Resuming(r), E::PeerFound) => self.met(r),
             (S::Resuming(r), E::PeerResume(hello)) if r.met.is_some() => self.resumed(r, &hello),
@@ -624,29 +631,29 @@ impl Machine {
         }
     }
 
-    /// CONNECTED → RESUMING: the connection dropped (`why`); meet the peer again.
-    fn away(&mut self, c: Box<Connected>, why: String) -> (State, Vec<Action>) {
+    /// CONNECTED → RESUMING: the connection dropped (`why`; `peer`: the peer's); meet the peer
+    /// again.
+    fn away(&mut self, c: Box<Connected>, why: String, peer: bool) -> (State, Vec<Action>) {
         let until = Instant::now() + self.resume_window;
         let Some(room) = c.resumption.as_ref().map(|res| res.room().clone()) else {
             return end(End::Network(why));
         };
         let r = Box::new(Resuming { connected: c, until, met: None, room });
-        let say = Action::Say(
-            Tone::Warn,
-            format!(
-                "connection lost ({why}): resuming for up to {} (--resume-window); type on, nothing is lost",
-                humantime::format_duration(self.resume_window)
-            ),
-        );
-        let rejoin = Action::Rejoin(r.room.clone());
-        (State::Resuming(r), vec![say, rejoin])
+        let window = humantime::format_duration(self.resume_window);
+        let say = if peer {
+            format!("your peer is away ({why}): waiting up to {window} for it to come back (--resume-window); type on, nothing is lost")
+        } else {
+            format!("connection lost ({why}): resuming for up to {window} (--resume-window); type on, nothing is lost")
+        };
+        let rejoin = Action::Rejoin { room: r.room.clone(), failed: String::new() };
+        (State::Resuming(r), vec![Action::Say(Tone::Warn, say), rejoin])
     }
 
     /// RESUMING: this attempt failed (`why`); meet again.
     fn rejoin(&mut self, mut r: Box<Resuming>, why: String) -> (State, Vec<Action>) {
         r.met = None;
-        let rejoin = Action::Rejoin(r.room.clone());
-        (State::Resuming(r), vec![Action::Say(Tone::Info, format!("resume attempt failed: {why}")), rejoin])
+        let rejoin = Action::Rejoin { room: r.room.clone(), failed: why };
+        (State::Resuming(r), vec![rejoin])
     }
 
     /// RESUMING: the peer is in the rendezvous room; the opener opens.
@@ -708,8 +715,12 @@ impl Machine {
         // A receipt at once: it tells the peer the new keys work (and what we have).
         receipts.take_owed();
         actions.extend(c.channel.seal_ack().map(|s| Action::Send(proto::msg_frame(&s))));
-        let lines = if resent == 1 { "line" } else { "lines" };
-        actions.push(Action::Say(Tone::Good, format!("back: resumed with new keys; {resent} {lines} re-sent")));
+        let resent = match resent {
+            0 => "nothing to re-send".to_owned(),
+            1 => "1 line re-sent".to_owned(),
+            n => format!("{n} lines re-sent"),
+        };
+        actions.push(Action::Say(Tone::Good, format!("back: resumed with new keys; {resent}")));
         self.settle(c, actions)
     }
 
