@@ -14,7 +14,7 @@ peers=${GHOSTWIRE_PEERS:-../shared/bench}
 
 command -v taskset >/dev/null || { echo "bench.sh: taskset (util-linux) is needed to pin processes" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || echo "bench.sh: fewer than 2 cores; relay and generator will share one" >&2
-cargo build --release --quiet -p ghostwire-relay -p ghostwire-bench
+cargo build --release --quiet -p ghostwire-relay -p ghostwire-bench -p ghostwire
 case " $* " in
     *" --compare "*) "$peers/setup.sh" ;;
 esac

@@ -8,6 +8,7 @@
 //! with `--compare` the Python and Node reference relays in `../shared/bench`.
 
 mod load;
+mod resume;
 mod ws;
 
 use anyhow::{bail, Context, Result};
@@ -39,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 19_600)]
     capacity: usize,
     /// Run one scenario against our relay and stop (for quick before/after comparisons).
-    #[arg(long, value_parser = ["throughput", "curve", "half", "capacity", "cross"])]
+    #[arg(long, value_parser = ["throughput", "curve", "half", "capacity", "cross", "resume"])]
     only: Option<String>,
     /// Another relay binary (e.g. an earlier commit's) to run the cross-relay scenario with too,
     /// alternating with --relay in every run, so the two compare within one run.
@@ -130,6 +131,8 @@ struct Plan {
     curve: Vec<usize>,
     capacity_steps: Vec<usize>,
     slow_for: Duration,
+    /// Connection resets in the resume scenario.
+    cuts: usize,
 }
 
 impl Plan {
@@ -146,6 +149,7 @@ impl Plan {
                 curve: vec![2, 8],
                 capacity_steps: vec![20, 40],
                 slow_for: Duration::from_millis(500),
+                cuts: 3,
             };
         }
         let full = args.capacity.max(2);
@@ -160,6 +164,7 @@ impl Plan {
             curve: vec![10, 100, 1000],
             capacity_steps: vec![full / 10, full / 2, full],
             slow_for: Duration::from_secs(3),
+            cuts: 100,
         }
     }
 }
@@ -578,6 +583,9 @@ async fn suite(args: Args) -> Result<()> {
         if which == "cross" {
             return cross_scenario(&args, &plan, args.runs.max(1)).await.map(|_| ());
         }
+        if which == "resume" {
+            return resume_scenario(&args, &plan).await.map(|_| ());
+        }
         return only(&args, &plan, which).await;
     }
     // "bare", a forwarding relay with no limits or checks (bench/src/bin/bare-relay.rs), is the
@@ -669,6 +677,7 @@ async fn suite(args: Args) -> Result<()> {
 
     // A room split over two relays through NATS, next to the same load on one relay.
     let cross = cross_scenario(&args, &plan, runs).await?;
+    let resume = resume_scenario(&args, &plan).await?;
 
     println!("\n## Capacity (idle connected pairs; relay RSS above its idle baseline)\n");
     println!("| relay | connections | KiB per connection | time to connect all | idle baseline |");
@@ -746,6 +755,11 @@ async fn suite(args: Args) -> Result<()> {
             (max / min - 1.0) * 100.0
         );
     }
+    println!(
+        "- a connection reset to the first line delivered after it: p50 {:.0} ms, p99 {:.0} ms (target: p50 < 1 s; \
+         magic-wormhole's dilation takes 60 s or more to notice a dead peer)",
+        resume.0, resume.1
+    );
     if let Some((_, cap)) = caps.iter().find(|(n, _)| *n == "ghostwire") {
         if let Some((conns, kib)) = cap.steps.last() {
             println!("- {conns} idle connections at {kib:.1} KiB each (target ≤ 8 KiB at 19,600)");
@@ -764,6 +778,24 @@ async fn suite(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The resume scenario (see [`resume`]): two clients through our relay, one connection reset
+/// `plan.cuts` times; prints the table and returns (p50, p99) in milliseconds.
+async fn resume_scenario(args: &Args, plan: &Plan) -> Result<(f64, f64)> {
+    let client = args.relay.with_file_name("ghostwire");
+    let relay = Relay::start("ghostwire", args)?;
+    let mut took = resume::reset_to_delivery(relay.addr, &client, plan.cuts).await.context("resume")?;
+    took.sort();
+    let ms = |q: f64| {
+        took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1)))
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!("\n## Resume (a connection reset to the first line delivered after it, {} resets, ms)\n", plan.cuts);
+    println!("| client | p50 | p90 | p99 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| ghostwire | {:.0} | {:.0} | {:.0} | {:.0} |", ms(0.5), ms(0.9), ms(0.99), ms(1.0));
+    Ok((ms(0.5), ms(0.99)))
 }
 
 /// The cross-relay scenario: the same load on one relay, then on a room split over two relays

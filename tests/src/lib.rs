@@ -1260,9 +1260,8 @@ impl Drop for CutProxy {
 
 /// Closes `stream` with a TCP reset (SO_LINGER 0), not a FIN.
 fn reset(stream: tokio::net::TcpStream) {
-    if let Ok(std) = stream.into_std() {
-        let _ = socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO));
-    }
+    // A zero SO_LINGER makes the close on drop send RST.
+    let _ = stream.set_zero_linger();
 }
 
 /// A small deterministic generator for the cut timings (the seed is printed to replay a run).
@@ -1279,7 +1278,12 @@ impl Lcg {
 /// relay, while the proxies cut connections `cuts` times (each cut once the session is back from
 /// the one before); B must print each line once, in order, and both must end normally with
 /// everything confirmed.
-pub async fn lines_survive_cuts(relay_a: std::net::SocketAddr, relay_b: std::net::SocketAddr, lines: usize, cuts: usize) {
+pub async fn lines_survive_cuts(
+    relay_a: std::net::SocketAddr,
+    relay_b: std::net::SocketAddr,
+    lines: usize,
+    cuts: usize,
+) {
     let proxies = [CutProxy::start(relay_a).await, CutProxy::start(relay_b).await];
     let code = room("cuts");
     let mut a = Peer::start(&["--relay", &proxies[0].url(), &code]);
@@ -1320,4 +1324,3 @@ pub async fn lines_survive_cuts(relay_a: std::net::SocketAddr, relay_b: std::net
         assert!(!log.contains("not confirmed"), "{log}");
     }
 }
-

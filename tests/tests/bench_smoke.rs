@@ -34,6 +34,7 @@ async fn every_benchmark_scenario_runs() {
             "| two relays via Kafka (noida-db) | ",
             "## Capacity",
             "## Slow reader",
+            "## Resume",
             "## Against the targets",
         ] {
             assert!(text.contains(section), "missing {section}:\n{text}");
