@@ -465,7 +465,7 @@ mod tests {
     /// characters (v2 and legacy v1), fits the smallest `--max-frame-bytes` a relay accepts.
     #[test]
     fn the_largest_frame_fits_the_smallest_frame_limit_a_relay_accepts() {
-        let widest = "😀".repeat(crate::session::MAX_MESSAGE_CHARS);
+        let widest = "😀".repeat(crate::proto::MAX_MESSAGE_CHARS);
         for version in [Version::Hardened2, Version::Legacy1] {
             let (mut a, _) = pair(version);
             let frame = crate::proto::msg_frame(&a.seal(&widest));

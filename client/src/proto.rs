@@ -17,6 +17,10 @@ use ghostwire_shared::frame::Signal;
 use ghostwire_shared::ClientFrame;
 use serde_json::{json, Map, Value};
 
+/// The longest message a user may send, in characters (the UI refuses longer lines; every
+/// frame this client sends then fits the smallest frame limit a relay accepts).
+pub const MAX_MESSAGE_CHARS: usize = 1000;
+
 /// The version marker of the hardened protocol.
 pub const V2: u64 = 2;
 

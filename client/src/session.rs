@@ -42,8 +42,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
 
-/// The longest message a user may send, in characters.
-pub const MAX_MESSAGE_CHARS: usize = 1000;
 /// What we send at most to a peer that did not say it takes more (v1, and v2 clients before
 /// `rx`, whose flood limit is 60/s): frames per second, sustained and burst.
 pub const SEND_RATE: (u32, u32) = (20, 50);

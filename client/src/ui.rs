@@ -28,7 +28,7 @@
 //! locks when the system allows it (see `harden`).
 
 use crate::plain::{self, Typing};
-use crate::session::MAX_MESSAGE_CHARS;
+use crate::proto::MAX_MESSAGE_CHARS;
 use owo_colors::{OwoColorize, Stream};
 use rustyline::error::ReadlineError;
 use rustyline::{Cmd, EventHandler, ExternalPrinter, KeyEvent};

@@ -642,7 +642,9 @@ fn a_dropped_session_resumes_with_every_line_once_and_in_order() {
     assert!(rejoins(&b.handle(Event::PeerLeft)));
     assert_eq!((a.state().name(), b.state().name()), ("RESUMING", "RESUMING"));
     assert!(!a.can_send(), "lines wait while resuming");
-    let Action::Rejoin { room: room_a, .. } = a.handle(Event::NetworkError("again".into())).pop().unwrap() else { panic!() };
+    let Action::Rejoin { room: room_a, .. } = a.handle(Event::NetworkError("again".into())).pop().unwrap() else {
+        panic!()
+    };
     let Action::Rejoin { room: room_b, .. } = b.handle(Event::PeerLeft).pop().unwrap() else { panic!() };
     assert_eq!(room_a, room_b, "both meet in the rendezvous room");
     assert_ne!(room_a.as_str(), "ABCD1234", "the human code is never used again");
