@@ -17,6 +17,7 @@ pub mod pake;
 pub mod plain;
 pub mod proto;
 pub mod receipts;
+pub mod record;
 pub mod resume;
 pub mod session;
 pub mod state;

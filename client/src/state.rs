@@ -7,6 +7,10 @@
 //! the verification code only in CONNECTED, the reason for the end only in DISCONNECTED. When a
 //! state is left its data is dropped, and every secret type wipes itself on drop.
 //!
+//! What travels inside the encrypted channel (numbering, receipts, resuming) is the record
+//! layer's ([`crate::record`]): CONNECTED holds it, and this machine decides what to do with
+//! what it opens.
+//!
 //! Any (state, event) pair outside the table below is a protocol deviation: the machine moves to
 //! DISCONNECTED with "unexpected EVENT in state STATE". Once DISCONNECTED, the first reason
 //! stands: later events change nothing until the driver reports the teardown done (`Wiped`).
@@ -70,7 +74,8 @@ use crate::end::End;
 use crate::pake;
 use crate::proto;
 use crate::receipts::{Receipts, FINISH_WAIT};
-use crate::resume::{Hello, NewKeys, Opening, Resumption};
+use crate::record::Records;
+use crate::resume::{Hello, Opening, Resumption};
 use crate::ui::Tone;
 use ghostwire_shared::RoomCode;
 use std::time::Duration;
@@ -119,19 +124,15 @@ pub struct Confirming {
     deadline: Instant,
 }
 
-/// CONNECTED's data: the channel, the code to compare, and who has finished sending.
+/// CONNECTED's data: the record layer (the channel), the code to compare, and who has finished
+/// sending.
 pub struct Connected {
-    channel: Channel,
+    records: Records,
     code: Option<Zeroizing<String>>,
     me_done: bool,
     peer_done: bool,
     /// Both done, our last receipts awaited until then.
     finish_by: Option<Instant>,
-    /// The number of the record that said we are done, to seal it again after a resume if the
-    /// peer missed it.
-    done_record: Option<u64>,
-    /// What resuming needs, when both sides resume (see [`crate::resume`]).
-    resumption: Option<Resumption>,
 }
 
 /// RESUMING's data: the session, waiting for its connection to come back.
@@ -528,10 +529,7 @@ impl Machine {
             (S::KeySetup(_), E::PeerLeft) => end(End::PeerLeftEarly),
             (S::Connected(c), E::PeerRecord(payload)) => self.on_record(c, &payload),
             (S::Connected(mut c), E::Send(text)) if !c.me_done => {
-                if let Some(r) = self.receipts.as_mut() {
-                    r.sent(c.channel.sealed(), &text);
-                }
-                let frame = proto::msg_frame(&c.channel.seal(&text));
+                let frame = c.records.seal_text(&text, self.receipts.as_mut());
                 (S::Connected(c), vec![Action::Send(frame)])
             }
             (S::Connected(c), E::Deadline(now)) if c.finish_by.is_some_and(|by| now >= by) => end(End::Finished),
@@ -542,13 +540,11 @@ impl Machine {
             (S::Connected(mut c), E::InputDone) if !c.me_done => {
                 // The receipt we owe goes first: a peer that reads our `done` has it.
                 let ack = self.ack(&mut c);
-                let number = c.channel.sealed();
-                match c.channel.seal_notice(Notice::Done) {
+                match c.records.seal_notice(Notice::Done) {
                     None => end(End::EndOfInput),
-                    Some(sealed) => {
-                        c.done_record = Some(number);
+                    Some(done) => {
                         let mut actions: Vec<Action> = ack.into_iter().collect();
-                        actions.push(Action::Send(proto::msg_frame(&sealed)));
+                        actions.push(Action::Send(done));
                         c.me_done = true;
                         if !c.peer_done {
                             actions.push(Action::Say(
@@ -573,11 +569,11 @@ impl Machine {
             }
             // A connection that drops (ours, or the peer's as the relay reports it) is a pause
             // when both sides resume: they meet again in the rendezvous room.
-            (S::Connected(c), E::PeerLeft) if c.resumption.is_some() => {
+            (S::Connected(c), E::PeerLeft) if c.records.rendezvous().is_some() => {
                 self.away(c, "its connection to the relay dropped".into(), true)
             }
-            (S::Connected(c), E::NetworkError(why)) if c.resumption.is_some() => self.away(c, why, false),
-            (S::Connected(c), E::Relay { code, reason }) if c.resumption.is_some() && resumable(code) => {
+            (S::Connected(c), E::NetworkError(why)) if c.records.rendezvous().is_some() => self.away(c, why, false),
+            (S::Connected(c), E::Relay { code, reason }) if c.records.rendezvous().is_some() && resumable(code) => {
                 let peer = code == ghostwire_shared::ErrorCode::PeerLost.as_u16();
                 self.away(c, crate::end::relay_says(code, &reason, true), peer)
             }
@@ -635,7 +631,7 @@ impl Machine {
     /// again.
     fn away(&mut self, c: Box<Connected>, why: String, peer: bool) -> (State, Vec<Action>) {
         let until = Instant::now() + self.resume_window;
-        let Some(room) = c.resumption.as_ref().map(|res| res.room().clone()) else {
+        let Some(room) = c.records.rendezvous().cloned() else {
             return end(End::Network(why));
         };
         let r = Box::new(Resuming { connected: c, until, met: None, room });
@@ -659,15 +655,9 @@ impl Machine {
     /// RESUMING: the peer is in the rendezvous room; the opener opens.
     fn met(&mut self, mut r: Box<Resuming>) -> (State, Vec<Action>) {
         let deadline = Instant::now() + RESUME_HANDSHAKE_TIMEOUT;
-        let received = r.connected.channel.received();
-        let mut actions = vec![];
-        let opening = match r.connected.resumption.as_ref() {
-            Some(resumption) if resumption.opener() => {
-                let opening = resumption.open(received);
-                actions.push(Action::Send(proto::resume_frame(opening.hello())));
-                Some(opening)
-            }
-            _ => None,
+        let (opening, actions) = match r.connected.records.open_resume() {
+            Some((opening, frame)) => (Some(opening), vec![Action::Send(frame)]),
+            None => (None, vec![]),
         };
         r.met = Some((deadline, opening));
         (State::Resuming(r), actions)
@@ -676,45 +666,13 @@ impl Machine {
     /// RESUMING → CONNECTED: the peer's half of the handshake. The channel takes the new keys,
     /// and what the peer missed is sealed again, in order, under them.
     fn resumed(&mut self, mut r: Box<Resuming>, hello: &Hello) -> (State, Vec<Action>) {
-        let received = r.connected.channel.received();
         let opening = r.met.take().and_then(|(_, opening)| opening);
-        let Some(resumption) = r.connected.resumption.as_mut() else {
-            return end(End::Protocol("a resume in a session that does not resume".into()));
-        };
-        let mut actions = vec![];
-        let keys: Result<NewKeys, _> = match opening {
-            Some(opening) => resumption.finish(opening, hello),
-            None => resumption.answer(hello, received).map(|(answer, keys)| {
-                actions.push(Action::Send(proto::resume_frame(&answer)));
-                keys
-            }),
-        };
-        let keys = match keys {
-            Ok(keys) => keys,
-            Err(e) => return end(End::ResumeFailed(e)),
-        };
         let mut c = r.connected;
-        let sent = c.channel.sealed();
-        let Some(receipts) = self.receipts.as_mut() else {
-            return end(End::Protocol("a resume without receipts".into()));
+        let (frames, resent) = match c.records.resume(opening, hello, self.receipts.as_mut()) {
+            Ok(done) => done,
+            Err(why) => return end(why),
         };
-        if let Err(e) = receipts.confirm(keys.peer_received, sent) {
-            return end(End::Protocol(format!("resume: {e}")));
-        }
-        c.channel.rekey(&keys.key, keys.peer_received);
-        let channel = &mut c.channel;
-        let resent = receipts.reseal(|text| {
-            let number = channel.sealed();
-            actions.push(Action::Send(proto::msg_frame(&channel.seal(text))));
-            number
-        });
-        if c.done_record.is_some_and(|n| n >= keys.peer_received) {
-            c.done_record = Some(c.channel.sealed());
-            actions.extend(c.channel.seal_notice(Notice::Done).map(|s| Action::Send(proto::msg_frame(&s))));
-        }
-        // A receipt at once: it tells the peer the new keys work (and what we have).
-        receipts.take_owed();
-        actions.extend(c.channel.seal_ack().map(|s| Action::Send(proto::msg_frame(&s))));
+        let mut actions: Vec<Action> = frames.into_iter().map(Action::Send).collect();
         let resent = match resent {
             0 => "nothing to re-send".to_owned(),
             1 => "1 line re-sent".to_owned(),
@@ -795,15 +753,8 @@ impl Machine {
                 ],
             ),
         };
-        let connected = Connected {
-            channel,
-            code,
-            me_done: false,
-            peer_done: false,
-            finish_by: None,
-            done_record: None,
-            resumption,
-        };
+        let records = Records::new(channel, resumption);
+        let connected = Connected { records, code, me_done: false, peer_done: false, finish_by: None };
         Ok((connected, actions))
     }
 
@@ -825,33 +776,16 @@ impl Machine {
 
     /// The receipt we owe, sealed, if we owe one.
     fn ack(&mut self, c: &mut Connected) -> Option<Action> {
-        let owed = self.receipts.as_mut().is_some_and(Receipts::take_owed);
-        owed.then(|| c.channel.seal_ack()).flatten().map(|sealed| Action::Send(proto::msg_frame(&sealed)))
+        c.records.seal_owed_ack(self.receipts.as_mut()).map(Action::Send)
     }
 
     /// A record from the peer in CONNECTED.
     fn on_record(&mut self, mut c: Box<Connected>, payload: &[u8]) -> (State, Vec<Action>) {
-        let record = c.channel.open(payload);
-        // A record under the current keys: the peer is at this generation too.
-        if let (Ok(_), Some(r)) = (&record, c.resumption.as_mut()) {
-            r.confirmed();
-        }
-        // A receipt may follow the peer's `done`: it answers lines of ours.
-        if let Ok(Record::Ack(next)) = record {
-            let sent = c.channel.sealed();
-            return match self.receipts.as_mut().map(|r| r.confirm(next, sent)) {
-                None => end(End::Protocol("the peer sent a receipt without announcing receipts".into())),
-                Some(Err(e)) => end(End::Protocol(e.to_string())),
-                Some(Ok(_)) => self.settle(c, vec![]),
-            };
-        }
-        if let (Ok(_), Some(r)) = (&record, self.receipts.as_mut()) {
-            r.received();
-        }
-        match record {
-            Err(e) => end(End::Security(e)),
+        match c.records.open(payload, self.receipts.as_mut()) {
+            Err(why) => end(why),
+            // A receipt may follow the peer's `done`: it answers lines of ours.
+            Ok(Record::Ack(_)) => self.settle(c, vec![]),
             Ok(_) if c.peer_done => end(End::Protocol("the peer sent more after saying it had finished".into())),
-            Ok(Record::Ack(_)) => (State::Connected(c), vec![]),
             Ok(Record::Text(text)) => (State::Connected(c), vec![Action::Show(text)]),
             // Both finished: the receipt for its last lines goes out before we close.
             Ok(Record::Notice(Notice::Done)) if c.me_done => {
@@ -891,8 +825,7 @@ fn end(why: End) -> (State, Vec<Action>) {
 
 /// Leaves CONNECTED for `why`, telling the peer first (v2).
 fn leave(c: &mut Connected, notice: Notice, why: End) -> (State, Vec<Action>) {
-    let mut actions: Vec<Action> =
-        c.channel.seal_notice(notice).map(|s| Action::Send(proto::msg_frame(&s))).into_iter().collect();
+    let mut actions: Vec<Action> = c.records.seal_notice(notice).map(Action::Send).into_iter().collect();
     actions.push(Action::Teardown);
     (State::Disconnected(why), actions)
 }
