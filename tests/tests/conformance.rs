@@ -419,6 +419,38 @@ async fn a_lasting_outage_closes_both_with_peer_lost(kind: Kind) {
     assert!(gone.elapsed() < Duration::from_secs(6), "took {:?}", gone.elapsed());
 }
 
+/// A pair lost in an outage is never told its peer left. The broker goes away; the first side
+/// whose relay notices is closed with 4011; the broker then comes back at once, before the
+/// other side's relay may have noticed. The other side must be closed with 4011 too: what the
+/// first relay writes when its lost seat departs must not read as a departure (PEER_LEFT,
+/// 1000), which would tell a person their peer chose to leave.
+async fn a_pair_lost_in_an_outage_is_never_told_its_peer_left(kind: Kind) {
+    let mut world = World::start(kind, |c| *c = fast_failures(c.clone())).await;
+    let (a, mut b) = pair_via(&world.url(0), &world.url(1), &room("comeback")).await;
+    let mut a = a;
+    send(&mut a, signal("MSG", "before")).await;
+    assert_eq!(expect_text(&mut b).await, signal("MSG", "before"));
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    for (side, mut ws) in [("a", a), ("b", b)] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            // What the relay said first (an ERROR or PEER_LEFT text), within the outage bound.
+            let said = match tokio::time::timeout(Duration::from_secs(30), recv(&mut ws)).await {
+                Ok(Seen::Text(text)) => text,
+                other => format!("{other:?}"),
+            };
+            let _ = tx.send((side, said));
+        });
+    }
+    world.kill_broker();
+    let first = seen.recv().await.unwrap();
+    world.restart_broker();
+    let second = seen.recv().await.unwrap();
+    for (side, said) in [first, second] {
+        assert!(said.contains(r#""code":4011"#), "side {side} was told {said}, not 4011");
+    }
+}
+
 /// A relay that is not ready (its broker gone; on the mesh, its links cut) admits no new room:
 /// every JOIN gets 4007 while `/readyz` says why, so no relay can decide a room from a view the
 /// others do not share. Once the broker is back, each is ready again and rooms pair across
@@ -574,6 +606,7 @@ macro_rules! suite {
             case!($kind, 60, a_killed_relay_s_partners_are_told_the_peer_is_lost);
             case!($kind, 60, a_broker_blip_loses_nothing, a_lasting_outage_closes_both_with_peer_lost);
             case!($kind, 90, a_relay_that_is_not_ready_admits_no_room);
+            case!($kind, 90, a_pair_lost_in_an_outage_is_never_told_its_peer_left);
         }
     };
 }

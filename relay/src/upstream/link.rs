@@ -284,6 +284,12 @@ pub enum Broken {
     NotText,
 }
 
+/// The frame count a seat's departure announces when the seat was lost, not left (a record
+/// it could not deliver, its relay cut off): its partner ends with 4011, never PEER_LEFT. A
+/// relay that does not know this value ends with 4011 too, since the frames it announces never
+/// come.
+pub const LOST: u64 = u64::MAX;
+
 /// Where a departure stands.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Departure {

@@ -12,7 +12,7 @@ use super::reader::Room;
 use super::{wire, Shared, OP_TIMEOUT};
 use crate::metrics::LostCause;
 use crate::upstream::inbox::Inbox;
-use crate::upstream::link::{Broken, Departure, Handover, Outbox, Outgoing, QueueLink};
+use crate::upstream::link::{Broken, Departure, Handover, Outbox, Outgoing, QueueLink, LOST};
 use crate::upstream::{Frame, JoinError, Joined, KillSwitch, Mailbox, Seat as SeatGuard};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
@@ -148,6 +148,8 @@ struct SeatTask {
     /// Records written and not yet taken by the log.
     deliveries: FuturesUnordered<DeliveryFuture>,
     leave: CancellationToken,
+    /// The pair was lost: the departure says so ([`LOST`]).
+    lost: bool,
     _count: SeatCount,
 }
 
@@ -170,6 +172,7 @@ impl SeatTask {
             out,
             deliveries: FuturesUnordered::new(),
             leave: CancellationToken::new(),
+            lost: false,
             _count: count,
         }
     }
@@ -303,6 +306,10 @@ impl SeatTask {
             Event::Ack { next } => {
                 self.out.ack(next, Instant::now());
             }
+            Event::Left { sent: LOST } => {
+                tracing::debug!("the partner's seat was lost");
+                self.lost(LostCause::PartnerRelay);
+            }
             Event::Left { sent } => {
                 self.recv.left(sent);
                 self.check_departure();
@@ -364,6 +371,9 @@ impl SeatTask {
     /// Delivery can no longer be guaranteed: the connection ends with 4011 (or 4007 while no
     /// partner was found).
     fn lost(&mut self, cause: LostCause) {
+        if std::mem::replace(&mut self.lost, true) {
+            return;
+        }
         let code = if self.partner.is_some() { ErrorCode::PeerLost } else { ErrorCode::UpstreamUnavailable };
         if code == ErrorCode::PeerLost {
             self.shared.metrics.upstream.peers_lost.inc(cause);
@@ -374,12 +384,14 @@ impl SeatTask {
     /// Writes what the connection queued before leaving and the departure, and waits (bounded)
     /// for the log to take them.
     async fn depart(&mut self) {
-        if self.partner.is_some() {
+        if self.partner.is_some() && !self.lost {
             while let Some(frame) = self.outbox.try_recv(usize::MAX) {
                 self.write_frames(frame, false);
             }
         }
-        self.write(&wire::leave(self.seat, self.out.sent()));
+        // A lost seat's partner must not read a departure (PEER_LEFT): it was not one.
+        let sent = if self.lost && self.partner.is_some() { LOST } else { self.out.sent() };
+        self.write(&wire::leave(self.seat, sent));
         let taken = async { while self.deliveries.next().await.is_some() {} };
         let _ = tokio::time::timeout(OP_TIMEOUT, taken).await;
     }

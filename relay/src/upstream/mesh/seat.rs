@@ -13,7 +13,7 @@ use super::wire::{Msg, SeatRef, Verdict};
 use super::Shared;
 use crate::metrics::LostCause;
 use crate::upstream::inbox::Inbox;
-use crate::upstream::link::{Broken, Handover, Outbox, Outgoing, QueueLink};
+use crate::upstream::link::{Broken, Handover, Outbox, Outgoing, QueueLink, LOST};
 use crate::upstream::{Frame, JoinError, Joined, KillSwitch, Mailbox, RoomId, Seat as SeatGuard};
 use bytes::Bytes;
 use ghostwire_shared::ErrorCode;
@@ -309,6 +309,11 @@ impl SeatTask {
                     self.out.ack(next, Instant::now());
                 }
             }
+            Event::Left { from, sent: LOST } => {
+                if self.is_partner(from) && !self.ended && !self.recv.told() {
+                    self.lost(LostCause::PartnerRelay, "the partner's seat was lost");
+                }
+            }
             Event::Left { from, sent } => {
                 if self.is_partner(from) {
                     self.recv.left(sent);
@@ -431,10 +436,12 @@ impl SeatTask {
     /// reports empty is free to join again at once.
     async fn depart(&mut self) {
         if let Some(partner) = self.partner {
-            while let Some(frame) = self.outbox.try_recv(usize::MAX) {
+            while let Some(frame) = self.outbox.try_recv(usize::MAX).filter(|_| !self.ended) {
                 self.send_frames(frame, false);
             }
-            self.shared.links.send(partner.relay, Msg::Left { to: partner.n, from: self.me.n, sent: self.out.sent() });
+            // A lost seat's partner must not read a departure (PEER_LEFT): it was not one.
+            let sent = if self.ended { LOST } else { self.out.sent() };
+            self.shared.links.send(partner.relay, Msg::Left { to: partner.n, from: self.me.n, sent });
         }
         for former in std::mem::take(&mut self.former) {
             self.shared.links.send(former, Msg::Leave { room: self.room.bytes(), seat: self.me.n });
