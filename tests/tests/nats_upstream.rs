@@ -464,10 +464,20 @@ async fn tls_to_nats_with_a_private_ca() {
         let mut config = nats_config(&nats.url());
         config.nats.ca = Some(ca.clone());
         serves(config).await;
-        // The system's roots do not know the test CA: refused, and /readyz says so.
+        // The system's roots do not know the test CA: refused, and /readyz says why in rustls's
+        // words (async-nats alone says "IO error").
         let relay = TestRelay::start(nats_config(&nats.url())).await;
-        let body = until_unready_because(relay.admin, "cannot reach NATS").await;
-        assert!(body.contains("--nats-ca"), "{body}");
+        let body = until_unready_because(relay.admin, "certificate was refused").await;
+        assert!(body.contains("UnknownIssuer") && body.contains("--nats-ca"), "{body}");
+        // Nor does another CA given with --nats-ca (the same name, another key: rustls names
+        // the bad signature).
+        let other = TempDir::new("natstls-other");
+        let (other_ca, _, _) = test_ca(&other.0);
+        let mut config = nats_config(&nats.url());
+        config.nats.ca = Some(other_ca);
+        let relay = TestRelay::start(config).await;
+        let body = until_unready_because(relay.admin, "certificate was refused").await;
+        assert!(body.contains("invalid peer certificate: BadSignature"), "{body}");
     })
     .await;
 }

@@ -40,6 +40,7 @@
 
 mod liveness;
 mod seat;
+mod tls;
 
 use super::broker_auth::BrokerKey;
 use super::{BoxFuture, JoinError, Joined, Mailbox, RoomId, Upstream};
@@ -81,6 +82,8 @@ struct Shared {
     /// Why the upstream is not ready, for `/readyz` (never holds secrets or room data), and
     /// whether that was logged (once per outage).
     trouble: Mutex<(Option<String>, bool)>,
+    /// Why the NATS server's certificate was last refused (async-nats does not say).
+    tls_refusal: tls::Refusal,
     /// Counts the connections to NATS made so far; seats send again what is unacknowledged when
     /// it moves (messages in flight when a connection dropped may be lost).
     generation: tokio::sync::watch::Sender<u64>,
@@ -131,7 +134,7 @@ impl Nats {
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Nats, Error> {
         let nc = &config.nats;
         let (events_tx, events) = mpsc::unbounded_channel();
-        let options = options(nc, events_tx).await?;
+        let (options, tls_refusal) = options(nc, events_tx).await?;
         let client = options
             .connect(nc.url.as_str())
             .await
@@ -146,6 +149,7 @@ impl Nats {
             burns: Mutex::new(std::collections::HashMap::new()),
             burn_ttl: config.burn_ttl,
             trouble: Mutex::new((Some(format!("connecting to NATS at {}", shown_url(&nc.url))), false)),
+            tls_refusal,
             generation: tokio::sync::watch::Sender::new(0),
             slots: Mutex::new(std::collections::HashMap::new()),
             names: Names {
@@ -172,7 +176,10 @@ impl Nats {
 }
 
 /// The client options for `nc`: authentication, TLS, reconnection and the event channel.
-async fn options(nc: &NatsConfig, events: mpsc::UnboundedSender<Event>) -> Result<ConnectOptions, Error> {
+async fn options(
+    nc: &NatsConfig,
+    events: mpsc::UnboundedSender<Event>,
+) -> Result<(ConnectOptions, tls::Refusal), Error> {
     let mut o = ConnectOptions::new()
         .name("ghostwire-relay")
         .retry_on_initial_connect()
@@ -200,9 +207,14 @@ async fn options(nc: &NatsConfig, events: mpsc::UnboundedSender<Event>) -> Resul
         if !ca.is_file() {
             return Err(Error::Config(format!("--nats-ca {ca:?}: not a readable file")));
         }
-        o = o.add_root_certificates(ca.clone()).require_tls(true);
+        o = o.require_tls(true);
     }
-    Ok(o)
+    let mut refusal = tls::Refusal::default();
+    if let Some((config, kept)) = tls::config(nc.ca.as_deref()).map_err(Error::Config)? {
+        o = o.tls_client_config(config);
+        refusal = kept;
+    }
+    Ok((o, refusal))
 }
 
 /// The wall clock in Unix milliseconds (burns end at a moment every relay reads alike, to
@@ -469,9 +481,16 @@ async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>,
                 // `set_trouble`, at WARN).
                 tracing::debug!(error = %e, "NATS connection attempt failed");
                 if shared.bucket().is_none() {
-                    shared.set_trouble(Some(format!(
-                        "cannot reach NATS at {url}: {e} (check --nats-url, the NATS credentials and, for TLS, --nats-ca)"
-                    )));
+                    let why = match shared.tls_refusal.take() {
+                        Some(refused) => format!(
+                            "cannot reach NATS at {url}: its TLS certificate was refused: {refused} \
+                             (give the CA that signed it with --nats-ca, and use the name it was issued for)"
+                        ),
+                        None => format!(
+                            "cannot reach NATS at {url}: {e} (check --nats-url, the NATS credentials and, for TLS, --nats-ca)"
+                        ),
+                    };
+                    shared.set_trouble(Some(why));
                 }
             }
             Event::ServerError(e) => server_errors.saw(e.to_string()),
