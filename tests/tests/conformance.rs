@@ -451,6 +451,21 @@ async fn a_pair_lost_in_an_outage_is_never_told_its_peer_left(kind: Kind) {
     }
 }
 
+/// A client waiting alone when the broker goes away for longer than the peer timeout is told
+/// (4007, upstream unavailable) within about that bound, not left waiting until its wait ends
+/// (10 minutes by default). An outage shorter than the peer timeout keeps it waiting (see
+/// `a_broker_blip_loses_nothing` and the NATS restart test).
+async fn a_waiting_client_is_told_when_the_upstream_is_gone(kind: Kind) {
+    let mut world = World::start(kind, |c| *c = fast_failures(c.clone())).await;
+    let mut alone = join(&world.url(0), &room("alone")).await;
+    until_metric(world.relays[0].admin, "ghostwire_rooms_open 1").await;
+    world.kill_broker();
+    let gone = tokio::time::Instant::now();
+    expect_error(&mut alone, 4007).await;
+    // fast_failures: 2 s of peer timeout; the rest is detection and scheduling slack.
+    assert!(gone.elapsed() < Duration::from_secs(8), "took {:?}", gone.elapsed());
+}
+
 /// A relay that is not ready (its broker gone; on the mesh, its links cut) admits no new room:
 /// every JOIN gets 4007 while `/readyz` says why, so no relay can decide a room from a view the
 /// others do not share. Once the broker is back, each is ready again and rooms pair across
@@ -612,13 +627,17 @@ macro_rules! suite {
 }
 
 suite!(local, Kind::Local);
+// With a broker, an upstream that is gone is gone for every room; on the mesh a relay cut
+// off from one other relay goes on with the rest, and its waiting clients rightly wait.
 mod nats_upstream {
     use super::*;
     suite!(nats, Kind::Nats, distributed);
+    case!(Kind::Nats, 60, a_waiting_client_is_told_when_the_upstream_is_gone);
 }
 mod kafka_upstream {
     use super::*;
     suite!(kafka, Kind::Kafka, distributed);
+    case!(Kind::Kafka, 60, a_waiting_client_is_told_when_the_upstream_is_gone);
 }
 mod mesh_upstream {
     use super::*;

@@ -380,6 +380,8 @@ struct SeatTask {
     recv: Handover,
     /// When the partner's departure arrived with frames still missing.
     missing_since: Option<Instant>,
+    /// Since when the upstream is not ready while this seat waits for a partner.
+    unready_since: Option<Instant>,
     generation: watch::Receiver<u64>,
     leave: CancellationToken,
     _count: SeatCount,
@@ -417,6 +419,7 @@ impl SeatTask {
             partner: None,
             out: Outgoing::new(shared.peer_queue),
             missing_since: None,
+            unready_since: None,
             generation,
             leave: CancellationToken::new(),
             _count: count,
@@ -514,6 +517,7 @@ impl SeatTask {
                     if self.out.stalled(now, RESEND_AFTER) {
                         self.resend().await;
                     }
+                    self.check_waiting(now);
                     // Only while paired: a pair that ended (or was lost) meanwhile is not lost again.
                     if let Some(since) = self.missing_since.filter(|_| self.phase == Phase::Paired) {
                         if now.duration_since(since) >= self.shared.liveness.timeout() {
@@ -539,6 +543,22 @@ impl SeatTask {
             }
         }
         self.depart().await;
+    }
+
+    /// A seat waiting for a partner while NATS is away for longer than the peer timeout ends
+    /// with 4007: its slot may be gone and no relay admits joins meanwhile, so the client is
+    /// told rather than left waiting out its wait. A shorter outage changes nothing.
+    fn check_waiting(&mut self, now: Instant) {
+        if self.phase != Phase::Waiting || self.shared.bucket().is_some() {
+            self.unready_since = None;
+            return;
+        }
+        let since = *self.unready_since.get_or_insert(now);
+        if now.duration_since(since) >= self.shared.liveness.timeout() {
+            tracing::debug!("NATS away for the peer timeout: a waiting seat ends");
+            self.phase = Phase::Ended;
+            self.kill.kill(ErrorCode::UpstreamUnavailable);
+        }
     }
 
     /// Publishes a message of `kind` to seat `to`.
