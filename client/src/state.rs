@@ -133,6 +133,8 @@ pub struct Connected {
     peer_done: bool,
     /// Both done, our last receipts awaited until then.
     finish_by: Option<Instant>,
+    /// Lines were sealed again after a resume: say so once the peer has confirmed them all.
+    resent: bool,
 }
 
 /// RESUMING's data: the session, waiting for its connection to come back.
@@ -673,6 +675,7 @@ impl Machine {
             Err(why) => return end(why),
         };
         let mut actions: Vec<Action> = frames.into_iter().map(Action::Send).collect();
+        c.resent |= resent > 0;
         let resent = match resent {
             0 => "nothing to re-send".to_owned(),
             1 => "1 line re-sent".to_owned(),
@@ -754,7 +757,7 @@ impl Machine {
             ),
         };
         let records = Records::new(channel, resumption);
-        let connected = Connected { records, code, me_done: false, peer_done: false, finish_by: None };
+        let connected = Connected { records, code, me_done: false, peer_done: false, finish_by: None, resent: false };
         Ok((connected, actions))
     }
 
@@ -784,7 +787,14 @@ impl Machine {
         match c.records.open(payload, self.receipts.as_mut()) {
             Err(why) => end(why),
             // A receipt may follow the peer's `done`: it answers lines of ours.
-            Ok(Record::Ack(_)) => self.settle(c, vec![]),
+            Ok(Record::Ack(_)) => {
+                let mut said = vec![];
+                if c.resent && self.receipts.as_ref().is_some_and(|r| r.unconfirmed() == 0) {
+                    c.resent = false;
+                    said.push(Action::Say(Tone::Good, "delivered: your peer confirmed every line you sent".into()));
+                }
+                self.settle(c, said)
+            }
             Ok(_) if c.peer_done => end(End::Protocol("the peer sent more after saying it had finished".into())),
             Ok(Record::Text(text)) => (State::Connected(c), vec![Action::Show(text)]),
             // Both finished: the receipt for its last lines goes out before we close.
