@@ -109,6 +109,9 @@ struct Health {
     auth_failed: Mutex<Option<String>>,
     /// TLS to the brokers failed: a certificate not signed by the CA given, say (its words).
     tls_failed: Mutex<Option<String>>,
+    /// Why the last connection to a broker failed (the library's words: a refused connection,
+    /// a TLS handshake with a broker that does not speak TLS), until a request succeeds.
+    transport: Mutex<Option<String>>,
     /// Records behind the end of the log, from the library's statistics.
     lag: std::sync::atomic::AtomicI64,
 }
@@ -165,6 +168,9 @@ impl ClientContext for Ctx {
             }
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
                 self.0.down.store(true, Ordering::Release);
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::BrokerTransportFailure) {
+                    *self.0.transport.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+                }
                 tracing::debug!("Kafka: {reason}");
             }
             _ => tracing::debug!("Kafka: {error}: {reason}"),
@@ -376,7 +382,13 @@ async fn ensure_topic(admin: &AdminClient<Ctx>, kc: &KafkaConfig) -> Result<i32,
                 }
             }
         }
-        Err(e) => return Err(Setup::Retry(format!("cannot reach Kafka at {}: {e}", kc.brokers))),
+        Err(e) => {
+            // "Operation timed out" says nothing; the library's last transport failure says why.
+            let health = &admin.inner().context().0;
+            let cause = health.transport.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let why = cause.map_or_else(|| e.to_string(), |cause| format!("{cause} ({e})"));
+            return Err(Setup::Retry(format!("cannot reach Kafka at {}: {why}", kc.brokers)));
+        }
     }
     check_timestamps(admin, &topic, &options).await?;
     let metadata = admin
