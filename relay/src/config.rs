@@ -100,6 +100,12 @@ pub struct Config {
     #[arg(long, env = "GHOSTWIRE_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// On SIGTERM/SIGINT: close the clients over this long, a sixteenth of them at a time, not
+    /// all at once, so that the clients resuming elsewhere do not reach the other replicas as
+    /// one herd. Must be below --drain-timeout. (0: all at once.)
+    #[arg(long, env = "GHOSTWIRE_DRAIN_SPREAD", default_value = "0s", value_parser = parse_duration)]
+    pub drain_spread: Duration,
+
     /// Proxy or load balancer (CIDR, repeatable or comma-separated) whose X-Forwarded-For header or
     /// PROXY protocol line names the client IP. From any other address both are ignored.
     #[arg(long, env = "GHOSTWIRE_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
@@ -691,6 +697,14 @@ impl Config {
                  starts late needs a snapshot still in the log",
                 humantime::format_duration(self.kafka.retention),
                 humantime::format_duration(self.kafka.snapshot_every)
+            ));
+        }
+        if !self.drain_spread.is_zero() && self.drain_spread >= self.drain_timeout {
+            wrong.push(format!(
+                "--drain-spread ({}) must be below --drain-timeout ({}): the last clients would be \
+                 dropped before they are told to resume elsewhere",
+                humantime::format_duration(self.drain_spread),
+                humantime::format_duration(self.drain_timeout)
             ));
         }
         if self.max_frame_bytes < ghostwire_shared::MIN_MAX_FRAME_BYTES {

@@ -59,6 +59,41 @@ pub(crate) struct Ctx {
     pub upstream: Arc<dyn Upstream>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// When each connection is told to go (1001) once the relay shuts down.
+    pub drain: Drain,
+}
+
+/// The waves a shutdown closes connections in (`--drain-spread`): each connection joins one,
+/// in turn, and the waves are closed one after another. Sixteen tokens in all, so spreading
+/// costs no task or timer per connection.
+pub(crate) struct Drain {
+    waves: [CancellationToken; Drain::WAVES],
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Drain {
+    const WAVES: usize = 16;
+
+    pub fn new() -> Drain {
+        Drain { waves: std::array::from_fn(|_| CancellationToken::new()), next: Default::default() }
+    }
+
+    /// The wave the next connection joins.
+    fn wave(&self) -> &CancellationToken {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.waves[n % Drain::WAVES]
+    }
+
+    /// Closes the waves one after another over `spread` (all at once for zero).
+    pub async fn close(&self, spread: Duration) {
+        let step = spread / Drain::WAVES as u32;
+        for (i, wave) in self.waves.iter().enumerate() {
+            if i > 0 && !step.is_zero() {
+                sleep(step).await;
+            }
+            wave.cancel();
+        }
+    }
 }
 
 enum Phase {
@@ -98,7 +133,7 @@ where
 {
     let cfg = &ctx.config;
     let metrics = &ctx.metrics;
-    let kill = KillSwitch::child_of(&ctx.shutdown);
+    let kill = KillSwitch::child_of(ctx.drain.wave());
     let inbox = Inbox::new(cfg.peer_queue as usize);
     let rx = Receiver::new(Arc::clone(&inbox));
     // Frames taken from the inbox and not yet written; reused, so steady state allocates nothing.

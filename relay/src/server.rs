@@ -10,7 +10,7 @@
 use crate::borrowed::Borrowed;
 use crate::client_ip;
 use crate::config::{Config, UpstreamKind};
-use crate::conn::{self, Ctx};
+use crate::conn::{self, Ctx, Drain};
 use crate::error::Error;
 use crate::limits::{IpSlot, PerIp};
 use crate::metrics::{Metrics, Refusal, TlsFailure};
@@ -135,7 +135,7 @@ impl Relay {
             tls,
             conns: Arc::new(Semaphore::new(config.max_conns)),
             per_ip: PerIp::new(config.max_conns_per_ip),
-            ctx: Arc::new(Ctx { config, rooms, upstream, metrics, shutdown }),
+            ctx: Arc::new(Ctx { config, rooms, upstream, metrics, shutdown, drain: Drain::new() }),
             ws_config,
         })
     }
@@ -190,8 +190,13 @@ impl Relay {
         drop(listener);
         tracker.close();
         let open = tracker.len();
-        tracing::info!(open, "shutting down: closing connections with 1001");
-        if tokio::time::timeout(ctx.config.drain_timeout, tracker.wait()).await.is_err() {
+        let spread = ctx.config.drain_spread;
+        tracing::info!(open, spread = %humantime::format_duration(spread), "shutting down: closing connections with 1001");
+        let drained = async {
+            ctx.drain.close(spread).await;
+            tracker.wait().await;
+        };
+        if tokio::time::timeout(ctx.config.drain_timeout, drained).await.is_err() {
             tracing::warn!(left = tracker.len(), "drain deadline passed; dropping the remaining connections");
         }
         ctx.upstream.close().await;

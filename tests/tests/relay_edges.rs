@@ -267,6 +267,46 @@ async fn shutdown_closes_every_client_with_1001_and_returns() {
     .await;
 }
 
+/// With --drain-spread the clients are told to go (1001) over the spread, a wave at a time,
+/// not all at once: clients that resume elsewhere then reach the other replicas spread out.
+/// Every one of them is still told, none is dropped.
+#[tokio::test]
+async fn a_spread_drain_closes_its_clients_over_the_spread() {
+    within(30, async {
+        let relay = TestRelay::with(|c| {
+            c.drain_timeout = Duration::from_secs(10);
+            c.drain_spread = Duration::from_secs(2);
+        })
+        .await;
+        let mut clients = Vec::new();
+        for i in 0..32 {
+            clients.push(join(&relay.url(), &room(&format!("spread{i}"))).await);
+        }
+        until_metric(relay.admin, "ghostwire_rooms_open 32").await;
+        let shutdown = relay.shutdown.clone();
+        let stopping = tokio::spawn(relay.stop());
+        shutdown.cancelled().await;
+        let told: Vec<_> = clients
+            .into_iter()
+            .map(|mut ws| {
+                tokio::spawn(async move {
+                    expect_error(&mut ws, 1001).await;
+                    tokio::time::Instant::now()
+                })
+            })
+            .collect();
+        let mut at = Vec::new();
+        for t in told {
+            at.push(t.await.unwrap());
+        }
+        let (first, last) = (at.iter().min().unwrap(), at.iter().max().unwrap());
+        // Sixteen waves over 2 s: the last comes 15/16 of the spread after the first.
+        assert!(*last - *first >= Duration::from_millis(1500), "all told within {:?}", *last - *first);
+        stopping.await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn readyz_fails_while_draining() {
     within(20, async {

@@ -97,6 +97,7 @@ fn contradictory_or_unworkable_settings_are_refused_naming_their_flags() {
         (vec!["--max-rooms", "0"], vec!["--max-rooms"]),
         (vec!["--max-conns-per-ip", "0"], vec!["--max-conns-per-ip"]),
         ([&mesh[..], &["--mesh-listen", "0.0.0.0:0"]].concat(), vec!["--mesh-listen", "--mesh-advertise"]),
+        (vec!["--drain-spread", "5s", "--drain-timeout", "5s"], vec!["--drain-spread", "--drain-timeout"]),
     ];
     for (args, named) in cases {
         // The same refusal from a start and from --check-config.
