@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
-const OVERLAYS: [&str; 3] = ["single", "nats", "mesh"];
+const OVERLAYS: [&str; 4] = ["single", "nats", "mesh", "kafka"];
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -215,6 +215,81 @@ fn the_mesh_overlay_runs_relays_and_introducers_found_through_a_headless_service
     assert_eq!(mesh_in["ports"][0]["port"], 7946);
     assert_eq!(relay_policy["spec"]["egress"].as_array().unwrap().len(), 2);
     assert!(policies.iter().any(|p| p["metadata"]["name"] == "ghostwire-introducer"));
+}
+
+#[test]
+fn the_kafka_overlay_runs_several_relays_over_sasl_and_tls_with_file_secrets() {
+    let objs = objects("kafka");
+    let deployment = find(&objs, "Deployment")[0];
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
+    assert!(find(&objs, "HorizontalPodAutoscaler")[0]["spec"]["minReplicas"].as_u64().unwrap() >= 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let env: Vec<(String, String)> = pod["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    let value = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    assert_eq!(value("GHOSTWIRE_UPSTREAM"), "kafka");
+    // Secrets as files: the cluster secret and the SASL password, each from its Secret.
+    assert!(value("KAFKA_PASSWORD_FILE").starts_with("/run/secrets/"));
+    assert!(env.iter().all(|(n, _)| n != "KAFKA_PASSWORD"));
+    let secrets: Vec<&str> =
+        pod["volumes"].as_array().unwrap().iter().filter_map(|v| v["secret"]["secretName"].as_str()).collect();
+    assert_eq!(secrets, ["ghostwire-cluster", "ghostwire-kafka"]);
+    // The settings the relay reads are ones it takes (a typo would stop every pod at start).
+    let relay = bin_output(&[
+        "--upstream",
+        "kafka",
+        "--kafka-brokers",
+        &value("KAFKA_BROKERS"),
+        "--kafka-sasl-mechanism",
+        &value("KAFKA_SASL_MECHANISM"),
+        "--kafka-user",
+        &value("KAFKA_USER"),
+        "--help",
+    ]);
+    assert!(relay.status.success(), "{}", String::from_utf8_lossy(&relay.stderr));
+    // The relays reach only the brokers and DNS.
+    let policies = find(&objs, "NetworkPolicy");
+    let relay_policy = policies.iter().find(|p| p["metadata"]["name"] == "ghostwire-relay").unwrap();
+    let egress = relay_policy["spec"]["egress"].as_array().unwrap();
+    assert_eq!(egress.len(), 2);
+    assert_eq!(egress[0]["ports"][0]["port"], 9092);
+}
+
+/// `ghostwire-relay ARGS`, its output.
+fn bin_output(args: &[&str]) -> std::process::Output {
+    Command::new(ghostwire_tests::bin("ghostwire-relay")).args(args).output().unwrap()
+}
+
+/// Every overlay has a PodMonitor that scrapes what exists: it selects the relay pods by their
+/// labels, on a port the relay container names, at the path the relay serves its metrics on.
+#[test]
+fn every_overlay_has_a_podmonitor_that_scrapes_the_relays() {
+    for overlay in OVERLAYS {
+        let objs = objects(overlay);
+        let monitors = find(&objs, "PodMonitor");
+        assert_eq!(monitors.len(), 1, "{overlay}");
+        let monitor = monitors[0];
+        assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+        let relays =
+            find(&objs, "Deployment").into_iter().find(|d| d["metadata"]["name"] == "ghostwire-relay").unwrap();
+        let labels = &relays["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+            assert_eq!(&labels[k], v, "{overlay}: the PodMonitor selects {k}={v}, the pods are labelled {labels}");
+        }
+        let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(endpoint["path"], "/metrics");
+        let ports = relays["spec"]["template"]["spec"]["containers"][0]["ports"].as_array().unwrap();
+        let port = ports
+            .iter()
+            .find(|p| p["name"] == endpoint["port"])
+            .unwrap_or_else(|| panic!("{overlay}: no port {}", endpoint["port"]));
+        // The admin listener, where /metrics is served.
+        assert_eq!(port["containerPort"], 9765, "{overlay}");
+    }
 }
 
 #[test]
