@@ -165,6 +165,10 @@ pub struct UpstreamMetrics {
     /// Frames sent again because they were not acknowledged (after a reconnect, a reported gap,
     /// or a stall).
     pub retransmits: IntCounter,
+    /// How long frames took from this relay to the partner's client and the acknowledgement
+    /// back: per acknowledgement, the oldest frame it covers (a round trip through the broker or
+    /// link, the partner relay's hand-over and its acknowledgement delay).
+    pub handover_seconds: prometheus::Histogram,
     /// Messages dropped because they did not come from the seat they claim (a stale or confused relay).
     pub foreign_messages: IntCounter,
     /// Introducers whose answer gives this relay its lease now (mesh): it admits new rooms while
@@ -416,6 +420,11 @@ impl Metrics {
                 retransmits: all.counter(
                     "upstream_retransmits_total",
                     "Frames sent again because the partner had not acknowledged them.",
+                ),
+                handover_seconds: all.histogram(
+                    "upstream_handover_seconds",
+                    "Time from sending frames through the upstream to the partner relay's acknowledgement that its client has them (the oldest frame of each acknowledgement), in seconds: a round trip through the broker or link, with the acknowledgement's batching delay.",
+                    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
                 ),
                 foreign_messages: all.counter(
                     "upstream_foreign_messages_total",

@@ -210,6 +210,19 @@ async fn pairing_frames_and_departure(kind: Kind) {
     // byte-identical and in order both ways, PEER_LEFT after the last frame, the room free again.
     room_contract(&world.url(0), &world.url(1)).await;
     room_contract(&world.url(1), &world.url(2)).await;
+    // Frames that crossed relays were acknowledged, and the time that took is observed (the
+    // in-process upstream has no such round trip, and no such series).
+    let mut observed = 0.0;
+    for admin in world.admins() {
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        observed += metric_value(&metrics, "ghostwire_upstream_handover_seconds_count").unwrap_or(0.0);
+    }
+    assert_eq!(observed > 0.0, kind != Kind::Local, "handover observations: {observed}");
+}
+
+/// The value of the series `name` (without labels) in a Prometheus text page.
+fn metric_value(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 async fn a_departure_follows_every_frame_sent_before_it(kind: Kind) {

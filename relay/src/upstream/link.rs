@@ -85,11 +85,14 @@ impl Outbox {
 pub struct Outgoing {
     /// The number the next new frame gets.
     next: u64,
-    /// Frames sent and not acknowledged, oldest first, with their numbers.
-    unacked: VecDeque<(u64, Bytes)>,
+    /// Frames sent and not acknowledged, oldest first, with their numbers and when they were
+    /// first sent.
+    unacked: VecDeque<(u64, Bytes, Instant)>,
     window: usize,
     /// When the receiver last acknowledged something new (or the first unacked frame was sent).
     progress: Instant,
+    /// Where the time each acknowledgement took is observed (the oldest frame it covers).
+    handover: Option<prometheus::Histogram>,
 }
 
 /// What an acknowledgement told the sender.
@@ -106,7 +109,13 @@ pub enum Acked {
 impl Outgoing {
     /// A sender holding at most `window` unacknowledged frames.
     pub fn new(window: usize) -> Outgoing {
-        Outgoing { next: 0, unacked: VecDeque::new(), window: window.max(1), progress: Instant::now() }
+        Outgoing { next: 0, unacked: VecDeque::new(), window: window.max(1), progress: Instant::now(), handover: None }
+    }
+
+    /// The same sender, observing how long each acknowledgement took into `handover`.
+    pub fn timed(mut self, handover: prometheus::Histogram) -> Outgoing {
+        self.handover = Some(handover);
+        self
     }
 
     /// Whether another frame may be sent now.
@@ -131,15 +140,19 @@ impl Outgoing {
         }
         let seq = self.next;
         self.next += 1;
-        self.unacked.push_back((seq, frame));
+        self.unacked.push_back((seq, frame, now));
         seq
     }
 
     /// The receiver has every frame below `next_expected`.
     pub fn ack(&mut self, next_expected: u64, now: Instant) -> Acked {
         let before = self.unacked.len();
-        while self.unacked.front().is_some_and(|(seq, _)| *seq < next_expected) {
+        let oldest = self.unacked.front().filter(|(seq, _, _)| *seq < next_expected).map(|(_, _, at)| *at);
+        while self.unacked.front().is_some_and(|(seq, _, _)| *seq < next_expected) {
             self.unacked.pop_front();
+        }
+        if let (Some(at), Some(h)) = (oldest, &self.handover) {
+            h.observe(now.saturating_duration_since(at).as_secs_f64());
         }
         if self.unacked.len() < before {
             self.progress = now;
@@ -153,7 +166,7 @@ impl Outgoing {
 
     /// The frames to send again, oldest first.
     pub fn unacked(&self) -> impl Iterator<Item = (u64, &Bytes)> {
-        self.unacked.iter().map(|(seq, frame)| (*seq, frame))
+        self.unacked.iter().map(|(seq, frame, _)| (*seq, frame))
     }
 
     /// Frames numbered so far (what a departure announces).

@@ -156,7 +156,7 @@ struct SeatTask {
 impl SeatTask {
     fn new(shared: Arc<Shared>, room: Room, me: Mailbox, count: SeatCount) -> SeatTask {
         let outbox = Outbox::new(shared.peer_queue);
-        let out = Outgoing::new(shared.peer_queue);
+        let out = Outgoing::new(shared.peer_queue).timed(shared.metrics.upstream.handover_seconds.clone());
         // Numbered when its join is written (see `verdict`); until then it hears nothing.
         let (_, events) = mpsc::unbounded_channel();
         SeatTask {

@@ -131,7 +131,7 @@ impl SeatTask {
         let roster = shared.roster.changes();
         SeatTask {
             me: SeatRef { relay: shared.links.me(), n },
-            out: Outgoing::new(shared.peer_queue),
+            out: Outgoing::new(shared.peer_queue).timed(shared.metrics.upstream.handover_seconds.clone()),
             shared,
             room,
             owner: None,

@@ -417,7 +417,7 @@ impl SeatTask {
             outbox: Outbox::new(shared.peer_queue),
             phase: Phase::Waiting,
             partner: None,
-            out: Outgoing::new(shared.peer_queue),
+            out: Outgoing::new(shared.peer_queue).timed(shared.metrics.upstream.handover_seconds.clone()),
             missing_since: None,
             unready_since: None,
             generation,
