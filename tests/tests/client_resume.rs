@@ -74,3 +74,36 @@ async fn a_stranger_with_the_room_code_is_not_paired_with_a_resuming_peer() {
     })
     .await;
 }
+
+/// A relay that stops answering for a few seconds (SIGSTOP, as a host that stalls) and then
+/// goes on is a pause, not a drop: lines typed meanwhile arrive once it continues, in order,
+/// with no reconnection (a connection is called dead only after 40 s of silence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stalled_for_seconds_is_a_pause() {
+    let relay = RelayProc::start(&[], &[]);
+    within(60, async {
+        let code = room("stall");
+        let mut a = Peer::start(&["--relay", &relay.url, &code]);
+        a.status("searching").await;
+        let mut b = Peer::start(&["--relay", &relay.url, &code]);
+        a.code().await;
+        b.code().await;
+        a.say("before the stall").await;
+        assert_eq!(b.heard().await, "before the stall");
+        relay.signal(Signal::SIGSTOP);
+        a.say("during the stall").await;
+        // The fault itself: the relay host stalls for 3 s.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        relay.signal(Signal::SIGCONT);
+        assert_eq!(b.heard().await, "during the stall");
+        a.hang_up();
+        b.status("your peer has finished sending").await;
+        b.hang_up();
+        let (ea, eb) = (a.exit().await, b.exit().await);
+        for (code, log) in [&ea, &eb] {
+            assert_eq!(*code, 0, "{log}");
+            assert!(!log.contains("connection lost") && !log.contains("reconnecting"), "{log}");
+        }
+    })
+    .await;
+}
