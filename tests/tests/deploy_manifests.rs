@@ -44,6 +44,16 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
 
+/// A Deployment's first container's environment: (name, value), empty for values from fields.
+fn env_of(deployment: &Value) -> Vec<(String, String)> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
 #[test]
 fn every_overlay_renders_and_passes_the_kubernetes_schemas() {
     for overlay in OVERLAYS {
@@ -149,12 +159,7 @@ fn the_nats_overlay_runs_several_relays_and_reads_its_secrets_from_secret_volume
     let hpa = find(&objs, "HorizontalPodAutoscaler")[0];
     assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
     let pod = &deployment["spec"]["template"]["spec"];
-    let env: Vec<(String, String)> = pod["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap_or("").to_owned()))
-        .collect();
+    let env = env_of(deployment);
     assert!(env.contains(&("GHOSTWIRE_UPSTREAM".into(), "nats".into())));
     let secrets: Vec<&str> =
         pod["volumes"].as_array().unwrap().iter().filter_map(|v| v["secret"]["secretName"].as_str()).collect();
@@ -173,14 +178,6 @@ fn the_mesh_overlay_runs_relays_and_introducers_found_through_a_headless_service
     let objs = objects("mesh");
     let deployments = find(&objs, "Deployment");
     let named = |name: &str| *deployments.iter().find(|d| d["metadata"]["name"] == name).unwrap();
-    let env_of = |d: &Value| -> Vec<(String, String)> {
-        d["spec"]["template"]["spec"]["containers"][0]["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap_or("").to_owned()))
-            .collect()
-    };
     let relays = named("ghostwire-relay");
     assert!(relays["spec"]["replicas"].as_u64().unwrap() >= 2);
     let env = env_of(relays);
@@ -224,12 +221,7 @@ fn the_kafka_overlay_runs_several_relays_over_sasl_and_tls_with_file_secrets() {
     assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
     assert!(find(&objs, "HorizontalPodAutoscaler")[0]["spec"]["minReplicas"].as_u64().unwrap() >= 2);
     let pod = &deployment["spec"]["template"]["spec"];
-    let env: Vec<(String, String)> = pod["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap_or("").to_owned()))
-        .collect();
+    let env = env_of(deployment);
     let value = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
     assert_eq!(value("GHOSTWIRE_UPSTREAM"), "kafka");
     // Secrets as files: the cluster secret and the SASL password, each from its Secret.
