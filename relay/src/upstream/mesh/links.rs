@@ -547,7 +547,10 @@ impl Links {
             let (down, stalled) = {
                 let out = lock(&peer.out);
                 let down = out.down_since.is_some_and(|at| now.duration_since(at) >= timeout_after);
-                let stalled = !out.unacked.is_empty() && now.duration_since(out.progress) >= timeout_after;
+                // Unacknowledged only counts while the link is up to carry acknowledgements.
+                let stalled = out.down_since.is_none()
+                    && !out.unacked.is_empty()
+                    && now.duration_since(out.progress) >= timeout_after;
                 (down, stalled)
             };
             let silent = now.duration_since(*lock(&peer.heard)) >= timeout_after;
@@ -610,6 +613,9 @@ impl Links {
             let mut out = lock(&peer.out);
             ack(&mut out, next);
             out.down_since = None;
+            // What was queued while the link was down could not be acknowledged: the wait for
+            // an acknowledgement starts now (the down time is judged by `down_since`).
+            out.progress = Instant::now();
             next
         };
         peer.acked.notify_waiters();
