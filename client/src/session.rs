@@ -238,7 +238,7 @@ impl Driver {
                 }
                 () = at(self.rejoin_at) => {
                     self.rejoin_at = None;
-                    self.reconnect();
+                    self.start_connecting();
                 }
                 () = at(silence_at) => {
                     self.on_silence().await;
@@ -299,7 +299,7 @@ impl Driver {
                 self.ui.status(Tone::Info, &format!("connecting to {}{how}", self.relay.url()));
                 self.joining = Some(code);
                 self.began = true;
-                self.reconnect();
+                self.start_connecting();
             }
             Action::Rejoin { room, failed } => {
                 // The old socket, if any, is useless now: dropping it closes it.
@@ -332,8 +332,8 @@ impl Driver {
         None
     }
 
-    /// Starts connecting to the relay (the room to JOIN is in `joining`).
-    fn reconnect(&mut self) {
+    /// Starts connecting to the relay, first or again (the room to JOIN is in `joining`).
+    fn start_connecting(&mut self) {
         let (relay, limit) = (self.relay.clone(), self.connect_timeout);
         self.connecting = Some(Box::pin(async move {
             let url = relay.url().to_owned();

@@ -149,7 +149,7 @@ struct SeatTask {
     deliveries: FuturesUnordered<DeliveryFuture>,
     leave: CancellationToken,
     /// The pair was lost: the departure says so ([`LOST`]).
-    lost: bool,
+    was_lost: bool,
     _count: SeatCount,
 }
 
@@ -172,7 +172,7 @@ impl SeatTask {
             out,
             deliveries: FuturesUnordered::new(),
             leave: CancellationToken::new(),
-            lost: false,
+            was_lost: false,
             _count: count,
         }
     }
@@ -371,7 +371,7 @@ impl SeatTask {
     /// Delivery can no longer be guaranteed: the connection ends with 4011 (or 4007 while no
     /// partner was found).
     fn lost(&mut self, cause: LostCause) {
-        if std::mem::replace(&mut self.lost, true) {
+        if std::mem::replace(&mut self.was_lost, true) {
             return;
         }
         let code = if self.partner.is_some() { ErrorCode::PeerLost } else { ErrorCode::UpstreamUnavailable };
@@ -384,13 +384,13 @@ impl SeatTask {
     /// Writes what the connection queued before leaving and the departure, and waits (bounded)
     /// for the log to take them.
     async fn depart(&mut self) {
-        if self.partner.is_some() && !self.lost {
+        if self.partner.is_some() && !self.was_lost {
             while let Some(frame) = self.outbox.try_recv(usize::MAX) {
                 self.write_frames(frame, false);
             }
         }
         // A lost seat's partner must not read a departure (PEER_LEFT): it was not one.
-        let sent = if self.lost && self.partner.is_some() { LOST } else { self.out.sent() };
+        let sent = if self.was_lost && self.partner.is_some() { LOST } else { self.out.sent() };
         self.write(&wire::leave(self.seat, sent));
         let taken = async { while self.deliveries.next().await.is_some() {} };
         let _ = tokio::time::timeout(OP_TIMEOUT, taken).await;
