@@ -244,8 +244,27 @@ pub async fn silent_relay() -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
+/// A loopback port that is free for both TCP and UDP, for a server a test must name before it
+/// starts (a relay that advertises it, a broker's command line).
+///
+/// It is drawn at random below the kernel's ephemeral range (32768 and up), not from port 0: a
+/// port the kernel handed out once can be handed out again at once, to any outgoing connection
+/// of any test running beside this one, before the server that was meant to have it binds it.
+/// Below that range only another `free_port` can pick the same number, one in 12,000 times.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0u32..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(attempt);
+        h.write_u32(std::process::id());
+        let port = 20_000 + u16::try_from(h.finish() % 12_000).unwrap();
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000 after 1000 tries")
 }
 
 /// A `ghostwire` client process in piped mode, with its output read line by line.
