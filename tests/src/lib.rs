@@ -487,10 +487,12 @@ impl RelayProc {
             .unwrap();
         let (tx, log) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
+        let pid = child.id();
         std::thread::spawn(move || {
             for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-                // Echoed into the test's own output, which the runner shows when the test fails.
-                eprintln!("[relay {}] {line}", std::process::id());
+                // Echoed into the test's own output, which the runner shows when the test fails
+                // (each relay's lines marked with its process id, to tell the relays apart).
+                eprintln!("[relay {pid}] {line}");
                 if tx.send(line).is_err() {
                     break;
                 }

@@ -153,6 +153,8 @@ struct Out {
     session: u64,
     next: u64,
     unacked: VecDeque<(u64, Bytes)>,
+    /// Every message below this was acknowledged (the listener said so).
+    acked: u64,
     /// When the link last went down (None while up), or the first unacked message waits since.
     down_since: Option<Instant>,
     progress: Instant,
@@ -179,6 +181,8 @@ enum LinkEnd {
     Replaced,
     #[error("out of order")]
     Order,
+    #[error("it has forgotten what it acknowledged")]
+    Forgot,
 }
 
 impl From<tokio::time::error::Elapsed> for LinkEnd {
@@ -298,8 +302,15 @@ impl Links {
             stop,
         });
         let weak = Arc::downgrade(&links);
+        let stopped = links.stop.clone();
         links.tasks.spawn(async move {
-            while let Some((msg, done)) = self_rx.recv().await {
+            // What was queued before the stop is still handed on; then the task ends (the
+            // sender lives as long as the links, so `recv` alone would wait forever).
+            while let Some((msg, done)) = tokio::select! {
+                biased;
+                next = self_rx.recv() => next,
+                () = stopped.cancelled() => None,
+            } {
                 let Some(links) = weak.upgrade() else { return };
                 links.handler.deliver(links.settings.me, msg);
                 if let Some(done) = done {
@@ -376,6 +387,7 @@ impl Links {
                 session: rand_session(),
                 next: 0,
                 unacked: VecDeque::new(),
+                acked: 0,
                 down_since: Some(now),
                 progress: now,
             }),
@@ -517,9 +529,16 @@ impl Links {
                 tracing::debug!(relay = %format_args!("{:016x}", peer.id), %end, "a mesh link went down");
                 backoff = Duration::from_millis(50);
             }
-            if let LinkEnd::Replaced = end {
-                self.give_up(peer.id, "its address answers as another relay (it restarted)", Gone::Certainly);
-                break;
+            match end {
+                LinkEnd::Replaced => {
+                    self.give_up(peer.id, "its address answers as another relay (it restarted)", Gone::Certainly);
+                    break;
+                }
+                LinkEnd::Forgot => {
+                    self.give_up(peer.id, "it gave this relay up: the link's session is lost", Gone::Silent);
+                    break;
+                }
+                _ => {}
             }
             if let LinkEnd::Noise(_) = end {
                 self.metrics.upstream.link_auth_failures.inc();
@@ -608,6 +627,11 @@ impl Links {
             Envelope::Welcome { next, .. } => next,
             _ => return Err(Malformed.into()),
         };
+        if lock(&peer.out).acked > next {
+            // It has forgotten messages it acknowledged (it gave this relay up meanwhile): what
+            // depended on them cannot be repaired, only ended.
+            return Err(LinkEnd::Forgot);
+        }
         // Everything below `next` arrived before the drop; the rest goes again.
         let mut sent_upto = {
             let mut out = lock(&peer.out);
@@ -678,12 +702,19 @@ impl Links {
         // A dialer speaks at once: silence past FIRST_MESSAGE gives the permit back.
         timeout(FIRST_MESSAGE, stream.readable()).await??;
         let mut link = timeout(CONNECT_TIMEOUT, Noise::handshake(stream, &self.settings.psk, false)).await??;
-        let (from, session, addr) = match timeout(CONNECT_TIMEOUT, link.recv()).await?? {
-            Envelope::Hello { from, session, addr, .. } => (from, session, addr),
+        let (from, to, session, addr) = match timeout(CONNECT_TIMEOUT, link.recv()).await?? {
+            Envelope::Hello { from, to, session, addr } => (from, to, session, addr),
             _ => return Err(Malformed.into()),
         };
         // Authenticated: no longer a handshake in progress.
         drop(permit);
+        if to != self.settings.me {
+            // Meant for an earlier incarnation at this address: the dialer learns it restarted
+            // and gives that one up. Its session with *this* incarnation is another session,
+            // perhaps already running: it must not be reset by this one.
+            link.send(&Envelope::Welcome { me: self.settings.me, next: 0 }).await?;
+            return Err(LinkEnd::Replaced);
+        }
         let (mut next, epoch) = {
             let mut inbound = lock(&self.inbound);
             let entry = inbound.entry(from).or_insert(InState { session, next: 0, epoch: 0 });
@@ -782,6 +813,7 @@ impl Links {
 
 /// The listener has every message below `next`.
 fn ack(out: &mut Out, next: u64) {
+    out.acked = out.acked.max(next);
     let before = out.unacked.len();
     while out.unacked.front().is_some_and(|(s, _)| *s < next) {
         out.unacked.pop_front();
@@ -830,6 +862,84 @@ mod tests {
         let msg = Msg::Frames { to: 1, from: 2, first: 0, frames: vec![big] };
         link.send(&Envelope::Data { seq: 0, msg: msg.clone() }).await.unwrap();
         assert_eq!(server.await.unwrap(), Envelope::Data { seq: 0, msg });
+    }
+
+    /// What a test relay's links delivered, and whom they gave up.
+    #[derive(Default)]
+    struct Seen {
+        delivered: Mutex<Vec<(u64, Msg)>>,
+        lost: Mutex<Vec<u64>>,
+    }
+
+    impl Handler for Seen {
+        fn deliver(&self, from: u64, msg: Msg) {
+            lock(&self.delivered).push((from, msg));
+        }
+        fn peer_lost(&self, id: u64) {
+            lock(&self.lost).push(id);
+        }
+        fn met(&self, _: u64, _: &str) {}
+    }
+
+    /// Links for relay `me`, listening on a loopback port.
+    async fn relay(me: u64) -> (Arc<Links>, Arc<Seen>, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let settings = Settings {
+            me,
+            advertise: addr.clone(),
+            psk: [7u8; 32],
+            heartbeat: Duration::from_millis(200),
+            peer_timeout: Duration::from_secs(5),
+            source: None,
+        };
+        let seen = Arc::new(Seen::default());
+        let metrics = Arc::new(Metrics::new(&crate::Config::for_tests()));
+        let links = Links::new(settings, Arc::clone(&seen) as Arc<dyn Handler>, metrics, CancellationToken::new());
+        links.listen(listener);
+        (links, seen, addr)
+    }
+
+    fn beat(n: u64) -> Msg {
+        Msg::Frames { to: 1, from: 2, first: n, frames: vec![] }
+    }
+
+    /// A relay restarted on its old address is reached by two of a dialer's sessions: the one
+    /// for the incarnation that is gone, and the one for the new one. The first learns of the
+    /// restart; it must not reset the second, or the listener forgets messages it acknowledged
+    /// and the link never carries another one (it did: a flaky restart test in the mesh suite).
+    #[tokio::test]
+    async fn a_dial_to_an_earlier_incarnation_leaves_the_new_ones_session_alone() {
+        let (listener, heard, addr) = relay(10).await;
+        let (dialer, seen, _) = relay(20).await;
+        dialer.ensure(10, &addr);
+        let wait = Duration::from_secs(5);
+        for n in 0..3 {
+            assert!(dialer.send_handled(10, beat(n), wait).await, "message {n} before");
+        }
+        // The incarnation that used to listen there (9), still on the dialer's roster.
+        dialer.ensure(9, &addr);
+        timeout(wait, async {
+            while !lock(&seen.lost).contains(&9) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        for n in 3..6 {
+            assert!(dialer.send_handled(10, beat(n), wait).await, "message {n} after");
+        }
+        let firsts: Vec<u64> = lock(&heard.delivered)
+            .iter()
+            .map(|(from, m)| match m {
+                Msg::Frames { first, .. } if *from == 20 => *first,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(firsts, (0..6).collect::<Vec<_>>(), "each once, in order");
+        assert!(!lock(&seen.lost).contains(&10) && dialer.is_up(10));
+        listener.close().await;
+        dialer.close().await;
     }
 
     #[tokio::test]
