@@ -194,6 +194,64 @@ fn help_explains_every_flag_and_a_bad_flag_is_named() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
 
+/// Each flag `--help` lists, with its `[default: …]` and `[env: …]` when it has them.
+fn flags_in_help(binary: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    let out = Command::new(bin(binary)).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let mut flags: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let t = line.trim_start();
+        let t = t.strip_prefix("-h, ").or_else(|| t.strip_prefix("-V, ")).unwrap_or(t);
+        if line.starts_with("  ") && t.starts_with("--") && !line.starts_with("          ") {
+            let name = t.split([' ', '=']).next().unwrap().to_owned();
+            flags.push((name, None, None));
+        } else if let Some((_, default, env)) = flags.last_mut() {
+            if let Some(d) = t.strip_prefix("[default: ").and_then(|d| d.strip_suffix(']')) {
+                *default = Some(d.to_owned());
+            }
+            if let Some(e) = t.strip_prefix("[env: ").and_then(|e| e.split(['=', ']']).next()) {
+                *env = Some(e.to_owned());
+            }
+        }
+    }
+    flags
+}
+
+/// The README's flag tables say what `--help` says: every flag of both binaries is in the
+/// README, and a table row that names a flag gives its environment variable and default.
+#[test]
+fn the_readme_flag_tables_match_help() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let rows: Vec<Vec<&str>> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let mut checked = 0;
+    for binary in ["ghostwire-relay", "ghostwire"] {
+        for (flag, default, env) in flags_in_help(binary) {
+            if flag == "--help" || flag == "--version" {
+                continue;
+            }
+            assert!(readme.contains(&format!("`{flag}")), "{binary} {flag} is not in the README");
+            let named = format!("`{flag}`");
+            let Some(row) = rows.iter().find(|r| r[0].split(", ").any(|c| c == named)) else { continue };
+            if let Some(env) = env {
+                assert!(row[1].contains(&env), "{binary} {flag}: --help says env {env}, the README {}", row[1]);
+            }
+            if let Some(default) = default {
+                let readme_default = row[2].replace('`', "");
+                assert!(
+                    readme_default.contains(&default),
+                    "{binary} {flag}: --help says default {default}, the README {readme_default}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 60, "only {checked} rows checked: has the table format changed?");
+}
+
 /// The same promise with the NATS upstream at the most verbose level: no room code, payload,
 /// NATS token or cluster secret in either relay's log (the NATS client's own trace output would
 /// print payloads and its credentials; the relay caps it).
