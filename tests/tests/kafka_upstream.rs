@@ -121,6 +121,29 @@ async fn a_relay_whose_broker_is_unreachable_is_not_ready_and_becomes_ready_when
     .await;
 }
 
+/// TLS against a broker that speaks plaintext: not ready, and `/readyz` says what is likely
+/// wrong rather than "operation timed out".
+#[tokio::test]
+async fn tls_against_a_plaintext_broker_says_so() {
+    let kafka = KafkaBroker::start();
+    within(60, async {
+        let mut config = kafka_config(&kafka.brokers(), "tls-to-plain");
+        config.kafka.tls = true;
+        let relay = TestRelay::start(config).await;
+        let body = eventually(30, "/readyz naming a plaintext listener", || async {
+            match http_get(relay.admin, "/readyz").await {
+                (503, body) if body.contains("plaintext") => Ok(body),
+                (status, body) => Err(format!("{status} {body}")),
+            }
+        })
+        .await;
+        assert!(body.contains("--kafka-tls") && body.contains(&kafka.brokers()), "{body}");
+        let mut ws = join(&relay.url(), &room("tls-to-plain")).await;
+        expect_error(&mut ws, 4007).await;
+    })
+    .await;
+}
+
 /// Every record on the topic, read back after a conversation: keyed room ids and opaque frames,
 /// never the room code.
 #[tokio::test]

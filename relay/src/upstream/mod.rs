@@ -71,6 +71,8 @@ pub mod local;
 pub mod mesh;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(feature = "nats", feature = "kafka"))]
+pub mod repeats;
 pub mod room_id;
 
 pub use inbox::Inbox;

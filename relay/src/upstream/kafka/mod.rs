@@ -40,6 +40,7 @@ mod seat;
 pub mod wire;
 
 use super::broker_auth::BrokerKey;
+use super::repeats::Repeats;
 use super::{BoxFuture, JoinError, Joined, Mailbox, RoomId, Upstream};
 use crate::config::{Config, KafkaConfig};
 use crate::metrics::Metrics;
@@ -114,6 +115,24 @@ struct Health {
     transport: Mutex<Option<String>>,
     /// Records behind the end of the log, from the library's statistics.
     lag: std::sync::atomic::AtomicI64,
+    /// The library's errors while the brokers are unreachable, each logged once.
+    errors: Mutex<LibraryErrors>,
+}
+
+/// The client library's error lines: one per reconnect attempt, every second, while a broker
+/// cannot be reached; each is logged once (see [`Repeats`]) until the upstream is ready again.
+struct LibraryErrors(Repeats);
+
+impl Default for LibraryErrors {
+    fn default() -> LibraryErrors {
+        LibraryErrors(Repeats::new("Kafka client error"))
+    }
+}
+
+/// A library error line without what changes from one attempt to the next (the time spent,
+/// the count of suppressed duplicates), so that repeats are recognised.
+fn error_kind(message: &str) -> &str {
+    message.split(" (after ").next().unwrap_or(message)
 }
 
 impl Health {
@@ -131,6 +150,7 @@ impl Health {
             (None, true) => {
                 tracing::info!("Kafka upstream ready again");
                 *warned = false;
+                self.errors.lock().unwrap_or_else(|p| p.into_inner()).0.settled();
             }
             _ => {}
         }
@@ -150,7 +170,8 @@ impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::warn!(facility = fac, "librdkafka: {message}")
+                tracing::debug!(facility = fac, "librdkafka: {message}");
+                self.0.errors.lock().unwrap_or_else(|p| p.into_inner()).0.saw(error_kind(message));
             }
             _ => tracing::debug!(facility = fac, "librdkafka: {message}"),
         }
@@ -386,7 +407,11 @@ async fn ensure_topic(admin: &AdminClient<Ctx>, kc: &KafkaConfig) -> Result<i32,
             // "Operation timed out" says nothing; the library's last transport failure says why.
             let health = &admin.inner().context().0;
             let cause = health.transport.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let why = cause.map_or_else(|| e.to_string(), |cause| format!("{cause} ({e})"));
+            let mut why = cause.map_or_else(|| e.to_string(), |cause| format!("{cause} ({e})"));
+            if why.contains("SSL_HANDSHAKE") && why.contains("closed by peer") {
+                // What a broker that does not speak TLS does to a TLS hello.
+                why.push_str("; is the broker's listener plaintext? (--kafka-tls or --kafka-ca speak TLS)");
+            }
             return Err(Setup::Retry(format!("cannot reach Kafka at {}: {why}", kc.brokers)));
         }
     }

@@ -43,6 +43,7 @@ mod seat;
 mod tls;
 
 use super::broker_auth::BrokerKey;
+use super::repeats::Repeats;
 use super::{BoxFuture, JoinError, Joined, Mailbox, RoomId, Upstream};
 use crate::config::{shown_url, Config, NatsConfig};
 use crate::metrics::Metrics;
@@ -436,7 +437,7 @@ impl Shared {
 /// (re)made after each connect because a restarted server has lost it (memory storage).
 async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>, stop: CancellationToken, url: String) {
     let mut connects = 0u64;
-    let mut server_errors = Repeats::default();
+    let mut server_errors = Repeats::new("NATS server error");
     // Connected, and the bucket not made yet: try now, and again every second until it works.
     let mut want_bucket = false;
     loop {
@@ -493,45 +494,10 @@ async fn keeper(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>,
                     shared.set_trouble(Some(why));
                 }
             }
-            Event::ServerError(e) => server_errors.saw(e.to_string()),
+            Event::ServerError(e) => server_errors.saw(&e.to_string()),
             Event::SlowConsumer(_) => tracing::warn!("NATS dropped messages for a slow subscription"),
             Event::LameDuckMode | Event::Draining | Event::Closed => tracing::info!(event = %event, "NATS"),
         }
-    }
-}
-
-/// NATS server errors, each logged once at WARN while it repeats. A server that refuses the
-/// relay (a wrong token, a revoked credential) answers every reconnect attempt, about every
-/// 0.8 s, with the same error: the first is logged, the repeats are counted (DEBUG shows each),
-/// and the count is logged once the connection is healthy again.
-#[derive(Default)]
-struct Repeats {
-    last: Option<String>,
-    times: u64,
-}
-
-impl Repeats {
-    fn saw(&mut self, error: String) {
-        if self.last.as_deref() == Some(error.as_str()) {
-            self.times += 1;
-            tracing::debug!(error = %error, times = self.times, "NATS server error repeated");
-            return;
-        }
-        self.settled();
-        tracing::warn!(
-            error = %error,
-            "NATS server error (logged once while it repeats; /readyz says whether the relay is ready)"
-        );
-        self.last = Some(error);
-        self.times = 1;
-    }
-
-    /// The connection is healthy (or the error changed): says how often the last one came.
-    fn settled(&mut self) {
-        if let (Some(error), times @ 2..) = (self.last.take(), self.times) {
-            tracing::info!(error = %error, times, "NATS server error repeated, now over");
-        }
-        self.times = 0;
     }
 }
 
@@ -625,21 +591,7 @@ impl Upstream for Nats {
 
 #[cfg(test)]
 mod tests {
-    use super::Repeats;
     use crate::config::shown_url;
-
-    #[test]
-    fn a_repeated_server_error_is_counted_and_a_new_one_starts_over() {
-        let mut r = Repeats::default();
-        r.saw("authorization violation".into());
-        r.saw("authorization violation".into());
-        r.saw("authorization violation".into());
-        assert_eq!(r.times, 3);
-        r.saw("permissions violation".into());
-        assert_eq!((r.last.as_deref(), r.times), (Some("permissions violation"), 1));
-        r.settled();
-        assert_eq!((r.last.as_deref(), r.times), (None, 0));
-    }
 
     #[test]
     fn credentials_in_the_url_are_never_shown() {
