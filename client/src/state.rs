@@ -60,6 +60,7 @@
 //! | RESUMING | Deadline (window past it) | DISCONNECTED | peer lost: the connection did not come back |
 //! | RESUMING | Quit / Mismatch | DISCONNECTED | |
 //! | CONNECTED | PeerLeft | DISCONNECTED | peer left if it said Done (or v1), else peer lost |
+//! | SEARCHING | Relay (1001, 4007), within JOIN_RETRY of the first | SEARCHING | Rejoin the room (the driver backs off) |
 //! | SEARCHING … CONNECTED | Relay, NetworkError, Deviation | DISCONNECTED | |
 //! | INPUT_VALIDATION … CONNECTED | Quit | DISCONNECTED | |
 //! | INPUT_VALIDATION | InputDone | DISCONNECTED | bad input: no code |
@@ -88,6 +89,10 @@ pub const KEY_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RESUME_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a session waits by default for its connection to come back (`--resume-window`).
 pub const RESUME_WINDOW: Duration = Duration::from_secs(300);
+/// How long a JOIN the relay cannot serve yet is tried again: 4007 (its room service is away,
+/// or, on the mesh, it waits out a lost relay's lease for a few seconds) and 1001 (a relay
+/// that shuts down; behind a balancer another takes the JOIN).
+pub const JOIN_RETRY: Duration = Duration::from_secs(30);
 
 /// KEY_SETUP's data: our key pair, the peer's commitment once it arrives, and what the PAKE
 /// agreed (with a code that has a secret).
@@ -98,10 +103,12 @@ pub struct KeySetup {
     pake: Option<Agreed>,
 }
 
-/// SEARCHING's data: the room, and the secret (wiped once the PAKE starts).
+/// SEARCHING's data: the room, the secret (wiped once the PAKE starts), and until when a
+/// relay that cannot serve the room yet is asked again.
 pub struct Searching {
-    room: String,
+    room: RoomCode,
     secret: Option<Secret>,
+    retry_until: Option<Instant>,
 }
 
 /// PAKE_EXCHANGE's data: our half of SPAKE2.
@@ -433,7 +440,7 @@ impl Machine {
                     "--legacy-v1 cannot use a code with a secret part (v1 has no PAKE): use a bare room code".into(),
                 )),
                 Ok(code) => {
-                    let searching = Searching { room: code.room.as_str().to_owned(), secret: code.secret };
+                    let searching = Searching { room: code.room.clone(), secret: code.secret, retry_until: None };
                     (S::Searching(Box::new(searching)), vec![Action::Connect(code.room)])
                 }
                 Err(why) => (S::InputValidation, vec![Action::Reprompt(why)]),
@@ -442,11 +449,11 @@ impl Machine {
             (S::Searching(s), E::PeerFound) => match s.secret {
                 Some(secret) => {
                     // The secret is wiped here: SPAKE2 keeps only what it derived from it.
-                    let start = pake::Start::new(&s.room, secret.as_bytes());
+                    let start = pake::Start::new(s.room.as_str(), secret.as_bytes());
                     drop(secret);
                     let frame = proto::pake_frame(start.message());
                     let deadline = Instant::now() + KEY_SETUP_TIMEOUT;
-                    let px = PakeExchange { room: s.room, start, deadline };
+                    let px = PakeExchange { room: s.room.as_str().to_owned(), start, deadline };
                     let say = Action::Say(Tone::Info, "peer found: proving we both hold the code's secret".into());
                     (S::PakeExchange(Box::new(px)), vec![say, Action::Send(frame)])
                 }
@@ -597,6 +604,15 @@ impl Machine {
             (S::Connected(c), E::PeerLeft) if c.peer_done || !v2 => end(End::PeerLeft),
             (S::Connected(_), E::PeerLeft) => {
                 end(End::PeerLost("it left without saying goodbye (its connection to the relay broke)".into()))
+            }
+            (S::Searching(mut s), E::Relay { code, reason }) if join_retried(code) => {
+                let now = Instant::now();
+                if now >= *s.retry_until.get_or_insert(now + JOIN_RETRY) {
+                    return end(End::Relay { code, reason, paired: false });
+                }
+                let room = s.room.clone();
+                let failed = format!("the relay cannot serve the room yet ({code}: {reason})");
+                (S::Searching(s), vec![Action::Rejoin { room, failed }])
             }
             (
                 state @ (S::Searching(_)
@@ -818,6 +834,13 @@ impl Machine {
 fn resumable(code: u16) -> bool {
     use ghostwire_shared::ErrorCode as C;
     [C::GoingAway, C::UpstreamUnavailable, C::PeerLost, C::SlowConsumer].iter().any(|c| c.as_u16() == code)
+}
+
+/// Whether a JOIN that the relay refused with `code` before pairing is tried again (see
+/// [`JOIN_RETRY`]).
+fn join_retried(code: u16) -> bool {
+    use ghostwire_shared::ErrorCode as C;
+    [C::GoingAway, C::UpstreamUnavailable].iter().any(|c| c.as_u16() == code)
 }
 
 /// `first`, if any, before the actions of `step`.

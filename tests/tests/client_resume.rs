@@ -107,3 +107,26 @@ async fn a_relay_stalled_for_seconds_is_a_pause() {
     })
     .await;
 }
+
+/// A relay that cannot serve rooms yet (its NATS server is not up: 4007) is asked again, with
+/// the reason shown, and the two people pair once it can; nobody runs ghostwire again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_the_relay_cannot_serve_yet_is_retried_until_it_can() {
+    let mut nats = NatsServer::reserved();
+    let relay = TestRelay::start(nats_config(&nats.url())).await;
+    within(60, async {
+        let code = room("notyet");
+        let mut a = Peer::start(&["--relay", &relay.url(), &code]);
+        let said = a.status("reconnecting (attempt 2").await;
+        assert!(said.contains("cannot serve the room yet (4007"), "{said}");
+        nats.run();
+        until_ready(relay.admin, 30).await;
+        let mut b = Peer::start(&["--relay", &relay.url(), &code]);
+        a.code().await;
+        b.code().await;
+        a.say("served at last").await;
+        assert_eq!(b.heard().await, "served at last");
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}

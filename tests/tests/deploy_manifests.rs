@@ -125,6 +125,18 @@ fn the_relay_pods_are_locked_down_and_probed() {
             }
             assert_eq!(relay["livenessProbe"]["httpGet"]["path"], "/healthz");
             assert_eq!(relay["readinessProbe"]["httpGet"]["path"], "/readyz");
+            // A mesh relay's death makes the other relays unready for about one lease (4 probe
+            // periods plus a tenth, after the last ping: about 6 s at the default 1 s); the
+            // probe must not pull every replica for it: failing ≥ twice that long first. (An
+            // introducer's readiness changes only when it starts.)
+            if deployment["metadata"]["name"] == "ghostwire-relay" {
+                let probe = &relay["readinessProbe"];
+                let period = probe["periodSeconds"].as_u64().unwrap();
+                let tolerated = (probe["failureThreshold"].as_u64().unwrap() - 1) * period;
+                assert!(tolerated >= 12, "{overlay}: /readyz failing {tolerated} s pulls the replica");
+                let set = env_of(deployment);
+                assert!(set.iter().all(|(k, _)| k != "GHOSTWIRE_MESH_PROBE_PERIOD"), "{overlay}: recheck the bound");
+            }
             // Room to drain: the preStop pause and the relay's drain fit in the grace period
             // (an introducer has no clients to drain).
             let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();

@@ -477,3 +477,52 @@ async fn a_relay_without_introducers_is_a_clear_configuration_error() {
     })
     .await;
 }
+
+/// With probe period `period` instead of the tests' 500 ms.
+fn with_probe_period(mut args: Vec<String>, period: &str) -> Vec<String> {
+    let at = args.iter().position(|a| a == "--mesh-probe-period").unwrap();
+    args[at + 1] = period.to_owned();
+    args
+}
+
+/// When a relay dies, the others admit no new room until its lease has run out (they say so on
+/// `/readyz`, all at once). Two people who start then are not turned away: their clients JOIN
+/// again until the relays admit the room, and they talk. (Leases of 4 s here, as by default: the window is
+/// about 6 s, open when they join.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_who_join_while_a_dead_relays_lease_runs_out_get_through() {
+    within(90, async {
+        let intro = format!("127.0.0.1:{}", free_port());
+        let _introducer = relay_from(&with_probe_period(mesh_introducer_args(&intro), "1s"));
+        let start = || relay_from(&with_probe_period(mesh_relay_args(&intro, "127.0.0.1:0", "30s"), "1s"));
+        let r = [start(), start(), start()];
+        for relay in &r {
+            until_meshed(relay.admin, 2).await;
+        }
+        r[2].signal(Signal::SIGKILL);
+        eventually(10, "the survivors refusing new rooms", || async {
+            match (http_get(r[0].admin, "/readyz").await, http_get(r[1].admin, "/readyz").await) {
+                ((503, a), (503, b)) if a.contains("linked to 1 of the 2") && b.contains("linked to 1 of the 2") => {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let code = room("blip");
+        let mut a = Peer::start(&["--relay", &r[0].url, &code]);
+        let said = a.status("reconnecting").await;
+        assert!(said.contains("cannot serve the room yet (4007"), "{said}");
+        let mut b = Peer::start(&["--relay", &r[1].url, &code]);
+        let refused_at = tokio::time::Instant::now();
+        until_ready(r[0].admin, 30).await;
+        until_ready(r[1].admin, 30).await;
+        eprintln!("the survivors were ready again {:?} after the first refusal", refused_at.elapsed());
+        a.code().await;
+        b.code().await;
+        a.say("through the blip").await;
+        assert_eq!(b.heard().await, "through the blip");
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}

@@ -532,11 +532,36 @@ fn a_mismatch_ends_both_sides_as_a_security_failure() {
     assert_eq!(ended(&m).exit_code(), crate::end::exit::SECURITY);
 }
 
-#[test]
-fn relay_codes_say_whether_a_peer_was_lost() {
+/// Before pairing, a relay that cannot serve the room yet (4007) or is shutting down (1001) is
+/// asked again, for JOIN_RETRY from the first refusal; then the refusal is the ending. Other
+/// codes end at once.
+#[tokio::test(start_paused = true)]
+async fn a_join_the_relay_cannot_serve_yet_is_tried_again_for_a_while() {
+    for code in [4007, 1001] {
+        let mut m = searching(Version::Hardened2);
+        let refused = Event::Relay { code, reason: "room service unavailable".into() };
+        let out = m.handle(refused);
+        let [Action::Rejoin { ref room, ref failed }] = out[..] else { panic!("{out:?}") };
+        assert_eq!((room.as_str(), m.state().name()), ("ABCD1234", "SEARCHING"));
+        assert!(failed.contains(&code.to_string()) && failed.contains("room service unavailable"), "{failed}");
+        tokio::time::advance(JOIN_RETRY - Duration::from_secs(1)).await;
+        let out = m.handle(Event::Relay { code, reason: String::new() });
+        assert!(matches!(out[..], [Action::Rejoin { .. }]), "{out:?}");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        m.handle(Event::Relay { code, reason: String::new() });
+        assert!(matches!(ended(&m), End::Relay { code: c, paired: false, .. } if *c == code), "{:?}", ended(&m));
+    }
+    let mut m = searching(Version::Hardened2);
+    m.handle(Event::Relay { code: 4002, reason: "room full".into() });
+    assert!(matches!(ended(&m), End::Relay { code: 4002, .. }));
+    // A peer found after a retry goes on as ever.
     let mut m = searching(Version::Hardened2);
     m.handle(Event::Relay { code: 4007, reason: String::new() });
-    assert!(matches!(ended(&m), End::Relay { code: 4007, paired: false, .. }));
+    assert!(matches!(sent(&m.handle(Event::PeerFound))[..], [PeerMsg::Commit { .. }]));
+}
+
+#[test]
+fn relay_codes_say_whether_a_peer_was_lost() {
     let (mut m, _) = connected();
     m.handle(Event::Relay { code: 4007, reason: String::new() });
     assert!(ended(&m).to_string().contains("the connection to your peer was lost"), "{}", ended(&m));
