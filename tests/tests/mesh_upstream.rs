@@ -273,7 +273,7 @@ async fn a_relay_started_without_introducers_waits_for_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_with_the_wrong_secret_is_refused_and_pairs_nothing() {
     within(60, async {
-        let (_intro, intro, r) = mesh(2).await;
+        let (mut _intro, intro, r) = mesh(2).await;
         let intruder = relay_with(&intro, "not-the-cluster-secret-at-all");
         // Its announcements reach the introducer sealed under the wrong key: dropped and counted.
         eventually(10, "the introducer refusing the intruder's gossip", || async {
@@ -285,8 +285,13 @@ async fn a_relay_with_the_wrong_secret_is_refused_and_pairs_nothing() {
             }
         })
         .await;
-        let (status, _) = http_get(intruder.admin, "/readyz").await;
+        // The introducer says so (once a minute at most), and the intruder's /readyz names the
+        // secret among what to check, not only the introducers.
+        let said = tokio::task::block_in_place(|| _intro.wait_for("refused gossip"));
+        assert!(said.contains("--cluster-secret"), "{said}");
+        let (status, why) = http_get(intruder.admin, "/readyz").await;
         assert_eq!(status, 503, "the intruder never becomes part of the mesh");
+        assert!(why.contains("cluster secret"), "{why}");
         // Someone who knows a relay's mesh port, and the protocol, but not the secret: the relay
         // refuses the handshake at its last message and closes; nothing of the mesh is read.
         let mesh_port = mesh_port_of(&r[0]).await;

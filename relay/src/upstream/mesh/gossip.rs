@@ -189,6 +189,7 @@ pub async fn run(
     let alone_every = Duration::from_secs(2).min(g.probe_period * 2);
     let mut announce = tokio::time::interval(alone_every);
     let mut rounds = 0u32;
+    let mut refused = Refused::default();
     let out = Outlet {
         socket: &g.socket,
         seal: &seal,
@@ -207,7 +208,7 @@ pub async fn run(
                 return;
             }
             got = g.socket.recv_from(&mut buf) => {
-                let Ok((n, _from)) = got else { continue };
+                let Ok((n, from)) = got else { continue };
                 if let Some(data) = seal.open(&buf[..n]) {
                     let _ = foca.handle_data(&data, &mut rt);
                 } else if let Some(msg) = lease_seal.open(&buf[..n]).and_then(|d| lease::Message::decode(&d)) {
@@ -228,6 +229,7 @@ pub async fn run(
                     }
                 } else {
                     out.metrics.upstream.gossip_refused.inc();
+                    refused.saw(from, tokio::time::Instant::now());
                 }
             }
             _ = pinging.tick(), if g.leases.is_some() => {
@@ -279,6 +281,35 @@ pub async fn run(
             }
         }
         out.flush(&mut rt).await;
+    }
+}
+
+/// Gossip that did not open with the cluster secret, logged at most once a minute: a relay
+/// started with another secret is refused without a word on its side (it only sees silence),
+/// so the side that refuses says so.
+#[derive(Default)]
+struct Refused {
+    last_logged: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+impl Refused {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn saw(&mut self, from: SocketAddr, now: tokio::time::Instant) {
+        self.since += 1;
+        if self.last_logged.is_some_and(|at| now.duration_since(at) < Refused::EVERY) {
+            return;
+        }
+        tracing::warn!(
+            %from,
+            datagrams = self.since,
+            "refused gossip not sealed with this cluster secret: a relay started with another \
+             --cluster-secret, or not a relay (logged at most once a minute; \
+             ghostwire_upstream_gossip_refused_total counts them)"
+        );
+        self.last_logged = Some(now);
+        self.since = 0;
     }
 }
 

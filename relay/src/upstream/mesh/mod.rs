@@ -118,7 +118,9 @@ impl Shared {
             return Ok(());
         }
         if !self.active.load(Ordering::Acquire) {
-            return Err("not yet known to any member of the mesh (are the introducers up?)".into());
+            return Err("not yet known to any member of the mesh: are the introducers up, reachable over UDP, and \
+                        started with this relay's cluster secret? (they log gossip they refuse)"
+                .into());
         }
         if let Some(leases) = &self.leases {
             leases.lock().unwrap_or_else(|p| p.into_inner()).check(tokio::time::Instant::now())?;
