@@ -430,6 +430,16 @@ async fn a_lasting_outage_closes_both_with_peer_lost(kind: Kind) {
     expect_error(&mut b, 4011).await;
     // fast_failures: a peer is lost after 2 s without heartbeats (every 250 ms).
     assert!(gone.elapsed() < Duration::from_secs(6), "took {:?}", gone.elapsed());
+    // Each relay counts the pair it lost, so the documented alert on peers lost fires.
+    for admin in [world.relays[0].admin, world.relays[1].admin] {
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        let lost: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("ghostwire_upstream_peers_lost_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(lost >= 1.0, "a 4011 not counted in ghostwire_upstream_peers_lost_total: {metrics}");
+    }
 }
 
 /// A pair lost in an outage is never told its peer left. The broker goes away; the first side
