@@ -46,6 +46,8 @@ pub struct Receipts {
     confirmed: u64,
     /// We received lines the peer has no receipt for yet.
     owed: bool,
+    /// Lines confirmed since the driver last took them (to mark them delivered).
+    delivered: Vec<Zeroizing<String>>,
 }
 
 impl Receipts {
@@ -74,9 +76,16 @@ impl Receipts {
         self.confirmed = next;
         let before = self.waiting.len();
         while self.waiting.front().is_some_and(|(n, _)| *n < next) {
-            self.waiting.pop_front();
+            if let Some((_, text)) = self.waiting.pop_front() {
+                self.delivered.push(text);
+            }
         }
         Ok(before - self.waiting.len())
+    }
+
+    /// The lines confirmed since this was last called, oldest first (to mark them delivered).
+    pub fn take_delivered(&mut self) -> Vec<Zeroizing<String>> {
+        std::mem::take(&mut self.delivered)
     }
 
     /// After a resume, every line still waiting is sealed again by `seal`, in order, and

@@ -328,6 +328,7 @@ impl Driver {
             Action::Show(text) => self.ui.incoming(&text),
             Action::Say(tone, text) => self.ui.status(tone, &text),
             Action::ShowCode(code) => self.ui.verification(&code),
+            Action::Delivered(lines) => self.ui.delivered(&lines),
         }
         None
     }

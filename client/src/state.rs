@@ -264,6 +264,8 @@ pub enum Action {
     Show(Zeroizing<String>),
     /// Show a status line.
     Say(Tone, String),
+    /// Our lines a receipt has just confirmed, oldest first: mark them delivered.
+    Delivered(Vec<Zeroizing<String>>),
     /// Show the verification code.
     ShowCode(String),
     /// Close the socket and wipe every secret (the reason is in DISCONNECTED).
@@ -804,7 +806,11 @@ impl Machine {
             Err(why) => end(why),
             // A receipt may follow the peer's `done`: it answers lines of ours.
             Ok(Record::Ack(_)) => {
+                let delivered = self.receipts.as_mut().map(Receipts::take_delivered).unwrap_or_default();
                 let mut said = vec![];
+                if !delivered.is_empty() {
+                    said.push(Action::Delivered(delivered));
+                }
                 if c.resent && self.receipts.as_ref().is_some_and(|r| r.unconfirmed() == 0) {
                     c.resent = false;
                     said.push(Action::Say(Tone::Good, "delivered: your peer confirmed every line you sent".into()));

@@ -278,6 +278,33 @@ impl Ui {
         self.typing.as_ref().and_then(|t| t.abandoned())
     }
 
+    /// Marks our `lines` delivered (a receipt confirmed them), at a terminal: one dim line per
+    /// receipt, quoting the line (or the first and last of several), cut to [`QUOTED`]
+    /// characters. Piped output stays the peer's lines and the status a script reads.
+    pub fn delivered(&self, lines: &[Zeroizing<String>]) {
+        if self.mode == Mode::Piped {
+            return;
+        }
+        let (Some(first), Some(last)) = (lines.first(), lines.last()) else { return };
+        // Sized once, so no growth leaves a copy of the text behind unwiped.
+        let mut text = Zeroizing::new(String::with_capacity(400));
+        text.push_str("✓ delivered: ");
+        if lines.len() == 1 {
+            quote_into(&mut text, first);
+        } else {
+            text.push_str(&format!("{} lines, ", lines.len()));
+            quote_into(&mut text, first);
+            text.push_str(" … ");
+            quote_into(&mut text, last);
+        }
+        let mut line = Zeroizing::new(String::with_capacity(text.len() + 16));
+        let _ = std::fmt::Write::write_fmt(
+            &mut *line,
+            format_args!("{}", text.as_str().if_supports_color(Stream::Stderr, |t| t.dimmed())),
+        );
+        self.emit(&line, false);
+    }
+
     /// A line the user gave that was not sent, shown with its text so nothing is lost unseen.
     pub fn unsent(&self, text: &str) {
         let clean = sanitize(text);
@@ -286,6 +313,20 @@ impl Ui {
         line.push_str(&clean);
         self.status(Tone::Warn, &line);
     }
+}
+
+/// Characters of one of our lines quoted in a delivery mark.
+const QUOTED: usize = 40;
+
+/// Appends `line` to `out` in quotes, sanitized and cut to [`QUOTED`] characters.
+fn quote_into(out: &mut String, line: &str) {
+    let clean = sanitize(line);
+    out.push('"');
+    out.extend(clean.chars().take(QUOTED));
+    if clean.chars().count() > QUOTED {
+        out.push('…');
+    }
+    out.push('"');
 }
 
 type Editor = rustyline::Editor<Words, rustyline::history::DefaultHistory>;

@@ -50,6 +50,8 @@ async fn a_person_types_into_the_interactive_client() {
             term.expect("peer: incoming while you type").unwrap();
             term.send_line(" continued").unwrap();
             from_test.recv_timeout(Duration::from_secs(15)).unwrap();
+            // The peer's receipt marks the line delivered.
+            term.expect("✓ delivered: \"draft continued\"").unwrap();
             // Commands.
             term.send_line("/help").unwrap();
             term.expect("/mismatch").unwrap();

@@ -752,3 +752,35 @@ fn ctrl_c_while_resuming_ends_the_session() {
     a.handle(Event::Quit);
     assert_eq!(ended(&a), &End::Quit);
 }
+
+/// Each receipt marks the lines it confirms delivered, once, oldest first; lines the peer has
+/// not confirmed are not marked.
+#[test]
+fn a_receipt_marks_the_lines_it_confirms_delivered() {
+    let (mut a, mut b) = resuming_pair();
+    let delivered = |actions: &[Action]| -> Vec<String> {
+        actions
+            .iter()
+            .flat_map(|x| match x {
+                Action::Delivered(lines) => lines.iter().map(|l| l.to_string()).collect(),
+                _ => vec![],
+            })
+            .collect()
+    };
+    let mut to_b = vec![];
+    for text in ["one", "two"] {
+        to_b.extend(as_events(&a.handle(line(text))));
+    }
+    for event in to_b {
+        b.handle(event);
+    }
+    let ack = b.handle(Event::AckDue);
+    let three = as_events(&a.handle(line("three")));
+    assert_eq!(delivered(&a.handle(as_events(&ack).remove(0))), ["one", "two"]);
+    for event in three {
+        b.handle(event);
+    }
+    let ack = b.handle(Event::AckDue);
+    assert_eq!(delivered(&a.handle(as_events(&ack).remove(0))), ["three"]);
+    assert_eq!(a.receipts.as_ref().unwrap().unconfirmed(), 0);
+}
