@@ -45,6 +45,16 @@ pub struct Config {
     #[arg(long, env = "GHOSTWIRE_FRAME_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub frame_burst: u32,
 
+    /// Bytes per second each connection may send in bulk frames (over 8 KiB: file chunks),
+    /// sustained. Above it the relay reads more slowly (the sender is slowed, never cut off);
+    /// bulk frames cost no --frame-rate tokens.
+    #[arg(long, env = "GHOSTWIRE_BYTE_RATE", default_value_t = 32 << 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub byte_rate: u32,
+
+    /// Bytes each connection may send in bulk frames at once, before --byte-rate applies.
+    #[arg(long, env = "GHOSTWIRE_BYTE_BURST", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub byte_burst: u32,
+
     /// Most open client connections; more are answered with HTTP 503.
     #[arg(long, env = "GHOSTWIRE_MAX_CONNS", default_value_t = 10_000)]
     pub max_conns: usize,

@@ -20,6 +20,7 @@
 //! stops reading its own client (backpressure through TCP) while it keeps
 //! writing what the partner sends, so two busy peers never wait on each other.
 
+use crate::limits::{ByteBudget, BULK_FRAME};
 use crate::metrics::Metrics;
 use crate::upstream::inbox::{Delivery, Inbox, Receiver};
 use crate::upstream::{
@@ -143,6 +144,8 @@ where
         Quota::per_second(NonZeroU32::new(cfg.frame_rate).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.frame_burst).unwrap_or(NonZeroU32::MIN)),
     );
+    // Bulk frames (file chunks) pay bytes instead of frame tokens; see `limits::ByteBudget`.
+    let mut bytes = ByteBudget::new(cfg.byte_rate, cfg.byte_burst, Instant::now());
     // One timer for both clocks (a second costs every connection its size and a boxed sleep):
     // the join or wait deadline (none once paired) and the next ping.
     let mut deadline = Some(Instant::now() + cfg.join_timeout);
@@ -224,7 +227,8 @@ where
                         next = more(&mut ws, &mut budget, &phase, &blocked);
                         continue;
                     };
-                    if limiter.check().is_err() {
+                    let bulk = text.len() > BULK_FRAME;
+                    if !bulk && limiter.check().is_err() {
                         break 'conn Exit::Error(ErrorCode::RateLimited);
                     }
                     // Decide on a borrowed view, then let go of it before the text moves on.
@@ -254,7 +258,16 @@ where
                         Err(e) => break 'conn Exit::Error(e.code()),
                     };
                     match (&mut phase, room) {
-                        (Phase::Paired(_, link), None) => blocked = forward(link.as_mut(), Frame::from(text)),
+                        (Phase::Paired(_, link), None) => {
+                            blocked = match bulk.then(|| bytes.charge(text.len(), Instant::now())).flatten() {
+                                // Over the byte rate: held (and reading paused) until it is paid.
+                                Some(wait) => Some(Box::new((Frame::from(text), Box::pin(async move {
+                                    tokio::time::sleep(wait).await;
+                                    Ok(())
+                                })))),
+                                None => forward(link.as_mut(), Frame::from(text)),
+                            };
+                        }
                         (Phase::AwaitJoin(mailbox), Some(room)) => {
                             let Some(mailbox) = mailbox.take() else { break 'conn Exit::Error(ErrorCode::OutOfOrder) };
                             joined = Some(room);

@@ -429,3 +429,43 @@ async fn unknown_and_local_proxy_headers_count_as_the_proxy_never_as_the_clients
     })
     .await;
 }
+
+/// Bulk frames (file chunks, over 8 KiB) pay bytes, not frame tokens: a sender far above
+/// --frame-rate in frames, and above --byte-rate in bytes, is slowed to the byte rate, never
+/// cut off with 4004, and every frame arrives intact and in order. Small frames still pay the
+/// frame rate (the flood tests in relay_deviations.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_frames_are_slowed_to_the_byte_rate_never_cut_off() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let relay = TestRelay::with(|c| {
+        c.byte_rate = 8 << 20;
+        c.byte_burst = 1 << 20;
+    })
+    .await;
+    within(60, async {
+        let (mut a, mut b) = pair(&relay.url(), &room("bulk")).await;
+        // 600 frames of 48 KiB: 6× the frame burst, 28 MiB, 27 over the byte burst.
+        const FRAMES: usize = 600;
+        let chunk = |i: usize| signal("CHUNK", &format!("{i:06}{}", "x".repeat(48 * 1024)));
+        let started = tokio::time::Instant::now();
+        let sender = tokio::spawn(async move {
+            for i in 0..FRAMES {
+                a.feed(Message::text(chunk(i))).await.unwrap();
+            }
+            a.flush().await.unwrap();
+            a
+        });
+        for i in 0..FRAMES {
+            match tokio::time::timeout(FRAME_WAIT, b.next()).await.unwrap() {
+                Some(Ok(Message::Text(t))) => assert!(t.as_str() == chunk(i), "frame {i} changed or out of order"),
+                other => panic!("frame {i}: {other:?}"),
+            }
+        }
+        // The limit held: 27 MiB over the burst at 8 MiB/s cannot pass in under 3 s.
+        assert!(started.elapsed() >= Duration::from_secs(3), "not slowed: {:?}", started.elapsed());
+        let _a = sender.await.unwrap();
+        assert_eq!(relay.metrics.errors(ghostwire_shared::ErrorCode::RateLimited), 0);
+    })
+    .await;
+}
