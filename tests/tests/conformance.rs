@@ -318,6 +318,33 @@ async fn a_session_resumes_through_twenty_cuts_with_every_line_once(kind: Kind) 
     lines_survive_cuts(a, b, 1000, 20).await;
 }
 
+/// A stranger who knows the room code, and nothing else, joins while a session is away: it is
+/// not paired with either side (they meet again in a room only they can name, through any
+/// relay of the room space), it waits alone in the code's room (a second stranger pairs with
+/// it), and the session goes on with nothing lost.
+async fn a_stranger_with_the_room_code_is_not_paired_with_a_session_that_is_away(kind: Kind) {
+    use futures_util::FutureExt;
+    let world = World::start(kind, |_| {}).await;
+    let proxy = CutProxy::start(world.relays[0].addr).await;
+    let code = room("stranger");
+    let mut a = Peer::start(&["--relay", &proxy.url(), &code]);
+    a.status("searching").await;
+    let mut b = Peer::start(&["--relay", &world.url(1), &code]);
+    a.code().await;
+    b.code().await;
+    proxy.cut(Duration::from_millis(500));
+    b.status("your peer is away").await;
+    let mut stranger = join(&world.url(2), &code).await;
+    a.status("back: resumed").await;
+    a.say("after the drop").await;
+    assert_eq!(b.heard().await, "after the drop");
+    assert!(stranger.next().now_or_never().is_none(), "the stranger was told something");
+    let mut second = join(&world.url(0), &code).await;
+    expect_peer_found(&mut stranger).await;
+    expect_peer_found(&mut second).await;
+    hang_up_and_part(a, b).await;
+}
+
 /// Joins abandoned mid-way (the client closes right after JOIN) leave no seat behind.
 async fn an_abandoned_join_leaves_no_seat(kind: Kind) {
     let world = World::start(kind, |_| {}).await;
@@ -635,6 +662,7 @@ macro_rules! suite {
             case!($kind, 240, racing_joiners_admit_exactly_two);
             case!($kind, 90, a_burnt_room_is_refused_everywhere_until_its_burn_ends);
             case!($kind, 120, a_session_resumes_through_twenty_cuts_with_every_line_once);
+            case!($kind, 60, a_stranger_with_the_room_code_is_not_paired_with_a_session_that_is_away);
         }
     };
     ($name:ident, $kind:expr, distributed) => {
