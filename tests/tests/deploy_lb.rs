@@ -256,3 +256,58 @@ async fn a_rolling_restart_moves_only_the_stopped_replica_s_clients() {
         assert!(!log.contains("panicked"), "{log}");
     }
 }
+
+/// A rolling deploy mid-conversation: two replicas behind nginx, each stopped with SIGTERM and
+/// started again on its port, one after the other, while 300 numbered lines flow. The two
+/// clients resume through whichever replica nginx picks; every line arrives once, in order, and
+/// nobody types the code again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_deploy_of_both_replicas_mid_stream_loses_nothing() {
+    let dir = TempDir::new("deploy");
+    let (ca, cert, key) = test_ca(&dir.0);
+    let nats = NatsServer::start();
+    let listen = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
+    let start = |i: usize| relay(&nats, &["--listen", &listen[i]]);
+    let mut replicas = [Some(start(0)), Some(start(1))];
+    let addrs: Vec<SocketAddr> = listen.iter().map(|l| l.parse().unwrap()).collect();
+    let lb = Nginx::start(&cert, &key, &addrs);
+    let ca_arg = ca.to_str().unwrap();
+    within(120, async {
+        for r in replicas.iter().flatten() {
+            until_ready(r.admin, 10).await;
+        }
+        let code = room("deploy");
+        let mut a = Peer::start(&["--relay", &lb.url(), &code, "--ca", ca_arg]);
+        a.status("searching").await;
+        let mut b = Peer::start(&["--relay", &lb.url(), &code, "--ca", ca_arg]);
+        a.code().await;
+        b.code().await;
+        // Queued at once, sent paced (about 80 a second): the deploy happens while they flow.
+        for i in 1..=300 {
+            a.say(&format!("line {i:03}")).await;
+        }
+        let mut next = 1;
+        for (i, until) in [(0, 60), (1, 160)] {
+            while next <= until {
+                assert_eq!(b.heard().await, format!("line {next:03}"));
+                next += 1;
+            }
+            let old = replicas[i].take().unwrap();
+            old.signal(Signal::SIGTERM);
+            let (code, log) = tokio::task::spawn_blocking(move || old.wait()).await.unwrap();
+            assert_eq!(code, Some(0), "{log}");
+            let new = start(i);
+            until_ready(new.admin, 20).await;
+            replicas[i] = Some(new);
+        }
+        while next <= 300 {
+            assert_eq!(b.heard().await, format!("line {next:03}"), "each line once, in order");
+            next += 1;
+        }
+        // Both were moved by the deploy (the first stop dropped one of them, and so its peer).
+        a.status("back: resumed").await;
+        b.status("back: resumed").await;
+        hang_up_and_part(a, b).await;
+    })
+    .await;
+}
