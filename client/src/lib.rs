@@ -11,6 +11,7 @@ pub mod cli;
 pub mod code;
 pub mod crypto;
 pub mod end;
+pub mod files;
 pub mod harden;
 pub mod net;
 pub mod pake;

@@ -147,7 +147,7 @@ pub fn sanitize(text: &str) -> Zeroizing<String> {
 }
 
 /// Whether `c` must not reach the terminal as it is (see [`sanitize`]).
-fn hidden(c: char) -> bool {
+pub fn hidden(c: char) -> bool {
     (c.is_control() && c != '\t')
         || matches!(
             c,
