@@ -266,6 +266,8 @@ impl Driver {
             }
         }
         self.teardown().await;
+        // Everything said so far is on the screen before the final report is written beside it.
+        self.ui.flush();
         let end = self.machine.end().cloned().unwrap_or(End::Quit);
         self.machine.handle(Event::Wiped);
         Outcome { end, unsent: self.unsent, unconfirmed: self.unconfirmed, began: self.began }

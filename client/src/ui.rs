@@ -35,8 +35,8 @@ use rustyline::{Cmd, EventHandler, ExternalPrinter, KeyEvent};
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::sync::{mpsc as std_mpsc, Mutex};
 use tokio::sync::mpsc;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -106,10 +106,54 @@ pub enum Mode {
     Piped,
 }
 
+/// What the printer thread is given: a line to show, or a request to say when every line
+/// before it is shown.
+enum Print {
+    Line(Zeroizing<String>),
+    Flushed(std_mpsc::Sender<()>),
+}
+
+/// The editor's printer, on a thread of its own. rustyline's printer holds one message at a
+/// time and blocks until the editor takes it; the editor takes it between keys, and may itself
+/// wait for the session to take a line it read (a paste of more lines than the input queue
+/// holds). Printing from the session would then deadlock both; through this thread the
+/// session never waits for the editor.
+struct Printer {
+    jobs: std_mpsc::Sender<Print>,
+}
+
+impl Printer {
+    fn start(mut printer: Box<dyn ExternalPrinter + Send>) -> Printer {
+        let (jobs, queue) = std_mpsc::channel::<Print>();
+        std::thread::spawn(move || {
+            for job in queue {
+                match job {
+                    // The printer takes ownership; its copy is rustyline's (see the module docs).
+                    Print::Line(mut line) => {
+                        let _ = printer.print(std::mem::take(&mut *line));
+                    }
+                    Print::Flushed(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Printer { jobs }
+    }
+
+    /// Waits (at most a second) until every line given so far is shown.
+    fn flush(&self) {
+        let (done, shown) = std_mpsc::channel();
+        if self.jobs.send(Print::Flushed(done)).is_ok() {
+            let _ = shown.recv_timeout(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
 /// Where output goes.
 pub struct Ui {
     mode: Mode,
-    printer: Option<Mutex<Box<dyn ExternalPrinter + Send>>>,
+    printer: Option<Printer>,
     /// The line being typed at a plain terminal, printed around.
     typing: Option<Arc<Typing>>,
 }
@@ -177,7 +221,7 @@ impl Ui {
         let (verdict_tx, verdict_rx) = std_mpsc::channel();
         let (mut ui, editor, own_warning) = match terminal.then(editor) {
             Some(Ok((editor, printer))) => {
-                (Ui { mode: Mode::Editor, printer: Some(Mutex::new(printer)), typing: None }, Some(editor), None)
+                (Ui { mode: Mode::Editor, printer: Some(Printer::start(printer)), typing: None }, Some(editor), None)
             }
             Some(Err(e)) => (
                 Ui { mode: Mode::Plain, printer: None, typing: None },
@@ -205,6 +249,14 @@ impl Ui {
         (ui, rx, verdict_tx)
     }
 
+    /// Waits (bounded) until every line given to the editor's printer is shown: before the
+    /// session's last words are written beside it.
+    pub fn flush(&self) {
+        if let Some(p) = &self.printer {
+            p.flush();
+        }
+    }
+
     /// The front end in use.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -213,13 +265,10 @@ impl Ui {
     fn emit(&self, line: &str, to_stdout: bool) {
         match &self.printer {
             Some(p) => {
-                if let Ok(mut p) = p.lock() {
-                    let mut copy = Zeroizing::new(String::with_capacity(line.len() + 1));
-                    copy.push_str(line);
-                    copy.push('\n');
-                    // The printer takes ownership; its copy is rustyline's (see the module docs).
-                    let _ = p.print(std::mem::take(&mut *copy));
-                }
+                let mut copy = Zeroizing::new(String::with_capacity(line.len() + 1));
+                copy.push_str(line);
+                copy.push('\n');
+                let _ = p.jobs.send(Print::Line(copy));
             }
             None => match (&self.typing, to_stdout) {
                 (Some(typing), true) => typing.print_over(&mut std::io::stdout().lock(), line),
