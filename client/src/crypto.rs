@@ -42,6 +42,9 @@ use zeroize::Zeroizing;
 pub const PAD_BUCKET: usize = 256;
 /// Bytes of the v2 header inside the box: direction (1), counter (8), record kind (1), length (2).
 const HEADER: usize = 12;
+/// The largest plaintext of a record that is not a file chunk (a line of 1,000 characters
+/// pads to at most 4 KiB): a peer cannot pass other records off as bulk.
+pub const SMALL_MAX: usize = 8 * 1024;
 /// The NaCl nonce length.
 pub const NONCE_LEN: usize = 24;
 /// The Poly1305 tag length.
@@ -226,6 +229,8 @@ pub enum Record {
     Notice(Notice),
     /// A receipt: every record we numbered below this one reached the peer.
     Ack(u64),
+    /// A record of a file transfer ([`crate::transfer`]).
+    File(crate::transfer::FileRecord),
 }
 
 /// Record kind of a text message (v2).
@@ -302,6 +307,18 @@ impl Channel {
         (self.version == Version::Hardened2).then(|| self.seal_bytes(ACK, &next))
     }
 
+    /// Encrypts a record of a file transfer (v2 only). A chunk fills its own size class,
+    /// [`CHUNK_PLAIN`](crate::transfer::CHUNK_PLAIN) bytes, whatever it holds; every other
+    /// record pads like a line.
+    pub fn seal_file(&mut self, record: &crate::transfer::FileRecord) -> Option<Vec<u8>> {
+        (self.version == Version::Hardened2).then(|| self.seal_body(record.kind(), &record.encode()))
+    }
+
+    /// Encrypts `body` as a record of `kind`, padded to its size class.
+    pub fn seal_body(&mut self, kind: u8, body: &[u8]) -> Vec<u8> {
+        self.seal_bytes(kind, body)
+    }
+
     /// The number the next record we seal will carry (how many we sealed so far).
     pub fn sealed(&self) -> u64 {
         self.sent
@@ -340,7 +357,7 @@ impl Channel {
                 // Texts are at most a few KiB (the UI caps them); the length field holds 65,535.
                 buf.extend_from_slice(&(text.len().min(u16::MAX as usize) as u16).to_be_bytes());
                 buf.extend_from_slice(text);
-                buf.resize(padded_len(text.len()), 0);
+                buf.resize(class_len(kind, text.len()), 0);
                 buf
             }
         };
@@ -384,6 +401,11 @@ impl Channel {
                 if plain.len() < HEADER || plain.len() % PAD_BUCKET != 0 {
                     return Err(CryptoError::BadContent);
                 }
+                // Each record in its size class: a chunk fills its own, anything else is short.
+                let chunk = plain[9] == crate::transfer::CHUNK_KIND;
+                if chunk != (plain.len() == crate::transfer::CHUNK_PLAIN) || (!chunk && plain.len() > SMALL_MAX) {
+                    return Err(CryptoError::BadContent);
+                }
                 if plain[0] == self.my_direction {
                     return Err(CryptoError::Reflection);
                 }
@@ -409,6 +431,11 @@ impl Channel {
                     let next: [u8; 8] = body.try_into().map_err(|_| CryptoError::BadContent)?;
                     return Ok(Record::Ack(u64::from_be_bytes(next)));
                 }
+                if (crate::transfer::FIRST_KIND..=crate::transfer::LAST_KIND).contains(&plain[9]) {
+                    let record =
+                        crate::transfer::FileRecord::decode(plain[9], body).map_err(|_| CryptoError::BadContent)?;
+                    return Ok(Record::File(record));
+                }
                 (plain[9], std::str::from_utf8(body).map_err(|_| CryptoError::BadContent)?)
             }
         };
@@ -426,6 +453,16 @@ impl Channel {
 /// The padded size of a v2 plaintext holding `text_len` bytes of text.
 pub fn padded_len(text_len: usize) -> usize {
     (HEADER + text_len).div_ceil(PAD_BUCKET) * PAD_BUCKET
+}
+
+/// The padded size of a v2 plaintext of `kind` holding `len` bytes: a chunk's class, or the
+/// line buckets.
+fn class_len(kind: u8, len: usize) -> usize {
+    if kind == crate::transfer::CHUNK_KIND {
+        crate::transfer::CHUNK_PLAIN
+    } else {
+        padded_len(len)
+    }
 }
 
 #[cfg(test)]

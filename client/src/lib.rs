@@ -22,4 +22,5 @@ pub mod record;
 pub mod resume;
 pub mod session;
 pub mod state;
+pub mod transfer;
 pub mod ui;

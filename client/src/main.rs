@@ -152,11 +152,11 @@ fn refuse(why: &str) -> ExitCode {
 }
 
 /// The exit code: the reason's, except that a normal end with lines left unsent, or sent and
-/// never confirmed by the peer, is 1 (unless the user chose to leave before the receipts came).
+/// never confirmed by the peer, or a file transfer unfinished, is 1 (unless the user chose to leave before the receipts came).
 fn exit_code(outcome: &Outcome) -> u8 {
     let unconfirmed = outcome.unconfirmed > 0 && outcome.end != End::Quit;
     match outcome.end.exit_code() {
-        exit::OK if outcome.unsent > 0 || unconfirmed => exit::UNSENT,
+        exit::OK if outcome.unsent > 0 || unconfirmed || outcome.files > 0 => exit::UNSENT,
         code => code,
     }
 }
@@ -173,6 +173,11 @@ fn report(outcome: &Outcome, code: u8) {
         0 => {}
         1 => unsent.push_str("; 1 line was not confirmed as delivered"),
         n => unsent.push_str(&format!("; {n} lines were not confirmed as delivered")),
+    }
+    match outcome.files {
+        0 => {}
+        1 => unsent.push_str("; 1 file transfer did not finish"),
+        n => unsent.push_str(&format!("; {n} file transfers did not finish")),
     }
     // The reason may quote the network (a relay's frame, a peer's): through the one filter.
     // Before a valid code there was no session: nothing was destroyed, and saying so would alarm.

@@ -44,6 +44,8 @@ pub enum PeerMsg {
         acks: bool,
         /// It resumes over a new connection after a drop (`"resume":1`, [`crate::resume`]).
         resume: bool,
+        /// It reads file transfer records (`"files":1`, [`crate::transfer`]).
+        files: bool,
     },
     /// RESUME: one side's half of the resume handshake.
     Resume(crate::resume::Hello),
@@ -145,6 +147,7 @@ pub fn decode(signal: &Signal) -> Result<PeerMsg, DecodeError> {
             },
             acks: flag(f, "ack")?,
             resume: flag(f, "resume")?,
+            files: flag(f, "files")?,
         }),
         "RESUME" if version(f)? != Some(V2) => Err(DecodeError::BadField("v")),
         "RESUME" => Ok(PeerMsg::Resume(crate::resume::Hello {
@@ -178,14 +181,15 @@ pub const RECV_RATE: (u32, u32) = (120, 600);
 
 /// `{"type":"SIGNAL","kind":"KEY_EXCHANGE","key":...}`, with `"v":2`, `"rx":N` (the messages
 /// per second this client takes from its peer, [`RECV_RATE`]) and `"ack":1` (it sends and reads
-/// receipts, [`receipts`](crate::receipts)) unless legacy; and `"resume":1` if it resumes
+/// receipts, [`receipts`](crate::receipts)) and `"files":1` (it reads file transfer records,
+/// [`transfer`](crate::transfer)) unless legacy; and `"resume":1` if it resumes
 /// after a drop ([`crate::resume`]).
 pub fn key_frame(key: &[u8; 32], v2: bool, resume: bool) -> String {
     let key = ("key", json!(B64.encode(key)));
     if !v2 {
         return frame("KEY_EXCHANGE", &[key]);
     }
-    let mut fields = vec![key, ("v", json!(V2)), ("rx", json!(RECV_RATE.0)), ("ack", json!(1))];
+    let mut fields = vec![key, ("v", json!(V2)), ("rx", json!(RECV_RATE.0)), ("ack", json!(1)), ("files", json!(1))];
     if resume {
         fields.push(("resume", json!(1)));
     }
@@ -242,15 +246,15 @@ mod tests {
         assert_eq!(decode(&signal_of(&commit_frame(&k))), Ok(PeerMsg::Commit { commit: k }));
         assert_eq!(
             decode(&signal_of(&key_frame(&k, true, false))),
-            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120), acks: true, resume: false })
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120), acks: true, resume: false, files: true })
         );
         assert_eq!(
             decode(&signal_of(&key_frame(&k, true, true))),
-            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120), acks: true, resume: true })
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: true, rx: Some(120), acks: true, resume: true, files: true })
         );
         assert_eq!(
             decode(&signal_of(&key_frame(&k, false, true))),
-            Ok(PeerMsg::Key { key: k.to_vec(), v2: false, rx: None, acks: false, resume: false })
+            Ok(PeerMsg::Key { key: k.to_vec(), v2: false, rx: None, acks: false, resume: false, files: false })
         );
         let hello = crate::resume::Hello { generation: 3, key: k, received: 9, mac: [1; 32] };
         assert_eq!(decode(&signal_of(&resume_frame(&hello))), Ok(PeerMsg::Resume(hello)));

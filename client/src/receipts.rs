@@ -37,11 +37,24 @@ pub enum ReceiptError {
     Backwards,
 }
 
+/// A record of ours kept until a receipt confirms it (to seal it again after a resume).
+pub enum Pending {
+    /// A line.
+    Line(Zeroizing<String>),
+    /// Another record, by kind and body (a file transfer's).
+    Record {
+        /// Its record kind.
+        kind: u8,
+        /// Its body.
+        body: Zeroizing<Vec<u8>>,
+    },
+}
+
 /// The receipts of one session.
 #[derive(Default)]
 pub struct Receipts {
-    /// Our lines not confirmed yet, with the number of the record that carried each.
-    waiting: VecDeque<(u64, Zeroizing<String>)>,
+    /// Our records not confirmed yet, with the number each went out as.
+    waiting: VecDeque<(u64, Pending)>,
     /// Everything below this is confirmed.
     confirmed: u64,
     /// We received lines the peer has no receipt for yet.
@@ -53,7 +66,12 @@ pub struct Receipts {
 impl Receipts {
     /// Our line `text` went out as record `number`.
     pub fn sent(&mut self, number: u64, text: &str) {
-        self.waiting.push_back((number, Zeroizing::new(text.to_owned())));
+        self.waiting.push_back((number, Pending::Line(Zeroizing::new(text.to_owned()))));
+    }
+
+    /// Our record of `kind` went out as record `number`.
+    pub fn sent_record(&mut self, number: u64, kind: u8, body: Zeroizing<Vec<u8>>) {
+        self.waiting.push_back((number, Pending::Record { kind, body }));
     }
 
     /// Whether no further line may go out until receipts arrive.
@@ -76,7 +94,7 @@ impl Receipts {
         self.confirmed = next;
         let before = self.waiting.len();
         while self.waiting.front().is_some_and(|(n, _)| *n < next) {
-            if let Some((_, text)) = self.waiting.pop_front() {
+            if let Some((_, Pending::Line(text))) = self.waiting.pop_front() {
                 self.delivered.push(text);
             }
         }
@@ -90,9 +108,9 @@ impl Receipts {
 
     /// After a resume, every line still waiting is sealed again by `seal`, in order, and
     /// renumbered with the number `seal` returns. Returns how many.
-    pub fn reseal(&mut self, mut seal: impl FnMut(&str) -> u64) -> usize {
-        for (number, text) in &mut self.waiting {
-            *number = seal(text);
+    pub fn reseal(&mut self, mut seal: impl FnMut(&Pending) -> u64) -> usize {
+        for (number, pending) in &mut self.waiting {
+            *number = seal(pending);
         }
         self.waiting.len()
     }
@@ -119,7 +137,13 @@ impl Receipts {
 
     /// The lines never confirmed, oldest first (the session is over).
     pub fn into_unconfirmed(self) -> Vec<Zeroizing<String>> {
-        self.waiting.into_iter().map(|(_, text)| text).collect()
+        self.waiting
+            .into_iter()
+            .filter_map(|(_, p)| match p {
+                Pending::Line(text) => Some(text),
+                Pending::Record { .. } => None,
+            })
+            .collect()
     }
 }
 

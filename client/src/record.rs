@@ -14,7 +14,7 @@
 use crate::crypto::{Channel, Notice, Record};
 use crate::end::End;
 use crate::proto;
-use crate::receipts::Receipts;
+use crate::receipts::{Pending, Receipts};
 use crate::resume::{Hello, NewKeys, Opening, Resumption};
 use ghostwire_shared::RoomCode;
 
@@ -45,6 +45,21 @@ impl Records {
             r.sent(self.channel.sealed(), text);
         }
         proto::msg_frame(&self.channel.seal(text))
+    }
+
+    /// A record of a file transfer, sealed into a MSG frame (and kept by the receipts until
+    /// confirmed, to go again after a resume); `None` in v1.
+    pub fn seal_file(
+        &mut self,
+        record: &crate::transfer::FileRecord,
+        receipts: Option<&mut Receipts>,
+    ) -> Option<String> {
+        let number = self.channel.sealed();
+        let sealed = self.channel.seal_file(record)?;
+        if let Some(r) = receipts {
+            r.sent_record(number, record.kind(), record.encode());
+        }
+        Some(proto::msg_frame(&sealed))
     }
 
     /// A notice, sealed into a MSG frame (`None` in v1, which cannot say it).
@@ -130,9 +145,13 @@ impl Records {
             .map_err(|e| End::Protocol(format!("resume: {e}")))?;
         self.channel.rekey(&keys.key, keys.peer_received);
         let channel = &mut self.channel;
-        let resent = receipts.reseal(|text| {
+        let resent = receipts.reseal(|pending| {
             let number = channel.sealed();
-            frames.push(proto::msg_frame(&channel.seal(text)));
+            let sealed = match pending {
+                Pending::Line(text) => channel.seal(text),
+                Pending::Record { kind, body } => channel.seal_body(*kind, body),
+            };
+            frames.push(proto::msg_frame(&sealed));
             number
         });
         if self.done_record.is_some_and(|n| n >= keys.peer_received) {

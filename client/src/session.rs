@@ -25,6 +25,7 @@ use crate::end::End;
 use crate::net::{self, Connection, Socket, Target};
 use crate::proto::{self, PeerMsg, RECV_RATE};
 use crate::state::{Action, Event, Machine, State};
+use crate::transfer::{FileRecord, Step, Transfers, WINDOW};
 use crate::ui::{sanitize, Command, Input, Mode, Tone, Ui, Verdict, HELP};
 use futures_util::{SinkExt, StreamExt};
 use ghostwire_shared::{ClientFrame, RelayFrame, RoomCode};
@@ -92,6 +93,8 @@ pub struct Outcome {
     /// Whether a session began (a valid code was taken and the relay asked for): if not, there
     /// was nothing to destroy, and the report says so.
     pub began: bool,
+    /// File transfers that did not finish (each was shown).
+    pub files: usize,
 }
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Connection, String>>>>;
@@ -129,6 +132,10 @@ struct Driver {
     acked_at: Option<Instant>,
     unconfirmed: usize,
     began: bool,
+    /// Files sent and received in this session, and their records waiting to go out.
+    transfers: Transfers,
+    file_out: VecDeque<FileRecord>,
+    files_unfinished: usize,
 }
 
 fn limiter((rate, burst): (u32, u32)) -> DefaultDirectRateLimiter {
@@ -172,6 +179,9 @@ pub async fn run(
         acked_at: None,
         unconfirmed: 0,
         began: false,
+        transfers: Transfers::default(),
+        file_out: VecDeque::new(),
+        files_unfinished: 0,
     };
     driver.run(settings.code).await
 }
@@ -208,6 +218,7 @@ impl Driver {
                 unsent: 0,
                 unconfirmed: 0,
                 began: false,
+                files: 0,
             };
         };
         self.handle(Event::Start).await;
@@ -258,6 +269,7 @@ impl Driver {
                 self.attempts = 0;
             }
             self.pump().await;
+            self.pump_files().await;
             // A receipt goes out at once, unless one went out lately: then it waits to cover
             // what else arrives meanwhile.
             if self.ack_at.is_none() && self.machine.ack_owed() {
@@ -270,7 +282,13 @@ impl Driver {
         self.ui.flush();
         let end = self.machine.end().cloned().unwrap_or(End::Quit);
         self.machine.handle(Event::Wiped);
-        Outcome { end, unsent: self.unsent, unconfirmed: self.unconfirmed, began: self.began }
+        Outcome {
+            end,
+            unsent: self.unsent,
+            unconfirmed: self.unconfirmed,
+            began: self.began,
+            files: self.files_unfinished,
+        }
     }
 
     /// Feeds `event` to the machine and performs what it answers (sending may fail: that is
@@ -331,6 +349,13 @@ impl Driver {
             Action::Say(tone, text) => self.ui.status(tone, &text),
             Action::ShowCode(code) => self.ui.verification(&code),
             Action::Delivered(lines) => self.ui.delivered(&lines),
+            Action::File(record) => {
+                let can_ask = self.ui.mode() != Mode::Piped;
+                match self.transfers.on_record(record, can_ask) {
+                    Ok(step) => self.take_step(step),
+                    Err(violation) => return Some(Event::Deviation(End::Protocol(violation.to_string()))),
+                }
+            }
         }
         None
     }
@@ -448,6 +473,36 @@ impl Driver {
                 }
                 None => self.ui.status(Tone::Info, "no verification code yet: keys are not exchanged"),
             },
+            Command::Send(path) if path.is_empty() => self.ui.status(Tone::Warn, "usage: /send PATH"),
+            Command::Send(_) | Command::Accept(_) | Command::Reject | Command::Cancel
+                if !self.machine.can_send_file() =>
+            {
+                let why = if matches!(self.machine.state(), State::Resuming(_)) {
+                    "not now: the session is reconnecting (try again once it is back)"
+                } else if matches!(self.machine.state(), State::Connected(_)) {
+                    "your peer's client cannot receive files (it is older, or speaks v1)"
+                } else {
+                    "not yet: files go once the keys are exchanged"
+                };
+                self.ui.status(Tone::Warn, why);
+            }
+            Command::Send(path) => {
+                let result = self.transfers.offer(&expand_home(&path));
+                self.took(result);
+            }
+            Command::Accept(dir) => {
+                let dir = dir.map_or_else(crate::transfer::default_dir, |d| expand_home(&d));
+                let result = self.transfers.accept(&dir);
+                self.took(result);
+            }
+            Command::Reject => {
+                let result = self.transfers.reject();
+                self.took(result);
+            }
+            Command::Cancel => {
+                let result = self.transfers.cancel();
+                self.took(result);
+            }
             Command::Unknown(name) => {
                 // Not a command, and not sent: counted like any line that did not go out.
                 self.unsent += 1;
@@ -458,6 +513,38 @@ impl Driver {
                     ),
                 );
             }
+        }
+    }
+
+    /// A command's step, or why it could not be taken.
+    fn took(&mut self, result: Result<Step, String>) {
+        match result {
+            Ok(step) => self.take_step(step),
+            Err(why) => self.ui.status(Tone::Warn, &why),
+        }
+    }
+
+    /// Shows what a transfer says and queues what it sends.
+    fn take_step(&mut self, step: Step) {
+        for (tone, text) in step.say {
+            self.ui.status(tone, &text);
+        }
+        self.file_out.extend(step.send);
+    }
+
+    /// Sends the transfers' records, then the next chunks, while the machine can and the
+    /// window allows: lines go first (they wait behind at most one window of chunks).
+    async fn pump_files(&mut self) {
+        while self.machine.can_send_file() {
+            if let Some(record) = self.file_out.pop_front() {
+                self.handle(Event::File(record)).await;
+                continue;
+            }
+            if !self.outbox.is_empty() || !self.transfers.has_chunks() || self.machine.unconfirmed() >= WINDOW {
+                return;
+            }
+            let step = self.transfers.next_chunk();
+            self.take_step(step);
         }
     }
 
@@ -522,7 +609,11 @@ impl Driver {
                 Event::Relay { code, reason: sanitize(&reason).chars().take(200).collect() }
             }
             RelayFrame::Signal(signal) => {
-                if self.recv_limit.check().is_err() {
+                // A frame this long can only be a file chunk (the record layer refuses any other
+                // record that large, and chunks only within a transfer this side accepted): it
+                // is paced by the transfer's window, not counted as a message.
+                let bulk = text.len() > BULK_FRAME;
+                if !bulk && self.recv_limit.check().is_err() {
                     return Event::Deviation(End::Protocol(
                         "the peer sent messages faster than allowed (flood)".into(),
                     ));
@@ -530,12 +621,12 @@ impl Driver {
                 match proto::decode(&signal) {
                     Ok(PeerMsg::Commit { commit }) => Event::PeerCommit(commit),
                     Ok(PeerMsg::Resume(hello)) => Event::PeerResume(hello),
-                    Ok(PeerMsg::Key { key, v2, rx, acks, resume }) => {
+                    Ok(PeerMsg::Key { key, v2, rx, acks, resume, files }) => {
                         // A peer that takes more is sent more; the relay's own limit still bounds it.
                         if rx.is_some_and(|rx| rx >= u64::from(FAST_SEND_RATE.0)) {
                             self.send_limit = limiter(FAST_SEND_RATE);
                         }
-                        Event::PeerKey { key, v2, acks, resume }
+                        Event::PeerKey { key, v2, acks, resume, files }
                     }
                     Ok(PeerMsg::Msg { payload }) => Event::PeerRecord(payload),
                     Ok(PeerMsg::Pake { msg }) => Event::PeerPake(msg),
@@ -559,6 +650,11 @@ impl Driver {
         self.unsent += self.outbox.len();
         for line in self.outbox.drain(..) {
             self.ui.unsent(&line);
+        }
+        self.file_out.clear();
+        for said in self.transfers.ended() {
+            self.files_unfinished += 1;
+            self.ui.status(Tone::Warn, &said);
         }
         if let Some(typed) = self.ui.abandoned() {
             self.unsent += 1;
@@ -589,4 +685,16 @@ fn backoff(attempt: u32) -> Duration {
 fn is_relay_code(code: CloseCode) -> bool {
     let n = u16::from(code);
     n == 1001 || (4000..5000).contains(&n)
+}
+
+/// A frame longer than this is bulk (a file chunk's frame is about 43 KiB; a line's at most
+/// about 6 KiB).
+const BULK_FRAME: usize = 40_000;
+
+/// `~/x` as the person meant it: under their home directory.
+fn expand_home(path: &str) -> std::path::PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => std::path::PathBuf::from(path),
+    }
 }

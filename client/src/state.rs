@@ -199,6 +199,8 @@ pub enum Event {
         acks: bool,
         /// The peer resumes after a drop (`"resume":1`).
         resume: bool,
+        /// The peer reads file transfer records (`"files":1`).
+        files: bool,
     },
     /// The peer's RESUME arrived.
     PeerResume(Hello),
@@ -233,6 +235,9 @@ pub enum Event {
     Deadline(Instant),
     /// A receipt we owe is due (the driver's timer, [`crate::receipts::ACK_DELAY`] after it became owed).
     AckDue,
+    /// A record of a file transfer to seal and send (the driver sends one only when
+    /// [`Machine::can_send_file`]).
+    File(crate::transfer::FileRecord),
     /// Teardown finished (internal).
     Wiped,
 }
@@ -264,6 +269,8 @@ pub enum Action {
     Show(Zeroizing<String>),
     /// Show a status line.
     Say(Tone, String),
+    /// A record of a file transfer from the peer, for the driver's transfers.
+    File(crate::transfer::FileRecord),
     /// Our lines a receipt has just confirmed, oldest first: mark them delivered.
     Delivered(Vec<Zeroizing<String>>),
     /// Show the verification code.
@@ -303,6 +310,7 @@ impl Event {
             Event::PeerKey { .. } => "PeerKey",
             Event::PeerResume(_) => "PeerResume",
             Event::AckDue => "AckDue",
+            Event::File(_) => "File",
             Event::PeerRecord(_) => "PeerRecord",
             Event::PeerPake(_) => "PeerPake",
             Event::PeerConfirm(_) => "PeerConfirm",
@@ -329,6 +337,8 @@ pub struct Machine {
     receipts: Option<Receipts>,
     /// How long a dropped session waits for its connection (zero: it does not resume).
     resume_window: Duration,
+    /// The peer reads file transfer records (see [`crate::transfer`]).
+    files: bool,
 }
 
 const V1_ONLY: &str = "the peer speaks only the legacy v1 protocol (no verification code, no replay protection); \
@@ -338,7 +348,7 @@ const V2_ONLY: &str = "the peer speaks the hardened protocol (v2); run without -
 impl Machine {
     /// A machine in INIT speaking `version`.
     pub fn new(version: Version) -> Machine {
-        Machine { version, state: State::Init, receipts: None, resume_window: Duration::ZERO }
+        Machine { version, state: State::Init, receipts: None, resume_window: Duration::ZERO, files: false }
     }
 
     /// The same machine, resuming a dropped session within `window` (zero: never) with a
@@ -368,6 +378,18 @@ impl Machine {
     /// Whether a user line can be sent now (connected, and we have not said we are done).
     pub fn can_send(&self) -> bool {
         matches!(&self.state, State::Connected(c) if !c.me_done) && !self.receipts.as_ref().is_some_and(Receipts::full)
+    }
+
+    /// Whether a record of a file transfer can go out now: connected to a peer that reads
+    /// them (the driver waits while resuming).
+    pub fn can_send_file(&self) -> bool {
+        self.files && matches!(self.state, State::Connected(_))
+    }
+
+    /// Our records the peer has not confirmed yet, lines and file records together (the
+    /// driver keeps a transfer's window with it).
+    pub fn unconfirmed(&self) -> usize {
+        self.receipts.as_ref().map_or(0, Receipts::unconfirmed)
     }
 
     /// Whether we owe the peer a receipt (the driver then sends [`Event::AckDue`] within
@@ -510,11 +532,13 @@ impl Machine {
                 let reveal = proto::key_frame(ks.keys.public(), true, !self.resume_window.is_zero());
                 (S::KeySetup(ks), vec![Action::Send(reveal)])
             }
-            (S::KeySetup(mut ks), E::PeerKey { key, v2: marked, acks, resume }) => {
+            (S::KeySetup(mut ks), E::PeerKey { key, v2: marked, acks, resume, files }) => {
                 let agreed = ks.pake.take();
                 let mine = *ks.keys.public();
                 // Receipts with a v2 peer that announced them (v1 has no record for them).
                 self.receipts = (acks && v2).then(Receipts::default);
+                // Files with a v2 peer that reads them; they are confirmed and resumed like lines.
+                self.files = files && acks && v2;
                 // Resuming needs the receipts: they say what to send again.
                 let resume = resume && acks && v2 && !self.resume_window.is_zero();
                 match (self.establish(*ks, &key, marked, resume), agreed) {
@@ -539,6 +563,10 @@ impl Machine {
             }
             (S::KeySetup(_), E::PeerLeft) => end(End::PeerLeftEarly),
             (S::Connected(c), E::PeerRecord(payload)) => self.on_record(c, &payload),
+            (S::Connected(mut c), E::File(record)) if self.files => {
+                let frame = c.records.seal_file(&record, self.receipts.as_mut());
+                (S::Connected(c), frame.map(Action::Send).into_iter().collect())
+            }
             (S::Connected(mut c), E::Send(text)) if !c.me_done => {
                 let frame = c.records.seal_text(&text, self.receipts.as_mut());
                 (S::Connected(c), vec![Action::Send(frame)])
@@ -817,6 +845,11 @@ impl Machine {
                 }
                 self.settle(c, said)
             }
+            // A transfer's records may follow the peer's `done` (a piped peer declines offers).
+            Ok(Record::File(_)) if !self.files => {
+                end(End::Protocol("the peer sent a file record without announcing files".into()))
+            }
+            Ok(Record::File(record)) => (State::Connected(c), vec![Action::File(record)]),
             Ok(_) if c.peer_done => end(End::Protocol("the peer sent more after saying it had finished".into())),
             Ok(Record::Text(text)) => (State::Connected(c), vec![Action::Show(text)]),
             // Both finished: the receipt for its last lines goes out before we close.

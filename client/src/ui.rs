@@ -65,6 +65,14 @@ pub enum Command {
     Help,
     /// `/mismatch`
     Mismatch,
+    /// `/send PATH`
+    Send(String),
+    /// `/accept [DIR]`
+    Accept(Option<String>),
+    /// `/reject`
+    Reject,
+    /// `/cancel`
+    Cancel,
     /// Anything else starting with a single `/`.
     Unknown(String),
 }
@@ -79,8 +87,10 @@ pub enum Verdict {
 
 /// The help text for `/help`.
 pub const HELP: &str = "commands: /verify shows the verification code again · /mismatch ends the session if the \
-codes differ (someone may be in the middle) · /quit ends the session (so does Ctrl-C or Ctrl-D) · \
-anything else is sent to your peer; to send a line that starts with /, type it as // (a pasted block is sent as it is)";
+codes differ (someone may be in the middle) · /send PATH offers a file to your peer · /accept [DIR] takes the \
+file your peer offers (into DIR, or here) · /reject declines it · /cancel stops a transfer · /quit ends the \
+session (so does Ctrl-C or Ctrl-D) · anything else is sent to your peer; to send a line that starts with /, type \
+it as // (a pasted block is sent as it is)";
 
 /// How a status line looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,13 +177,26 @@ fn classify(line: Zeroizing<String>) -> Input {
     if !word.starts_with('/') {
         return Input::Line(line);
     }
-    Input::Command(match word {
+    let (name, rest) = word.split_once(char::is_whitespace).map_or((word, ""), |(n, r)| (n, r.trim()));
+    let arg = (!rest.is_empty()).then(|| rest.to_owned());
+    Input::Command(match (name, arg) {
+        ("/send", path) => Command::Send(path.unwrap_or_default()),
+        ("/accept", dir) => Command::Accept(dir),
+        ("/reject", None) => Command::Reject,
+        ("/cancel", None) => Command::Cancel,
+        _ => return Input::Command(simple(word)),
+    })
+}
+
+/// A command without arguments.
+fn simple(word: &str) -> Command {
+    match word {
         "/quit" | "/exit" => Command::Quit,
         "/verify" => Command::Verify,
         "/help" => Command::Help,
         "/mismatch" => Command::Mismatch,
         other => Command::Unknown(other.chars().take(32).collect()),
-    })
+    }
 }
 
 /// The one filter for text that came from the network (a peer's message, a relay's reason, an

@@ -1345,3 +1345,41 @@ pub async fn lines_survive_cuts(
         assert!(!log.contains("not confirmed"), "{log}");
     }
 }
+
+/// A `ghostwire` client at a real terminal (a pseudo-terminal), started in `dir`, as a person
+/// runs it. Its calls block: use them inside `tokio::task::block_in_place` on a multi-thread
+/// runtime. Killed on drop.
+pub struct TermPeer {
+    term: expectrl::session::OsSession,
+}
+
+impl TermPeer {
+    pub fn start(args: &[&str], dir: &std::path::Path) -> TermPeer {
+        let mut cmd = std::process::Command::new(bin("ghostwire"));
+        cmd.args(args).current_dir(dir).env("NO_COLOR", "1").env("TERM", "xterm");
+        let mut term = expectrl::Session::spawn(cmd).unwrap();
+        term.set_expect_timeout(Some(Duration::from_secs(60)));
+        TermPeer { term }
+    }
+
+    /// Waits for `what` on the terminal; returns everything shown up to and including it.
+    pub fn expect(&mut self, what: &str) -> String {
+        use expectrl::Expect;
+        match self.term.expect(what) {
+            Ok(found) => String::from_utf8_lossy(found.before()).into_owned() + what,
+            Err(e) => panic!("the terminal never showed {what:?}: {e}"),
+        }
+    }
+
+    /// Types `text` and Enter.
+    pub fn line(&mut self, text: &str) {
+        use expectrl::Expect;
+        self.term.send_line(text).unwrap();
+    }
+}
+
+impl Drop for TermPeer {
+    fn drop(&mut self) {
+        let _ = self.term.get_process_mut().kill(expectrl::process::unix::Signal::SIGKILL);
+    }
+}

@@ -345,6 +345,68 @@ async fn a_stranger_with_the_room_code_is_not_paired_with_a_session_that_is_away
     hang_up_and_part(a, b).await;
 }
 
+/// Files cross the room space as people send them, at real terminals on two relays: an 8 MiB
+/// file and an empty one arrive byte-identical, their SHA-256 verified, while a line typed
+/// during the transfer goes through; a transfer the receiver cancels leaves nothing behind.
+async fn files_cross_byte_identical_and_a_cancelled_one_leaves_nothing(kind: Kind) {
+    let world = World::start(kind, |_| {}).await;
+    let dir = TempDir::new("files");
+    let (from, to) = (dir.0.join("from"), dir.0.join("to"));
+    std::fs::create_dir_all(&from).unwrap();
+    std::fs::create_dir_all(&to).unwrap();
+    // Not compressible, not repetitive: every byte counts.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let big: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(from.join("big.bin"), &big).unwrap();
+    std::fs::write(from.join("empty"), b"").unwrap();
+    let code = room("files");
+    let (url_a, url_b) = (world.url(0), world.url(1));
+    let to_dir = to.to_str().unwrap().to_owned();
+    tokio::task::block_in_place(|| {
+        let mut a = TermPeer::start(&["--relay", &url_a, &code], &from);
+        a.expect("searching");
+        let mut b = TermPeer::start(&["--relay", &url_b, &code], &to);
+        a.expect("verification code");
+        b.expect("verification code");
+        a.line("/send big.bin");
+        b.expect("your peer offers big.bin (8.0 MiB)");
+        b.line(&format!("/accept {to_dir}"));
+        a.expect("sending big.bin: 10%");
+        a.line("typed while the file moves");
+        b.expect("peer: typed while the file moves");
+        b.expect("received big.bin (8.0 MiB), SHA-256 verified");
+        a.expect("your peer verified every byte");
+        a.line("/send empty");
+        b.expect("your peer offers empty (0 bytes)");
+        b.line("/accept");
+        b.expect("received empty (0 bytes), SHA-256 verified");
+        a.expect("sent empty");
+        // Cancelled by the receiver half way: no file, no .part.
+        a.line("/send big.bin");
+        b.expect("your peer offers big.bin");
+        b.line(&format!("/accept {to_dir}"));
+        b.expect("receiving big.bin: 10%");
+        b.line("/cancel");
+        b.expect("cancelled receiving big.bin");
+        a.expect("your peer cancelled big.bin");
+        a.line("/quit");
+        b.expect("your peer left");
+    });
+    assert_eq!(std::fs::read(to.join("big.bin")).unwrap(), big, "the file changed on the way");
+    assert_eq!(std::fs::read(to.join("empty")).unwrap(), b"");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&to).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["big.bin", "empty"], "the cancelled transfer left something");
+}
+
 /// Joins abandoned mid-way (the client closes right after JOIN) leave no seat behind.
 async fn an_abandoned_join_leaves_no_seat(kind: Kind) {
     let world = World::start(kind, |_| {}).await;
@@ -663,6 +725,7 @@ macro_rules! suite {
             case!($kind, 90, a_burnt_room_is_refused_everywhere_until_its_burn_ends);
             case!($kind, 120, a_session_resumes_through_twenty_cuts_with_every_line_once);
             case!($kind, 60, a_stranger_with_the_room_code_is_not_paired_with_a_session_that_is_away);
+            case!($kind, 120, files_cross_byte_identical_and_a_cancelled_one_leaves_nothing);
         }
     };
     ($name:ident, $kind:expr, distributed) => {

@@ -76,7 +76,13 @@ fn key_confirmation() -> (Machine, Vec<u8>, [u8; 32]) {
     let out = sent(&m.handle(Event::PeerCommit(keys.commitment())));
     let [PeerMsg::Key { ref key, .. }] = out[..] else { panic!("{out:?}") };
     let mine: [u8; 32] = key.as_slice().try_into().unwrap();
-    let out = sent(&m.handle(Event::PeerKey { key: keys.public().to_vec(), v2: true, acks: false, resume: false }));
+    let out = sent(&m.handle(Event::PeerKey {
+        key: keys.public().to_vec(),
+        v2: true,
+        acks: false,
+        resume: false,
+        files: false,
+    }));
     let [PeerMsg::Confirm { ref mac }] = out[..] else { panic!("{out:?}") };
     let theirs = peer_shared.confirm("ABCD1234", keys.public(), &mine);
     assert!(theirs.check(mac), "the machine's MAC is the one the peer expects");
@@ -163,7 +169,8 @@ fn connected() -> (Machine, FakePeer) {
     let [PeerMsg::Key { ref key, v2: true, rx: Some(_), acks: true, .. }] = out[..] else { panic!("{out:?}") };
     let mine: [u8; 32] = key.as_slice().try_into().unwrap();
     assert_eq!(crypto::commitment(&mine), their_commit, "the revealed key is the committed one");
-    let actions = m.handle(Event::PeerKey { key: peer.public().to_vec(), v2: true, acks: false, resume: false });
+    let actions =
+        m.handle(Event::PeerKey { key: peer.public().to_vec(), v2: true, acks: false, resume: false, files: false });
     assert!(actions.iter().any(|a| matches!(a, Action::ShowCode(_))), "{actions:?}");
     let channel = Channel::new(peer.agree(&mine).unwrap(), Version::Hardened2, peer.public(), &mine);
     (m, FakePeer { keys: peer, channel: Some(channel) })
@@ -266,7 +273,9 @@ fn event(name: &str, peer: Option<&mut FakePeer>) -> Event {
         "CodeTyped" => typed("ABCD1234"),
         "PeerFound" => Event::PeerFound,
         "PeerCommit" => Event::PeerCommit(other.commitment()),
-        "PeerKey" => Event::PeerKey { key: other.public().to_vec(), v2: true, acks: false, resume: false },
+        "PeerKey" => {
+            Event::PeerKey { key: other.public().to_vec(), v2: true, acks: false, resume: false, files: false }
+        }
         "PeerRecord" => match peer {
             Some(p) => p.text("hello"),
             None => Event::PeerRecord(vec![0; 64]),
@@ -391,7 +400,13 @@ fn a_second_commitment_is_a_violation() {
 #[test]
 fn a_key_before_its_commitment_is_a_violation() {
     let (mut m, _) = key_setup();
-    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true, acks: false, resume: false });
+    m.handle(Event::PeerKey {
+        key: KeyPair::generate().public().to_vec(),
+        v2: true,
+        acks: false,
+        resume: false,
+        files: false,
+    });
     assert_eq!(ended(&m), &End::Protocol("the peer revealed its key before committing to it".into()));
 }
 
@@ -399,7 +414,13 @@ fn a_key_before_its_commitment_is_a_violation() {
 fn a_key_that_is_not_the_committed_one_is_an_attack() {
     let (mut m, _) = key_setup();
     m.handle(Event::PeerCommit(KeyPair::generate().commitment()));
-    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true, acks: false, resume: false });
+    m.handle(Event::PeerKey {
+        key: KeyPair::generate().public().to_vec(),
+        v2: true,
+        acks: false,
+        resume: false,
+        files: false,
+    });
     assert_eq!(ended(&m), &End::Security(CryptoError::CommitMismatch));
     assert_eq!(ended(&m).exit_code(), crate::end::exit::SECURITY);
 }
@@ -412,7 +433,7 @@ fn bad_keys_are_refused() {
     ] {
         let (mut m, _) = key_setup();
         m.handle(Event::PeerCommit(crypto::commitment(&[0u8; 32])));
-        m.handle(Event::PeerKey { key, v2: true, acks: false, resume: false });
+        m.handle(Event::PeerKey { key, v2: true, acks: false, resume: false, files: false });
         assert_eq!(ended(&m), &want);
     }
 }
@@ -422,12 +443,24 @@ fn versions_never_downgrade_silently() {
     // A v2 client meeting a v1 key.
     let (mut m, _) = key_setup();
     m.handle(Event::PeerCommit(KeyPair::generate().commitment()));
-    m.handle(Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: false, acks: false, resume: false });
+    m.handle(Event::PeerKey {
+        key: KeyPair::generate().public().to_vec(),
+        v2: false,
+        acks: false,
+        resume: false,
+        files: false,
+    });
     assert!(matches!(ended(&m), End::Protocol(why) if why.contains("--legacy-v1")));
     // A v1 client meeting a v2 commitment, and a v2 key.
     for ev in [
         Event::PeerCommit([1; 32]),
-        Event::PeerKey { key: KeyPair::generate().public().to_vec(), v2: true, acks: false, resume: false },
+        Event::PeerKey {
+            key: KeyPair::generate().public().to_vec(),
+            v2: true,
+            acks: false,
+            resume: false,
+            files: false,
+        },
     ] {
         let mut m = searching(Version::Legacy1);
         let out = sent(&m.handle(Event::PeerFound));
@@ -586,7 +619,7 @@ fn as_events(actions: &[Action]) -> Vec<Event> {
         .into_iter()
         .map(|m| match m {
             PeerMsg::Commit { commit } => Event::PeerCommit(commit),
-            PeerMsg::Key { key, v2, acks, resume, .. } => Event::PeerKey { key, v2, acks, resume },
+            PeerMsg::Key { key, v2, acks, resume, files, .. } => Event::PeerKey { key, v2, acks, resume, files },
             PeerMsg::Msg { payload } => Event::PeerRecord(payload),
             PeerMsg::Pake { msg } => Event::PeerPake(msg),
             PeerMsg::Confirm { mac } => Event::PeerConfirm(mac),
