@@ -327,3 +327,66 @@ async fn ctrl_d_or_ctrl_c_with_text_typed_ends_and_reports_the_text_unsent() {
     })
     .await;
 }
+
+/// Type-ahead beyond the queue: 1,100 lines pasted while still searching (the queue holds
+/// 1,000, so the client stops reading and the editor holds the rest), then the peer arrives and
+/// several status lines are shown at once while the editor hands over what it held. Every line
+/// arrives, in order, and the client still answers /quit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paste_beyond_the_queue_while_searching_does_not_hang_the_client() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    within(120, async {
+        let relay = TestRelay::with(|_| {}).await;
+        let code = room("typeahead");
+        let url = relay.url();
+        let typed = code.clone();
+        let lines: Vec<String> = (1..=1100).map(|i| format!("early line {i}")).collect();
+        let paste: String = lines.iter().map(|l| format!("{l}\r")).collect();
+        let heard_all = Arc::new(AtomicBool::new(false));
+        let all = heard_all.clone();
+        let (pasted_tx, pasted) = tokio::sync::oneshot::channel();
+        let term = tokio::task::spawn_blocking(move || {
+            let mut term = terminal("xterm", &["--relay", &url, &typed]);
+            saw(&mut term, "searching");
+            // Written as a terminal passes a long paste on, a piece at a time, the screen read
+            // meanwhile (a terminal whose screen is not read stalls the program writing to it).
+            let mut shown = String::new();
+            term.set_expect_timeout(Some(Duration::from_millis(20)));
+            for piece in paste.as_bytes().chunks(1024) {
+                term.send(piece).unwrap();
+                while let Ok(c) = term.expect(expectrl::Regex("(?s).+")) {
+                    shown.push_str(&String::from_utf8_lossy(c.as_bytes()));
+                }
+            }
+            // The session has queued 1,000 and stopped reading; the editor holds the rest.
+            let deadline = std::time::Instant::now() + TERMINAL_WAIT;
+            while !shown.contains("early line 1000") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the editor stopped at: {}",
+                    &shown[shown.len().saturating_sub(300)..]
+                );
+                if let Ok(c) = term.expect(expectrl::Regex("(?s).+")) {
+                    shown.push_str(&String::from_utf8_lossy(c.as_bytes()));
+                }
+            }
+            term.set_expect_timeout(Some(TERMINAL_WAIT));
+            let _ = pasted_tx.send(());
+            drain_until(&mut term, &all);
+            term.send("/quit\r").unwrap();
+            saw(&mut term, "session destroyed: you ended the session");
+            ends_cleanly(&mut term, 0);
+        });
+        tokio::time::timeout(Duration::from_secs(70), pasted).await.unwrap().unwrap();
+        let mut peer = Peer::start(&["--relay", &relay.url(), &code]);
+        peer.status_within("verification code: ", TERMINAL_WAIT).await;
+        for want in &lines {
+            assert_eq!(&peer.heard().await, want);
+        }
+        heard_all.store(true, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(60), term).await.unwrap().unwrap();
+        peer.status("your peer left").await;
+    })
+    .await;
+}
