@@ -26,6 +26,11 @@ fn sent(actions: &[Action]) -> Vec<PeerMsg> {
         .collect()
 }
 
+/// The peer's KEY_EXCHANGE without receipts, resuming or files.
+fn key_event(key: Vec<u8>, v2: bool) -> Event {
+    Event::PeerKey { key, v2, acks: false, resume: false, files: false }
+}
+
 fn typed(s: &str) -> Event {
     Event::CodeTyped(Zeroizing::new(s.to_owned()))
 }
@@ -76,13 +81,7 @@ fn key_confirmation() -> (Machine, Vec<u8>, [u8; 32]) {
     let out = sent(&m.handle(Event::PeerCommit(keys.commitment())));
     let [PeerMsg::Key { ref key, .. }] = out[..] else { panic!("{out:?}") };
     let mine: [u8; 32] = key.as_slice().try_into().unwrap();
-    let out = sent(&m.handle(Event::PeerKey {
-        key: keys.public().to_vec(),
-        v2: true,
-        acks: false,
-        resume: false,
-        files: false,
-    }));
+    let out = sent(&m.handle(key_event(keys.public().to_vec(), true)));
     let [PeerMsg::Confirm { ref mac }] = out[..] else { panic!("{out:?}") };
     let theirs = peer_shared.confirm("ABCD1234", keys.public(), &mine);
     assert!(theirs.check(mac), "the machine's MAC is the one the peer expects");
@@ -169,8 +168,7 @@ fn connected() -> (Machine, FakePeer) {
     let [PeerMsg::Key { ref key, v2: true, rx: Some(_), acks: true, .. }] = out[..] else { panic!("{out:?}") };
     let mine: [u8; 32] = key.as_slice().try_into().unwrap();
     assert_eq!(crypto::commitment(&mine), their_commit, "the revealed key is the committed one");
-    let actions =
-        m.handle(Event::PeerKey { key: peer.public().to_vec(), v2: true, acks: false, resume: false, files: false });
+    let actions = m.handle(key_event(peer.public().to_vec(), true));
     assert!(actions.iter().any(|a| matches!(a, Action::ShowCode(_))), "{actions:?}");
     let channel = Channel::new(peer.agree(&mine).unwrap(), Version::Hardened2, peer.public(), &mine);
     (m, FakePeer { keys: peer, channel: Some(channel) })
@@ -273,9 +271,7 @@ fn event(name: &str, peer: Option<&mut FakePeer>) -> Event {
         "CodeTyped" => typed("ABCD1234"),
         "PeerFound" => Event::PeerFound,
         "PeerCommit" => Event::PeerCommit(other.commitment()),
-        "PeerKey" => {
-            Event::PeerKey { key: other.public().to_vec(), v2: true, acks: false, resume: false, files: false }
-        }
+        "PeerKey" => key_event(other.public().to_vec(), true),
         "PeerRecord" => match peer {
             Some(p) => p.text("hello"),
             None => Event::PeerRecord(vec![0; 64]),
@@ -400,13 +396,7 @@ fn a_second_commitment_is_a_violation() {
 #[test]
 fn a_key_before_its_commitment_is_a_violation() {
     let (mut m, _) = key_setup();
-    m.handle(Event::PeerKey {
-        key: KeyPair::generate().public().to_vec(),
-        v2: true,
-        acks: false,
-        resume: false,
-        files: false,
-    });
+    m.handle(key_event(KeyPair::generate().public().to_vec(), true));
     assert_eq!(ended(&m), &End::Protocol("the peer revealed its key before committing to it".into()));
 }
 
@@ -414,13 +404,7 @@ fn a_key_before_its_commitment_is_a_violation() {
 fn a_key_that_is_not_the_committed_one_is_an_attack() {
     let (mut m, _) = key_setup();
     m.handle(Event::PeerCommit(KeyPair::generate().commitment()));
-    m.handle(Event::PeerKey {
-        key: KeyPair::generate().public().to_vec(),
-        v2: true,
-        acks: false,
-        resume: false,
-        files: false,
-    });
+    m.handle(key_event(KeyPair::generate().public().to_vec(), true));
     assert_eq!(ended(&m), &End::Security(CryptoError::CommitMismatch));
     assert_eq!(ended(&m).exit_code(), crate::end::exit::SECURITY);
 }
@@ -433,7 +417,7 @@ fn bad_keys_are_refused() {
     ] {
         let (mut m, _) = key_setup();
         m.handle(Event::PeerCommit(crypto::commitment(&[0u8; 32])));
-        m.handle(Event::PeerKey { key, v2: true, acks: false, resume: false, files: false });
+        m.handle(key_event(key, true));
         assert_eq!(ended(&m), &want);
     }
 }
@@ -443,25 +427,10 @@ fn versions_never_downgrade_silently() {
     // A v2 client meeting a v1 key.
     let (mut m, _) = key_setup();
     m.handle(Event::PeerCommit(KeyPair::generate().commitment()));
-    m.handle(Event::PeerKey {
-        key: KeyPair::generate().public().to_vec(),
-        v2: false,
-        acks: false,
-        resume: false,
-        files: false,
-    });
+    m.handle(key_event(KeyPair::generate().public().to_vec(), false));
     assert!(matches!(ended(&m), End::Protocol(why) if why.contains("--legacy-v1")));
     // A v1 client meeting a v2 commitment, and a v2 key.
-    for ev in [
-        Event::PeerCommit([1; 32]),
-        Event::PeerKey {
-            key: KeyPair::generate().public().to_vec(),
-            v2: true,
-            acks: false,
-            resume: false,
-            files: false,
-        },
-    ] {
+    for ev in [Event::PeerCommit([1; 32]), key_event(KeyPair::generate().public().to_vec(), true)] {
         let mut m = searching(Version::Legacy1);
         let out = sent(&m.handle(Event::PeerFound));
         assert!(matches!(out[..], [PeerMsg::Key { v2: false, .. }]), "v1 sends its key at once: {out:?}");
