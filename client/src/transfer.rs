@@ -218,8 +218,7 @@ struct Sending {
     accepted: bool,
     /// Every chunk and the END are out; waiting for the verdict.
     ended: bool,
-    /// The next tenth of the file at which progress is shown.
-    shown: u64,
+    progress: Progress,
 }
 
 /// The file we receive.
@@ -229,7 +228,7 @@ struct Receiving {
     size: u64,
     /// Once accepted: the file being written.
     file: Option<Incoming>,
-    shown: u64,
+    progress: Progress,
 }
 
 /// This side's transfers: at most one each way.
@@ -279,7 +278,7 @@ impl Transfers {
             read: 0,
             accepted: false,
             ended: false,
-            shown: 1,
+            progress: Progress::new(),
         });
         Ok(Step::default()
             .send(FileRecord::Offer { id, size, name: name.clone() })
@@ -374,7 +373,7 @@ impl Transfers {
         s.hash.update(&data[..]);
         s.read += want as u64;
         let mut step = Step::default().send(FileRecord::Chunk { id: s.id, data });
-        if let Some(line) = progress(&mut s.shown, s.read, s.size, "sending", &s.name) {
+        if let Some(line) = s.progress.line(s.read, s.size, "sending", &s.name) {
             step = step.say(Tone::Info, line);
         }
         step
@@ -409,7 +408,7 @@ impl Transfers {
                         .send(FileRecord::Failed { id, why: "the receiver refuses its name".into() })
                         .say(Tone::Warn, format!("your peer offered a file whose name is refused ({e}): declined")));
                 }
-                self.inc = Some(Receiving { id, name, size, file: None, shown: 1 });
+                self.inc = Some(Receiving { id, name, size, file: None, progress: Progress::new() });
                 Ok(Step::default().say(
                     Tone::Info,
                     format!("your peer offers {shown} ({}): /accept [DIR] to take it, /reject to decline", human(size)),
@@ -465,7 +464,7 @@ impl Transfers {
                 }
                 let written = file.written();
                 let mut step = Step::default();
-                if let Some(line) = progress(&mut r.shown, written, r.size, "receiving", &r.name) {
+                if let Some(line) = r.progress.line(written, r.size, "receiving", &r.name) {
                     step = step.say(Tone::Info, line);
                 }
                 Ok(step)
@@ -516,14 +515,40 @@ impl Transfers {
     }
 }
 
-/// A progress line when `done` passes the next tenth of `size` (tenths shown are in `shown`).
-fn progress(shown: &mut u64, done: u64, size: u64, doing: &str, name: &str) -> Option<String> {
-    if size == 0 || done * 10 < *shown * size || done == size {
-        return None;
+/// Progress shown every tenth of a transfer, with its rate and the time left: plain lines, the
+/// same in the editor, at a plain terminal or with `TERM=dumb`.
+struct Progress {
+    /// The next tenth to show.
+    next: u64,
+    /// When the first byte went (or came).
+    since: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress { next: 1, since: None }
     }
-    let tenth = done * 10 / size;
-    *shown = tenth + 1;
-    Some(format!("{doing} {name}: {}% ({} of {})", tenth * 10, human(done), human(size)))
+
+    /// The line to show when `done` of `size` bytes passes the next tenth.
+    fn line(&mut self, done: u64, size: u64, doing: &str, name: &str) -> Option<String> {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        if size == 0 || done * 10 < self.next * size || done == size {
+            return None;
+        }
+        let tenth = done * 10 / size;
+        self.next = tenth + 1;
+        let secs = since.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let left = (size - done) as f64 / rate.max(1.0);
+        Some(format!(
+            "{doing} {name}: {}% ({} of {}, {}/s, about {:.0} s left)",
+            tenth * 10,
+            human(done),
+            human(size),
+            human(rate as u64),
+            left.ceil()
+        ))
+    }
 }
 
 /// Where `/accept` puts a file when no directory is given: the current one.
@@ -560,10 +585,14 @@ mod tests {
 
     #[test]
     fn progress_is_shown_at_each_tenth_once() {
-        let mut shown = 1;
-        let lines: Vec<String> = (1..=100).filter_map(|done| progress(&mut shown, done, 100, "sending", "f")).collect();
+        let mut p = Progress::new();
+        let lines: Vec<String> = (1..=100).filter_map(|done| p.line(done, 100, "sending", "f")).collect();
         assert_eq!(lines.len(), 9, "{lines:?}");
-        assert!(lines[0].starts_with("sending f: 10%"));
+        assert!(
+            lines[0].starts_with("sending f: 10% (10 bytes of 100 bytes, ") && lines[0].ends_with(" s left)"),
+            "{}",
+            lines[0]
+        );
     }
 
     #[test]
