@@ -307,11 +307,11 @@ impl Channel {
         (self.version == Version::Hardened2).then(|| self.seal_bytes(ACK, &next))
     }
 
-    /// Encrypts a record of a file transfer (v2 only). A chunk fills its own size class,
+    /// Encrypts the body of a file transfer's record of `kind` (v2 only). A chunk fills its own size class,
     /// [`CHUNK_PLAIN`](crate::transfer::CHUNK_PLAIN) bytes, whatever it holds; every other
     /// record pads like a line.
-    pub fn seal_file(&mut self, record: &crate::transfer::FileRecord) -> Option<Vec<u8>> {
-        (self.version == Version::Hardened2).then(|| self.seal_body(record.kind(), &record.encode()))
+    pub fn seal_file(&mut self, kind: u8, body: &[u8]) -> Option<Vec<u8>> {
+        (self.version == Version::Hardened2).then(|| self.seal_body(kind, body))
     }
 
     /// Encrypts `body` as a record of `kind`, padded to its size class.
@@ -496,6 +496,31 @@ mod tests {
         assert_eq!(a.open(&ack), Err(CryptoError::Replay));
         let (mut v1, _) = pair(Version::Legacy1);
         assert_eq!(v1.seal_ack(), None, "v1 has no receipts");
+    }
+
+    /// Every chunk is one size on the wire, full or not; a transfer's other records are the
+    /// size of a short line; a record that is not a chunk may not be bulk.
+    #[test]
+    fn file_records_keep_their_size_classes() {
+        use crate::transfer::{FileRecord, CHUNK, CHUNK_KIND};
+        let (mut a, mut b) = pair(Version::Hardened2);
+        let seal = |a: &mut Channel, r: &FileRecord| a.seal_file(r.kind(), &r.encode()).unwrap();
+        let small = FileRecord::Chunk { id: 1, data: Zeroizing::new(vec![7; 3]) };
+        let full = FileRecord::Chunk { id: 1, data: Zeroizing::new(vec![7; CHUNK]) };
+        let (s, f) = (seal(&mut a, &small), seal(&mut a, &full));
+        assert_eq!(s.len(), f.len(), "a short last chunk looks like any other");
+        assert_eq!(b.open(&s).unwrap(), Record::File(small));
+        assert_eq!(b.open(&f).unwrap(), Record::File(full));
+        let accept = seal(&mut a, &FileRecord::Accept(1));
+        assert_eq!(accept.len(), a.seal("hi").len(), "an answer looks like a short line");
+        assert!(b.open(&accept).is_ok());
+        // A text record of bulk size is refused (only chunks may be bulk).
+        let (mut a, mut b) = pair(Version::Hardened2);
+        let bulk = a.seal_body(TEXT, &[b'x'; SMALL_MAX]);
+        assert_eq!(b.open(&bulk), Err(CryptoError::BadContent));
+        assert_eq!(a.seal_file(CHUNK_KIND, &[0; 4]).map(|c| c.len()), Some(f.len()));
+        let (mut v1, _) = pair(Version::Legacy1);
+        assert_eq!(v1.seal_file(CHUNK_KIND, &[0; 4]), None, "v1 has no files");
     }
 
     /// The largest frame this client sends, a SIGNAL carrying the longest line of the widest

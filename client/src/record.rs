@@ -54,10 +54,10 @@ impl Records {
         record: &crate::transfer::FileRecord,
         receipts: Option<&mut Receipts>,
     ) -> Option<String> {
-        let number = self.channel.sealed();
-        let sealed = self.channel.seal_file(record)?;
+        let (number, kind, body) = (self.channel.sealed(), record.kind(), record.encode());
+        let sealed = self.channel.seal_file(kind, &body)?;
         if let Some(r) = receipts {
-            r.sent_record(number, record.kind(), record.encode());
+            r.sent_record(number, kind, body);
         }
         Some(proto::msg_frame(&sealed))
     }
