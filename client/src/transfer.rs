@@ -486,7 +486,10 @@ impl Transfers {
             // were on the way) are dropped; records of one that never was are a deviation.
             FileRecord::Chunk { id, .. } | FileRecord::End { id, .. } if id <= self.last_offer => Ok(Step::default()),
             FileRecord::Cancel(id) if id <= self.last_offer || id <= self.next_id => Ok(Step::default()),
-            FileRecord::Accept(id) | FileRecord::Reject(id) | FileRecord::Failed { id, .. }
+            FileRecord::Accept(id)
+            | FileRecord::Reject(id)
+            | FileRecord::Verified(id)
+            | FileRecord::Failed { id, .. }
                 if id <= self.next_id && !ours(id, &self.out) =>
             {
                 Ok(Step::default())
@@ -606,6 +609,17 @@ mod tests {
         let mut t = Transfers::default();
         t.on_record(FileRecord::Offer { id: 1, size: 3, name: "a".into() }, true).unwrap();
         assert!(t.on_record(FileRecord::Offer { id: 2, size: 3, name: "b".into() }, true).is_err());
+        // An answer to an offer we cancelled meanwhile is dropped too.
+        let mut sender = Transfers::default();
+        let file = std::env::temp_dir().join(format!("ghostwire-cross-{}", std::process::id()));
+        std::fs::write(&file, b"abc").unwrap();
+        sender.offer(&file).unwrap();
+        sender.cancel().unwrap();
+        for late in [FileRecord::Accept(1), FileRecord::Verified(1), FileRecord::Failed { id: 1, why: "x".into() }] {
+            assert!(sender.on_record(late, true).unwrap().send.is_empty());
+        }
+        assert!(sender.on_record(FileRecord::Accept(2), true).is_err(), "an offer never made");
+        let _ = std::fs::remove_file(&file);
         // Cancelled here while the peer's chunks were on the way: they are dropped, quietly.
         t.cancel().unwrap();
         let late = FileRecord::Chunk { id: 1, data: Zeroizing::new(vec![1]) };
