@@ -277,7 +277,11 @@ async fn nats_relays_log_no_room_codes_payloads_or_credentials() {
         relay.signal(nix::sys::signal::Signal::SIGTERM);
         let (code, log) = tokio::task::spawn_blocking(move || relay.wait()).await.unwrap();
         assert_eq!(code, Some(0), "{log}");
-        assert!(log.contains("closing connection"), "trace log is not verbose enough to prove anything:\n{log}");
+        // The connection's end is logged either way it comes: the relay closing it (its
+        // partner left first, or the relay shut down) or the client gone first (the test drops
+        // its sockets as it ends): a race between the two, so either line proves the verbosity.
+        let ended = log.contains("closing connection") || log.contains("connection closed");
+        assert!(ended, "trace log is not verbose enough to prove anything:\n{log}");
         for secret in [secret_room, secret_payload, token, CLUSTER_SECRET] {
             assert!(!log.contains(secret), "{secret} in log:\n{log}");
         }
